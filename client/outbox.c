@@ -1,0 +1,441 @@
+/* outbox.c - liboutbox: the producer side of the ring.
+ *
+ * A handle owns one producer slot per process. fork() is detected through
+ * a pthread_atfork child hook that bumps a generation; the next emit in
+ * the child claims a fresh slot (the parent keeps its own). Sink names are
+ * resolved into a small immutable table so the emit path neither hashes
+ * nor allocates.
+ */
+#define _GNU_SOURCE
+#include "outbox.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../shm/envelope.h"
+#include "../shm/ring.h"
+#include "../shm/slots.h"
+
+#define OBX_MAX_NAMES 64
+
+struct obx_name {
+	char s[ENV_NAME_MAX + 1];
+	uint32_t len;
+};
+
+struct obx {
+	struct seg seg;
+	pthread_mutex_t lock;          /* registration, name table */
+	struct obx_slot *_Atomic slot; /* this process's slot */
+	uint16_t sidx;
+	_Atomic unsigned gen;          /* fork generation the slot is for */
+	_Atomic int nnames;
+	struct obx_name names[OBX_MAX_NAMES];
+};
+
+/* private part of struct obx_rsv */
+struct obx_rsv_priv {
+	struct ring_claim c;
+	struct obx_slot *slot;
+	struct env_buf b;
+};
+_Static_assert(sizeof(struct obx_rsv_priv) <= sizeof(((struct obx_rsv *)0)->priv),
+	       "obx_rsv private part");
+
+#ifdef OBX_FAULT_INJECT
+#include <signal.h>
+/* test hooks: SIGKILL ourselves the n-th time `where` is reached */
+int obx_fault_where;
+long obx_fault_countdown;
+
+void obx_fault_point(int where)
+{
+	if (where == obx_fault_where && --obx_fault_countdown == 0)
+		raise(SIGKILL);
+}
+#endif
+
+static _Atomic unsigned g_fork_gen = 1;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static __thread char g_open_err[256];
+
+static void obx_atfork_child(void)
+{
+	atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
+}
+
+static void obx_init_once(void)
+{
+	pthread_atfork(NULL, NULL, obx_atfork_child);
+}
+
+const char *obx_open_error(void)
+{
+	return g_open_err;
+}
+
+static int obx_register(obx_t *h)
+{
+	uint64_t start = 0;
+	unsigned gen = atomic_load(&g_fork_gen);
+	int idx, rc = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (atomic_load(&h->gen) == gen && atomic_load(&h->slot))
+		goto out;
+	slot_proc_stat(getpid(), &start, NULL);
+	idx = slot_claim(h->seg.slots, h->seg.g.nslots, getpid(), start);
+	if (idx < 0) {
+		rc = idx;
+		goto out;
+	}
+	h->sidx = (uint16_t)idx;
+	atomic_store(&h->slot, &h->seg.slots[idx]);
+	atomic_store(&h->gen, gen);
+out:
+	pthread_mutex_unlock(&h->lock);
+	return rc;
+}
+
+/* The slot of the calling process; NULL when none can be had. */
+static inline struct obx_slot *obx_my_slot(obx_t *h)
+{
+	if (__builtin_expect(atomic_load_explicit(&h->gen,
+			memory_order_relaxed) != atomic_load_explicit(
+			&g_fork_gen, memory_order_relaxed), 0)) {
+		if (obx_register(h) < 0)
+			return NULL;
+	}
+	return atomic_load_explicit(&h->slot, memory_order_relaxed);
+}
+
+obx_t *obx_open(const char *shm_name)
+{
+	obx_t *h;
+	int rc;
+
+	pthread_once(&g_once, obx_init_once);
+	if (!shm_name || !*shm_name)
+		shm_name = getenv("OUTBOX_SHM");
+	if (!shm_name || !*shm_name)
+		shm_name = "outbox";
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		snprintf(g_open_err, sizeof(g_open_err), "out of memory");
+		errno = ENOMEM;
+		return NULL;
+	}
+	pthread_mutex_init(&h->lock, NULL);
+	rc = seg_attach(&h->seg, shm_name, g_open_err, sizeof(g_open_err));
+	if (rc < 0)
+		goto err;
+	/* id 0 is always the default sink "" */
+	atomic_store(&h->nnames, 1);
+	atomic_store(&h->gen, 0);
+	rc = obx_register(h);
+	if (rc < 0) {
+		snprintf(g_open_err, sizeof(g_open_err), "no free producer "
+			 "slot in /dev/shm/%s (%u slots)", h->seg.name,
+			 h->seg.g.nslots);
+		seg_detach(&h->seg);
+		goto err;
+	}
+	g_open_err[0] = 0;
+	return h;
+err:
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+	errno = -rc;
+	return NULL;
+}
+
+void obx_close(obx_t *h)
+{
+	if (!h)
+		return;
+	/* only the process that owns the slot gives it up */
+	if (atomic_load(&h->gen) == atomic_load(&g_fork_gen) &&
+	    atomic_load(&h->slot))
+		slot_release(atomic_load(&h->slot));
+	seg_detach(&h->seg);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+/* Is `name` one of the broker's sinks? 1 yes, 0 no, -1 no list yet. */
+static int obx_broker_has_sink(obx_t *h, const char *name, size_t len)
+{
+	const struct obx_sink_page *sp = h->seg.sinks;
+	uint32_t i, n = sp->nsinks;
+
+	if (n == 0 || n > OBX_MAX_SINKS)
+		return -1;
+	for (i = 0; i < n; i++)
+		if (sp->sink[i].in_use &&
+		    strnlen(sp->sink[i].name, OBX_NAME_MAX) == len &&
+		    memcmp(sp->sink[i].name, name, len) == 0)
+			return 1;
+	return 0;
+}
+
+int obx_sink(obx_t *h, const char *name)
+{
+	size_t len;
+	int i, n, rc;
+
+	if (!h)
+		return -EINVAL;
+	if (!name)
+		name = getenv("OUTBOX_SINK");
+	if (!name || !*name || strcmp(name, "default") == 0)
+		return 0;
+	len = strlen(name);
+	if (len > ENV_NAME_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&h->lock);
+	n = atomic_load(&h->nnames);
+	for (i = 1; i < n; i++)
+		if (h->names[i].len == len &&
+		    memcmp(h->names[i].s, name, len) == 0) {
+			rc = i;
+			goto out;
+		}
+	if (obx_broker_has_sink(h, name, len) == 0) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (n >= OBX_MAX_NAMES) {
+		rc = -ENOSPC;
+		goto out;
+	}
+	memcpy(h->names[n].s, name, len + 1);
+	h->names[n].len = (uint32_t)len;
+	/* release: the entry is complete before emitters may use id n */
+	atomic_store_explicit(&h->nnames, n + 1, memory_order_release);
+	rc = n;
+out:
+	pthread_mutex_unlock(&h->lock);
+	return rc;
+}
+
+static inline size_t obx_str_hdr(size_t n)
+{
+	return n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5;
+}
+
+static inline size_t obx_bin_hdr(size_t n)
+{
+	return n < 256 ? 2 : n < 65536 ? 3 : 5;
+}
+
+/* Exact size of the envelope head (see env_pack_head) with a 9-byte ts. */
+static inline size_t obx_head_size(size_t slen, size_t tlen)
+{
+	return 1 + 5 + obx_str_hdr(slen) + slen + 5 + obx_str_hdr(tlen) +
+	       tlen + 3 + 9 + 3 + 2 + ENV_ID_LEN + 5;
+}
+
+static inline uint64_t obx_now_coarse(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Common start of emit and reserve: slot, sink, claim, envelope head. */
+static inline int obx_begin(obx_t *h, int sink, const char *type,
+			    size_t body_room, struct obx_rsv_priv *p,
+			    msgpack_packer *pk)
+{
+	const struct obx_name *nm;
+	uint8_t id[ENV_ID_LEN];
+	size_t tlen, need;
+	int rc;
+
+	p->slot = obx_my_slot(h);
+	if (__builtin_expect(!p->slot, 0))
+		return -ENOSPC;
+	if (__builtin_expect((unsigned)sink >= (unsigned)atomic_load_explicit(
+			&h->nnames, memory_order_acquire), 0))
+		return -EINVAL;
+	nm = &h->names[sink];
+	if (!type)
+		type = "";
+	tlen = strlen(type);
+	if (tlen > ENV_NAME_MAX)
+		return -EINVAL;
+	need = obx_head_size(nm->len, tlen) + body_room;
+	if (need > UINT32_MAX)
+		need = UINT32_MAX;
+	rc = ring_reserve(&h->seg, p->slot, h->sidx, (uint32_t)need, &p->c);
+	if (rc < 0)
+		return rc;
+	p->b.p = p->c.payload;
+	p->b.len = 0;
+	p->b.cap = p->c.size - OBX_REC_HDR;
+	p->b.overflow = 0;
+	msgpack_packer_init(pk, &p->b, env_buf_write);
+	env_make_id(id, h->seg.segment_id, p->c.pos);
+	env_pack_head(pk, nm->s, nm->len, type, tlen, obx_now_coarse(), id);
+	return 0;
+}
+
+int obx_emit(obx_t *h, int sink, const char *type, const void *body,
+	     size_t len, int kind)
+{
+	struct obx_rsv_priv p;
+	msgpack_packer pk;
+	size_t room;
+	int rc;
+
+	switch (kind) {
+	case OBX_BODY_JSON:
+		room = obx_str_hdr(len) + len;
+		break;
+	case OBX_BODY_BYTES:
+		room = obx_bin_hdr(len) + len;
+		break;
+	case OBX_BODY_MSGPACK:
+		room = len;
+		break;
+	default:
+		return -EINVAL;
+	}
+	rc = obx_begin(h, sink, type, room, &p, &pk);
+	if (rc < 0)
+		return rc;
+	if (kind == OBX_BODY_JSON)
+		msgpack_pack_str_with_body(&pk, body, len);
+	else if (kind == OBX_BODY_BYTES) {
+		msgpack_pack_bin(&pk, len);
+		env_buf_write(&p.b, body, len / 2);
+		OBX_FAULT(OBX_FP_MID_COPY);
+		env_buf_write(&p.b, (const char *)body + len / 2,
+			      len - len / 2);
+	} else
+		env_buf_write(&p.b, body, len);
+	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)p.b.len, 0);
+}
+
+int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,
+		struct obx_rsv *r)
+{
+	struct obx_rsv_priv *p = (struct obx_rsv_priv *)r->priv;
+	int rc;
+
+	rc = obx_begin(h, sink, type, max_body, p, &r->pk);
+	if (rc < 0)
+		return rc;
+	/* the packer's data pointer follows the private part */
+	r->pk.data = &p->b;
+	return 0;
+}
+
+int obx_commit(obx_t *h, struct obx_rsv *r)
+{
+	struct obx_rsv_priv *p = (struct obx_rsv_priv *)r->priv;
+
+	if (p->b.overflow) {
+		/* reserved + aborted + drop_too_large: emitted once, dropped
+		 * once as too large (identity in obx_abi.h) */
+		ring_abort(&h->seg, p->slot, &p->c);
+		atomic_fetch_add(&p->slot->drop_too_large, 1);
+		return -EMSGSIZE;
+	}
+	return ring_commit(&h->seg, p->slot, &p->c, (uint32_t)p->b.len, 0);
+}
+
+void obx_abort(obx_t *h, struct obx_rsv *r)
+{
+	struct obx_rsv_priv *p = (struct obx_rsv_priv *)r->priv;
+
+	ring_abort(&h->seg, p->slot, &p->c);
+}
+
+int obx_sink_state(obx_t *h, int sink, struct obx_sink_info *out)
+{
+	const struct obx_sink_page *sp = h->seg.sinks;
+	const struct obx_name *nm;
+	uint64_t s1, s2;
+	uint32_t i, n;
+	int tries;
+
+	if ((unsigned)sink >= (unsigned)atomic_load(&h->nnames))
+		return -EINVAL;
+	nm = &h->names[sink];
+	for (tries = 0; tries < 100; tries++) {
+		int found = -ENOENT;
+
+		/* seqlock read: pairs with the broker's writer in
+		 * broker/stats.c (odd while it writes) */
+		s1 = atomic_load_explicit(&((struct obx_sink_page *)sp)->seq,
+					  memory_order_acquire);
+		if (s1 & 1)
+			continue;
+		n = sp->nsinks;
+		if (n > OBX_MAX_SINKS)
+			n = OBX_MAX_SINKS;
+		for (i = 0; i < n; i++) {
+			const struct obx_sink_shm *ss = &sp->sink[i];
+			const char *want = nm->len ? nm->s : "default";
+			size_t wl = nm->len ? nm->len : 7;
+			unsigned k;
+
+			if (!ss->in_use || strnlen(ss->name, OBX_NAME_MAX) !=
+			    wl || memcmp(ss->name, want, wl) != 0)
+				continue;
+			memset(out, 0, sizeof(*out));
+			out->state = (int)ss->state;
+			out->until_ns = ss->until_ns;
+			out->ncats = ss->ncats > 8 ? 8 : ss->ncats;
+			for (k = 0; k < out->ncats; k++) {
+				memcpy(out->cats[k], ss->cats[k], 23);
+				out->cats[k][23] = 0;
+				out->cat_until_ns[k] = ss->cat_until_ns[k];
+			}
+			found = 0;
+			break;
+		}
+		atomic_thread_fence(memory_order_acquire);
+		s2 = atomic_load_explicit(&((struct obx_sink_page *)sp)->seq,
+					  memory_order_relaxed);
+		if (s1 == s2)
+			return found;
+	}
+	return -EAGAIN;
+}
+
+int obx_counters(obx_t *h, struct obx_counters *out)
+{
+	struct obx_slot *s = obx_my_slot(h);
+
+	if (!s)
+		return -ENOSPC;
+	out->emitted = slot_emitted(s);
+	out->dropped_ring_full = atomic_load(&s->drop_full);
+	out->dropped_too_large = atomic_load(&s->drop_too_large);
+	out->dropped_late = atomic_load(&s->drop_late);
+	out->aborted = atomic_load(&s->aborted);
+	out->dropped = out->dropped_ring_full + out->dropped_too_large +
+		       out->dropped_late;
+	return 0;
+}
+
+int obx_broker_alive(obx_t *h)
+{
+	struct obx_slot probe;
+	uint32_t pid = atomic_load(&h->seg.cons->broker_pid);
+
+	if (!pid)
+		return 0;
+	memset(&probe, 0, sizeof(probe));
+	atomic_store(&probe.pid, pid);
+	atomic_store(&probe.start, atomic_load(&h->seg.cons->broker_start));
+	return slot_owner_alive(&probe);
+}

@@ -1,0 +1,222 @@
+/* obx_abi.h - the shared-memory ABI of outbox, defined once.
+ *
+ * One POSIX shm object (/dev/shm/<name>) holds, page aligned:
+ *
+ *   page 0          struct obx_shm_hdr: geometry (written once by the broker
+ *                   at creation, never trusted back from shm afterwards),
+ *                   then the producer line (tail) and the wake line.
+ *   page 1          struct obx_consumer_page: head and broker identity.
+ *                   Written by the broker only; producers map it read-only.
+ *   slots_off       nslots x struct obx_slot (one cache line per producer
+ *                   process). Each slot is written by its owner process,
+ *                   except `state` transitions to DEAD/FREE and
+ *                   `unblocked`, which the broker writes.
+ *   stats_off       struct obx_stats_page: broker-written counters.
+ *                   Producers map it read-only.
+ *   sinks_off       struct obx_sink_page: sink names and delivery state,
+ *                   broker-written; producers map it read-only.
+ *   ring_off        ring_size bytes of records, mapped twice back to back
+ *                   so that no record ever wraps.
+ *
+ * Who writes which word:
+ *   tail            producers, by atomic fetch_add only
+ *   wake            the broker sets it to 1 before sleeping; a producer that
+ *                   sees 1 exchanges it to 0 and issues FUTEX_WAKE
+ *   head            the broker only (store-release)
+ *   record headers  producers (0 -> BUSY, BUSY -> COMMIT|DISCARD by CAS); the
+ *                   broker (BUSY -> DISCARD by CAS for dead owners, zero gap
+ *                   -> PAD, and back to 0 when it cleans behind itself)
+ *
+ * All integers are little-endian host order, fixed width. A change of any
+ * struct below bumps OBX_ABI_VERSION.
+ */
+#ifndef OBX_ABI_H
+#define OBX_ABI_H
+
+#include <stdint.h>
+#include <stdatomic.h>
+
+#define OBX_MAGIC        0x3130584f4254554fULL /* "OUTBOX01" */
+#define OBX_ABI_VERSION  1u
+#define OBX_CACHELINE    64u
+#define OBX_PAGE         4096u
+
+#define OBX_NAME_MAX     48u   /* sink names, NUL included */
+#define OBX_MAX_SINKS    64u
+#define OBX_MAX_CATS     8u    /* rate-limited categories per sink */
+#define OBX_CAT_MAX      24u
+
+/* ---- record header (16 bytes, 8-byte aligned, in the ring) -------------
+ *
+ * word, an _Atomic uint64_t:
+ *   bits  0..31  reserved size of the record in bytes, header included,
+ *                a multiple of 8 (valid in every non-zero state)
+ *   bits 32..47  producer slot index (owner)
+ *   bits 48..55  state: BUSY, COMMIT, DISCARD, PAD
+ *   bits 56..63  OBX_REC_MARK, so a stray zero-free word is unlikely valid
+ * len: payload bytes actually used (<= size - 16), written before COMMIT.
+ *
+ * States of one record position, in order:
+ *   0                 claimed by fetch_add on tail, header not written yet
+ *                     (or never claimed: the consumer cleans behind itself)
+ *   BUSY              owner is writing the payload
+ *   COMMIT            payload complete (CAS BUSY->COMMIT, release)
+ *   DISCARD           aborted by the owner, or recovered by the broker from
+ *                     a dead owner (CAS BUSY->DISCARD)
+ *   PAD               broker-written over a zero gap whose owner is gone
+ *   0 again           the broker zeroes consumed space before moving head
+ */
+struct obx_rec_hdr {
+	_Atomic uint64_t word;
+	uint32_t len;
+	uint32_t flags;             /* OBX_REC_F_* of the payload */
+};
+
+#define OBX_REC_HDR        16u
+#define OBX_REC_MARK       0x0bu
+#define OBX_REC_BUSY       1u
+#define OBX_REC_COMMIT     2u
+#define OBX_REC_DISCARD    3u
+#define OBX_REC_PAD        4u
+
+#define OBX_REC_WORD(size, slot, st) \
+	((uint64_t)(uint32_t)(size) | ((uint64_t)(uint16_t)(slot) << 32) | \
+	 ((uint64_t)(uint8_t)(st) << 48) | ((uint64_t)OBX_REC_MARK << 56))
+#define OBX_REC_SIZE(w)    ((uint32_t)(w))
+#define OBX_REC_SLOT(w)    ((uint16_t)((w) >> 32))
+#define OBX_REC_STATE(w)   ((uint8_t)((w) >> 48))
+#define OBX_REC_MARKOK(w)  ((uint8_t)((w) >> 56) == OBX_REC_MARK)
+
+/* ---- page 0: geometry + producer lines --------------------------------- */
+struct obx_shm_hdr {
+	uint64_t magic;
+	uint32_t abi_version;
+	uint32_t page_size;
+	uint64_t total_size;        /* bytes of the shm object */
+	uint64_t ring_off;          /* page aligned */
+	uint64_t ring_size;         /* power of two, >= 64 KiB */
+	uint32_t max_record;        /* max payload bytes of one record */
+	uint32_t nslots;
+	uint64_t slots_off;
+	uint64_t stats_off;
+	uint64_t sinks_off;
+	uint64_t segment_id;        /* random, per creation: event-id prefix */
+	uint64_t created_ns;        /* CLOCK_REALTIME at creation */
+
+	/* producer line: written by every producer (fetch_add) */
+	_Alignas(OBX_CACHELINE) _Atomic uint64_t tail;
+
+	/* wake line: futex word. Broker stores 1 before it sleeps; producers
+	 * exchange it to 0 and FUTEX_WAKE. Pairs with ring_wake_armed() in
+	 * ring.c and ring_producer_kick(). */
+	_Alignas(OBX_CACHELINE) _Atomic uint32_t wake;
+	_Alignas(OBX_CACHELINE) uint8_t end[1];
+};
+
+/* ---- page 1: consumer page (broker-written, read-only to producers) ---- */
+struct obx_consumer_page {
+	_Atomic uint64_t head;      /* store-release after cleaning */
+	uint8_t  pad0[OBX_CACHELINE - 8];
+	_Alignas(OBX_CACHELINE) _Atomic uint32_t broker_pid;
+	uint32_t pad1;
+	_Atomic uint64_t broker_start;   /* /proc starttime of broker_pid */
+	_Atomic uint64_t broker_beat_ns; /* CLOCK_REALTIME, every second */
+	_Atomic uint64_t broker_boot_ns; /* when this broker started */
+	_Atomic uint64_t config_gen;     /* bumps on every (re)load */
+};
+
+/* ---- producer registry ------------------------------------------------- */
+#define OBX_SLOT_FREE   0u
+#define OBX_SLOT_LIVE   1u
+#define OBX_SLOT_DEAD   2u   /* owner gone; broker frees it once head has
+                              * passed dead_tail */
+
+struct obx_slot {
+	/* line 0: touched on every emit by the owner */
+	_Atomic uint32_t state;     /* FREE -CAS(producer)-> LIVE -(broker)->
+	                             * DEAD -(broker)-> FREE */
+	_Atomic uint32_t pid;
+	_Atomic uint64_t start;     /* /proc/<pid>/stat starttime, 0 = unknown */
+	/* reserved - settled = claims whose header is not written yet:
+	 * reserved++ precedes the tail fetch_add, settled++ follows the
+	 * header store (or the abandonment of an overshooting claim). */
+	_Atomic uint64_t reserved;
+	_Atomic uint64_t settled;
+	uint8_t  pad0[OBX_CACHELINE - 32];
+	/* line 1: rare paths only (drops, aborts) */
+	_Alignas(OBX_CACHELINE) _Atomic uint64_t drop_full;
+	_Atomic uint64_t drop_too_large;
+	_Atomic uint64_t drop_late;  /* commit found its record unblocked */
+	_Atomic uint64_t aborted;    /* obx_abort(): never emitted */
+	_Atomic uint64_t overshoot;  /* part of drop_full, after reserved++ */
+	uint8_t  pad1[OBX_CACHELINE - 40];
+};
+
+/* emitted by one slot = reserved - overshoot + drop_full + drop_too_large
+ *                       - aborted */
+
+/* ---- stats page (broker-written) --------------------------------------- */
+struct obx_stats {
+	uint64_t emitted;            /* live slots + retired */
+	uint64_t dropped_ring_full;
+	uint64_t dropped_too_large;
+	uint64_t dropped_late;       /* commit after the broker unblocked it */
+	uint64_t dropped_invalid;    /* not a valid envelope */
+	uint64_t ring_unblocked;     /* records recovered from dead producers */
+	uint64_t ring_damaged;       /* garbage words skipped */
+	uint64_t ring_timeouts;      /* live-owner stalls unblocked by timeout */
+	uint64_t consumed;
+	uint64_t spool_bytes;
+	uint64_t spool_segments;
+	uint64_t dropped_spool_full;
+	uint64_t dropped_spool_error;
+	uint64_t spool_corrupt;
+	uint64_t unknown_sink;       /* routed to the default sink */
+	/* broker state that must survive a broker restart */
+	uint64_t retired_emitted, retired_full, retired_too_large,
+		 retired_late, ring_gaps;
+	uint64_t reserved[12];
+};
+
+struct obx_stats_page {
+	_Atomic uint64_t seq;        /* seqlock: odd while the broker writes */
+	uint64_t pad[7];
+	struct obx_stats g;
+};
+
+/* ---- sink page (broker-written) ---------------------------------------- */
+#define OBX_SINK_OK           0u
+#define OBX_SINK_BACKOFF      1u
+#define OBX_SINK_RATE_LIMITED 2u
+
+struct obx_sink_counters {
+	uint64_t queued_events, queued_bytes, requests, responses_2xx,
+		 responses_4xx, responses_5xx, network_errors, retries,
+		 delivered_events, delivered_batches, dropped_rejected,
+		 dropped_retries_exhausted, dropped_expired, dropped_rate_limited,
+		 dropped_too_large, splits, inflight, dropped_spool_full,
+		 dropped_spool_error, unknown_routed;
+	uint64_t reserved[12];
+};
+
+struct obx_sink_shm {
+	char     name[OBX_NAME_MAX];
+	uint32_t in_use;
+	uint32_t state;               /* OBX_SINK_* */
+	uint64_t until_ns;            /* CLOCK_REALTIME ns, 0 when ok */
+	uint32_t ncats;
+	uint32_t pad;
+	char     cats[OBX_MAX_CATS][OBX_CAT_MAX];
+	uint64_t cat_until_ns[OBX_MAX_CATS];
+	struct obx_sink_counters c;
+};
+
+struct obx_sink_page {
+	_Atomic uint64_t seq;        /* seqlock, as for stats */
+	uint32_t nsinks;
+	uint32_t default_sink;
+	uint64_t pad[6];
+	struct obx_sink_shm sink[OBX_MAX_SINKS];
+};
+
+#endif /* OBX_ABI_H */

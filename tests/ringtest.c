@@ -1,0 +1,150 @@
+/* ringtest.c - helpers shared by the ring tests (see ringtest.h). */
+#define _GNU_SOURCE
+#include "ringtest.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint32_t rt_fnv(const uint8_t *p, size_t n, uint32_t h)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return h;
+}
+
+static uint32_t rt_sum(const uint8_t *buf, size_t len)
+{
+	struct rt_body b;
+	uint32_t h = 2166136261u;
+
+	memcpy(&b, buf, sizeof(b)); /* bodies are not aligned in the ring */
+	h = rt_fnv((const uint8_t *)&b.producer, 4, h);
+	h = rt_fnv((const uint8_t *)&b.len, 4, h);
+	h = rt_fnv((const uint8_t *)&b.seq, 8, h);
+	return rt_fnv(buf + sizeof(b), len - sizeof(b), h);
+}
+
+size_t rt_make_body(uint8_t *buf, size_t len, uint32_t producer, uint64_t seq)
+{
+	struct rt_body b;
+	size_t i;
+
+	b.producer = producer;
+	b.len = (uint32_t)len;
+	b.seq = seq;
+	b.pad = 0;
+	b.csum = 0;
+	memcpy(buf, &b, sizeof(b));
+	for (i = sizeof(b); i < len; i++)
+		buf[i] = (uint8_t)(seq * 31 + i * 7 + producer);
+	b.csum = rt_sum(buf, len);
+	memcpy(buf, &b, sizeof(b));
+	return len;
+}
+
+void rt_seen_init(struct rt_seen *s)
+{
+	int i;
+
+	memset(s, 0, sizeof(*s));
+	for (i = 0; i < RT_MAX_PRODUCERS; i++) {
+		s->next_seq[i] = 0;
+		s->slot_of[i] = -1;
+	}
+}
+
+int rt_check_record(struct env_reader *er, const struct ring_rec *r,
+		    struct rt_seen *seen)
+{
+	struct env_view v;
+	struct rt_body b;
+
+	seen->records++;
+	if (env_parse(er, r->payload, r->len, &v) < 0) {
+		seen->invalid++;
+		return -1;
+	}
+	if (v.body_kind != ENV_BODY_BYTES || v.body_len < sizeof(b)) {
+		seen->invalid++;
+		return -1;
+	}
+	memcpy(&b, v.body, sizeof(b));
+	if (b.len != v.body_len || b.producer >= RT_MAX_PRODUCERS ||
+	    b.csum != rt_sum((const uint8_t *)v.body, v.body_len)) {
+		seen->torn++;
+		return -1;
+	}
+	if ((int64_t)b.seq != seen->next_seq[b.producer])
+		seen->out_of_order++;
+	seen->next_seq[b.producer] = (int64_t)b.seq + 1;
+	seen->count[b.producer]++;
+	seen->slot_of[b.producer] = (int16_t)r->slot;
+	return 0;
+}
+
+int rt_segment(struct seg *s, const char *tag, uint64_t ring_size,
+	       uint32_t max_record, uint32_t nslots)
+{
+	struct seg_geom g = { ring_size, max_record, nslots };
+	char name[64], why[256];
+	int created, rc;
+
+	snprintf(name, sizeof(name), "obxtest-%s-%d", tag, (int)getpid());
+	seg_unlink(name);
+	rc = seg_open_broker(s, name, &g, 0600, &created, why, sizeof(why));
+	if (rc < 0)
+		fprintf(stderr, "rt_segment: %s\n", why);
+	return rc;
+}
+
+void rt_segment_destroy(struct seg *s)
+{
+	char name[80];
+
+	snprintf(name, sizeof(name), "%s", s->name);
+	seg_detach(s);
+	seg_unlink(name);
+}
+
+static uint64_t rt_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t rt_drain(struct ring_cons *c, struct env_reader *er,
+		  struct rt_seen *seen, uint64_t ms)
+{
+	uint64_t end = rt_now() + ms * 1000000ull, n = 0, last_reap = 0;
+	struct ring_rec r;
+
+	for (;;) {
+		uint64_t now = rt_now();
+		int rc = ring_next(c, &r, now);
+
+		if (rc == RING_RECORD) {
+			rt_check_record(er, &r, seen);
+			n++;
+			if (c->cursor - c->head > (c->s->g.ring_size >> 2))
+				ring_release(c, c->cursor);
+			continue;
+		}
+		ring_release(c, c->cursor);
+		if (now - last_reap > 5000000ull) {
+			ring_reap(c);
+			last_reap = now;
+		}
+		if (rc == RING_EMPTY)
+			break;
+		if (now > end)
+			break;
+		usleep(200);
+	}
+	return n;
+}
