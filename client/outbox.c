@@ -26,6 +26,8 @@
 struct obx_name {
 	char s[ENV_NAME_MAX + 1];
 	uint32_t len;
+	uint32_t pre_len;              /* env_prefix_template() bytes */
+	uint8_t pre[ENV_NAME_MAX + 16];
 };
 
 struct obx {
@@ -62,6 +64,7 @@ void obx_fault_point(int where)
 
 static _Atomic unsigned g_fork_gen = 1;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static uint8_t g_tail[ENV_TAIL_LEN];    /* env_tail_template() */
 static __thread char g_open_err[256];
 
 static void obx_atfork_child(void)
@@ -71,6 +74,7 @@ static void obx_atfork_child(void)
 
 static void obx_init_once(void)
 {
+	env_tail_template(g_tail);
 	pthread_atfork(NULL, NULL, obx_atfork_child);
 }
 
@@ -135,6 +139,8 @@ obx_t *obx_open(const char *shm_name)
 	if (rc < 0)
 		goto err;
 	/* id 0 is always the default sink "" */
+	h->names[0].pre_len = (uint32_t)env_prefix_template(h->names[0].pre,
+					sizeof(h->names[0].pre), "", 0);
 	atomic_store(&h->nnames, 1);
 	atomic_store(&h->gen, 0);
 	rc = obx_register(h);
@@ -215,29 +221,14 @@ int obx_sink(obx_t *h, const char *name)
 	}
 	memcpy(h->names[n].s, name, len + 1);
 	h->names[n].len = (uint32_t)len;
+	h->names[n].pre_len = (uint32_t)env_prefix_template(h->names[n].pre,
+					sizeof(h->names[n].pre), name, len);
 	/* release: the entry is complete before emitters may use id n */
 	atomic_store_explicit(&h->nnames, n + 1, memory_order_release);
 	rc = n;
 out:
 	pthread_mutex_unlock(&h->lock);
 	return rc;
-}
-
-static inline size_t obx_str_hdr(size_t n)
-{
-	return n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5;
-}
-
-static inline size_t obx_bin_hdr(size_t n)
-{
-	return n < 256 ? 2 : n < 65536 ? 3 : 5;
-}
-
-/* Exact size of the envelope head (see env_pack_head) with a 9-byte ts. */
-static inline size_t obx_head_size(size_t slen, size_t tlen)
-{
-	return 1 + 5 + obx_str_hdr(slen) + slen + 5 + obx_str_hdr(tlen) +
-	       tlen + 3 + 9 + 3 + 2 + ENV_ID_LEN + 5;
 }
 
 static inline uint64_t obx_now_coarse(void)
@@ -248,14 +239,25 @@ static inline uint64_t obx_now_coarse(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Common start of emit and reserve: slot, sink, claim, envelope head. */
+static inline size_t obx_str_hdr_len(size_t n)
+{
+	return n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5;
+}
+
+static inline size_t obx_bin_hdr_len(size_t n)
+{
+	return n < 256 ? 2 : n < 65536 ? 3 : 5;
+}
+
+/* Common start of emit and reserve: slot, sink, claim, then the envelope
+ * head copied from its templates with ts and id patched in. Leaves
+ * p->b positioned at the body. */
 static inline int obx_begin(obx_t *h, int sink, const char *type,
-			    size_t body_room, struct obx_rsv_priv *p,
-			    msgpack_packer *pk)
+			    size_t body_room, struct obx_rsv_priv *p)
 {
 	const struct obx_name *nm;
-	uint8_t id[ENV_ID_LEN];
-	size_t tlen, need;
+	size_t tlen, need, head;
+	uint8_t *d;
 	int rc;
 
 	p->slot = obx_my_slot(h);
@@ -268,21 +270,29 @@ static inline int obx_begin(obx_t *h, int sink, const char *type,
 	if (!type)
 		type = "";
 	tlen = strlen(type);
-	if (tlen > ENV_NAME_MAX)
+	if (__builtin_expect(tlen > ENV_NAME_MAX, 0))
 		return -EINVAL;
-	need = obx_head_size(nm->len, tlen) + body_room;
+	head = nm->pre_len + obx_str_hdr_len(tlen) + tlen + ENV_TAIL_LEN;
+	need = head + body_room;
 	if (need > UINT32_MAX)
 		need = UINT32_MAX;
 	rc = ring_reserve(&h->seg, p->slot, h->sidx, (uint32_t)need, &p->c);
 	if (rc < 0)
 		return rc;
+	d = p->c.payload;
+	memcpy(d, nm->pre, nm->pre_len);
+	d += nm->pre_len;
+	d += env_str_header(d, tlen);
+	memcpy(d, type, tlen);
+	d += tlen;
+	memcpy(d, g_tail, ENV_TAIL_LEN);
+	env_put_be64(d + ENV_TAIL_TS, obx_now_coarse());
+	env_put_be64(d + ENV_TAIL_ID, h->seg.segment_id);
+	env_put_be64(d + ENV_TAIL_ID + 8, p->c.pos);
 	p->b.p = p->c.payload;
-	p->b.len = 0;
+	p->b.len = head;
 	p->b.cap = p->c.size - OBX_REC_HDR;
 	p->b.overflow = 0;
-	msgpack_packer_init(pk, &p->b, env_buf_write);
-	env_make_id(id, h->seg.segment_id, p->c.pos);
-	env_pack_head(pk, nm->s, nm->len, type, tlen, obx_now_coarse(), id);
 	return 0;
 }
 
@@ -290,16 +300,16 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	     size_t len, int kind)
 {
 	struct obx_rsv_priv p;
-	msgpack_packer pk;
 	size_t room;
+	uint8_t *d;
 	int rc;
 
 	switch (kind) {
 	case OBX_BODY_JSON:
-		room = obx_str_hdr(len) + len;
+		room = obx_str_hdr_len(len) + len;
 		break;
 	case OBX_BODY_BYTES:
-		room = obx_bin_hdr(len) + len;
+		room = obx_bin_hdr_len(len) + len;
 		break;
 	case OBX_BODY_MSGPACK:
 		room = len;
@@ -307,20 +317,19 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	default:
 		return -EINVAL;
 	}
-	rc = obx_begin(h, sink, type, room, &p, &pk);
+	rc = obx_begin(h, sink, type, room, &p);
 	if (rc < 0)
 		return rc;
+	d = p.b.p + p.b.len;
 	if (kind == OBX_BODY_JSON)
-		msgpack_pack_str_with_body(&pk, body, len);
-	else if (kind == OBX_BODY_BYTES) {
-		msgpack_pack_bin(&pk, len);
-		env_buf_write(&p.b, body, len / 2);
-		OBX_FAULT(OBX_FP_MID_COPY);
-		env_buf_write(&p.b, (const char *)body + len / 2,
-			      len - len / 2);
-	} else
-		env_buf_write(&p.b, body, len);
-	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)p.b.len, 0);
+		d += env_str_header(d, len);
+	else if (kind == OBX_BODY_BYTES)
+		d += env_bin_header(d, len);
+	memcpy(d, body, len / 2);
+	OBX_FAULT(OBX_FP_MID_COPY);
+	memcpy(d + len / 2, (const char *)body + len / 2, len - len / 2);
+	d += len;
+	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)(d - p.b.p), 0);
 }
 
 int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,
@@ -329,11 +338,10 @@ int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,
 	struct obx_rsv_priv *p = (struct obx_rsv_priv *)r->priv;
 	int rc;
 
-	rc = obx_begin(h, sink, type, max_body, p, &r->pk);
+	rc = obx_begin(h, sink, type, max_body, p);
 	if (rc < 0)
 		return rc;
-	/* the packer's data pointer follows the private part */
-	r->pk.data = &p->b;
+	msgpack_packer_init(&r->pk, &p->b, env_buf_write);
 	return 0;
 }
 

@@ -3,6 +3,34 @@
 #include <string.h>
 #include "envelope.h"
 
+size_t env_prefix_template(uint8_t *out, size_t cap, const char *sink,
+			   size_t slen)
+{
+	struct env_buf b = { out, 0, cap, 0 };
+	msgpack_packer pk;
+
+	msgpack_packer_init(&pk, &b, env_buf_write);
+	msgpack_pack_map(&pk, 5);
+	msgpack_pack_str_with_body(&pk, "sink", 4);
+	msgpack_pack_str_with_body(&pk, sink, slen);
+	msgpack_pack_str_with_body(&pk, "type", 4);
+	return b.overflow ? 0 : b.len;
+}
+
+void env_tail_template(uint8_t out[ENV_TAIL_LEN])
+{
+	static const uint8_t zero[ENV_ID_LEN];
+	struct env_buf b = { out, 0, ENV_TAIL_LEN, 0 };
+	msgpack_packer pk;
+
+	msgpack_packer_init(&pk, &b, env_buf_write);
+	msgpack_pack_str_with_body(&pk, "ts", 2);
+	msgpack_pack_fix_uint64(&pk, 0);
+	msgpack_pack_str_with_body(&pk, "id", 2);
+	msgpack_pack_bin_with_body(&pk, zero, ENV_ID_LEN);
+	msgpack_pack_str_with_body(&pk, "body", 4);
+}
+
 void env_reader_init(struct env_reader *r)
 {
 	msgpack_unpacked_init(&r->up);

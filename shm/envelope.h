@@ -85,6 +85,76 @@ static inline void env_pack_head(msgpack_packer *pk, const char *sink,
 	msgpack_pack_str_with_body(pk, "body", 4);
 }
 
+/* Fast path used by liboutbox: the same bytes as env_pack_head(), built
+ * from templates that msgpack-c packs once (the map header, "sink" and
+ * its value, the "type" key; then "ts" as a fixed uint64, "id" as bin16,
+ * the "body" key), so an emit only copies them and patches ts and id.
+ * ENV_TAIL_TS / ENV_TAIL_ID are the offsets of those values in the tail
+ * template (after the 0xcf / 0xc4 0x10 markers). */
+#define ENV_TAIL_LEN  (3 + 9 + 3 + 2 + ENV_ID_LEN + 5)
+#define ENV_TAIL_TS   (3 + 1)
+#define ENV_TAIL_ID   (3 + 9 + 3 + 2)
+
+/* map header + "sink": name + "type" key into out (cap >= slen + 16);
+ * returns the length. */
+size_t env_prefix_template(uint8_t *out, size_t cap, const char *sink,
+			   size_t slen);
+/* "ts": 0 (fixed uint64) "id": bin16 zeros "body" -> out[ENV_TAIL_LEN] */
+void env_tail_template(uint8_t out[ENV_TAIL_LEN]);
+
+/* msgpack str / bin header for n bytes; returns its length (1..5). */
+static inline size_t env_str_header(uint8_t *p, size_t n)
+{
+	if (n < 32) {
+		p[0] = (uint8_t)(0xa0 | n);
+		return 1;
+	}
+	if (n < 256) {
+		p[0] = 0xd9;
+		p[1] = (uint8_t)n;
+		return 2;
+	}
+	if (n < 65536) {
+		p[0] = 0xda;
+		p[1] = (uint8_t)(n >> 8);
+		p[2] = (uint8_t)n;
+		return 3;
+	}
+	p[0] = 0xdb;
+	p[1] = (uint8_t)(n >> 24);
+	p[2] = (uint8_t)(n >> 16);
+	p[3] = (uint8_t)(n >> 8);
+	p[4] = (uint8_t)n;
+	return 5;
+}
+
+static inline size_t env_bin_header(uint8_t *p, size_t n)
+{
+	if (n < 256) {
+		p[0] = 0xc4;
+		p[1] = (uint8_t)n;
+		return 2;
+	}
+	if (n < 65536) {
+		p[0] = 0xc5;
+		p[1] = (uint8_t)(n >> 8);
+		p[2] = (uint8_t)n;
+		return 3;
+	}
+	p[0] = 0xc6;
+	p[1] = (uint8_t)(n >> 24);
+	p[2] = (uint8_t)(n >> 16);
+	p[3] = (uint8_t)(n >> 8);
+	p[4] = (uint8_t)n;
+	return 5;
+}
+
+static inline void env_put_be64(uint8_t *p, uint64_t v)
+{
+	v = __builtin_bswap64(v);
+	memcpy(p, &v, 8);
+}
+
 /* ---- reader (broker, CLI) ---------------------------------------------- */
 
 struct env_view {

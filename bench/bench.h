@@ -1,0 +1,36 @@
+/* bench.h - shared pieces of outbox-bench: clock, log-linear histogram
+ * (32 sub-buckets per power of two, ~3 % resolution; lives in shared
+ * memory so forked producers fill their own and the parent merges).
+ */
+#ifndef OBX_BENCH_H
+#define OBX_BENCH_H
+
+#include <stdint.h>
+#include <time.h>
+
+static inline uint64_t bench_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define BENCH_SUB_BITS 5
+#define BENCH_SUB (1 << BENCH_SUB_BITS)
+#define BENCH_BUCKETS (64 * BENCH_SUB)
+
+struct bench_hist {
+	uint64_t n, sum, max;
+	uint64_t b[BENCH_BUCKETS];
+};
+
+void bench_hist_add(struct bench_hist *h, uint64_t v);
+void bench_hist_merge(struct bench_hist *dst, const struct bench_hist *src);
+uint64_t bench_hist_pct(const struct bench_hist *h, double p);
+double bench_hist_mean(const struct bench_hist *h);
+
+int bench_emit(int argc, char **argv);
+int bench_e2e(int argc, char **argv);
+
+#endif

@@ -1,0 +1,142 @@
+/* spool.h - the durable spool: per sink, append-only segment files of
+ * CRC-framed records, written and read with io_uring through the reactor.
+ *
+ * Layout: <spool_dir>/<sink>/ (mode 0700), segment files
+ * "seg-<first seq, 16 hex>.obx" (0600), and "checkpoint" (msgpack,
+ * atomic replace) holding the acknowledged watermark. Formats in
+ * docs/DESIGN.md ("Spool").
+ *
+ * Sequence numbers: every record of a sink gets the next seq (u64, from
+ * 1, never reused; continues across restarts). acked = every seq < acked
+ * is done (delivered or dropped for a counted reason). Out-of-order acks
+ * above the watermark are kept in memory only; after a restart those are
+ * sent again (bounded by the batches that were in flight).
+ *
+ * The drain side appends into an in-memory tail buffer and flushes all
+ * sinks at once; the callback says when everything flushed is durable per
+ * the durability setting (none: at once; write: the writes completed;
+ * fdatasync: a following fdatasync completed, batched by sync_interval).
+ * Only then does the broker advance the ring head.
+ *
+ * Cap: spool_max bytes across all sinks (segment files + tail buffers).
+ * drop-newest refuses appends (-ENOSPC, counted dropped_spool_full);
+ * drop-oldest deletes the oldest whole segment of any sink that is not
+ * being written or read (its unacked records counted dropped_spool_full)
+ * and then accepts. A write error (ENOSPC, EIO) keeps the data in memory,
+ * stops accepting appends (-EAGAIN) until a retry succeeds (the broker
+ * retries every second), counts spool_errors and never loses what it had
+ * accepted.
+ */
+#ifndef OBX_SPOOL_H
+#define OBX_SPOOL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include "reactor.h"
+#include "config.h"
+
+struct spool_set;   /* every sink: shared cap, flush, counters */
+struct spool;       /* one sink */
+
+struct spool_set_opts {
+	const char *dir;
+	uint64_t max_bytes;             /* spool_max */
+	uint64_t segment_size;          /* roll over at this size */
+	enum cfg_spool_full full;
+	enum cfg_durability durability;
+	uint64_t sync_interval_ms;
+	uint64_t tail_buffer;           /* per sink write buffer, e.g. 1M */
+};
+
+struct spool_stats {
+	uint64_t bytes;                 /* on disk + buffered */
+	uint64_t segments;
+	uint64_t queued_events;         /* appended - acked */
+	uint64_t queued_bytes;
+	uint64_t recovered;             /* records found at open */
+	uint64_t corrupt;               /* damaged records skipped at open */
+	uint64_t truncated_bytes;       /* torn tails cut at open */
+	uint64_t dropped_full;          /* refused or deleted for the cap */
+	uint64_t write_errors;          /* failed writes/fsyncs (retried) */
+};
+
+/* NULL + errno. Creates dir (0700) if needed. */
+struct spool_set *spool_set_new(struct rx *rx,
+				const struct spool_set_opts *o);
+/* Flushes nothing: call spool_set_flush and wait for it first. */
+void spool_set_free(struct spool_set *set);
+
+/* Opens (or creates) the sink's spool and recovers it: validates every
+ * frame by CRC, truncates a torn tail, skips and counts damaged records,
+ * ignores foreign files, loads the checkpoint. Never fails because of
+ * damaged content; NULL + errno only for real I/O errors (e.g. EACCES).
+ * Synchronous (startup). */
+struct spool *spool_open(struct spool_set *set, const char *sink);
+void spool_close(struct spool *sp);
+
+/* Copies one record into the tail buffer; 0, -ENOSPC (cap, dropped and
+ * counted), -EAGAIN (spool stalled on a write error: do not drain), or
+ * -E2BIG (larger than a segment). */
+int spool_append(struct spool *sp, const void *rec, uint32_t len);
+
+/* Writes every sink's buffered records (io_uring writes, then fdatasync
+ * per durability). done(arg, err) runs from the reactor when all of it is
+ * durable (err 0), or when a write failed (err < 0: data kept, retried by
+ * the next flush). -EBUSY while a previous flush is in flight. */
+int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
+		    void *arg);
+
+/* Bytes buffered and not yet flushed, across sinks. */
+uint64_t spool_set_pending(const struct spool_set *set);
+
+/* Records of one sink, for delivery. */
+struct spool_rec {
+	uint64_t seq;
+	uint32_t len;
+	const uint8_t *data;            /* valid until the batch is freed */
+};
+
+struct spool_batch {
+	struct spool_rec *recs;
+	uint32_t n, cap;
+	uint8_t *buf;                   /* owns the record bytes */
+	uint64_t buf_len, buf_cap;
+};
+
+void spool_batch_init(struct spool_batch *b);
+void spool_batch_free(struct spool_batch *b);
+
+/* Reads up to max_events / max_bytes records starting at seq `from`
+ * (from memory when buffered, from the segment files with io_uring
+ * otherwise) into b (reset first). done(arg, err) is called from the
+ * reactor when b is filled, or right away when it came from memory
+ * (then the return value is 1). 0 = pending, 1 = done now, -errno.
+ * A batch never holds more than max_bytes (except a single larger
+ * record), so memory stays bounded whatever the backlog. */
+int spool_read(struct spool *sp, uint64_t from, uint32_t max_events,
+	       uint64_t max_bytes, struct spool_batch *b,
+	       void (*done)(void *arg, int err), void *arg);
+
+uint64_t spool_next_seq(const struct spool *sp);  /* one past the last */
+uint64_t spool_acked(const struct spool *sp);     /* watermark */
+
+/* Marks [first, first + n) done. Advances the watermark over the
+ * contiguous prefix, deletes fully acknowledged segments, and writes the
+ * checkpoint (atomic replace) at most every 100 ms (spool_sync_ack forces
+ * it). */
+void spool_ack(struct spool *sp, uint64_t first, uint64_t n);
+int spool_sync_ack(struct spool *sp);
+
+void spool_get_stats(const struct spool *sp, struct spool_stats *st);
+void spool_set_get_stats(const struct spool_set *set, struct spool_stats *st);
+
+/* Offline inspection for the CLI (no broker needed). Print to out;
+ * return 0, or the number of problems found (verify), or -errno. */
+int spool_ls(const char *dir, FILE *out);
+int spool_verify(const char *dir, FILE *out);
+/* One line per record: "<sink> <seq> <len> <payload as JSON or hex>";
+ * fmt_payload may be NULL (hex). */
+int spool_dump(const char *dir, const char *sink, FILE *out,
+	       void (*fmt_payload)(FILE *out, const uint8_t *p, uint32_t n));
+
+#endif
