@@ -31,6 +31,8 @@ struct obx_name {
 };
 
 struct obx {
+	uint64_t id;                   /* unique per open, for thread caches */
+	struct obx *next;              /* g_open list */
 	struct seg seg;
 	pthread_mutex_t lock;          /* registration, name table */
 	struct obx_slot *_Atomic slot; /* this process's slot */
@@ -44,6 +46,7 @@ struct obx {
 struct obx_rsv_priv {
 	struct ring_claim c;
 	struct obx_slot *slot;
+	struct obx_lane *lane;
 	struct env_buf b;
 };
 _Static_assert(sizeof(struct obx_rsv_priv) <= sizeof(((struct obx_rsv *)0)->priv),
@@ -64,6 +67,21 @@ void obx_fault_point(int where)
 
 static _Atomic unsigned g_fork_gen = 1;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+/* Each thread keeps the lane it took in the slot of the handle it last
+ * emitted through. The key's destructor gives the lane back at thread
+ * exit, if that handle is still open (g_open, under g_open_lock). */
+struct obx_tls_lane {
+	uint64_t hid;
+	unsigned gen;
+	struct obx_lane *lane;
+};
+static __thread struct obx_tls_lane t_lane;
+static pthread_key_t g_lane_key;
+static pthread_mutex_t g_open_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct obx *g_open;
+static _Atomic uint64_t g_next_hid = 1;
+static _Atomic uint32_t g_next_token = 1;
 static uint8_t g_tail[ENV_TAIL_LEN];    /* env_tail_template() */
 static __thread char g_open_err[256];
 
@@ -72,8 +90,24 @@ static void obx_atfork_child(void)
 	atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
 }
 
+static void obx_lane_release(void *arg)
+{
+	struct obx_tls_lane *t = arg;
+	struct obx *h;
+
+	pthread_mutex_lock(&g_open_lock);
+	for (h = g_open; h; h = h->next)
+		if (h->id == t->hid && t->gen == atomic_load(&g_fork_gen) &&
+		    t->lane)
+			atomic_store(&t->lane->owner, 0);
+	pthread_mutex_unlock(&g_open_lock);
+	t->hid = 0;
+	t->lane = NULL;
+}
+
 static void obx_init_once(void)
 {
+	pthread_key_create(&g_lane_key, obx_lane_release);
 	env_tail_template(g_tail);
 	pthread_atfork(NULL, NULL, obx_atfork_child);
 }
@@ -118,6 +152,29 @@ static inline struct obx_slot *obx_my_slot(obx_t *h)
 	return atomic_load_explicit(&h->slot, memory_order_relaxed);
 }
 
+/* The calling thread's lane in this process's slot (NULL: none free). */
+static struct obx_lane *obx_lane_slow(obx_t *h, struct obx_slot *slot)
+{
+	uint32_t token = atomic_fetch_add(&g_next_token, 1);
+
+	if (!token)
+		token = atomic_fetch_add(&g_next_token, 1);
+	t_lane.lane = slot_lane_claim(slot, token);
+	t_lane.hid = h->id;
+	t_lane.gen = atomic_load(&h->gen);
+	pthread_setspecific(g_lane_key, &t_lane);
+	return t_lane.lane;
+}
+
+static inline struct obx_lane *obx_my_lane(obx_t *h, struct obx_slot *slot)
+{
+	if (__builtin_expect(t_lane.hid == h->id && t_lane.gen ==
+			     atomic_load_explicit(&h->gen,
+						  memory_order_relaxed), 1))
+		return t_lane.lane;
+	return obx_lane_slow(h, slot);
+}
+
 obx_t *obx_open(const char *shm_name)
 {
 	obx_t *h;
@@ -151,6 +208,11 @@ obx_t *obx_open(const char *shm_name)
 		seg_detach(&h->seg);
 		goto err;
 	}
+	h->id = atomic_fetch_add(&g_next_hid, 1);
+	pthread_mutex_lock(&g_open_lock);
+	h->next = g_open;
+	g_open = h;
+	pthread_mutex_unlock(&g_open_lock);
 	g_open_err[0] = 0;
 	return h;
 err:
@@ -162,8 +224,17 @@ err:
 
 void obx_close(obx_t *h)
 {
+	struct obx **pp;
+
 	if (!h)
 		return;
+	pthread_mutex_lock(&g_open_lock);
+	for (pp = &g_open; *pp; pp = &(*pp)->next)
+		if (*pp == h) {
+			*pp = h->next;
+			break;
+		}
+	pthread_mutex_unlock(&g_open_lock);
 	/* only the process that owns the slot gives it up */
 	if (atomic_load(&h->gen) == atomic_load(&g_fork_gen) &&
 	    atomic_load(&h->slot))
@@ -276,7 +347,9 @@ static inline int obx_begin(obx_t *h, int sink, const char *type,
 	need = head + body_room;
 	if (need > UINT32_MAX)
 		need = UINT32_MAX;
-	rc = ring_reserve(&h->seg, p->slot, h->sidx, (uint32_t)need, &p->c);
+	p->lane = obx_my_lane(h, p->slot);
+	rc = ring_reserve(&h->seg, p->slot, p->lane, h->sidx, (uint32_t)need,
+			  &p->c);
 	if (rc < 0)
 		return rc;
 	d = p->c.payload;

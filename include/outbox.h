@@ -61,7 +61,7 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
  * holds up the broker: keep it short. */
 struct obx_rsv {
 	msgpack_packer pk;
-	uint64_t priv[8];       /* opaque */
+	uint64_t priv[12];      /* opaque */
 };
 
 int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,

@@ -131,15 +131,29 @@ struct obx_consumer_page {
 #define OBX_SLOT_DEAD   2u   /* owner gone; broker frees it once head has
                               * passed dead_tail */
 
+#define OBX_LANES       4u
+
+/* A lane is one thread's claim window marker. A thread of the owner
+ * process takes a free lane once (CAS on owner) and from then on writes
+ * busy and reserved with plain stores: being the only writer, it needs no
+ * locked instruction on the emit path. Threads beyond OBX_LANES use the
+ * slot's shared counters (fetch_add). */
+struct obx_lane {
+	_Atomic uint32_t owner;     /* 0 free, else a thread token */
+	_Atomic uint32_t busy;      /* 1 between P1 and P5 */
+	_Atomic uint64_t reserved;  /* claims made through this lane */
+	uint8_t  pad[OBX_CACHELINE - 16];
+};
+
 struct obx_slot {
-	/* line 0: touched on every emit by the owner */
+	/* line 0: identity, and the shared claim counters for threads
+	 * without a lane: reserved - settled = their claims whose header
+	 * is not written yet (reserved++ before the tail fetch_add,
+	 * settled++ after the header store or an abandoned overshoot). */
 	_Atomic uint32_t state;     /* FREE -CAS(producer)-> LIVE -(broker)->
 	                             * DEAD -(broker)-> FREE */
 	_Atomic uint32_t pid;
 	_Atomic uint64_t start;     /* /proc/<pid>/stat starttime, 0 = unknown */
-	/* reserved - settled = claims whose header is not written yet:
-	 * reserved++ precedes the tail fetch_add, settled++ follows the
-	 * header store (or the abandonment of an overshooting claim). */
 	_Atomic uint64_t reserved;
 	_Atomic uint64_t settled;
 	uint8_t  pad0[OBX_CACHELINE - 32];
@@ -150,10 +164,11 @@ struct obx_slot {
 	_Atomic uint64_t aborted;    /* obx_abort(): never emitted */
 	_Atomic uint64_t overshoot;  /* part of drop_full, after reserved++ */
 	uint8_t  pad1[OBX_CACHELINE - 40];
+	struct obx_lane lane[OBX_LANES];
 };
 
-/* emitted by one slot = reserved - overshoot + drop_full + drop_too_large
- *                       - aborted */
+/* emitted by one slot = reserved + sum(lane.reserved) - overshoot
+ *                       + drop_full + drop_too_large - aborted */
 
 /* ---- stats page (broker-written) --------------------------------------- */
 struct obx_stats {

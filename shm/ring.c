@@ -134,17 +134,10 @@ static int ring_live_reserving(struct ring_cons *c, int check)
 	int any = 0;
 
 	for (i = 0; i < n; i++) {
-		uint64_t r, d;
-
 		if (atomic_load_explicit(&slots[i].state,
 					 memory_order_acquire) != OBX_SLOT_LIVE)
 			continue;
-		r = atomic_load_explicit(&slots[i].reserved,
-					 memory_order_seq_cst);
-		/* acquire: pairs with P5, the header is visible if settled */
-		d = atomic_load_explicit(&slots[i].settled,
-					 memory_order_acquire);
-		if (r == d)
+		if (!slot_claiming(&slots[i]))
 			continue;
 		if (!check || !ring_slot_gone(c, i))
 			any = 1;
@@ -364,25 +357,14 @@ void ring_cons_wait(struct ring_cons *c, uint64_t timeout_ns)
 
 static void ring_fold_slot(struct ring_cons *c, struct obx_slot *sl)
 {
-	uint64_t r = atomic_load(&sl->reserved), d = atomic_load(&sl->settled);
-
 	/* claims that never got a header: the owner died between P1 and
 	 * P5; the zero gap was padded over without counting */
-	if (r > d)
-		c->st.unblocked += r - d;
+	c->st.unblocked += slot_claims_open(sl);
 	c->retired_emitted += slot_emitted(sl);
 	c->retired_full += atomic_load(&sl->drop_full);
 	c->retired_too_large += atomic_load(&sl->drop_too_large);
 	c->retired_late += atomic_load(&sl->drop_late);
-	atomic_store(&sl->reserved, 0);
-	atomic_store(&sl->settled, 0);
-	atomic_store(&sl->drop_full, 0);
-	atomic_store(&sl->drop_too_large, 0);
-	atomic_store(&sl->drop_late, 0);
-	atomic_store(&sl->aborted, 0);
-	atomic_store(&sl->overshoot, 0);
-	atomic_store(&sl->pid, 0);
-	atomic_store(&sl->start, 0);
+	slot_reset(sl);
 }
 
 void ring_reap(struct ring_cons *c)

@@ -4,20 +4,21 @@
  *
  * Producer (any process, any thread, never blocks):
  *   P0  t = tail (relaxed), h = head (acquire)      pre-check the window
- *   P1  slot.reserved += 1            (seq_cst)     "I am about to claim"
- *   P2  pos = tail.fetch_add(size)    (seq_cst)     the claim
+ *   P1  lane.busy = 1 (relaxed)  or  slot.reserved += 1 (no lane)
+ *   P2  pos = tail.fetch_add(size)    (seq_cst)     the claim; its
+ *       release half publishes P1 to whoever sees the new tail (C2)
  *   P3  h = head (acquire); pos+size-h > ring_size  overshoot: abandon
  *   P4  hdr.word = BUSY|size|slot     (relaxed) + release fence
- *   P5  slot.settled += 1             (release)     pairs with C2
+ *   P5  lane.busy = 0 (release)  or  slot.settled += 1   pairs with C2
  *   P6  payload written in place
  *   P7  hdr.len = len; CAS BUSY->COMMIT (seq_cst)   pairs with C1
  *   P8  wake (seq_cst load) == 1 -> xchg 0 -> FUTEX_WAKE   pairs with C5
  *
  * Consumer (the broker, one thread):
  *   C1  w = hdr.word (acquire) at cursor
- *   C2  zero word: tail (seq_cst), then every LIVE slot's reserved/settled
- *       (seq_cst/acquire); no live owner between P1 and P5 and the word is
- *       still zero -> the claim is dead or abandoned: PAD over the gap
+ *   C2  zero word: tail (seq_cst), then every LIVE slot's lanes' busy and
+ *       shared reserved/settled (acquire); no live owner between P1 and
+ *       P5 and the word is still zero -> dead or abandoned: PAD the gap
  *   C3  BUSY whose owner is dead -> CAS BUSY->DISCARD (the owner's P7 CAS
  *       then fails and it counts a late drop if it was in fact alive)
  *   C4  after the spool has the records: zero [head, upto) then
@@ -64,11 +65,40 @@ static inline uint64_t ring_window(const struct seg *s)
 	return s->g.ring_size - (s->g.ring_size >> 3);
 }
 
+/* P1 / P5 through the thread's lane (plain stores, single writer) or,
+ * without one, through the slot's shared counters. */
+static inline void ring_claim_begin(struct obx_slot *slot,
+				    struct obx_lane *lane)
+{
+	if (__builtin_expect(lane != NULL, 1)) {
+		atomic_store_explicit(&lane->reserved, atomic_load_explicit(
+			&lane->reserved, memory_order_relaxed) + 1,
+			memory_order_relaxed);
+		atomic_store_explicit(&lane->busy, 1, memory_order_relaxed);
+	} else {
+		atomic_fetch_add_explicit(&slot->reserved, 1,
+					  memory_order_relaxed);
+	}
+}
+
+static inline void ring_claim_end(struct obx_slot *slot,
+				  struct obx_lane *lane)
+{
+	/* release: pairs with the acquire loads in ring.c (C2); the header
+	 * store precedes it */
+	if (__builtin_expect(lane != NULL, 1))
+		atomic_store_explicit(&lane->busy, 0, memory_order_release);
+	else
+		atomic_fetch_add_explicit(&slot->settled, 1,
+					  memory_order_release);
+}
+
 /* Claims room for `payload_max` bytes. 0, -EMSGSIZE (counted
- * drop_too_large), or -EAGAIN (ring full, counted drop_full). */
+ * drop_too_large), or -EAGAIN (ring full, counted drop_full). lane may be
+ * NULL (the calling thread has none). */
 static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
-			       uint16_t sidx, uint32_t payload_max,
-			       struct ring_claim *c)
+			       struct obx_lane *lane, uint16_t sidx,
+			       uint32_t payload_max, struct ring_claim *c)
 {
 	struct obx_shm_hdr *hdr = s->hdr;
 	uint64_t t, h, pos;
@@ -86,10 +116,11 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 	h = atomic_load_explicit(&s->cons->head, memory_order_acquire);
 	if (__builtin_expect(t + size - h > ring_window(s), 0))
 		goto full;
-	/* P1: visible before the claim (P2), read by the consumer at C2 */
-	atomic_fetch_add_explicit(&slot->reserved, 1, memory_order_seq_cst);
-	/* P2 */
-	pos = atomic_fetch_add_explicit(&hdr->tail, size, memory_order_seq_cst);
+	/* P1: made visible by the release half of P2 */
+	ring_claim_begin(slot, lane);
+	/* P2: acq_rel; a consumer that reads this tail (acquire) sees P1 */
+	pos = atomic_fetch_add_explicit(&hdr->tail, size,
+					memory_order_acq_rel);
 	OBX_FAULT(OBX_FP_AFTER_ADD);
 	/* P3: never write where the consumer has not cleaned yet. Pairs
 	 * with the head store-release in ring_release(). */
@@ -97,8 +128,7 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 	if (__builtin_expect(pos + size - h > s->g.ring_size, 0)) {
 		atomic_fetch_add_explicit(&slot->overshoot, 1,
 					  memory_order_relaxed);
-		atomic_fetch_add_explicit(&slot->settled, 1,
-					  memory_order_release);
+		ring_claim_end(slot, lane);
 		goto full;
 	}
 	rec = seg_rec(s, pos);
@@ -107,8 +137,8 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 	atomic_store_explicit(&rec->word, OBX_REC_WORD(size, sidx,
 			      OBX_REC_BUSY), memory_order_relaxed);
 	atomic_thread_fence(memory_order_release);
-	/* P5: pairs with the acquire loads of settled in ring.c (C2) */
-	atomic_fetch_add_explicit(&slot->settled, 1, memory_order_release);
+	/* P5 */
+	ring_claim_end(slot, lane);
 	OBX_FAULT(OBX_FP_AFTER_HDR);
 	c->pos = pos;
 	c->size = size;

@@ -25,7 +25,8 @@
 
 _Static_assert(sizeof(struct obx_shm_hdr) <= OBX_PAGE, "hdr fits page 0");
 _Static_assert(sizeof(struct obx_consumer_page) <= OBX_PAGE, "cons page");
-_Static_assert(sizeof(struct obx_slot) == 2 * OBX_CACHELINE, "slot size");
+_Static_assert(sizeof(struct obx_slot) == (2 + OBX_LANES) * OBX_CACHELINE,
+	       "slot size");
 _Static_assert(sizeof(struct obx_rec_hdr) == OBX_REC_HDR, "record header");
 
 int seg_path(const char *name, char *out, size_t outlen)

@@ -95,11 +95,71 @@ void slot_release(struct obx_slot *s)
 	atomic_store_explicit(&s->state, OBX_SLOT_DEAD, memory_order_release);
 }
 
+int slot_claiming(const struct obx_slot *s)
+{
+	unsigned i;
+
+	for (i = 0; i < OBX_LANES; i++)
+		if (atomic_load_explicit(&s->lane[i].busy,
+					 memory_order_acquire))
+			return 1;
+	return atomic_load_explicit(&s->reserved, memory_order_acquire) !=
+	       atomic_load_explicit(&s->settled, memory_order_acquire);
+}
+
+uint64_t slot_claims_open(const struct obx_slot *s)
+{
+	uint64_t n = atomic_load(&s->reserved) - atomic_load(&s->settled);
+	unsigned i;
+
+	for (i = 0; i < OBX_LANES; i++)
+		n += atomic_load(&s->lane[i].busy) ? 1 : 0;
+	return n;
+}
+
+void slot_reset(struct obx_slot *s)
+{
+	unsigned i;
+
+	atomic_store(&s->reserved, 0);
+	atomic_store(&s->settled, 0);
+	atomic_store(&s->drop_full, 0);
+	atomic_store(&s->drop_too_large, 0);
+	atomic_store(&s->drop_late, 0);
+	atomic_store(&s->aborted, 0);
+	atomic_store(&s->overshoot, 0);
+	atomic_store(&s->pid, 0);
+	atomic_store(&s->start, 0);
+	for (i = 0; i < OBX_LANES; i++) {
+		atomic_store(&s->lane[i].busy, 0);
+		atomic_store(&s->lane[i].reserved, 0);
+		atomic_store(&s->lane[i].owner, 0);
+	}
+}
+
+struct obx_lane *slot_lane_claim(struct obx_slot *s, uint32_t token)
+{
+	unsigned i;
+
+	for (i = 0; i < OBX_LANES; i++) {
+		uint32_t free_ = 0;
+
+		if (atomic_compare_exchange_strong(&s->lane[i].owner, &free_,
+						   token))
+			return &s->lane[i];
+	}
+	return NULL;
+}
+
 uint64_t slot_emitted(const struct obx_slot *s)
 {
-	return atomic_load(&s->reserved) - atomic_load(&s->overshoot) +
-	       atomic_load(&s->drop_full) + atomic_load(&s->drop_too_large) -
-	       atomic_load(&s->aborted);
+	uint64_t r = atomic_load(&s->reserved);
+	unsigned i;
+
+	for (i = 0; i < OBX_LANES; i++)
+		r += atomic_load(&s->lane[i].reserved);
+	return r - atomic_load(&s->overshoot) + atomic_load(&s->drop_full) +
+	       atomic_load(&s->drop_too_large) - atomic_load(&s->aborted);
 }
 
 uint64_t slot_dropped(const struct obx_slot *s)

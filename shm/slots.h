@@ -30,6 +30,19 @@ int slot_claim(struct obx_slot *slots, uint32_t nslots, pid_t pid,
 /* Producer: give the slot up (the broker folds its counters and frees it). */
 void slot_release(struct obx_slot *s);
 
+/* 1 when some thread of the slot's owner is between P1 and P5. Acquire
+ * loads: pair with the release stores of P5 (ring_claim_end). */
+int slot_claiming(const struct obx_slot *s);
+
+/* Claims without a header (busy lanes + shared reserved - settled). */
+uint64_t slot_claims_open(const struct obx_slot *s);
+
+/* Broker: zero every counter and lane before the slot goes FREE. */
+void slot_reset(struct obx_slot *s);
+
+/* Producer thread: take a free lane of the slot, or NULL. */
+struct obx_lane *slot_lane_claim(struct obx_slot *s, uint32_t token);
+
 /* emitted by one slot, per the identity in obx_abi.h */
 uint64_t slot_emitted(const struct obx_slot *s);
 uint64_t slot_dropped(const struct obx_slot *s);

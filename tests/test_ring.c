@@ -710,11 +710,15 @@ static void *thr_main(void *p)
 	return NULL;
 }
 
+/* more threads than lanes: OBX_LANES of them get a lane, the others go
+ * through the slot's shared counters; both paths in one run */
+#define NTHR ((int)OBX_LANES + 2)
+
 static void test_threads(void)
 {
 	obx_t *h;
-	pthread_t th[4];
-	struct thr_arg a[4];
+	pthread_t th[NTHR];
+	struct thr_arg a[NTHR];
 	uint64_t n = 200000 / SCALE;
 	struct obx_counters oc;
 	int i, running = 1;
@@ -722,7 +726,7 @@ static void test_threads(void)
 	CU_ASSERT_FATAL(setup_ring("thr", 1 << 20, 4096) == 0);
 	h = obx_open(g_seg.name);
 	CU_ASSERT_FATAL(h != NULL);
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < NTHR; i++) {
 		a[i] = (struct thr_arg){ h, 30 + (uint32_t)i, n };
 		pthread_create(&th[i], NULL, thr_main, &a[i]);
 	}
@@ -730,20 +734,20 @@ static void test_threads(void)
 		uint64_t total = 0;
 
 		rt_drain(&g_c, &g_er, &g_seen, 20);
-		for (i = 0; i < 4; i++)
+		for (i = 0; i < NTHR; i++)
 			total += g_seen.count[30 + i];
-		running = total < 4 * n;
+		running = total < NTHR * n;
 		if (running)
 			usleep(100);
 	}
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < NTHR; i++) {
 		pthread_join(th[i], NULL);
 		CU_ASSERT_EQUAL(g_seen.count[30 + i], n);
 	}
 	CU_ASSERT_EQUAL(g_seen.out_of_order, 0);
 	CU_ASSERT_EQUAL(g_seen.torn, 0);
 	CU_ASSERT_EQUAL(obx_counters(h, &oc), 0);
-	CU_ASSERT_EQUAL(oc.emitted - oc.dropped_ring_full, 4 * n);
+	CU_ASSERT_EQUAL(oc.emitted - oc.dropped_ring_full, NTHR * n);
 	obx_close(h);
 	teardown_ring();
 }
@@ -768,7 +772,7 @@ static int add_suites(void)
 	CU_add_test(s, "hostile garbage in the ring", test_garbage);
 	CU_add_test(s, "attach validates the layout", test_attach_mismatch);
 	CU_add_test(s, "fork safety", test_fork_safety);
-	CU_add_test(s, "4 threads on one handle", test_threads);
+	CU_add_test(s, "6 threads on one handle (lanes + shared)", test_threads);
 	return 0;
 }
 
