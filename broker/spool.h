@@ -30,6 +30,7 @@
 #ifndef OBX_SPOOL_H
 #define OBX_SPOOL_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include "reactor.h"
@@ -46,6 +47,10 @@ struct spool_set_opts {
 	enum cfg_durability durability;
 	uint64_t sync_interval_ms;
 	uint64_t tail_buffer;           /* per sink write buffer, e.g. 1M */
+	/* additions: optional log sink for recovery findings and I/O
+	 * errors (level: enum cfg_log_level); NULL = silent */
+	void (*log)(void *log_arg, int level, const char *msg);
+	void *log_arg;
 };
 
 struct spool_stats {
@@ -58,6 +63,11 @@ struct spool_stats {
 	uint64_t truncated_bytes;       /* torn tails cut at open */
 	uint64_t dropped_full;          /* refused or deleted for the cap */
 	uint64_t write_errors;          /* failed writes/fsyncs (retried) */
+	/* additions */
+	uint64_t foreign;               /* files ignored at open */
+	uint64_t reads_mem;             /* spool_read served from memory */
+	uint64_t reads_disk;            /* io_uring reads of segment files */
+	uint64_t mem_bytes;             /* RAM held: blocks, index, state */
 };
 
 /* NULL + errno. Creates dir (0700) if needed. */
@@ -101,6 +111,9 @@ struct spool_batch {
 	uint32_t n, cap;
 	uint8_t *buf;                   /* owns the record bytes */
 	uint64_t buf_len, buf_cap;
+	/* addition: where the next read should start - one past the last
+	 * record returned, or past what was skipped when n == 0 */
+	uint64_t next;
 };
 
 void spool_batch_init(struct spool_batch *b);
@@ -113,6 +126,13 @@ void spool_batch_free(struct spool_batch *b);
  * (then the return value is 1). 0 = pending, 1 = done now, -errno.
  * A batch never holds more than max_bytes (except a single larger
  * record), so memory stays bounded whatever the backlog. */
+/* When spool_read returns 1, done is NOT called (the caller goes on
+ * itself); when it returns 0, done is called exactly once, later.
+ * Seqs in a batch increase but need not be contiguous: seqs below the
+ * watermark (e.g. gone with drop-oldest) and seqs lost to damage are
+ * skipped (the lost ones counted corrupt and already marked done). So
+ * continue at b->next (not from + n), and acknowledge a delivered batch
+ * as [recs[0].seq, recs[n-1].seq + 1). */
 int spool_read(struct spool *sp, uint64_t from, uint32_t max_events,
 	       uint64_t max_bytes, struct spool_batch *b,
 	       void (*done)(void *arg, int err), void *arg);
@@ -126,6 +146,28 @@ uint64_t spool_acked(const struct spool *sp);     /* watermark */
  * it). */
 void spool_ack(struct spool *sp, uint64_t first, uint64_t n);
 int spool_sync_ack(struct spool *sp);
+
+/* Additions.
+ * spool_ack_n: spool_ack() that returns how many seqs of the range were
+ *   newly marked done (0 for seqs already below the watermark, e.g.
+ *   deleted by drop-oldest while their batch was in flight: those were
+ *   counted dropped_full already).
+ * spool_visible: one past the last record spool_read() can return (the
+ *   records appended and made durable per the durability setting).
+ * spool_set_stalled: 1 while appends are refused because of a write
+ *   error (then -EAGAIN from spool_append means "retry the flush in a
+ *   second"); 0 means -EAGAIN was only back-pressure (tail_buffer full
+ *   of unwritten data: flush, and append again once it completed). */
+uint64_t spool_ack_n(struct spool *sp, uint64_t first, uint64_t n);
+uint64_t spool_visible(const struct spool *sp);
+int spool_set_stalled(const struct spool_set *set);
+const char *spool_name(const struct spool *sp);
+
+/* CRC-32C of the on-disk format (chainable: pass the previous value, 0
+ * to start); hardware (SSE4.2) when the CPU has it. _sw: the portable
+ * table version, for tests. */
+uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
+uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n);
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);
 void spool_set_get_stats(const struct spool_set *set, struct spool_stats *st);

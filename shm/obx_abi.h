@@ -210,8 +210,8 @@ struct obx_sink_counters {
 		 delivered_events, delivered_batches, dropped_rejected,
 		 dropped_retries_exhausted, dropped_expired, dropped_rate_limited,
 		 dropped_too_large, splits, inflight, dropped_spool_full,
-		 dropped_spool_error, unknown_routed;
-	uint64_t reserved[12];
+		 dropped_spool_error, unknown_routed, dropped_invalid;
+	uint64_t reserved[11];
 };
 
 struct obx_sink_shm {

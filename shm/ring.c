@@ -303,6 +303,14 @@ int ring_next(struct ring_cons *c, struct ring_rec *r, uint64_t now)
 	}
 }
 
+void ring_unread(struct ring_cons *c, const struct ring_rec *r)
+{
+	if (r->pos >= c->head && r->pos < c->cursor) {
+		c->cursor = r->pos;
+		c->st.consumed--;
+	}
+}
+
 void ring_release(struct ring_cons *c, uint64_t upto)
 {
 	uint64_t n;

@@ -253,6 +253,10 @@ void ring_cons_fini(struct ring_cons *c);
  * ring_release() passes it. now = CLOCK_MONOTONIC ns. */
 int ring_next(struct ring_cons *c, struct ring_rec *r, uint64_t now);
 
+/* Puts the record last returned back: the next ring_next() returns it
+ * again (the broker could not take it, e.g. the spool is stalled). */
+void ring_unread(struct ring_cons *c, const struct ring_rec *r);
+
 /* Cleans [head, upto) and publishes head = upto (C4). upto <= cursor. */
 void ring_release(struct ring_cons *c, uint64_t upto);
 

@@ -1,0 +1,81 @@
+/* broker.h - outboxd: the state of one broker process.
+ *
+ * One thread, one io_uring reactor. The loop (main.c) alternates:
+ * drain the ring into the spool (drain.c), start deliveries (sink.c),
+ * publish counters (stats.c), housekeeping; then it sleeps in rx_run()
+ * until a completion, a signal, the ring's futex, or the next deadline.
+ */
+#ifndef OBX_BROKER_H
+#define OBX_BROKER_H
+
+#include <stdint.h>
+#include <sys/signalfd.h>
+#include "config.h"
+#include "envelope.h"
+#include "log.h"
+#include "reactor.h"
+#include "ring.h"
+#include "segment.h"
+#include "sink.h"
+#include "spool.h"
+
+struct broker {
+	struct cfg cfg;
+	struct seg seg;
+	struct ring_cons rc;
+	struct rx rx;
+	struct spool_set *spool;
+	struct env_reader er;
+	struct sink *sinks[CFG_MAX_SINKS];
+	int nsinks;
+	int default_sink;
+
+	/* drain -> spool -> head */
+	int flush_inflight;
+	uint64_t flush_pos;          /* ring cursor the flush in flight covers */
+	int spool_stalled;           /* a flush failed: retry at stall_retry */
+	uint64_t stall_retry;
+	uint64_t last_record_ns;     /* mono: last record drained */
+	uint64_t drain_again;        /* mono: next drain attempt when waiting */
+
+	/* ring wake-up through the reactor */
+	struct rx_op futex_op;
+	int futex_armed;
+
+	/* signals through the reactor */
+	struct rx_op sig_op;
+	int sigfd;
+	struct signalfd_siginfo si;
+
+	/* lifecycle */
+	int stopping;                /* SIGTERM/SIGINT seen */
+	uint64_t stop_deadline;      /* mono */
+	int reload;                  /* SIGHUP seen */
+	int exit_code;
+
+	/* global counters (others come from the ring and the spool) */
+	uint64_t dropped_invalid;
+	uint64_t unknown_sink;
+	uint64_t dropped_spool_full;  /* base carried over a restart */
+	uint64_t dropped_spool_error;
+
+	uint64_t next_stats, next_reap, next_beat;
+	struct log_rl rl_invalid, rl_unknown, rl_spool, rl_ring;
+};
+
+/* drain.c */
+/* Moves records from the ring into the spool; flushes; returns the next
+ * mono ns it wants to run again (UINT64_MAX: only when woken). */
+uint64_t drain_run(struct broker *b, uint64_t now);
+/* 1 when the ring is empty and nothing waits to be made durable. */
+int drain_idle(struct broker *b);
+/* Index of the sink for an envelope's sink name (default if unknown). */
+int drain_route(struct broker *b, const char *name, uint32_t len,
+		int *unknown);
+
+/* stats.c */
+void stats_restore(struct broker *b);   /* after a restart */
+void stats_restore_sink(struct broker *b, struct sink *s);
+void stats_publish(struct broker *b);
+
+#endif

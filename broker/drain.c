@@ -1,0 +1,184 @@
+/* drain.c - ring -> spool, and the rule that moves the ring head.
+ *
+ * A record leaves the ring only after it is in the spool per the
+ * durability setting: records are appended to the sinks' spool buffers,
+ * one flush covers everything appended so far (its ring position is
+ * remembered), and only the flush's done callback releases the ring up to
+ * that position. While a flush is in flight draining goes on into the
+ * buffers, bounded by DRAIN_PENDING_MAX so memory stays bounded when the
+ * disk is slow. A record the spool cannot take for now (stalled after a
+ * write error) is put back into the ring and draining pauses: producers
+ * then see a full ring and count their drops, nothing is lost silently.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "broker.h"
+
+#define DRAIN_BATCH        16384          /* records per pass */
+#define DRAIN_PENDING_MAX  (16u << 20)    /* unflushed spool bytes */
+#define DRAIN_NAP_NS       1000000ull     /* 1 ms while traffic flows */
+#define DRAIN_IDLE_NS      100000000ull   /* then sleep on the futex */
+#define STALL_RETRY_NS     1000000000ull
+
+int drain_route(struct broker *b, const char *name, uint32_t len,
+		int *unknown)
+{
+	int i;
+
+	*unknown = 0;
+	if (len == 0 || (len == 7 && memcmp(name, "default", 7) == 0))
+		return b->default_sink;
+	for (i = 0; i < b->nsinks; i++) {
+		const char *n = b->sinks[i]->cfg.name;
+
+		if (strlen(n) == len && memcmp(n, name, len) == 0)
+			return i;
+	}
+	*unknown = 1;
+	return b->default_sink;
+}
+
+static void drain_flush_done(void *arg, int err)
+{
+	struct broker *b = arg;
+
+	b->flush_inflight = 0;
+	if (err < 0) {
+		b->spool_stalled = 1;
+		b->stall_retry = log_mono_ns() + STALL_RETRY_NS;
+		log_rl(&b->rl_spool, LOG_ERROR, "spool write failed: %s; "
+		       "holding records in the ring, retrying every second",
+		       strerror(-err));
+		return;
+	}
+	if (b->spool_stalled)
+		log_info("spool writes work again");
+	b->spool_stalled = 0;
+	/* durable: the ring may forget everything up to flush_pos */
+	ring_release(&b->rc, b->flush_pos);
+}
+
+static void drain_flush(struct broker *b)
+{
+	uint64_t pos = b->rc.cursor;
+	int rc;
+
+	if (b->flush_inflight || pos == b->rc.head)
+		return;
+	b->flush_pos = pos;
+	b->flush_inflight = 1;
+	rc = spool_set_flush(b->spool, drain_flush_done, b);
+	if (rc < 0) {
+		b->flush_inflight = 0;
+		if (rc != -EBUSY)
+			log_rl(&b->rl_spool, LOG_ERROR, "spool flush: %s",
+			       strerror(-rc));
+	}
+}
+
+/* One record: validate, route, append. 1 taken (or counted dropped),
+ * 0 when the spool cannot take it now (put back). */
+static int drain_one(struct broker *b, const struct ring_rec *r)
+{
+	struct env_view v;
+	struct sink *s;
+	int unknown, idx, rc;
+
+	if (env_parse(&b->er, r->payload, r->len, &v) < 0) {
+		b->dropped_invalid++;
+		log_rl(&b->rl_invalid, LOG_WARN, "dropped a ring record that "
+		       "is not a valid envelope (slot %u, %u bytes)",
+		       r->slot, r->len);
+		return 1;
+	}
+	idx = drain_route(b, v.sink, v.sink_len, &unknown);
+	s = b->sinks[idx];
+	if (unknown) {
+		b->unknown_sink++;
+		s->c.unknown_routed++;
+		log_rl(&b->rl_unknown, LOG_WARN, "event for unknown sink "
+		       "'%.*s' routed to the default sink", (int)v.sink_len,
+		       v.sink);
+	}
+	rc = spool_append(s->spool, r->payload, r->len);
+	if (rc == 0)
+		return 1;
+	if (rc == -EAGAIN)
+		return 0;
+	if (rc == -ENOSPC) {
+		/* cap reached with drop-newest: the spool counts it
+		 * (dropped_full), published as dropped_spool_full */
+		log_rl(&b->rl_spool, LOG_WARN, "spool full (spool_max): "
+		       "dropping new events for sink %s", s->cfg.name);
+		return 1;
+	}
+	b->dropped_spool_error++;
+	s->c.dropped_spool_error++;
+	log_rl(&b->rl_spool, LOG_ERROR, "sink %s: spool refused a record: "
+	       "%s", s->cfg.name, strerror(-rc));
+	return 1;
+}
+
+uint64_t drain_run(struct broker *b, uint64_t now)
+{
+	struct ring_rec r;
+	unsigned n = 0;
+	int rc = RING_EMPTY;
+
+	if (b->spool_stalled) {
+		if (now < b->stall_retry)
+			return b->stall_retry;
+		b->stall_retry = now + STALL_RETRY_NS;
+		drain_flush(b);     /* the retry: succeeds when space is back */
+		if (b->spool_stalled)
+			return b->stall_retry;
+	}
+	while (n < DRAIN_BATCH &&
+	       spool_set_pending(b->spool) < DRAIN_PENDING_MAX) {
+		rc = ring_next(&b->rc, &r, now);
+		if (rc != RING_RECORD)
+			break;
+		if (!drain_one(b, &r)) {
+			/* back in the ring: either the spool's tail buffer is
+			 * full of unwritten data (flush and come back soon),
+			 * or writes fail (retry the flush every second) */
+			ring_unread(&b->rc, &r);
+			if (spool_set_stalled(b->spool)) {
+				b->spool_stalled = 1;
+				b->stall_retry = now + STALL_RETRY_NS;
+			}
+			rc = RING_STALLED;
+			break;
+		}
+		n++;
+	}
+	if (n)
+		b->last_record_ns = now;
+	drain_flush(b);
+	if (n == DRAIN_BATCH)
+		return now;                       /* more right away */
+	if (b->spool_stalled)
+		return b->stall_retry;
+	if (rc == RING_STALLED)
+		return now + DRAIN_NAP_NS;        /* a producer mid-emit */
+	if (b->flush_inflight || now - b->last_record_ns < DRAIN_IDLE_NS)
+		return now + DRAIN_NAP_NS;        /* traffic: nap, no futex */
+	return UINT64_MAX;                        /* idle: futex wake-up */
+}
+
+int drain_idle(struct broker *b)
+{
+	struct ring_rec r;
+	int rc;
+
+	if (b->flush_inflight || b->rc.cursor != b->rc.head)
+		return 0;
+	rc = ring_next(&b->rc, &r, log_mono_ns());
+	if (rc == RING_RECORD) {
+		ring_unread(&b->rc, &r);
+		return 0;
+	}
+	return rc == RING_EMPTY;
+}

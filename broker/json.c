@@ -1,0 +1,574 @@
+/* json.c - msgpack and envelopes to JSON through jansson.
+ *
+ * Every string that reaches the output goes through jansson, which does
+ * all escaping. What this file adds is what jansson cannot do by itself:
+ * msgpack types JSON lacks (bin and ext become base64, non-string map
+ * keys become their JSON text, integers above INT64_MAX become reals)
+ * and bytes that are not UTF-8 (jansson refuses them; they are repaired
+ * here with U+FFFD, the WHATWG way: one replacement per maximal invalid
+ * subpart).
+ *
+ * The file sink converts every event, so the hot path avoids needless
+ * work: UTF-8 is checked once here and the value built with the
+ * _nocheck constructors, and the serialisation is written straight into
+ * the caller's reusable struct buf with json_dumpb() (no intermediate
+ * malloc'd string).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+#define JSON_MAX_DEPTH   64     /* msgpack-c itself stops at 32 */
+#define JSON_DUMP_FLAGS  (JSON_COMPACT | JSON_ENCODE_ANY)
+#define JSON_DUMP_MIN    512    /* first guess of room for a dump */
+#define JSON_STACK_TMP   256    /* small conversions stay off the heap */
+
+/* ---- UTF-8 ------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one;
+ * then *skip is the maximal invalid subpart to replace (>= 1). The ranges
+ * are those of RFC 3629 (no overlongs, no surrogates, <= U+10FFFF), which
+ * are exactly what jansson accepts. */
+static size_t json_utf8_seq(const uint8_t *s, size_t n, size_t *skip)
+{
+	uint8_t c = s[0], lo = 0x80, hi = 0xbf;
+	size_t need, k;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		need = 1;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		need = 2;
+		if (c == 0xe0)
+			lo = 0xa0;      /* overlong */
+		else if (c == 0xed)
+			hi = 0x9f;      /* surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		need = 3;
+		if (c == 0xf0)
+			lo = 0x90;      /* overlong */
+		else if (c == 0xf4)
+			hi = 0x8f;      /* above U+10FFFF */
+	} else {
+		*skip = 1;
+		return 0;
+	}
+	for (k = 1; k <= need; k++) {
+		if (k >= n || s[k] < lo || s[k] > hi) {
+			*skip = k;
+			return 0;
+		}
+		lo = 0x80;
+		hi = 0xbf;
+	}
+	return need + 1;
+}
+
+static int json_utf8_valid(const uint8_t *s, size_t n)
+{
+	size_t i = 0, l, skip;
+
+	while (i < n) {
+		/* ASCII runs are the common case: no table, no call */
+		if (s[i] < 0x80) {
+			i++;
+			continue;
+		}
+		l = json_utf8_seq(s + i, n - i, &skip);
+		if (!l)
+			return 0;
+		i += l;
+	}
+	return 1;
+}
+
+/* Copies s into out (room for 3 * n bytes) replacing every invalid
+ * subpart with U+FFFD; returns the length written. */
+static size_t json_utf8_repair(const uint8_t *s, size_t n, uint8_t *out)
+{
+	size_t i = 0, o = 0, l, skip;
+
+	while (i < n) {
+		l = json_utf8_seq(s + i, n - i, &skip);
+		if (l) {
+			memcpy(out + o, s + i, l);
+			o += l;
+			i += l;
+		} else {
+			out[o++] = 0xef;
+			out[o++] = 0xbf;
+			out[o++] = 0xbd;
+			i += skip;
+		}
+	}
+	return o;
+}
+
+json_t *json_string_lossy(const char *s, size_t n)
+{
+	uint8_t stack[JSON_STACK_TMP], *tmp = stack;
+	size_t len;
+	json_t *j;
+
+	if (!s)
+		s = "";
+	if (json_utf8_valid((const uint8_t *)s, n))
+		return json_stringn_nocheck(s, n);
+	if (n > SIZE_MAX / 3)
+		return NULL;
+	if (3 * n > sizeof(stack)) {
+		tmp = malloc(3 * n);
+		if (!tmp)
+			return NULL;
+	}
+	len = json_utf8_repair((const uint8_t *)s, n, tmp);
+	j = json_stringn_nocheck((const char *)tmp, len);
+	if (tmp != stack)
+		free(tmp);
+	return j;
+}
+
+/* ---- base64 (RFC 4648, with padding) ----------------------------------- */
+
+static void json_base64_encode(const uint8_t *p, size_t n, char *out)
+{
+	static const char tab[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+		"0123456789+/";
+	size_t i, o = 0;
+
+	for (i = 0; i + 3 <= n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 |
+			     p[i + 2];
+
+		out[o++] = tab[v >> 18];
+		out[o++] = tab[(v >> 12) & 63];
+		out[o++] = tab[(v >> 6) & 63];
+		out[o++] = tab[v & 63];
+	}
+	if (n - i == 1) {
+		uint32_t v = (uint32_t)p[i] << 16;
+
+		out[o++] = tab[v >> 18];
+		out[o++] = tab[(v >> 12) & 63];
+		out[o++] = '=';
+		out[o++] = '=';
+	} else if (n - i == 2) {
+		uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
+
+		out[o++] = tab[v >> 18];
+		out[o++] = tab[(v >> 12) & 63];
+		out[o++] = tab[(v >> 6) & 63];
+		out[o++] = '=';
+	}
+}
+
+json_t *json_base64(const void *p, size_t n)
+{
+	char stack[JSON_STACK_TMP], *tmp = stack;
+	size_t len;
+	json_t *j;
+
+	if (n > (SIZE_MAX - 2) / 4 * 3 - 3)
+		return NULL;
+	len = (n + 2) / 3 * 4;
+	if (len > sizeof(stack)) {
+		tmp = malloc(len);
+		if (!tmp)
+			return NULL;
+	}
+	json_base64_encode(p, n, tmp);
+	/* base64 is ASCII: nothing for jansson to check */
+	j = json_stringn_nocheck(tmp, len);
+	if (tmp != stack)
+		free(tmp);
+	return j;
+}
+
+/* ---- msgpack -> JSON --------------------------------------------------- */
+
+static json_t *json_from_mp(const msgpack_object *o, int depth);
+
+/* A key that is not a string becomes its JSON text (1, true, null,
+ * [1,2]); one that converts to a JSON string (a bin: its base64, a str
+ * that is not UTF-8: its repaired text) becomes that string without
+ * quotes. Duplicate keys: the last one wins. */
+static int json_map_put(json_t *obj, const msgpack_object_kv *kv, int depth)
+{
+	const msgpack_object *k = &kv->key;
+	json_t *val, *kj;
+	char *text;
+	int rc;
+
+	val = json_from_mp(&kv->val, depth + 1);
+	if (!val)
+		return -1;
+	/* the usual case: a valid UTF-8 string key, used as it is */
+	if (k->type == MSGPACK_OBJECT_STR &&
+	    json_utf8_valid((const uint8_t *)k->via.str.ptr, k->via.str.size))
+		return json_object_setn_new_nocheck(obj, k->via.str.ptr,
+						    k->via.str.size, val);
+	kj = json_from_mp(k, depth + 1);
+	if (!kj) {
+		json_decref(val);
+		return -1;
+	}
+	if (json_is_string(kj)) {
+		/* repaired text, base64 of a bin: jansson made it UTF-8 */
+		rc = json_object_setn_new_nocheck(obj, json_string_value(kj),
+						  json_string_length(kj), val);
+		json_decref(kj);
+		return rc;
+	}
+	text = json_dumps(kj, JSON_DUMP_FLAGS);
+	json_decref(kj);
+	if (!text) {
+		json_decref(val);
+		return -1;
+	}
+	rc = json_object_set_new_nocheck(obj, text, val);
+	free(text);
+	return rc;
+}
+
+static json_t *json_from_map(const msgpack_object_map *m, int depth)
+{
+	json_t *obj = json_object();
+	uint32_t i;
+
+	if (!obj)
+		return NULL;
+	for (i = 0; i < m->size; i++)
+		if (json_map_put(obj, &m->ptr[i], depth) < 0) {
+			json_decref(obj);
+			return NULL;
+		}
+	return obj;
+}
+
+static json_t *json_from_array(const msgpack_object_array *a, int depth)
+{
+	json_t *arr = json_array();
+	uint32_t i;
+
+	if (!arr)
+		return NULL;
+	for (i = 0; i < a->size; i++) {
+		json_t *v = json_from_mp(&a->ptr[i], depth + 1);
+
+		/* json_array_append_new() steals v, also on failure */
+		if (!v || json_array_append_new(arr, v) < 0) {
+			json_decref(arr);
+			return NULL;
+		}
+	}
+	return arr;
+}
+
+static json_t *json_from_ext(const msgpack_object_ext *e)
+{
+	json_t *obj = json_object();
+
+	if (!obj)
+		return NULL;
+	if (json_object_set_new_nocheck(obj, "ext",
+					json_integer(e->type)) < 0 ||
+	    json_object_set_new_nocheck(obj, "data",
+					json_base64(e->ptr, e->size)) < 0) {
+		json_decref(obj);
+		return NULL;
+	}
+	return obj;
+}
+
+static json_t *json_from_mp(const msgpack_object *o, int depth)
+{
+	if (depth > JSON_MAX_DEPTH)
+		return NULL;
+	switch (o->type) {
+	case MSGPACK_OBJECT_NIL:
+		return json_null();
+	case MSGPACK_OBJECT_BOOLEAN:
+		return json_boolean(o->via.boolean);
+	case MSGPACK_OBJECT_POSITIVE_INTEGER:
+		/* json_int_t is signed 64-bit: a larger uint64 can only be
+		 * carried as a real (nearest double) */
+		if (o->via.u64 > (uint64_t)INT64_MAX)
+			return json_real((double)o->via.u64);
+		return json_integer((json_int_t)o->via.u64);
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+		return json_integer((json_int_t)o->via.i64);
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64:
+		/* JSON has no NaN or infinity */
+		if (!isfinite(o->via.f64))
+			return json_null();
+		return json_real(o->via.f64);
+	case MSGPACK_OBJECT_STR:
+		return json_string_lossy(o->via.str.ptr, o->via.str.size);
+	case MSGPACK_OBJECT_BIN:
+		return json_base64(o->via.bin.ptr, o->via.bin.size);
+	case MSGPACK_OBJECT_EXT:
+		return json_from_ext(&o->via.ext);
+	case MSGPACK_OBJECT_ARRAY:
+		return json_from_array(&o->via.array, depth);
+	case MSGPACK_OBJECT_MAP:
+		return json_from_map(&o->via.map, depth);
+	}
+	return NULL;
+}
+
+json_t *json_from_msgpack(const msgpack_object *o)
+{
+	return o ? json_from_mp(o, 0) : NULL;
+}
+
+/* ---- envelopes --------------------------------------------------------- */
+
+json_t *json_body(const struct env_view *v)
+{
+	switch (v->body_kind) {
+	case ENV_BODY_JSON:
+		/* any JSON value; \u0000 is fine, jansson keeps lengths */
+		return json_loadb(v->body, v->body_len,
+				  JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	case ENV_BODY_BYTES:
+		return json_base64(v->body, v->body_len);
+	case ENV_BODY_MSGPACK:
+		return json_from_msgpack(v->body_obj);
+	}
+	return NULL;
+}
+
+/* The envelope object around an already converted body (stolen). */
+static json_t *json_envelope_wrap(const struct env_view *v, json_t *body)
+{
+	json_t *obj = json_object(), *id;
+	char hex[33];
+
+	if (!obj) {
+		json_decref(body);
+		return NULL;
+	}
+	if (v->has_id) {
+		env_id_hex(v->id, hex);
+		id = json_stringn_nocheck(hex, 32);
+	} else {
+		id = json_null();       /* a producer that gave none */
+	}
+	/* keys in this order: jansson keeps insertion order when dumping */
+	if (json_object_set_new_nocheck(obj, "id", id) < 0 ||
+	    json_object_set_new_nocheck(obj, "sink",
+			json_string_lossy(v->sink, v->sink_len)) < 0 ||
+	    json_object_set_new_nocheck(obj, "type",
+			json_string_lossy(v->type, v->type_len)) < 0 ||
+	    json_object_set_new_nocheck(obj, "ts", v->ts > (uint64_t)INT64_MAX ?
+			json_real((double)v->ts) :
+			json_integer((json_int_t)v->ts)) < 0 ||
+	    json_object_set_new_nocheck(obj, "body", body) < 0) {
+		json_decref(obj);
+		return NULL;
+	}
+	return obj;
+}
+
+json_t *json_envelope(const struct env_view *v)
+{
+	json_t *body = json_body(v);
+
+	return body ? json_envelope_wrap(v, body) : NULL;
+}
+
+int json_append(struct buf *out, const json_t *j)
+{
+	size_t room, n;
+	int rc;
+
+	if (!j)
+		return -EINVAL;
+	/* Dump into the room the buffer already has: json_dumpb() returns
+	 * the full size even when it did not fit, so a value that was too
+	 * large costs one reserve and a second dump, and a reused buffer
+	 * soon has room for the usual event. Best effort: the cap may
+	 * forbid the guess, the exact size is asked for below. */
+	if (out->cap - out->len < JSON_DUMP_MIN)
+		(void)buf_reserve(out, JSON_DUMP_MIN);
+	room = out->cap - out->len;
+	n = json_dumpb(j, room ? (char *)out->p + out->len : NULL, room,
+		       JSON_DUMP_FLAGS);
+	if (n == 0)
+		return -EINVAL;
+	if (n > room) {
+		rc = buf_reserve(out, n);
+		if (rc < 0)
+			return rc;
+		room = out->cap - out->len;
+		if (json_dumpb(j, (char *)out->p + out->len, room,
+			       JSON_DUMP_FLAGS) != n)
+			return -EIO;
+	}
+	out->len += n;
+	return 0;
+}
+
+int json_envelope_line(const struct env_view *v, struct buf *out)
+{
+	size_t mark = out->len;
+	json_t *body, *env;
+	int rc;
+
+	body = json_body(v);
+	if (!body)
+		return -EINVAL;
+	env = json_envelope_wrap(v, body);
+	if (!env)
+		return -ENOMEM;
+	rc = json_append(out, env);
+	if (rc == 0)
+		rc = buf_addc(out, '\n');
+	json_decref(env);
+	if (rc < 0)
+		out->len = mark;        /* never leave half a line behind */
+	return rc;
+}
+
+/* ---- fast NDJSON lines --------------------------------------------------- */
+
+void json_line_cache_init(struct json_line_cache *c)
+{
+	memset(c, 0, sizeof(*c));
+}
+
+void json_line_cache_free(struct json_line_cache *c)
+{
+	int i;
+
+	for (i = 0; i < JSON_LINE_CACHE; i++) {
+		free(c->e[i].key);
+		free(c->e[i].text);
+	}
+	memset(c, 0, sizeof(*c));
+}
+
+static uint64_t json_fnv(const char *p, size_t n, uint64_t h)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		h = (h ^ (uint8_t)p[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+/* The cached ,"sink":..,"type":..,"ts": text for this envelope. */
+static const struct json_frag *json_frag_get(struct json_line_cache *c,
+					     const struct env_view *v)
+{
+	uint64_t h = json_fnv(v->type, v->type_len,
+			      json_fnv(v->sink, v->sink_len,
+				       0xcbf29ce484222325ULL) ^ 0xff);
+	struct json_frag *f = &c->e[h % JSON_LINE_CACHE];
+	uint32_t klen = v->sink_len + 1 + v->type_len;
+	json_t *s = NULL, *t = NULL;
+	struct buf b;
+
+	if (f->text && f->hash == h && f->klen == klen &&
+	    !memcmp(f->key, v->sink, v->sink_len) &&
+	    !memcmp(f->key + v->sink_len + 1, v->type, v->type_len))
+		return f;
+	free(f->key);
+	free(f->text);
+	memset(f, 0, sizeof(*f));
+	buf_init(&b, 0);
+	s = json_string_lossy(v->sink, v->sink_len);
+	t = json_string_lossy(v->type, v->type_len);
+	f->key = malloc(klen + 1);
+	if (!s || !t || !f->key || buf_adds(&b, ",\"sink\":") < 0 ||
+	    json_append(&b, s) < 0 || buf_adds(&b, ",\"type\":") < 0 ||
+	    json_append(&b, t) < 0 || buf_adds(&b, ",\"ts\":") < 0)
+		goto fail;
+	memcpy(f->key, v->sink, v->sink_len);
+	f->key[v->sink_len] = 0;
+	memcpy(f->key + v->sink_len + 1, v->type, v->type_len);
+	f->klen = klen;
+	f->hash = h;
+	f->text = (char *)b.p;
+	f->tlen = (uint32_t)b.len;
+	json_decref(s);
+	json_decref(t);
+	return f;
+fail:
+	json_decref(s);
+	json_decref(t);
+	free(f->key);
+	f->key = NULL;
+	buf_free(&b);
+	return NULL;
+}
+
+static int json_body_text(const struct env_view *v, struct buf *out)
+{
+	size_t i, start = out->len;
+	int rc;
+
+	if (v->body_len == 0)
+		return buf_adds(out, "null");
+	rc = buf_add(out, v->body, v->body_len);
+	if (rc < 0)
+		return rc;
+	for (i = start; i < out->len; i++)
+		if (out->p[i] == '\n' || out->p[i] == '\r')
+			out->p[i] = ' ';
+	return 0;
+}
+
+int json_line_fast(struct json_line_cache *c, const struct env_view *v,
+		   struct buf *out, int nl)
+{
+	const struct json_frag *f = json_frag_get(c, v);
+	size_t mark = out->len;
+	char head[64], ts[48];
+	json_t *j;
+	int rc, n;
+
+	if (!f)
+		return -ENOMEM;
+	memcpy(head, "{\"id\":", 6);
+	if (v->has_id) {
+		head[6] = '"';
+		env_id_hex(v->id, head + 7);
+		head[39] = '"';
+		n = 40;
+	} else {
+		memcpy(head + 6, "null", 4);
+		n = 10;
+	}
+	rc = buf_add(out, head, (size_t)n);
+	if (rc == 0)
+		rc = buf_add(out, f->text, f->tlen);
+	n = snprintf(ts, sizeof(ts), "%llu,\"body\":",
+		     (unsigned long long)v->ts);
+	if (rc == 0)
+		rc = buf_add(out, ts, (size_t)n);
+	if (rc == 0) {
+		switch (v->body_kind) {
+		case ENV_BODY_JSON:
+			rc = json_body_text(v, out);
+			break;
+		default:
+			j = json_body(v);
+			rc = j ? json_append(out, j) : -ENOMEM;
+			json_decref(j);
+			break;
+		}
+	}
+	if (rc == 0)
+		rc = buf_add(out, nl ? "}\n" : "}", nl ? 2 : 1);
+	if (rc < 0)
+		out->len = mark;
+	return rc;
+}

@@ -1,0 +1,41 @@
+/* log.h - leveled logging to stderr, with rate limiting.
+ *
+ * Lines: "2026-11-23T10:00:00.123Z outboxd[pid] LEVEL: message". A
+ * struct log_rl is a per-call-site limiter: at most one line per period;
+ * lines suppressed meanwhile are counted and reported with the next one
+ * ("(42 more like this)"), so a flood costs one line per period, not one
+ * per event.
+ */
+#ifndef OBX_LOG_H
+#define OBX_LOG_H
+
+#include <stdint.h>
+#include "config.h"
+
+void log_set_level(enum cfg_log_level lvl);
+enum cfg_log_level log_get_level(void);
+
+void log_msg(enum cfg_log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+struct log_rl {
+	uint64_t period_ns;     /* e.g. 60 s */
+	uint64_t last_ns;
+	uint64_t suppressed;
+};
+
+#define LOG_RL_INIT(sec) { (uint64_t)(sec) * 1000000000ull, 0, 0 }
+
+/* Logs when the limiter allows; returns 1 when a line was written. */
+int log_rl(struct log_rl *rl, enum cfg_log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+uint64_t log_mono_ns(void);   /* CLOCK_MONOTONIC */
+uint64_t log_real_ns(void);   /* CLOCK_REALTIME */
+
+#endif

@@ -1,0 +1,501 @@
+/* main.c - outboxd: command line, start-up, the event loop, reload and
+ * shutdown. See broker.h for the shape of the loop and docs/DESIGN.md for
+ * the lifecycle.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "slots.h"
+
+#define HOUSEKEEPING_NS   100000000ull   /* reap, stats: every 100 ms */
+#define BEAT_NS           1000000000ull
+#define IDLE_POLL_NS      10000000ull     /* without io_uring futex */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: outboxd [-c FILE]            run in the foreground\n"
+		"       outboxd --check -c FILE      validate a config file\n"
+		"       outboxd --print-config [-c FILE]\n"
+		"Without -c the built-in default runs: ring /dev/shm/outbox, "
+		"spool ./outbox-spool,\nsink 'default' = file "
+		"./outbox-out.ndjson.\n");
+}
+
+/* ---- signals ------------------------------------------------------------ */
+
+static void sig_arm(struct broker *b);
+
+static void sig_done(struct rx_op *op, int res, uint32_t flags)
+{
+	struct broker *b = (struct broker *)((char *)op -
+					     offsetof(struct broker, sig_op));
+
+	(void)flags;
+	if (res == (int)sizeof(b->si)) {
+		switch (b->si.ssi_signo) {
+		case SIGTERM:
+		case SIGINT:
+			if (!b->stopping) {
+				log_info("signal %d: draining the ring into "
+					 "the spool, delivering for up to "
+					 "%llu ms", b->si.ssi_signo,
+					 (unsigned long long)
+					 b->cfg.shutdown_timeout_ms);
+				b->stopping = 1;
+				b->stop_deadline = log_mono_ns() +
+					b->cfg.shutdown_timeout_ms * 1000000ull;
+			} else {
+				log_warn("second signal: exiting now");
+				b->stop_deadline = 0;
+			}
+			break;
+		case SIGHUP:
+			b->reload = 1;
+			break;
+		}
+	}
+	sig_arm(b);
+}
+
+static void sig_arm(struct broker *b)
+{
+	struct io_uring_sqe *sqe;
+
+	b->sig_op.fn = sig_done;
+	sqe = rx_sqe(&b->rx, &b->sig_op);
+	io_uring_prep_read(sqe, b->sigfd, &b->si, sizeof(b->si), 0);
+}
+
+static int sig_setup(struct broker *b)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -errno;
+	signal(SIGPIPE, SIG_IGN);
+	b->sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (b->sigfd < 0)
+		return -errno;
+	sig_arm(b);
+	return 0;
+}
+
+/* ---- ring wake-up --------------------------------------------------------- */
+
+static void futex_done(struct rx_op *op, int res, uint32_t flags)
+{
+	struct broker *b = (struct broker *)((char *)op -
+					     offsetof(struct broker, futex_op));
+
+	(void)res;
+	(void)flags;
+	b->futex_armed = 0;
+}
+
+/* Idle: arm the wake word; one futex wait stays queued in the kernel
+ * until a producer wakes it, however often we arm and disarm. Returns 1
+ * when we may sleep without a deadline for the ring. */
+static int futex_sleep_ok(struct broker *b)
+{
+	if (!b->rx.has_futex)
+		return 0;
+	if (!ring_cons_arm(&b->rc))
+		return 0;               /* data arrived meanwhile */
+	if (!b->futex_armed) {
+		b->futex_op.fn = futex_done;
+		if (rx_futex_wait(&b->rx, &b->futex_op,
+				  (uint32_t *)&b->seg.hdr->wake, 1) < 0)
+			return 0;
+		b->futex_armed = 1;
+	}
+	return 1;
+}
+
+/* ---- start-up ------------------------------------------------------------- */
+
+static int broker_open_sinks(struct broker *b)
+{
+	int i;
+
+	b->default_sink = -1;
+	for (i = 0; i < b->cfg.nsinks; i++) {
+		struct spool_stats ss;
+		struct sink *s = sink_new(b, &b->cfg.sinks[i], i);
+
+		if (!s)
+			return -errno;
+		b->sinks[b->nsinks++] = s;
+		stats_restore_sink(b, s);
+		if (strcmp(s->cfg.name, "default") == 0)
+			b->default_sink = i;
+		spool_get_stats(s->spool, &ss);
+		if (ss.recovered || ss.corrupt || ss.truncated_bytes)
+			log_info("sink %s: spool recovered %llu records "
+				 "(%llu waiting), %llu damaged skipped, %llu "
+				 "torn bytes cut", s->cfg.name,
+				 (unsigned long long)ss.recovered,
+				 (unsigned long long)ss.queued_events,
+				 (unsigned long long)ss.corrupt,
+				 (unsigned long long)ss.truncated_bytes);
+	}
+	if (b->default_sink < 0)
+		b->default_sink = 0;
+	return 0;
+}
+
+static void broker_publish_identity(struct broker *b)
+{
+	uint64_t start = 0;
+
+	slot_proc_stat(getpid(), &start, NULL);
+	atomic_store(&b->seg.cons->broker_start, start);
+	atomic_store(&b->seg.cons->broker_pid, (uint32_t)getpid());
+	atomic_store(&b->seg.cons->broker_boot_ns, log_real_ns());
+	atomic_store(&b->seg.cons->broker_beat_ns, log_real_ns());
+	atomic_fetch_add(&b->seg.cons->config_gen, 1);
+}
+
+static void spool_log(void *arg, int level, const char *msg)
+{
+	(void)arg;
+	log_msg((enum cfg_log_level)level, "%s", msg);
+}
+
+static int broker_start(struct broker *b)
+{
+	struct seg_geom g = {
+		.ring_size = b->cfg.ring_size,
+		.max_record = (uint32_t)b->cfg.max_record,
+		.nslots = b->cfg.producer_slots,
+	};
+	struct spool_set_opts so = {
+		.dir = b->cfg.spool_dir,
+		.max_bytes = b->cfg.spool_max,
+		.segment_size = b->cfg.segment_size,
+		.full = b->cfg.spool_full,
+		.durability = b->cfg.durability,
+		.sync_interval_ms = b->cfg.sync_interval_ms,
+		.tail_buffer = 16u << 20,
+		.log = spool_log,
+		.log_arg = NULL,
+	};
+	char why[512];
+	int created, rc;
+
+	b->rl_invalid = (struct log_rl)LOG_RL_INIT(60);
+	b->rl_unknown = (struct log_rl)LOG_RL_INIT(60);
+	b->rl_spool = (struct log_rl)LOG_RL_INIT(10);
+	b->rl_ring = (struct log_rl)LOG_RL_INIT(60);
+	env_reader_init(&b->er);
+	rc = rx_init(&b->rx, 512);
+	if (rc < 0) {
+		log_error("io_uring: %s", strerror(-rc));
+		return rc;
+	}
+	rc = seg_open_broker(&b->seg, b->cfg.shm, &g, b->cfg.shm_mode,
+			     &created, why, sizeof(why));
+	if (rc < 0) {
+		log_error("%s", why);
+		return rc;
+	}
+	rc = ring_cons_init(&b->rc, &b->seg);
+	if (rc < 0)
+		return rc;
+	if (!created) {
+		stats_restore(b);
+		log_info("re-attached to /dev/shm/%s: %llu bytes waiting in "
+			 "the ring", b->seg.name, (unsigned long long)
+			 (atomic_load(&b->seg.hdr->tail) - b->rc.head));
+	}
+	b->spool = spool_set_new(&b->rx, &so);
+	if (!b->spool) {
+		log_error("spool %s: %s", b->cfg.spool_dir, strerror(errno));
+		return -errno;
+	}
+	rc = broker_open_sinks(b);
+	if (rc < 0)
+		return rc;
+	rc = sig_setup(b);
+	if (rc < 0) {
+		log_error("signals: %s", strerror(-rc));
+		return rc;
+	}
+	broker_publish_identity(b);
+	stats_publish(b);
+	log_info("started: ring /dev/shm/%s (%llu MiB, %s), spool %s "
+		 "(durability %s), %d sink(s)%s", b->seg.name,
+		 (unsigned long long)(b->cfg.ring_size >> 20),
+		 created ? "new" : "existing", b->cfg.spool_dir,
+		 b->cfg.durability == DUR_NONE ? "none" :
+		 b->cfg.durability == DUR_WRITE ? "write" : "fdatasync",
+		 b->nsinks, b->rx.has_futex ? "" :
+		 " (no io_uring futex: idle polling every 10 ms)");
+	return 0;
+}
+
+/* ---- reload ---------------------------------------------------------------- */
+
+static void broker_reload(struct broker *b)
+{
+	struct cfg n;
+	char why[256];
+	int errs, i;
+
+	b->reload = 0;
+	if (!b->cfg.file) {
+		log_warn("SIGHUP: running the built-in default, nothing to "
+			 "reload");
+		return;
+	}
+	errs = cfg_load(&n, b->cfg.file, stderr);
+	if (errs != 0) {
+		log_error("reload of %s refused (%d error(s) above); the "
+			  "running configuration stays", b->cfg.file, errs);
+		cfg_free(&n);
+		return;
+	}
+	if (cfg_needs_restart(&b->cfg, &n, why, sizeof(why))) {
+		log_error("reload of %s refused: %s needs a restart; the "
+			  "running configuration stays", b->cfg.file, why);
+		cfg_free(&n);
+		return;
+	}
+	/* known sinks take their new settings once idle; new ones open */
+	for (i = 0; i < b->nsinks; i++) {
+		int k = cfg_sink_find(&n, b->sinks[i]->cfg.name);
+
+		if (k < 0) {
+			b->sinks[i]->removed = 1;
+			b->sinks[i]->reconfigure = 1;
+			continue;
+		}
+		b->sinks[i]->next_cfg = n.sinks[k];
+		b->sinks[i]->reconfigure = 1;
+	}
+	for (i = 0; i < n.nsinks; i++) {
+		int j, found = 0;
+
+		for (j = 0; j < b->nsinks; j++)
+			if (!strcmp(b->sinks[j]->cfg.name, n.sinks[i].name))
+				found = 1;
+		if (!found && b->nsinks < CFG_MAX_SINKS) {
+			struct sink *s = sink_new(b, &n.sinks[i], b->nsinks);
+
+			if (s)
+				b->sinks[b->nsinks++] = s;
+		}
+	}
+	n.file = b->cfg.file;
+	b->cfg.file = NULL;
+	cfg_free(&b->cfg);
+	b->cfg = n;
+	log_set_level(b->cfg.log_level);
+	for (i = 0; i < b->nsinks; i++)
+		if (!strcmp(b->sinks[i]->cfg.name, "default"))
+			b->default_sink = i;
+	atomic_fetch_add(&b->seg.cons->config_gen, 1);
+	log_info("reloaded %s: %d sink(s)", b->cfg.file, b->cfg.nsinks);
+}
+
+/* Applies pending reconfigurations of idle sinks; drops removed ones. */
+static void broker_settle_sinks(struct broker *b)
+{
+	int i, j;
+
+	for (i = 0; i < b->nsinks; i++) {
+		struct sink *s = b->sinks[i];
+
+		if (!s->reconfigure || s->inflight)
+			continue;
+		if (s->removed) {
+			struct spool_stats ss;
+
+			spool_get_stats(s->spool, &ss);
+			log_warn("sink %s removed from the config; %llu "
+				 "undelivered events stay in its spool",
+				 s->cfg.name,
+				 (unsigned long long)ss.queued_events);
+			sink_free(s);
+			for (j = i; j < b->nsinks - 1; j++) {
+				b->sinks[j] = b->sinks[j + 1];
+				b->sinks[j]->idx = j;
+			}
+			b->nsinks--;
+			i--;
+			continue;
+		}
+		sink_reconfigure(s, &s->next_cfg);
+	}
+	for (i = 0; i < b->nsinks; i++)
+		if (!strcmp(b->sinks[i]->cfg.name, "default"))
+			b->default_sink = i;
+}
+
+/* ---- the loop --------------------------------------------------------------- */
+
+static int broker_all_idle(struct broker *b)
+{
+	int i;
+
+	if (!drain_idle(b))
+		return 0;
+	for (i = 0; i < b->nsinks; i++)
+		if (!b->sinks[i]->disabled && !sink_idle(b->sinks[i]))
+			return 0;
+	return 1;
+}
+
+static uint64_t min64(uint64_t a, uint64_t c)
+{
+	return a < c ? a : c;
+}
+
+static void broker_housekeeping(struct broker *b, uint64_t now)
+{
+	if (now >= b->next_reap) {
+		ring_reap(&b->rc);
+		b->next_reap = now + HOUSEKEEPING_NS;
+	}
+	if (now >= b->next_stats) {
+		stats_publish(b);
+		b->next_stats = now + HOUSEKEEPING_NS;
+	}
+	if (now >= b->next_beat) {
+		atomic_store(&b->seg.cons->broker_beat_ns, log_real_ns());
+		b->next_beat = now + BEAT_NS;
+	}
+}
+
+static int broker_loop(struct broker *b)
+{
+	int drained_at_stop = 0;
+
+	for (;;) {
+		uint64_t now = log_mono_ns(), next, t;
+		int i, rc;
+
+		if (b->reload)
+			broker_reload(b);
+		broker_settle_sinks(b);
+		next = UINT64_MAX;
+		if (!b->stopping || !drained_at_stop) {
+			next = drain_run(b, now);
+			if (b->stopping && drain_idle(b))
+				drained_at_stop = 1;
+		}
+		for (i = 0; i < b->nsinks; i++)
+			next = min64(next, sink_tick(b->sinks[i], now));
+		broker_housekeeping(b, now);
+		if (b->stopping && ((drained_at_stop && broker_all_idle(b)) ||
+				    now >= b->stop_deadline))
+			break;
+		next = min64(next, min64(b->next_reap, b->next_stats));
+		if (next == UINT64_MAX || next > now + IDLE_POLL_NS) {
+			/* no deadline soon: sleep on the ring's futex */
+			if (!futex_sleep_ok(b))
+				next = min64(next, now + IDLE_POLL_NS);
+		}
+		t = next > now ? next - now : 0;
+		rc = rx_run(&b->rx, t);
+		ring_cons_disarm(&b->rc);
+		if (rc < 0 && rc != -EINTR) {
+			log_error("io_uring wait: %s", strerror(-rc));
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void broker_stop(struct broker *b)
+{
+	uint64_t limit = log_mono_ns() + 2000000000ull;
+	int i;
+
+	/* a flush still in flight completes first: its records are then
+	 * released from the ring, or stay there for the next broker */
+	while (b->flush_inflight && log_mono_ns() < limit)
+		rx_run(&b->rx, 100000000ull);
+	stats_publish(b);
+	for (i = 0; i < b->nsinks; i++) {
+		sink_free(b->sinks[i]);
+		b->sinks[i] = NULL;
+	}
+	b->nsinks = 0;
+	spool_set_free(b->spool);
+	atomic_store(&b->seg.cons->broker_pid, 0);
+	ring_cons_fini(&b->rc);
+	seg_detach(&b->seg);
+	env_reader_fini(&b->er);
+	rx_fini(&b->rx);
+}
+
+int main(int argc, char **argv)
+{
+	static struct broker br;
+	struct broker *b = &br;
+	const char *file = NULL;
+	int check = 0, print = 0, i, errs;
+
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc) {
+			file = argv[++i];
+		} else if (!strcmp(argv[i], "--check")) {
+			check = 1;
+		} else if (!strcmp(argv[i], "--print-config")) {
+			print = 1;
+		} else if (!strcmp(argv[i], "-h") ||
+			   !strcmp(argv[i], "--help")) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "outboxd: unknown argument '%s'\n",
+				argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (check && !file) {
+		fprintf(stderr, "outboxd: --check needs -c FILE\n");
+		return 2;
+	}
+	if (file) {
+		errs = cfg_load(&b->cfg, file, stderr);
+		if (errs != 0)
+			return 1;
+	} else {
+		cfg_default(&b->cfg);
+	}
+	if (check) {
+		printf("%s: ok\n", file);
+		return 0;
+	}
+	if (print) {
+		cfg_print(&b->cfg, stdout);
+		return 0;
+	}
+	log_set_level(b->cfg.log_level);
+	if (broker_start(b) < 0)
+		return 1;
+	if (!file)
+		log_info("built-in default: emit with `build/outbox emit "
+			 "'{\"hello\":1}'`; events land in %s",
+			 b->cfg.sinks[b->default_sink].path);
+	b->exit_code = broker_loop(b);
+	log_info("stopping: %llu events consumed, state persisted",
+		 (unsigned long long)b->rc.st.consumed);
+	broker_stop(b);
+	cfg_free(&b->cfg);
+	return b->exit_code;
+}

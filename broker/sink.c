@@ -1,0 +1,349 @@
+/* sink.c - the delivery engine shared by every sink type (see sink.h).
+ *
+ * Per sink: read_seq is where the next batch starts. A batch is started
+ * when a slot is free, the type allows more in flight, and either a full
+ * batch is waiting or the oldest waiting record has waited flush_interval.
+ * Batches complete out of order; the spool's watermark only moves over the
+ * contiguous acknowledged prefix, so a crash re-sends at most what was in
+ * flight (at-least-once, deduplicated upstream by event id).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "sink.h"
+
+#define SINK_RETRY_NS 1000000000ull
+
+const struct sink_ops *sink_ops_for(enum cfg_sink_type t)
+{
+	switch (t) {
+	case SINK_FILE:
+		return &sink_file_ops;
+	case SINK_DISCARD:
+		return &sink_discard_ops;
+	default:
+		return NULL;    /* HTTP types land with the delivery issue */
+	}
+}
+
+/* The sink owns its copy of the strings: a reload frees the old config
+ * while batches of this sink may still be in flight. */
+static void sink_cfg_free(struct cfg_sink *c)
+{
+	int i;
+
+	free(c->path);
+	free(c->url);
+	free(c->write_key);
+	free(c->dsn);
+	free(c->token_file);
+	for (i = 0; i < c->nheaders; i++)
+		free(c->headers[i]);
+	c->nheaders = 0;
+}
+
+static char *sink_strdup(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static int sink_cfg_copy(struct cfg_sink *dst, const struct cfg_sink *src)
+{
+	int i;
+
+	*dst = *src;
+	dst->path = sink_strdup(src->path);
+	dst->url = sink_strdup(src->url);
+	dst->write_key = sink_strdup(src->write_key);
+	dst->dsn = sink_strdup(src->dsn);
+	dst->token_file = sink_strdup(src->token_file);
+	for (i = 0; i < src->nheaders; i++)
+		dst->headers[i] = sink_strdup(src->headers[i]);
+	if ((src->path && !dst->path) || (src->url && !dst->url) ||
+	    (src->write_key && !dst->write_key) || (src->dsn && !dst->dsn) ||
+	    (src->token_file && !dst->token_file)) {
+		sink_cfg_free(dst);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int sink_reconfigure(struct sink *s, const struct cfg_sink *cfg)
+{
+	struct cfg_sink n;
+
+	if (sink_cfg_copy(&n, cfg) < 0)
+		return -ENOMEM;
+	if (s->ops && !s->disabled)
+		s->ops->close(s);
+	sink_cfg_free(&s->cfg);
+	s->cfg = n;
+	s->ops = sink_ops_for(n.type);
+	s->disabled = !s->ops || s->ops->open(s) < 0;
+	s->reconfigure = 0;
+	return 0;
+}
+
+struct sink *sink_new(struct broker *b, const struct cfg_sink *cfg, int idx)
+{
+	struct sink *s = calloc(1, sizeof(*s));
+	int i, rc;
+
+	if (!s)
+		return NULL;
+	s->b = b;
+	if (sink_cfg_copy(&s->cfg, cfg) < 0) {
+		free(s);
+		errno = ENOMEM;
+		return NULL;
+	}
+	s->idx = idx;
+	s->ops = sink_ops_for(cfg->type);
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		s->batch[i].s = s;
+		spool_batch_init(&s->batch[i].sb);
+		buf_init(&s->batch[i].out, 0);
+	}
+	s->spool = spool_open(b->spool, cfg->name);
+	if (!s->spool) {
+		rc = -errno;
+		log_error("sink %s: cannot open its spool: %s", cfg->name,
+			  strerror(-rc));
+		sink_cfg_free(&s->cfg);
+		free(s);
+		errno = -rc;
+		return NULL;
+	}
+	s->read_seq = spool_acked(s->spool);
+	if (!s->ops) {
+		log_error("sink %s: type %s is not supported by this build; "
+			  "its events stay in the spool", cfg->name,
+			  cfg_sink_type_name(cfg->type));
+		s->disabled = 1;
+	} else if (s->ops->open(s) < 0) {
+		s->disabled = 1;
+	}
+	return s;
+}
+
+void sink_free(struct sink *s)
+{
+	int i;
+
+	if (!s)
+		return;
+	if (s->ops && !s->disabled)
+		s->ops->close(s);
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		spool_batch_free(&s->batch[i].sb);
+		buf_free(&s->batch[i].out);
+	}
+	if (s->spool) {
+		spool_sync_ack(s->spool);
+		spool_close(s->spool);
+	}
+	sink_cfg_free(&s->cfg);
+	free(s);
+}
+
+static uint32_t sink_limit(const struct sink *s)
+{
+	uint32_t lim = s->cfg.max_inflight;
+
+	if (s->ops && s->ops->max_inflight) {
+		uint32_t t = s->ops->max_inflight(s);
+
+		if (t < lim)
+			lim = t;
+	}
+	if (lim > SINK_MAX_INFLIGHT)
+		lim = SINK_MAX_INFLIGHT;
+	return lim ? lim : 1;
+}
+
+static struct sink_batch *sink_free_batch(struct sink *s)
+{
+	int i;
+
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+		if (!s->batch[i].busy)
+			return &s->batch[i];
+	return NULL;
+}
+
+static void sink_send(struct sink_batch *b)
+{
+	struct sink *s = b->s;
+	int rc;
+
+	b->reading = 0;
+	b->attempts++;
+	rc = s->ops->send(s, b);
+	if (rc < 0) {
+		log_rl(&s->b->rl_spool, LOG_ERROR, "sink %s: send failed: %s",
+		       s->cfg.name, strerror(-rc));
+		sink_batch_done(b, SINK_RETRY);
+	}
+}
+
+static void sink_read_done(void *arg, int err)
+{
+	struct sink_batch *b = arg;
+	struct sink *s = b->s;
+
+	s->reading = 0;
+	if (err == 0 && b->sb.n == 0) {
+		/* nothing readable here (all acknowledged or lost to damage,
+		 * counted by the spool): move past it */
+		if (b->sb.next > s->read_seq)
+			s->read_seq = b->sb.next;
+		b->busy = 0;
+		s->inflight--;
+		s->c.inflight = s->inflight;
+		return;
+	}
+	if (err < 0) {
+		log_rl(&s->b->rl_spool, LOG_ERROR, "sink %s: spool read "
+		       "at %llu failed: %s", s->cfg.name,
+		       (unsigned long long)b->first_seq, strerror(-err));
+		b->busy = 0;
+		s->inflight--;
+		s->c.inflight = s->inflight;
+		s->retry_at = log_mono_ns() + SINK_RETRY_NS;
+		return;
+	}
+	/* seqs increase but may skip (acknowledged or damaged records):
+	 * the batch is [recs[0].seq, recs[n-1].seq], the next starts at
+	 * sb.next */
+	b->n = b->sb.n;
+	b->first_seq = b->sb.recs[0].seq;
+	b->end_seq = b->sb.recs[b->n - 1].seq + 1;
+	s->read_seq = b->sb.next;
+	sink_send(b);
+}
+
+/* Starts one batch at read_seq; 1 started, 0 not now. One spool read at
+ * a time: the next batch starts where this one's records end. */
+static int sink_start(struct sink *s, uint64_t now)
+{
+	uint64_t next = spool_visible(s->spool);
+	struct sink_batch *b;
+	int rc;
+
+	if (s->reading || s->read_seq >= next || now < s->retry_at)
+		return 0;
+	if (!s->pending_since)
+		s->pending_since = now;
+	/* wait for a full batch or flush_interval, whichever first */
+	if (next - s->read_seq < s->cfg.batch_max_events &&
+	    now - s->pending_since < s->cfg.flush_interval_ms * 1000000ull &&
+	    !s->b->stopping)
+		return 0;
+	b = sink_free_batch(s);
+	if (!b)
+		return 0;
+	b->busy = 1;
+	b->first_seq = s->read_seq;
+	b->n = 0;
+	b->attempts = 0;
+	b->resend_at = 0;
+	b->dropped_invalid = 0;
+	b->out_off = 0;
+	buf_reset(&b->out);
+	s->inflight++;
+	s->c.inflight = s->inflight;
+	s->reading = 1;
+	rc = spool_read(s->spool, s->read_seq, s->cfg.batch_max_events,
+			s->cfg.batch_max_bytes, &b->sb, sink_read_done, b);
+	if (rc < 0) {
+		s->reading = 0;
+		b->busy = 0;
+		s->inflight--;
+		s->c.inflight = s->inflight;
+		s->retry_at = now + SINK_RETRY_NS;
+		log_rl(&s->b->rl_spool, LOG_ERROR, "sink %s: spool read: %s",
+		       s->cfg.name, strerror(-rc));
+		return 0;
+	}
+	if (rc == 1)
+		sink_read_done(b, 0);
+	s->pending_since = 0;
+	return 1;
+}
+
+/* Batches waiting to be sent again; returns the earliest due time. */
+static uint64_t sink_resend_due(struct sink *s, uint64_t now)
+{
+	uint64_t next = UINT64_MAX;
+	int i;
+
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		struct sink_batch *b = &s->batch[i];
+
+		if (!b->busy || !b->resend_at)
+			continue;
+		if (b->resend_at <= now) {
+			/* the type decides what to keep of b->out */
+			b->resend_at = 0;
+			sink_send(b);
+		} else if (b->resend_at < next) {
+			next = b->resend_at;
+		}
+	}
+	return next;
+}
+
+uint64_t sink_tick(struct sink *s, uint64_t now)
+{
+	uint64_t next, resend;
+
+	if (s->disabled)
+		return UINT64_MAX;
+	resend = sink_resend_due(s, now);
+	if (s->reconfigure)
+		return s->inflight == 0 ? now : resend;
+	if (now < s->retry_at)
+		return s->retry_at < resend ? s->retry_at : resend;
+	while (s->inflight < sink_limit(s))
+		if (!sink_start(s, now))
+			break;
+	if (s->reading || s->inflight >= sink_limit(s) ||
+	    s->read_seq >= spool_visible(s->spool) || !s->pending_since)
+		return resend;          /* a completion will tick us */
+	next = s->pending_since + s->cfg.flush_interval_ms * 1000000ull;
+	if (next <= now)
+		next = now + 1000000ull;
+	return next < resend ? next : resend;
+}
+
+void sink_batch_done(struct sink_batch *b, enum sink_result r)
+{
+	struct sink *s = b->s;
+	uint64_t newly;
+
+	if (r == SINK_RETRY) {
+		/* keep the records; the same batch goes again later */
+		b->resend_at = log_mono_ns() + SINK_RETRY_NS;
+		s->c.retries++;
+		return;
+	}
+	/* only what was newly acknowledged counts as delivered: records
+	 * drop-oldest removed while this batch was out are counted
+	 * dropped_spool_full already */
+	newly = spool_ack_n(s->spool, b->first_seq, b->end_seq - b->first_seq);
+	if (newly > b->dropped_invalid)
+		s->c.delivered_events += newly - b->dropped_invalid;
+	s->c.dropped_invalid += b->dropped_invalid;
+	s->c.delivered_batches++;
+	b->busy = 0;
+	s->inflight--;
+	s->c.inflight = s->inflight;
+}
+
+int sink_idle(const struct sink *s)
+{
+	return s->inflight == 0 && s->read_seq >= spool_next_seq(s->spool);
+}

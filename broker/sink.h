@@ -1,0 +1,104 @@
+/* sink.h - sinks and the delivery engine.
+ *
+ * Every sink reads its own spool in batches (batch_max_events,
+ * batch_max_bytes, flush_interval) and hands each batch to its type's
+ * send(); the type calls sink_batch_done() from a reactor completion.
+ * The engine acknowledges delivered (or counted-dropped) ranges to the
+ * spool, which is what lets records leave the disk. Memory is bounded:
+ * at most max_inflight batches per sink, each at most batch_max_bytes.
+ */
+#ifndef OBX_SINK_H
+#define OBX_SINK_H
+
+#include <stdint.h>
+#include "buf.h"
+#include "config.h"
+#include "reactor.h"
+#include "spool.h"
+#include "obx_abi.h"
+
+struct broker;
+struct sink;
+struct sink_batch;
+
+/* outcome of one send */
+enum sink_result {
+	SINK_OK,            /* every record delivered (or counted dropped) */
+	SINK_RETRY,         /* nothing delivered; send the same batch again
+	                     * after a delay */
+};
+
+struct sink_ops {
+	const char *name;
+	/* 0 or -errno (then the sink is disabled and logged). */
+	int (*open)(struct sink *s);
+	/* Starts sending b; must end in sink_batch_done(b, ...). 0 or
+	 * -errno (then the engine retries the batch later). */
+	int (*send)(struct sink *s, struct sink_batch *b);
+	void (*close)(struct sink *s);
+	/* max batches in flight for this type (file: 1, to keep order) */
+	uint32_t (*max_inflight)(const struct sink *s);
+};
+
+#define SINK_MAX_INFLIGHT 64
+
+struct sink_batch {
+	struct rx_op op;            /* for the type's own I/O */
+	struct sink *s;
+	struct spool_batch sb;      /* the records */
+	uint64_t first_seq, end_seq;   /* [first, end): seqs may skip */
+	uint32_t n;
+	int busy;                   /* reading or sending */
+	int reading;
+	struct buf out;             /* encoded body */
+	uint64_t out_off;           /* bytes of out already written */
+	uint32_t attempts;
+	uint64_t resend_at;         /* mono ns; 0 = not waiting to resend */
+	uint32_t dropped_invalid;   /* records the encoder had to skip */
+	void *priv;                 /* type state for this send */
+};
+
+struct sink {
+	struct broker *b;
+	struct cfg_sink cfg;        /* own copy (reload swaps it) */
+	int idx;                    /* in broker->sinks and the sink page */
+	const struct sink_ops *ops;
+	void *impl;
+	struct spool *spool;
+	uint64_t read_seq;          /* next seq a new batch starts at */
+	uint64_t pending_since;     /* mono ns: data waiting since */
+	uint64_t retry_at;          /* mono ns: no new batch before */
+	uint32_t inflight;          /* batches reading, sending or waiting */
+	int reading;                /* a spool read is pending */
+	int disabled;               /* open failed; data stays spooled */
+	int reconfigure;            /* reload: reopen once inflight == 0 */
+	int removed;                /* reload: gone from the config */
+	struct cfg_sink next_cfg;   /* reload: the settings to take */
+	struct sink_batch batch[SINK_MAX_INFLIGHT];
+	struct obx_sink_counters c; /* published on the sink page */
+};
+
+extern const struct sink_ops sink_file_ops;
+extern const struct sink_ops sink_discard_ops;
+
+const struct sink_ops *sink_ops_for(enum cfg_sink_type t);
+
+/* Creates the sink and opens its spool (recovery happens here). */
+struct sink *sink_new(struct broker *b, const struct cfg_sink *cfg, int idx);
+void sink_free(struct sink *s);
+
+/* Reload: close, take the new settings, open again. Only when nothing of
+ * this sink is in flight. */
+int sink_reconfigure(struct sink *s, const struct cfg_sink *cfg);
+
+/* Starts what can start now; returns the next mono ns at which this sink
+ * wants to be ticked again (UINT64_MAX: only on events). */
+uint64_t sink_tick(struct sink *s, uint64_t now);
+
+/* Called by the type when a send ended. */
+void sink_batch_done(struct sink_batch *b, enum sink_result r);
+
+/* 1 when nothing is in flight and nothing is waiting in the spool. */
+int sink_idle(const struct sink *s);
+
+#endif

@@ -1,0 +1,2069 @@
+/* test_policy.c - the delivery policy (broker/policy.c).
+ *
+ * Pure functions driven with a fake clock: T0 is 2023-11-14 22:13:20 UTC
+ * (a Tuesday) in wall-clock ms, and every expectation is an exact value
+ * derived from PRODUCT.md section 7 and the boundaries documented in
+ * policy.h. Persistence tests write into a mkdtemp() directory.
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+#include "policy.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <msgpack.h>
+#include <sys/stat.h>
+
+#define T0 1700000000000LL
+#define SEC 1000LL
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+
+static char g_dir[] = "/tmp/obx-poltest-XXXXXX";
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* the PRODUCT.md section 5 defaults, set here field by field so that the
+ * test does not depend on config.c */
+static void t_cfg(struct cfg_sink *c)
+{
+	memset(c, 0, sizeof(*c));
+	strcpy(c->name, "api");
+	c->type = SINK_HTTP;
+	c->max_inflight = 4;
+	c->backoff_base_ms = 500;
+	c->backoff_max_ms = 60000;
+	c->backoff_jitter_pct = 10;
+	c->max_retries = 1000;
+	c->max_backoff_duration_ms = 12 * HOUR;
+	c->retry_after_max_ms = 300 * SEC;
+	c->max_rate_limit_duration_ms = 30 * MIN;
+	c->on_rate_limit = RL_HOLD;
+}
+
+static void t_override(struct cfg_sink *c, int code,
+		       enum cfg_status_action a)
+{
+	c->status[c->nstatus].code = code;
+	c->status[c->nstatus].action = a;
+	c->nstatus++;
+}
+
+/* an outcome with at most one Retry-After and one Sentry header */
+struct t_out {
+	struct pol_outcome o;
+	const char *ra[1];
+	const char *sl[1];
+};
+
+static const struct pol_outcome *t_oc(struct t_out *t, int status,
+				      const char *ra, const char *sl)
+{
+	memset(t, 0, sizeof(*t));
+	t->o.status = status;
+	t->o.net = status ? POL_NET_NONE : POL_NET_ERROR;
+	if (ra) {
+		t->ra[0] = ra;
+		t->o.retry_after = t->ra;
+		t->o.n_retry_after = 1;
+	}
+	if (sl) {
+		t->sl[0] = sl;
+		t->o.sentry_limits = t->sl;
+		t->o.n_sentry_limits = 1;
+	}
+	return &t->o;
+}
+
+/* begin (the gate must be open) and feed one response */
+static void t_send(struct pol_sink *s, const struct cfg_sink *c,
+		   struct pol_batch *b, int64_t now, int status,
+		   const char *ra, const char *sl, struct pol_result *r)
+{
+	struct t_out t;
+
+	CU_ASSERT_EQUAL_FATAL(pol_begin(s, c, b, 0, now), 0);
+	pol_on_response(s, c, b, t_oc(&t, status, ra, sl), now, 0, r);
+}
+
+/* the same without the gate: a response to a request begun earlier */
+static void t_resp(struct pol_sink *s, const struct cfg_sink *c,
+		   struct pol_batch *b, int64_t now, int status,
+		   const char *ra, const char *sl, struct pol_result *r)
+{
+	struct t_out t;
+
+	pol_on_response(s, c, b, t_oc(&t, status, ra, sl), now, 0, r);
+}
+
+/* HTTP-date of a unix time, in one of the three forms */
+static void t_date(char *buf, size_t n, int64_t ms, int form)
+{
+	static const char *fmt[] = {
+		"%a, %d %b %Y %H:%M:%S GMT",	/* IMF-fixdate */
+		"%A, %d-%b-%y %H:%M:%S GMT",	/* RFC 850 */
+		"%a %b %e %H:%M:%S %Y",		/* asctime */
+	};
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(buf, n, fmt[form], &tm);
+}
+
+/* ---- classification ------------------------------------------------------ */
+
+static const struct {
+	int status;
+	enum pol_class plain;		/* no token source */
+	enum pol_class token;		/* token source, first answer */
+	enum pol_class token_again;	/* token source, after a refresh */
+} class_table[] = {
+	{ 0, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },	/* network */
+	{ 100, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 200, POL_C_ACCEPTED, POL_C_ACCEPTED, POL_C_ACCEPTED },
+	{ 202, POL_C_ACCEPTED, POL_C_ACCEPTED, POL_C_ACCEPTED },
+	{ 204, POL_C_ACCEPTED, POL_C_ACCEPTED, POL_C_ACCEPTED },
+	{ 299, POL_C_ACCEPTED, POL_C_ACCEPTED, POL_C_ACCEPTED },
+	{ 301, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 304, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 307, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 400, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 401, POL_C_DROP, POL_C_REAUTH, POL_C_DROP },
+	{ 403, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 404, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 407, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 408, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 409, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 410, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 413, POL_C_SPLIT, POL_C_SPLIT, POL_C_SPLIT },
+	{ 422, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 429, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 451, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 460, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 499, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 500, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 501, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 502, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 503, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 504, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 505, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+	{ 507, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 511, POL_C_RETRY, POL_C_REAUTH, POL_C_RETRY },
+	{ 599, POL_C_RETRY, POL_C_RETRY, POL_C_RETRY },
+	{ 600, POL_C_DROP, POL_C_DROP, POL_C_DROP },
+};
+
+static void test_classify_table(void)
+{
+	struct cfg_sink plain, tok;
+	size_t i;
+
+	t_cfg(&plain);
+	t_cfg(&tok);
+	tok.token_file = "/run/token";
+	for (i = 0; i < sizeof(class_table) / sizeof(class_table[0]); i++) {
+		int st = class_table[i].status;
+
+		if (pol_classify(&plain, st, false) != class_table[i].plain ||
+		    pol_classify(&tok, st, false) != class_table[i].token ||
+		    pol_classify(&tok, st, true) != class_table[i].token_again)
+			fprintf(stderr, "classify %d: %d %d %d\n", st,
+				pol_classify(&plain, st, false),
+				pol_classify(&tok, st, false),
+				pol_classify(&tok, st, true));
+		CU_ASSERT_EQUAL(pol_classify(&plain, st, false),
+				class_table[i].plain);
+		CU_ASSERT_EQUAL(pol_classify(&tok, st, false),
+				class_table[i].token);
+		CU_ASSERT_EQUAL(pol_classify(&tok, st, true),
+				class_table[i].token_again);
+		/* the built-in class never says reauth */
+		CU_ASSERT_NOT_EQUAL(pol_class_default(st), POL_C_REAUTH);
+	}
+}
+
+/* One response on a fresh sink and batch: the verdict, the reason, the
+ * sink state and whether the budget was charged. */
+static const struct {
+	int status;		/* 0 = network error, -1 = timeout */
+	uint32_t nevents;
+	bool token;
+	const char *ra;
+	enum pol_verdict v;
+	enum pol_reason why;
+	enum pol_state st;
+	int64_t until;		/* relative to T0; 0 when ok */
+	bool counted;
+	bool limited;
+} response_table[] = {
+	{ 200, 10, 0, NULL, POL_V_DELIVERED, 0, POL_OK, 0, 0, 0 },
+	{ 204, 10, 0, NULL, POL_V_DELIVERED, 0, POL_OK, 0, 0, 0 },
+	{ 301, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 400, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 401, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 401, 10, 1, NULL, POL_V_REAUTH, 0, POL_OK, 0, 0, 0 },
+	{ 403, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 404, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 408, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 410, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 413, 10, 0, NULL, POL_V_SPLIT, 0, POL_OK, 0, 0, 0 },
+	{ 413, 2, 0, NULL, POL_V_SPLIT, 0, POL_OK, 0, 0, 0 },
+	{ 413, 1, 0, NULL, POL_V_DROP, POL_R_TOO_LARGE, POL_OK, 0, 0, 0 },
+	{ 422, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 429, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 429, 10, 0, "7", POL_V_RETRY, 0, POL_RATE_LIMITED, 7000, 0, 1 },
+	{ 460, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 500, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 501, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 502, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 503, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 503, 10, 0, "9", POL_V_RETRY, 0, POL_RATE_LIMITED, 9000, 0, 1 },
+	/* Segment PR #520: Retry-After counts on any retryable status */
+	{ 500, 10, 0, "4", POL_V_RETRY, 0, POL_RATE_LIMITED, 4000, 0, 1 },
+	{ 408, 10, 0, "4", POL_V_RETRY, 0, POL_RATE_LIMITED, 4000, 0, 1 },
+	/* ... and on no other */
+	{ 400, 10, 0, "4", POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 200, 10, 0, "4", POL_V_DELIVERED, 0, POL_OK, 0, 0, 0 },
+	{ 501, 10, 0, "4", POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 504, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 505, 10, 0, NULL, POL_V_DROP, POL_R_REJECTED, POL_OK, 0, 0, 0 },
+	{ 511, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ 511, 10, 1, NULL, POL_V_REAUTH, 0, POL_OK, 0, 0, 0 },
+	{ 0, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	{ -1, 10, 0, NULL, POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+	/* a network error has no headers to honour */
+	{ 0, 10, 0, "5", POL_V_RETRY, 0, POL_BACKOFF, 500, 1, 0 },
+};
+
+static void test_response_table(void)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(response_table) / sizeof(response_table[0]);
+	     i++) {
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+		struct t_out t;
+		const struct pol_outcome *o;
+
+		t_cfg(&c);
+		if (response_table[i].token)
+			c.token_file = "/run/token";
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 42, response_table[i].nevents);
+		CU_ASSERT_EQUAL_FATAL(pol_begin(&s, &c, &b, 0, T0), 0);
+		CU_ASSERT_FALSE(b.probe);
+		o = t_oc(&t, response_table[i].status < 0 ? 0
+			 : response_table[i].status, response_table[i].ra, NULL);
+		if (response_table[i].status < 0)
+			t.o.net = POL_NET_TIMEOUT;
+		pol_on_response(&s, &c, &b, o, T0, 0, &r);
+		if (r.verdict != response_table[i].v ||
+		    r.state != response_table[i].st)
+			fprintf(stderr, "row %zu (status %d): verdict %d state %d\n",
+				i, response_table[i].status, r.verdict, r.state);
+		CU_ASSERT_EQUAL(r.verdict, response_table[i].v);
+		CU_ASSERT_EQUAL(r.reason, response_table[i].why);
+		CU_ASSERT_EQUAL(r.state, response_table[i].st);
+		CU_ASSERT_EQUAL(s.state, response_table[i].st);
+		CU_ASSERT_EQUAL(r.counted, response_table[i].counted);
+		CU_ASSERT_EQUAL(r.rate_limited, response_table[i].limited);
+		CU_ASSERT_EQUAL(b.failures, response_table[i].counted ? 1 : 0);
+		CU_ASSERT_EQUAL(b.attempts, 1);
+		CU_ASSERT_EQUAL(s.until_ms, response_table[i].st == POL_OK ? 0
+				: T0 + response_table[i].until);
+		/* backoff raised the level, a rate limit did not */
+		CU_ASSERT_EQUAL(s.level,
+				response_table[i].st == POL_BACKOFF ? 1 : 0);
+		/* leaving ok is logged once, with the reason */
+		CU_ASSERT_EQUAL(r.log, response_table[i].st == POL_OK
+				? POL_LOG_NONE : POL_LOG_OUTAGE);
+	}
+}
+
+static void test_why_text(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	struct t_out t;
+
+	t_cfg(&c);
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 1, 3);
+	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_STRING_EQUAL(r.why, "HTTP 503");
+	pol_sink_init(&s, "api");
+	t_send(&s, &c, &b, T0, 429, "12", NULL, &r);
+	CU_ASSERT_STRING_EQUAL(r.why, "HTTP 429, rate limited for 12000 ms");
+	CU_ASSERT_EQUAL(r.wait_ms, 12000);
+	pol_sink_init(&s, "api");
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
+	t_oc(&t, 0, NULL, NULL);
+	t.o.net = POL_NET_TIMEOUT;
+	pol_on_response(&s, &c, &b, &t.o, T0, 0, &r);
+	CU_ASSERT_STRING_EQUAL(r.why, "timeout");
+	pol_sink_init(&s, "api");
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
+	pol_on_response(&s, &c, &b, t_oc(&t, 0, NULL, NULL), T0, 0, &r);
+	CU_ASSERT_STRING_EQUAL(r.why, "network error");
+}
+
+static void test_reauth_once(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+
+	t_cfg(&c);
+	c.token_file = "/run/token";
+	pol_sink_init(&s, "api");
+
+	/* 401: refresh once, a second 401 is a drop */
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 401, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_REAUTH);
+	CU_ASSERT_TRUE(b.reauth_done);
+	CU_ASSERT_FALSE(r.counted);
+	CU_ASSERT_EQUAL(b.failures, 0);
+	CU_ASSERT_EQUAL(pol_retry_count(&b), 1);
+	t_send(&s, &c, &b, T0 + 1, 401, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_REJECTED);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+
+	/* 511: refresh once, then an ordinary (counted) retry */
+	pol_batch_init(&b, 2, 5);
+	t_send(&s, &c, &b, T0 + 2, 511, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_REAUTH);
+	t_send(&s, &c, &b, T0 + 3, 511, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_TRUE(r.counted);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+
+	/* the refresh is per batch: a new batch may refresh again */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 3, 5);
+	t_send(&s, &c, &b, T0, 401, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_REAUTH);
+	/* and a refresh carries over to the halves of a split */
+	{
+		struct pol_batch h;
+
+		pol_batch_split(&b, &h, 4, 2);
+		CU_ASSERT_TRUE(h.reauth_done);
+		CU_ASSERT_EQUAL(h.id, 4);
+		CU_ASSERT_EQUAL(h.nevents, 2);
+		CU_ASSERT_EQUAL(h.attempts, 1);
+	}
+}
+
+static void test_status_overrides(void)
+{
+	static const struct {
+		int code;
+		enum cfg_status_action a;
+		bool token;
+		int status;
+		uint32_t nevents;
+		enum pol_verdict v;
+		enum pol_reason why;
+	} rows[] = {
+		{ 400, ST_RETRY, 0, 400, 5, POL_V_RETRY, 0 },
+		{ 503, ST_DROP, 0, 503, 5, POL_V_DROP, POL_R_REJECTED },
+		{ 500, ST_SPLIT, 0, 500, 5, POL_V_SPLIT, 0 },
+		{ 500, ST_SPLIT, 0, 500, 1, POL_V_DROP, POL_R_TOO_LARGE },
+		{ 413, ST_DROP, 0, 413, 5, POL_V_DROP, POL_R_REJECTED },
+		{ 413, ST_RETRY, 0, 413, 1, POL_V_RETRY, 0 },
+		{ 403, ST_REAUTH, 1, 403, 5, POL_V_REAUTH, 0 },
+		/* reauth without a token source: the built-in class */
+		{ 403, ST_REAUTH, 0, 403, 5, POL_V_DROP, POL_R_REJECTED },
+		{ 503, ST_REAUTH, 0, 503, 5, POL_V_RETRY, 0 },
+		/* an override beats the token source's 401 rule */
+		{ 401, ST_RETRY, 1, 401, 5, POL_V_RETRY, 0 },
+		{ 511, ST_DROP, 1, 511, 5, POL_V_DROP, POL_R_REJECTED },
+		{ 200, ST_RETRY, 0, 200, 5, POL_V_RETRY, 0 },
+		{ 302, ST_RETRY, 0, 302, 5, POL_V_RETRY, 0 },
+		/* an override of another code leaves this one alone */
+		{ 502, ST_DROP, 0, 503, 5, POL_V_RETRY, 0 },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		t_override(&c, 404, ST_RETRY);	/* noise before the row */
+		t_override(&c, rows[i].code, rows[i].a);
+		if (rows[i].token)
+			c.token_file = "/run/token";
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, rows[i].nevents);
+		t_send(&s, &c, &b, T0, rows[i].status, NULL, NULL, &r);
+		if (r.verdict != rows[i].v)
+			fprintf(stderr, "override row %zu: verdict %d\n", i,
+				r.verdict);
+		CU_ASSERT_EQUAL(r.verdict, rows[i].v);
+		CU_ASSERT_EQUAL(r.reason, rows[i].why);
+	}
+	/* reauth by override, then the built-in class of 403: drop */
+	{
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.token_file = "/run/token";
+		t_override(&c, 403, ST_REAUTH);
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, 5);
+		t_send(&s, &c, &b, T0, 403, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_REAUTH);
+		t_send(&s, &c, &b, T0, 403, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(r.reason, POL_R_REJECTED);
+	}
+	/* a 429 overridden to drop ignores its Retry-After */
+	{
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		t_override(&c, 429, ST_DROP);
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, 5);
+		t_send(&s, &c, &b, T0, 429, "30", NULL, &r);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(s.state, POL_OK);
+	}
+}
+
+/* ---- Retry-After --------------------------------------------------------- */
+
+static void test_retry_after_seconds(void)
+{
+	static const struct {
+		const char *v;
+		int rc;
+		int64_t wait;
+	} rows[] = {
+		{ "5", 0, 5000 },
+		{ "120", 0, 120000 },
+		{ " 5 ", 0, 5000 },
+		{ "\t7\t", 0, 7000 },
+		{ "000012", 0, 12000 },
+		{ "0", 0, 1000 },		/* 1 s floor */
+		{ "00", 0, 1000 },
+		{ "300", 0, 300000 },
+		{ "301", 0, 300000 },		/* capped */
+		{ "86400", 0, 300000 },
+		{ "99999999999999999999999999", 0, 300000 },
+		{ "-5", -EINVAL, 0 },		/* negative = absent */
+		{ "-0", -EINVAL, 0 },
+		{ "+5", -EINVAL, 0 },
+		{ "1.5", -EINVAL, 0 },
+		{ "5s", -EINVAL, 0 },
+		{ "5 0", -EINVAL, 0 },
+		{ "abc", -EINVAL, 0 },
+		{ "", -EINVAL, 0 },
+		{ "   ", -EINVAL, 0 },
+		{ "0x10", -EINVAL, 0 },
+		{ "5\n", -EINVAL, 0 },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		int64_t w = -77;
+		int rc = pol_parse_retry_after(rows[i].v, T0, 300000, &w);
+
+		if (rc != rows[i].rc || (!rc && w != rows[i].wait))
+			fprintf(stderr, "Retry-After %s: rc %d wait %lld\n",
+				rows[i].v, rc, (long long)w);
+		CU_ASSERT_EQUAL(rc, rows[i].rc);
+		/* on error the output is untouched */
+		CU_ASSERT_EQUAL(w, rows[i].rc ? -77 : rows[i].wait);
+	}
+	CU_ASSERT_EQUAL(pol_parse_retry_after(NULL, T0, 300000, &(int64_t){0}),
+			-EINVAL);
+}
+
+static void test_retry_after_dates(void)
+{
+	static const struct {
+		int64_t at;	/* date, relative to T0 (whole seconds) */
+		int64_t now;	/* relative to T0 */
+		int rc;
+		int64_t wait;
+	} rows[] = {
+		{ 120 * SEC, 0, 0, 120000 },
+		{ 1 * SEC, 0, 0, 1000 },
+		{ 2 * SEC, 1500, 0, 1000 },	/* 500 ms ahead: 1 s floor */
+		{ 10 * MIN, 0, 0, 300000 },	/* capped */
+		{ 400 * 86400 * SEC, 0, 0, 300000 },
+		{ 0, 0, -EINVAL, 0 },		/* now is not the future */
+		{ 0, 1, -EINVAL, 0 },
+		{ -1 * SEC, 0, -EINVAL, 0 },	/* past = absent */
+		{ -86400 * SEC, 0, -EINVAL, 0 },
+	};
+	size_t i;
+	int form;
+
+	for (form = 0; form < 3; form++)
+		for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+			char d[64];
+			int64_t w = -1;
+			int rc;
+
+			t_date(d, sizeof(d), T0 + rows[i].at, form);
+			rc = pol_parse_retry_after(d, T0 + rows[i].now, 300000,
+						   &w);
+			if (rc != rows[i].rc || (!rc && w != rows[i].wait))
+				fprintf(stderr, "date '%s': rc %d wait %lld\n",
+					d, rc, (long long)w);
+			CU_ASSERT_EQUAL(rc, rows[i].rc);
+			if (!rc)
+				CU_ASSERT_EQUAL(w, rows[i].wait);
+		}
+}
+
+static void test_retry_after_date_forms(void)
+{
+	static const struct {
+		const char *v;
+		int rc;
+		int64_t wait;
+	} rows[] = {
+		/* T0 = Tue, 14 Nov 2023 22:13:20 GMT */
+		{ "Tue, 14 Nov 2023 22:15:20 GMT", 0, 120000 },
+		{ "  Tue, 14 Nov 2023 22:15:20 GMT\t", 0, 120000 },
+		{ "Tuesday, 14-Nov-23 22:15:20 GMT", 0, 120000 },
+		{ "Tue Nov 14 22:15:20 2023", 0, 120000 },
+		{ "Tue, 14 Nov 2023 22:13:21 GMT", 0, 1000 },
+		/* the weekday is not cross-checked, the name must be one */
+		{ "Wed, 14 Nov 2023 22:15:20 GMT", 0, 120000 },
+		{ "Tux, 14 Nov 2023 22:15:20 GMT", -EINVAL, 0 },
+		{ "Tue, 14 Nov 2023 22:15:20 PST", -EINVAL, 0 },
+		{ "Tue, 14 Nov 2023 22:15:20", -EINVAL, 0 },
+		{ "Tue, 14 Nov 2023 22:15:20 GMT x", -EINVAL, 0 },
+		{ "Tue, 14 Nov 2023 24:15:20 GMT", -EINVAL, 0 },
+		{ "Tue, 14 Nov 2023 22:60:20 GMT", -EINVAL, 0 },
+		{ "Tue, 31 Nov 2023 22:15:20 GMT", -EINVAL, 0 },
+		{ "Tue, 00 Nov 2023 22:15:20 GMT", -EINVAL, 0 },
+		{ "Tue, 14 Foo 2023 22:15:20 GMT", -EINVAL, 0 },
+		{ "Tue, 14 Nov 23 22:15:20 GMT", -EINVAL, 0 },
+		{ "Tue, 4 Nov 2023 22:15:20 GMT", -EINVAL, 0 },
+		{ "tue, 14 nov 2023 22:15:20 gmt", -EINVAL, 0 },
+		{ "Tuesday, 14-Nov-2023 22:15:20 GMT", -EINVAL, 0 },
+		{ "Tue Nov 14 22:15:20 2023 GMT", -EINVAL, 0 },
+		{ "2023-11-14T22:15:20Z", -EINVAL, 0 },
+		{ "Tue,", -EINVAL, 0 },
+		{ "Tue", -EINVAL, 0 },
+		/* leap years: 2024-02-29 exists, 2023-02-29 does not (both
+		 * past T0 + cap, so only validity shows) */
+		{ "Thu, 29 Feb 2024 00:00:00 GMT", 0, 300000 },
+		{ "Wed, 29 Feb 2023 00:00:00 GMT", -EINVAL, 0 },
+		{ "Sun Dec  1 00:00:00 2024", 0, 300000 },
+		{ "Sun Dec 1 00:00:00 2024", 0, 300000 },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		int64_t w = -1;
+		int rc = pol_parse_retry_after(rows[i].v, T0, 300000, &w);
+
+		if (rc != rows[i].rc || (!rc && w != rows[i].wait))
+			fprintf(stderr, "date '%s': rc %d wait %lld\n",
+				rows[i].v, rc, (long long)w);
+		CU_ASSERT_EQUAL(rc, rows[i].rc);
+		if (!rc)
+			CU_ASSERT_EQUAL(w, rows[i].wait);
+	}
+}
+
+static void test_retry_after_duplicates(void)
+{
+	char d[64];
+	int64_t w = -1;
+	const char *a[] = { "5", "garbage", "10", "-3" };
+	const char *b[] = { "garbage", "-1", "" };
+	const char *c[] = { d, "60" };
+	const char *e[] = { "Tue, 14 Nov 2023 22:13:19 GMT", "2" };
+
+	CU_ASSERT_EQUAL(pol_retry_after(a, 4, T0, 300000, &w), 0);
+	CU_ASSERT_EQUAL(w, 10000);
+	CU_ASSERT_EQUAL(pol_retry_after(b, 3, T0, 300000, &w), -EINVAL);
+	t_date(d, sizeof(d), T0 + 120 * SEC, 0);
+	CU_ASSERT_EQUAL(pol_retry_after(c, 2, T0, 300000, &w), 0);
+	CU_ASSERT_EQUAL(w, 120000);
+	CU_ASSERT_EQUAL(pol_retry_after(e, 2, T0, 300000, &w), 0);
+	CU_ASSERT_EQUAL(w, 2000);
+	CU_ASSERT_EQUAL(pol_retry_after(NULL, 0, T0, 300000, &w), -EINVAL);
+	CU_ASSERT_EQUAL(pol_retry_after(a, 0, T0, 300000, &w), -EINVAL);
+}
+
+/* Retry-After forms through the state machine: rate limited until, or
+ * (absent) an ordinary counted backoff of 500 ms. */
+static void test_retry_after_responses(void)
+{
+	static const struct {
+		const char *ra;
+		enum pol_state st;
+		int64_t until;
+	} rows[] = {
+		{ "5", POL_RATE_LIMITED, 5000 },
+		{ "0", POL_RATE_LIMITED, 1000 },
+		{ "100000", POL_RATE_LIMITED, 300000 },
+		{ "Tue, 14 Nov 2023 22:14:20 GMT", POL_RATE_LIMITED, 60000 },
+		{ "Tue, 14 Nov 2023 22:13:00 GMT", POL_BACKOFF, 500 },
+		{ "-1", POL_BACKOFF, 500 },
+		{ "soon", POL_BACKOFF, 500 },
+		{ " 3 ", POL_RATE_LIMITED, 3000 },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, 5);
+		t_send(&s, &c, &b, T0, 429, rows[i].ra, NULL, &r);
+		CU_ASSERT_EQUAL(s.state, rows[i].st);
+		CU_ASSERT_EQUAL(s.until_ms, T0 + rows[i].until);
+		CU_ASSERT_EQUAL(b.failures, rows[i].st == POL_BACKOFF);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	}
+	/* duplicated header through pol_on_response: the largest wins */
+	{
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+		const char *v[] = { "3", "bogus", "8", "5" };
+		struct pol_outcome o = { .status = 503, .retry_after = v,
+					 .n_retry_after = 4 };
+
+		t_cfg(&c);
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, 5);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
+		pol_on_response(&s, &c, &b, &o, T0, 0, &r);
+		CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+		CU_ASSERT_EQUAL(s.until_ms, T0 + 8000);
+	}
+}
+
+/* ---- X-Sentry-Rate-Limits ------------------------------------------------ */
+
+static void test_sentry_parse(void)
+{
+	static const struct {
+		const char *v;
+		int n;
+		const char *cat[4];
+		int64_t wait[4];
+	} rows[] = {
+		{ "60::organization", 1, { "" }, { 60000 } },
+		{ "60:", 1, { "" }, { 60000 } },
+		{ "60:;:org", 1, { "" }, { 60000 } },
+		{ "60:error;transaction:key", 2, { "error", "transaction" },
+		  { 60000, 60000 } },
+		{ "60:error:key:quota_exceeded:ns", 1, { "error" },
+		  { 60000 } },
+		{ "2.5:error:key", 1, { "error" }, { 2500 } },
+		{ "1.2345:error", 1, { "error" }, { 1234 } },
+		{ "0.001:error", 1, { "error" }, { 1000 } },	/* floor */
+		{ "0:error", 1, { "error" }, { 1000 } },
+		{ "1000:error", 1, { "error" }, { 300000 } },	/* cap */
+		{ "99999999999999999999999:error", 1, { "error" },
+		  { 300000 } },
+		{ " 60 : error ; transaction : key ", 2,
+		  { "error", "transaction" }, { 60000, 60000 } },
+		{ "60:error;;transaction", 2, { "error", "transaction" },
+		  { 60000, 60000 } },
+		{ "60:error, 30:transaction:org, junk, 10::org", 3,
+		  { "error", "transaction", "" }, { 60000, 30000, 10000 } },
+		{ "abc:error", 0, { 0 }, { 0 } },
+		{ "60", 0, { 0 }, { 0 } },
+		{ "-5:error", 0, { 0 }, { 0 } },
+		{ "1.:error", 0, { 0 }, { 0 } },
+		{ ".5:error", 0, { 0 }, { 0 } },
+		{ "1e3:error", 0, { 0 }, { 0 } },
+		{ ":error", 0, { 0 }, { 0 } },
+		{ "60:err or", 0, { 0 }, { 0 } },
+		{ "60:error;abcdefghijklmnopqrstuvwxyz", 0, { 0 }, { 0 } },
+		{ "60:abcdefghijklmnopqrstuvw", 1,	/* 23 chars fit */
+		  { "abcdefghijklmnopqrstuvw" }, { 60000 } },
+		{ "", 0, { 0 }, { 0 } },
+		{ ",,,", 0, { 0 }, { 0 } },
+		{ "garbage, 5:log_item", 1, { "log_item" }, { 5000 } },
+	};
+	size_t i;
+	int j;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct pol_limit l[8];
+		int n = pol_parse_sentry_limits(rows[i].v, 300000, l, 8);
+
+		if (n != rows[i].n)
+			fprintf(stderr, "sentry '%s': %d entries\n",
+				rows[i].v, n);
+		CU_ASSERT_EQUAL_FATAL(n, rows[i].n);
+		for (j = 0; j < n; j++) {
+			CU_ASSERT_STRING_EQUAL(l[j].cat, rows[i].cat[j]);
+			CU_ASSERT_EQUAL(l[j].wait_ms, rows[i].wait[j]);
+		}
+	}
+	/* the output array bounds the count */
+	{
+		struct pol_limit l[2];
+
+		CU_ASSERT_EQUAL(pol_parse_sentry_limits("1:a;b;c, 2:d", 300000,
+							l, 2), 2);
+		CU_ASSERT_STRING_EQUAL(l[1].cat, "b");
+		CU_ASSERT_EQUAL(pol_parse_sentry_limits(NULL, 300000, l, 2),
+				0);
+	}
+}
+
+static void test_sentry_responses(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+
+	t_cfg(&c);
+	c.type = SINK_SENTRY;
+	c.on_rate_limit = RL_DROP_CATEGORY;
+
+	/* a 200 limiting one category: delivered, the sink stays ok */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 200, NULL, "60:transaction:key", &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.ncats, 1);
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "transaction", T0));
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "transaction", T0 + 59999));
+	CU_ASSERT_FALSE(pol_cat_limited(&s, "transaction", T0 + 60000));
+	CU_ASSERT_FALSE(pol_cat_limited(&s, "error", T0));
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0), POL_GATE_SEND);
+
+	/* a 200 with a global limit: delivered, the whole sink waits */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 200, NULL, "60::organization", &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60000);
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "error", T0 + 59999));
+	CU_ASSERT_FALSE(pol_cat_limited(&s, "error", T0 + 60000));
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 59999), POL_GATE_WAIT);
+
+	/* the Sentry header wins over Retry-After */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 429, "5", "30::key", &r);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 30000);
+	/* ... unless it is garbage: then Retry-After counts */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 429, "5", "soon:all", &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 5000);
+
+	/* drop-category: a refused batch is dropped as rate_limited */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 429, NULL, "60:error", &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_RATE_LIMITED);
+	CU_ASSERT_TRUE(r.rate_limited);
+	CU_ASSERT_FALSE(r.counted);
+	CU_ASSERT_EQUAL(s.state, POL_OK);	/* other categories flow */
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "error", T0 + 1));
+	CU_ASSERT_FALSE(pol_cat_limited(&s, "transaction", T0 + 1));
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 429, NULL, "60::org", &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60000);
+
+	/* hold: a refused batch with only category limits holds the sink
+	 * (until the longest), uncounted */
+	c.on_rate_limit = RL_HOLD;
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 429, NULL, "60:error, 90:span", &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_FALSE(r.counted);
+	CU_ASSERT_EQUAL(b.failures, 0);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 90000);
+	CU_ASSERT_EQUAL(s.ncats, 2);
+
+	/* a rejected batch still records the limit */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 400, NULL, "10::org", &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_REJECTED);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 10000);
+}
+
+static void test_sentry_categories_table(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	char name[32];
+	int i;
+
+	t_cfg(&c);
+	c.on_rate_limit = RL_DROP_CATEGORY;
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 5);
+
+	/* never shortened, lengthened on request */
+	t_send(&s, &c, &b, T0, 200, NULL, "60:error", &r);
+	t_send(&s, &c, &b, T0 + 1000, 200, NULL, "10:error", &r);
+	CU_ASSERT_EQUAL(s.ncats, 1);
+	CU_ASSERT_EQUAL(s.cats[0].until_ms, T0 + 60000);
+	t_send(&s, &c, &b, T0 + 1000, 200, NULL, "120:error", &r);
+	CU_ASSERT_EQUAL(s.cats[0].until_ms, T0 + 121000);
+
+	/* eight categories fit; a ninth would be ignored, so it limits the
+	 * whole sink instead */
+	pol_sink_init(&s, "sentry");
+	t_send(&s, &c, &b, T0, 200, NULL, "60:a;b;c;d;e;f;g;h", &r);
+	CU_ASSERT_EQUAL(s.ncats, 8);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	t_send(&s, &c, &b, T0, 200, NULL, "30:i", &r);
+	CU_ASSERT_EQUAL(s.ncats, 8);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 30000);
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "i", T0 + 29999));
+
+	/* expired entries make room */
+	pol_sink_init(&s, "sentry");
+	for (i = 0; i < 8; i++) {
+		snprintf(name, sizeof(name), "%d:c%d", i + 1, i);
+		t_send(&s, &c, &b, T0, 200, NULL, name, &r);
+	}
+	CU_ASSERT_EQUAL(s.ncats, 8);
+	t_send(&s, &c, &b, T0 + 3000, 200, NULL, "5:new", &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.ncats, 6);	/* c0..c2 expired, new added */
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "new", T0 + 7999));
+	CU_ASSERT_FALSE(pol_cat_limited(&s, "new", T0 + 8000));
+	CU_ASSERT_FALSE(pol_cat_limited(&s, "c2", T0 + 3000));
+	CU_ASSERT_TRUE(pol_cat_limited(&s, "c3", T0 + 3999));
+
+	/* two headers: both parsed, the largest wins */
+	{
+		const char *v[] = { "10:error", "40:error;log" };
+		struct pol_outcome o = { .status = 200, .sentry_limits = v,
+					 .n_sentry_limits = 2 };
+
+		pol_sink_init(&s, "sentry");
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
+		pol_on_response(&s, &c, &b, &o, T0, 0, &r);
+		CU_ASSERT_EQUAL(s.ncats, 2);
+		CU_ASSERT_TRUE(pol_cat_limited(&s, "error", T0 + 39999));
+		CU_ASSERT_TRUE(pol_cat_limited(&s, "log", T0 + 39999));
+		CU_ASSERT_FALSE(pol_cat_limited(&s, "error", T0 + 40000));
+	}
+}
+
+/* Deterministic junk through both parsers: never a crash (ASan), and
+ * whatever they accept is within bounds. */
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static uint32_t t_rand(void)
+{
+	g_rng ^= g_rng << 13;
+	g_rng ^= g_rng >> 7;
+	g_rng ^= g_rng << 17;
+	return (uint32_t)(g_rng >> 11);
+}
+
+static void test_parser_fuzz(void)
+{
+	static const char alpha[] = "0123456789:;,. -\t+eGMTSunNovTue"
+				    "abcdefghijklmnopqrstuvwxyz_\xff\x01";
+	char buf[80];
+	int i, j, n, len, ok_ra = 0, ok_sl = 0;
+
+	for (i = 0; i < 50000; i++) {
+		struct pol_limit l[8];
+		int64_t w = -1;
+
+		len = (int)(t_rand() % (sizeof(buf) - 1));
+		for (j = 0; j < len; j++)
+			buf[j] = alpha[t_rand() % (sizeof(alpha) - 1)];
+		buf[len] = '\0';
+		if (!pol_parse_retry_after(buf, T0, 300000, &w)) {
+			ok_ra++;
+			CU_ASSERT(w >= 1000 && w <= 300000);
+		}
+		n = pol_parse_sentry_limits(buf, 300000, l, 8);
+		CU_ASSERT(n >= 0 && n <= 8);
+		ok_sl += n > 0;
+		for (j = 0; j < n; j++) {
+			CU_ASSERT(l[j].wait_ms >= 1000 &&
+				  l[j].wait_ms <= 300000);
+			CU_ASSERT(strlen(l[j].cat) < POL_CAT_MAX);
+			CU_ASSERT(!strpbrk(l[j].cat, ":;, \t"));
+		}
+	}
+	/* the alphabet makes valid values likely: both paths were taken */
+	CU_ASSERT(ok_ra > 100);
+	CU_ASSERT(ok_sl > 100);
+}
+
+/* ---- budgets --------------------------------------------------------------- */
+
+/* Fails b once at now (the sink is reset each time, so the gate never
+ * interferes): the verdict. */
+static struct pol_result fail_at(const struct cfg_sink *c,
+				 struct pol_batch *b, int64_t now, int status,
+				 const char *ra)
+{
+	struct pol_sink s;
+	struct pol_result r;
+
+	pol_sink_init(&s, "api");
+	t_send(&s, c, b, now, status, ra, NULL, &r);
+	return r;
+}
+
+static void test_max_retries(void)
+{
+	static const uint32_t budgets[] = { 0, 1, 2, 5 };
+	size_t i;
+	uint32_t k;
+
+	for (i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
+		struct cfg_sink c;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_retries = budgets[i];
+		pol_batch_init(&b, 1, 5);
+		/* N retries after the first attempt: N + 1 requests */
+		for (k = 0; k < budgets[i]; k++) {
+			r = fail_at(&c, &b, T0 + k, 503, NULL);
+			CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+		}
+		r = fail_at(&c, &b, T0 + k, 503, NULL);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(r.reason, POL_R_RETRIES_EXHAUSTED);
+		CU_ASSERT_EQUAL(b.failures, budgets[i] + 1);
+		CU_ASSERT_EQUAL(b.attempts, budgets[i] + 1);
+	}
+}
+
+static void test_rate_limits_not_counted(void)
+{
+	struct cfg_sink c;
+	struct pol_batch b;
+	struct pol_result r;
+	int i;
+
+	t_cfg(&c);
+	c.max_retries = 2;
+	pol_batch_init(&b, 1, 5);
+	r = fail_at(&c, &b, T0, 503, NULL);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	/* any number of rate-limited answers in between */
+	for (i = 0; i < 10; i++) {
+		r = fail_at(&c, &b, T0 + 1 + i, 429, "1");
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+		CU_ASSERT_FALSE(r.counted);
+	}
+	CU_ASSERT_EQUAL(b.failures, 1);
+	CU_ASSERT_EQUAL(b.attempts, 11);
+	CU_ASSERT_EQUAL(pol_retry_count(&b), 11);
+	r = fail_at(&c, &b, T0 + 20, 503, NULL);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	r = fail_at(&c, &b, T0 + 21, 503, NULL);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_RETRIES_EXHAUSTED);
+
+	/* max_retries = 0 drops a retryable failure at once, but a rate
+	 * limit is still waited out */
+	c.max_retries = 0;
+	pol_batch_init(&b, 2, 5);
+	r = fail_at(&c, &b, T0, 429, "3");
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	r = fail_at(&c, &b, T0 + 3000, 429, NULL);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_RETRIES_EXHAUSTED);
+}
+
+static void test_max_backoff_duration(void)
+{
+	static const struct {
+		uint64_t max;
+		int64_t second;		/* second failure, after T0 */
+		enum pol_verdict v;
+		enum pol_reason why;
+	} rows[] = {
+		{ 10000, 9999, POL_V_RETRY, 0 },
+		{ 10000, 10000, POL_V_RETRY, 0 },	/* > is the rule */
+		{ 10000, 10001, POL_V_DROP, POL_R_EXPIRED },
+		{ 12 * HOUR, 12 * HOUR, POL_V_RETRY, 0 },
+		{ 12 * HOUR, 12 * HOUR + 1, POL_V_DROP, POL_R_EXPIRED },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct cfg_sink c;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_backoff_duration_ms = rows[i].max;
+		pol_batch_init(&b, 1, 5);
+		r = fail_at(&c, &b, T0, 503, NULL);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+		CU_ASSERT_EQUAL(b.first_failure_ms, T0);
+		/* checked before a resend too, with the same boundary */
+		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + rows[i].second),
+				rows[i].why);
+		r = fail_at(&c, &b, T0 + rows[i].second, 503, NULL);
+		CU_ASSERT_EQUAL(r.verdict, rows[i].v);
+		CU_ASSERT_EQUAL(r.reason, rows[i].why);
+		CU_ASSERT_EQUAL(b.first_failure_ms, T0);	/* kept */
+	}
+	/* 0 = no retry */
+	{
+		struct cfg_sink c;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_backoff_duration_ms = 0;
+		pol_batch_init(&b, 1, 5);
+		r = fail_at(&c, &b, T0, 503, NULL);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(r.reason, POL_R_EXPIRED);
+		/* both budgets gone at once: retries_exhausted first */
+		c.max_retries = 0;
+		pol_batch_init(&b, 1, 5);
+		r = fail_at(&c, &b, T0, 503, NULL);
+		CU_ASSERT_EQUAL(r.reason, POL_R_RETRIES_EXHAUSTED);
+	}
+	/* a fresh batch has nothing to expire */
+	{
+		struct cfg_sink c;
+		struct pol_batch b;
+
+		t_cfg(&c);
+		pol_batch_init(&b, 1, 5);
+		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + 100 * HOUR),
+				POL_R_NONE);
+	}
+}
+
+static void test_max_rate_limit_duration(void)
+{
+	static const struct {
+		uint64_t max;
+		int64_t later;
+		enum pol_verdict v;
+	} rows[] = {
+		{ 60000, 59999, POL_V_RETRY },
+		{ 60000, 60000, POL_V_RETRY },
+		{ 60000, 60001, POL_V_DROP },
+		{ 30 * MIN, 30 * MIN, POL_V_RETRY },
+		{ 30 * MIN, 30 * MIN + 1, POL_V_DROP },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct cfg_sink c;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_rate_limit_duration_ms = rows[i].max;
+		pol_batch_init(&b, 1, 5);
+		r = fail_at(&c, &b, T0, 429, "300");
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+		CU_ASSERT_EQUAL(b.rl_start_ms, T0);
+		r = fail_at(&c, &b, T0 + 1000, 503, "300");
+		CU_ASSERT_EQUAL(b.rl_start_ms, T0);	/* same episode */
+		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + rows[i].later),
+				rows[i].v == POL_V_DROP ? POL_R_RATE_LIMITED
+							: POL_R_NONE);
+		r = fail_at(&c, &b, T0 + rows[i].later, 429, "300");
+		CU_ASSERT_EQUAL(r.verdict, rows[i].v);
+		CU_ASSERT_EQUAL(r.reason, rows[i].v == POL_V_DROP
+				? POL_R_RATE_LIMITED : POL_R_NONE);
+		CU_ASSERT_EQUAL(b.failures, 0);
+	}
+	/* 0 = a rate limit drops at once; a counted failure ends an
+	 * episode; drop-category does not hold, so never checks it */
+	{
+		struct cfg_sink c;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_rate_limit_duration_ms = 0;
+		pol_batch_init(&b, 1, 5);
+		r = fail_at(&c, &b, T0, 429, "1");
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(r.reason, POL_R_RATE_LIMITED);
+
+		c.max_rate_limit_duration_ms = 60000;
+		pol_batch_init(&b, 1, 5);
+		fail_at(&c, &b, T0, 429, "1");
+		CU_ASSERT_EQUAL(b.rl_start_ms, T0);
+		fail_at(&c, &b, T0 + 50000, 503, NULL);
+		CU_ASSERT_EQUAL(b.rl_start_ms, 0);
+		r = fail_at(&c, &b, T0 + 70000, 429, "1");
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);	/* new episode */
+		CU_ASSERT_EQUAL(b.rl_start_ms, T0 + 70000);
+
+		c.on_rate_limit = RL_DROP_CATEGORY;
+		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + 10 * HOUR),
+				POL_R_NONE);
+	}
+}
+
+/* ---- sink windows ---------------------------------------------------------- */
+
+static void test_episode_never_shortens(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch a, b, d;
+	struct pol_result r;
+
+	t_cfg(&c);
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	pol_batch_init(&b, 2, 5);
+	pol_batch_init(&d, 3, 5);
+	/* three requests in flight at once */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, T0), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 1, T0), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &d, 2, T0), 0);
+	t_resp(&s, &c, &a, T0 + 100, 429, "60", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60100);
+	CU_ASSERT_EQUAL(s.rl_start_ms, T0 + 100);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	/* a shorter one does not shorten it */
+	t_resp(&s, &c, &b, T0 + 200, 429, "5", NULL, &r);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60100);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	/* a stale counted failure neither shortens nor raises the level */
+	t_resp(&s, &c, &d, T0 + 300, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60100);
+	CU_ASSERT_EQUAL(s.level, 0);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_TRUE(r.counted);	/* ... but it counts for the batch */
+	/* a longer one extends, the episode start stays */
+	t_resp(&s, &c, &a, T0 + 400, 503, "120", NULL, &r);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 120400);
+	CU_ASSERT_EQUAL(s.rl_start_ms, T0 + 100);
+	/* a rate limit over a longer backoff keeps the backoff's end */
+	pol_sink_init(&s, "api");
+	c.backoff_base_ms = 60000;
+	c.backoff_jitter_pct = 0;
+	pol_batch_init(&a, 1, 5);
+	pol_batch_init(&b, 2, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, T0), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 1, T0), 0);
+	t_resp(&s, &c, &a, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60000);
+	t_resp(&s, &c, &b, T0, 429, "2", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 60000);
+}
+
+static void test_backoff_delays(void)
+{
+	static const int64_t seq[] = { 500, 1000, 2000, 4000, 8000, 16000,
+				       32000, 60000, 60000, 60000 };
+	struct cfg_sink c;
+	uint32_t l;
+
+	t_cfg(&c);
+	for (l = 0; l < sizeof(seq) / sizeof(seq[0]); l++) {
+		int64_t jmax = seq[l] / 10;
+
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, 0), seq[l]);
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, 1u << 31),
+				seq[l] + jmax / 2);
+		/* the jitter stays below 10 % of the delay */
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, UINT32_MAX),
+				seq[l] + jmax - 1);
+	}
+	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 63, 0), 60000);
+	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 64, 0), 60000);
+	CU_ASSERT_EQUAL(pol_backoff_delay(&c, UINT32_MAX, 0), 60000);
+	c.backoff_jitter_pct = 0;
+	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 3, UINT32_MAX), 4000);
+	c.backoff_jitter_pct = 50;
+	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 0, UINT32_MAX), 749);
+	c.backoff_base_ms = UINT64_MAX / 2;
+	c.backoff_max_ms = 7000;
+	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 5, 0), 7000);
+}
+
+/* The sink through an outage: the window sequence with jitter bounds,
+ * exactly one probe per window, the level, the log hints. */
+static void test_backoff_sequence_and_probe(void)
+{
+	static const int64_t seq[] = { 500, 1000, 2000, 4000, 8000, 16000,
+				       32000, 60000, 60000 };
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b, other;
+	struct pol_result r;
+	struct t_out t;
+	int64_t now = T0;
+	size_t i;
+
+	t_cfg(&c);
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 1, 5);
+	pol_batch_init(&other, 2, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now), 0);
+	for (i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
+		/* rnd alternates 0 and max: both ends of the jitter */
+		uint32_t rnd = i % 2 ? UINT32_MAX : 0;
+		int64_t want = seq[i] + (i % 2 ? seq[i] / 10 - 1 : 0);
+
+		pol_on_response(&s, &c, &b, t_oc(&t, 503, NULL, NULL), now,
+				rnd, &r);
+		CU_ASSERT_EQUAL(r.state, POL_BACKOFF);
+		CU_ASSERT_EQUAL(s.until_ms - now, want);
+		CU_ASSERT_EQUAL(s.level, i + 1);
+		CU_ASSERT_EQUAL(r.log, i == 0 ? POL_LOG_OUTAGE : POL_LOG_NONE);
+		/* closed for the whole window */
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, now), POL_GATE_WAIT);
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, s.until_ms - 1),
+				POL_GATE_WAIT);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &other, 0, s.until_ms - 1),
+				-EAGAIN);
+		CU_ASSERT_EQUAL(pol_next_open(&s, &c, 0, now), s.until_ms);
+		/* then one probe, and one only */
+		now = s.until_ms;
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, now), POL_GATE_PROBE);
+		CU_ASSERT_EQUAL(pol_next_open(&s, &c, 0, now), now);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now), 0);
+		CU_ASSERT_TRUE(b.probe);
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, now), POL_GATE_WAIT);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &other, 1, now + 5000),
+				-EAGAIN);
+		CU_ASSERT_EQUAL(pol_next_open(&s, &c, 1, now), POL_NEVER);
+	}
+	/* the probe succeeds: ok, level 0, recovery logged with its length */
+	pol_on_response(&s, &c, &b, t_oc(&t, 200, NULL, NULL), now + 10, 0,
+			&r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);
+	CU_ASSERT_EQUAL(r.state, POL_OK);
+	CU_ASSERT_EQUAL(s.level, 0);
+	CU_ASSERT_EQUAL(s.until_ms, 0);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(r.outage_ms, now + 10 - T0);
+	/* the next outage starts over at the base delay */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now + 20), 0);
+	pol_on_response(&s, &c, &b, t_oc(&t, 502, NULL, NULL), now + 20, 0,
+			&r);
+	CU_ASSERT_EQUAL(s.until_ms, now + 20 + 500);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+}
+
+static void test_probe_details(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch a, b, p;
+	struct pol_result r;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	pol_batch_init(&b, 2, 5);
+	pol_batch_init(&p, 3, 5);
+	/* two in flight, both fail: one failure for the sink, not two */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, T0), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 1, T0), 0);
+	t_resp(&s, &c, &a, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.level, 1);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 500);
+	/* the probe is allowed although b is still in flight (stale) */
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 1, T0 + 500), POL_GATE_PROBE);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 1, T0 + 500), 0);
+	CU_ASSERT_TRUE(p.probe);
+	/* the stale failure neither raises the level nor eats the probe */
+	t_resp(&s, &c, &b, T0 + 600, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.level, 1);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 500);
+	CU_ASSERT_TRUE(s.probe_out);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	/* a stale success does not end the outage either */
+	pol_batch_init(&b, 2, 5);
+	b.epoch = 0;
+	t_resp(&s, &c, &b, T0 + 650, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	CU_ASSERT_TRUE(s.probe_out);
+	/* the probe fails: next level */
+	t_resp(&s, &c, &p, T0 + 700, 504, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.level, 2);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 700 + 1000);
+	CU_ASSERT_FALSE(s.probe_out);
+	/* an aborted probe frees the slot for another one */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, T0 + 1700), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, T0 + 1700), -EAGAIN);
+	pol_abort(&s, &p);
+	CU_ASSERT_FALSE(p.probe);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 1700), POL_GATE_PROBE);
+	CU_ASSERT_EQUAL(p.attempts, 2);	/* an abort is an attempt */
+	/* a probe answered by a 4xx: the upstream is up */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, T0 + 1700), 0);
+	t_resp(&s, &c, &a, T0 + 1800, 400, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	/* a rate limit ends with a probe too */
+	t_send(&s, &c, &a, T0 + 2000, 429, "10", NULL, &r);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 11999), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 12000), POL_GATE_PROBE);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, T0 + 12000), 0);
+	/* the probe is rate limited again: no level change, new window */
+	t_resp(&s, &c, &p, T0 + 12000, 429, "10", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 22000);
+	CU_ASSERT_EQUAL(s.level, 0);
+	CU_ASSERT_EQUAL(s.rl_start_ms, T0 + 2000);
+	/* a rate limit arriving while a probe is out retires that probe: a
+	 * late answer to it is not the answer of the next window's probe */
+	{
+		struct pol_batch p1, p2, st;
+
+		pol_sink_init(&s, "api");
+		pol_batch_init(&p1, 11, 5);
+		pol_batch_init(&p2, 12, 5);
+		pol_batch_init(&st, 13, 5);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &st, 0, T0), 0);
+		t_send(&s, &c, &a, T0, 503, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &p1, 1, T0 + 500), 0);
+		CU_ASSERT_TRUE(p1.probe);
+		t_resp(&s, &c, &st, T0 + 600, 429, "5", NULL, &r);
+		CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+		CU_ASSERT_EQUAL(s.until_ms, T0 + 5600);
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &p2, 1, T0 + 5600), 0);
+		CU_ASSERT_TRUE(p2.probe);
+		/* p1's late failure: no new window, p2 still the probe */
+		t_resp(&s, &c, &p1, T0 + 5700, 503, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+		CU_ASSERT_EQUAL(s.until_ms, T0 + 5600);
+		CU_ASSERT_TRUE(s.probe_out);
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 5700), POL_GATE_WAIT);
+		t_resp(&s, &c, &p2, T0 + 5800, 200, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(s.state, POL_OK);
+		CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+		CU_ASSERT_EQUAL(r.outage_ms, 5800);
+	}
+	pol_sink_init(&s, "api");
+	t_send(&s, &c, &a, T0 + 2000, 429, "10", NULL, &r);
+	/* a probe after a rate limit that gets a 503: backoff level 0 */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, T0 + 22000), 0);
+	t_resp(&s, &c, &p, T0 + 22000, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 22500);
+	CU_ASSERT_EQUAL(s.level, 1);
+}
+
+static void test_concurrency_ramp(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b[8], stale;
+	struct pol_result r;
+	int64_t now;
+	int i, k, round;
+
+	t_cfg(&c);
+	c.max_inflight = 4;
+	c.backoff_jitter_pct = 0;
+	pol_sink_init(&s, "api");
+	/* full concurrency before any trouble */
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 4);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 3, T0), POL_GATE_SEND);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 4, T0), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_next_open(&s, &c, 4, T0), POL_NEVER);
+	pol_batch_init(&stale, 99, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &stale, 0, T0), 0);
+	pol_batch_init(&b[0], 0, 5);
+	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
+	now = s.until_ms;
+	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+
+	/* rounds: limit 1, 2, 3, then 4 = done */
+	for (round = 1; round <= 3; round++) {
+		CU_ASSERT_EQUAL(pol_limit(&s, &c), (unsigned)round);
+		for (k = 0; k < round; k++) {
+			pol_batch_init(&b[k], (uint64_t)k, 5);
+			CU_ASSERT_EQUAL(pol_begin(&s, &c, &b[k], (unsigned)k,
+						  now), 0);
+			CU_ASSERT_FALSE(b[k].probe);
+		}
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, (unsigned)round, now),
+				POL_GATE_WAIT);
+		for (k = 0; k < round; k++) {
+			t_resp(&s, &c, &b[k], now, 200, NULL, NULL, &r);
+			/* the limit only moves at the end of the round */
+			CU_ASSERT_EQUAL(pol_limit(&s, &c),
+					(unsigned)(k + 1 < round ? round
+					: round + 1));
+		}
+	}
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 4);
+	CU_ASSERT_EQUAL(s.limit, 0);	/* ramp over */
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 3, now), POL_GATE_SEND);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 4, now), POL_GATE_WAIT);
+	/* a stale failure (sent before the outage) halves: 4 -> 2 -> 1 */
+	t_resp(&s, &c, &stale, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
+	stale.epoch = 0;
+	t_resp(&s, &c, &stale, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+	t_resp(&s, &c, &stale, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);	/* never below 1 */
+	/* a failure mid-round resets the round */
+	pol_batch_init(&b[0], 0, 5);
+	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
+	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
+	t_resp(&s, &c, &stale, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+	/* a live failure during the ramp: backoff, then the probe, then the
+	 * ramp starts at 1 again */
+	t_send(&s, &c, &b[0], now, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	now = s.until_ms;
+	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+
+	/* max_inflight 1: nothing to ramp */
+	c.max_inflight = 1;
+	pol_sink_init(&s, "api");
+	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
+	t_send(&s, &c, &b[0], s.until_ms, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.limit, 0);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+	/* max_inflight 0 is read as 1 */
+	c.max_inflight = 0;
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+	/* a config reload lowering max_inflight caps the ramp */
+	c.max_inflight = 8;
+	pol_sink_init(&s, "api");
+	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
+	now = s.until_ms;
+	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	for (i = 0; i < 3; i++)
+		t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 3);
+	c.max_inflight = 2;
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
+}
+
+static void test_retry_count_header(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	uint32_t want[] = { 0, 1, 2, 3, 4, 5 };
+	int64_t now = T0;
+	int i;
+
+	t_cfg(&c);
+	c.token_file = "/run/token";
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 1, 5);
+	/* fail, rate limit, reauth, timeout, fail: every answer counts
+	 * for the header, only the plain failures for the budget */
+	for (i = 0; i < 5; i++) {
+		struct t_out t;
+		static const int st[] = { 503, 429, 401, 0, 500 };
+		static const char *const ra[] = { NULL, "1", NULL, NULL,
+						  NULL };
+
+		CU_ASSERT_EQUAL(pol_retry_count(&b), want[i]);
+		CU_ASSERT_EQUAL_FATAL(pol_begin(&s, &c, &b, 0, now), 0);
+		t_oc(&t, st[i], ra[i], NULL);
+		if (!st[i])
+			t.o.net = POL_NET_TIMEOUT;
+		pol_on_response(&s, &c, &b, &t.o, now, 0, &r);
+		CU_ASSERT_NOT_EQUAL(r.verdict, POL_V_DROP);
+		now = s.state == POL_OK ? now : s.until_ms;
+	}
+	CU_ASSERT_EQUAL(pol_retry_count(&b), 5);
+	CU_ASSERT_EQUAL(b.failures, 3);
+	/* a half of a split keeps counting */
+	{
+		struct pol_batch h;
+
+		pol_batch_split(&b, &h, 7, 2);
+		CU_ASSERT_EQUAL(pol_retry_count(&h), 5);
+		CU_ASSERT_EQUAL(h.failures, 3);
+		CU_ASSERT_EQUAL(h.first_failure_ms, b.first_failure_ms);
+	}
+}
+
+static void test_summary_due(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+
+	t_cfg(&c);
+	pol_sink_init(&s, "api");
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + HOUR), 0);	/* ok */
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.outage_start_ms, T0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 59999), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60000), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60001), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 119999), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 120000), 1);
+	/* recovered: none */
+	t_send(&s, &c, &b, s.until_ms > T0 + 130000 ? s.until_ms
+		: T0 + 130000, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 400000), 0);
+	/* a new outage waits its own 60 s */
+	t_send(&s, &c, &b, T0 + 500000, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 559999), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 560000), 1);
+}
+
+static void test_names(void)
+{
+	CU_ASSERT_STRING_EQUAL(pol_state_name(POL_OK), "ok");
+	CU_ASSERT_STRING_EQUAL(pol_state_name(POL_BACKOFF), "backoff");
+	CU_ASSERT_STRING_EQUAL(pol_state_name(POL_RATE_LIMITED),
+			       "rate_limited");
+	CU_ASSERT_STRING_EQUAL(pol_reason_name(POL_R_REJECTED), "rejected");
+	CU_ASSERT_STRING_EQUAL(pol_reason_name(POL_R_RETRIES_EXHAUSTED),
+			       "retries_exhausted");
+	CU_ASSERT_STRING_EQUAL(pol_reason_name(POL_R_EXPIRED), "expired");
+	CU_ASSERT_STRING_EQUAL(pol_reason_name(POL_R_RATE_LIMITED),
+			       "rate_limited");
+	CU_ASSERT_STRING_EQUAL(pol_reason_name(POL_R_TOO_LARGE), "too_large");
+	/* the states are the shm page's values */
+	CU_ASSERT_EQUAL(POL_OK, 0);
+	CU_ASSERT_EQUAL(POL_BACKOFF, 1);
+	CU_ASSERT_EQUAL(POL_RATE_LIMITED, 2);
+}
+
+/* ---- persistence ----------------------------------------------------------- */
+
+static void t_path(char *buf, size_t n, const char *name)
+{
+	snprintf(buf, n, "%s/%s", g_dir, name);
+}
+
+static void t_write(const char *path, const void *data, size_t len)
+{
+	FILE *f = fopen(path, "w");
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	CU_ASSERT_EQUAL(fwrite(data, 1, len, f), len);
+	fclose(f);
+}
+
+static char *t_read(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL;
+	long n;
+
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc((size_t)n + 1);
+	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	*len = (size_t)n;
+	return buf;
+}
+
+/* files in g_dir whose name starts with prefix */
+static int t_count_files(const char *prefix)
+{
+	DIR *d = opendir(g_dir);
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		n += !strncmp(e->d_name, prefix, strlen(prefix));
+	closedir(d);
+	return n;
+}
+
+static const char *const odd_names[] = {
+	"default",
+	"with space",
+	"quo\"te",
+	"back\\slash",
+	"\xc3\xbcn\xc3\xaf" "c\xc3\xb8" "d\xc3\xa9 \xe2\x98\x83",
+	"tab\there\nnl",
+	"{\"json\":[1,2]}",
+	"01234567890123456789012345678901234567890123456",	/* 47 */
+};
+#define NODD ((int)(sizeof(odd_names) / sizeof(odd_names[0])))
+
+static void test_persist_round_trip(void)
+{
+	struct pol_sink a[NODD], b[NODD];
+	struct pol_saved_batch sb[3], *lb = NULL;
+	size_t nb = 99, len;
+	char path[256], *raw;
+	int i, j;
+
+	t_path(path, sizeof(path), "rt.state");
+	for (i = 0; i < NODD; i++) {
+		pol_sink_init(&a[i], odd_names[i]);
+		CU_ASSERT_STRING_EQUAL(a[i].name, odd_names[i]);
+		a[i].state = (enum pol_state)(i % 3);
+		a[i].until_ms = a[i].state == POL_OK ? 0 : T0 + 1000 * i + 7;
+		a[i].level = (uint32_t)i * 3;
+		a[i].rl_start_ms = T0 - i;
+		a[i].outage_start_ms = T0 - 2 * i;
+		a[i].ncats = i % (POL_MAX_CATS + 1);
+		for (j = 0; j < a[i].ncats; j++) {
+			snprintf(a[i].cats[j].name, POL_CAT_MAX, "c\"%d;%d",
+				 i, j);
+			a[i].cats[j].until_ms = T0 + 100 * j;
+		}
+		pol_sink_init(&b[i], odd_names[i]);
+	}
+	strcpy(a[NODD - 1].cats[0].name, "abcdefghijklmnopqrstuvw");
+	a[NODD - 1].ncats = a[NODD - 1].ncats ? a[NODD - 1].ncats : 1;
+	for (i = 0; i < 3; i++) {
+		memset(&sb[i], 0, sizeof(sb[i]));
+		strcpy(sb[i].sink, odd_names[i + 2]);
+		pol_batch_init(&sb[i].b, UINT64_MAX - (uint64_t)i, 100 + i);
+		sb[i].b.attempts = 5 + i;
+		sb[i].b.failures = 2 + i;
+		sb[i].b.first_failure_ms = T0 - 5000;
+		sb[i].b.rl_start_ms = i ? T0 - 10 : 0;
+		sb[i].b.reauth_done = i == 1;
+	}
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, a, NODD, sb, 3), 0);
+	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
+
+	/* enum values are written as strings */
+	raw = t_read(path, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(raw);
+	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xacrate_limited", 13));
+	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xa7" "backoff", 8));
+	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xa2ok", 3));
+	free(raw);
+
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, b, NODD, &lb, &nb), 0);
+	for (i = 0; i < NODD; i++) {
+		CU_ASSERT_STRING_EQUAL(b[i].name, odd_names[i]);
+		CU_ASSERT_EQUAL(b[i].state, a[i].state);
+		CU_ASSERT_EQUAL(b[i].until_ms, a[i].until_ms);
+		CU_ASSERT_EQUAL(b[i].level, a[i].level);
+		CU_ASSERT_EQUAL(b[i].rl_start_ms, a[i].rl_start_ms);
+		CU_ASSERT_EQUAL(b[i].outage_start_ms, a[i].outage_start_ms);
+		CU_ASSERT_EQUAL_FATAL(b[i].ncats, a[i].ncats);
+		for (j = 0; j < a[i].ncats; j++) {
+			CU_ASSERT_STRING_EQUAL(b[i].cats[j].name,
+					       a[i].cats[j].name);
+			CU_ASSERT_EQUAL(b[i].cats[j].until_ms,
+					a[i].cats[j].until_ms);
+		}
+		CU_ASSERT_FALSE(b[i].probe_out);
+	}
+	CU_ASSERT_EQUAL_FATAL(nb, 3);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(lb);
+	for (i = 0; i < 3; i++) {
+		CU_ASSERT_STRING_EQUAL(lb[i].sink, sb[i].sink);
+		CU_ASSERT_EQUAL(lb[i].b.id, sb[i].b.id);
+		CU_ASSERT_EQUAL(lb[i].b.nevents, sb[i].b.nevents);
+		CU_ASSERT_EQUAL(lb[i].b.attempts, sb[i].b.attempts);
+		CU_ASSERT_EQUAL(lb[i].b.failures, sb[i].b.failures);
+		CU_ASSERT_EQUAL(lb[i].b.first_failure_ms,
+				sb[i].b.first_failure_ms);
+		CU_ASSERT_EQUAL(lb[i].b.rl_start_ms, sb[i].b.rl_start_ms);
+		CU_ASSERT_EQUAL(lb[i].b.reauth_done, sb[i].b.reauth_done);
+	}
+	free(lb);
+
+	/* overwrite in place, with nothing: still atomic, still loads */
+	CU_ASSERT_EQUAL(pol_save(path, a, 1, NULL, 0), 0);
+	CU_ASSERT_EQUAL(pol_load(path, b, NODD, &lb, &nb), 0);
+	CU_ASSERT_EQUAL(nb, 0);
+	CU_ASSERT_PTR_NULL(lb);
+	/* batches may be ignored by passing NULL */
+	CU_ASSERT_EQUAL(pol_save(path, a, NODD, sb, 3), 0);
+	CU_ASSERT_EQUAL(pol_load(path, b, NODD, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
+	unlink(path);
+}
+
+static void test_persist_by_name(void)
+{
+	struct pol_sink saved[2], now[3];
+	char path[256];
+
+	t_path(path, sizeof(path), "names.state");
+	pol_sink_init(&saved[0], "api");
+	pol_sink_init(&saved[1], "gone");
+	saved[0].state = POL_BACKOFF;
+	saved[0].until_ms = T0 + 5000;
+	saved[0].level = 4;
+	saved[1].state = POL_RATE_LIMITED;
+	saved[1].until_ms = T0 + 9000;
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, saved, 2, NULL, 0), 0);
+	/* another order, a new sink, a prefix of a name */
+	pol_sink_init(&now[0], "new");
+	pol_sink_init(&now[1], "ap");
+	pol_sink_init(&now[2], "api");
+	CU_ASSERT_EQUAL(pol_load(path, now, 3, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(now[2].state, POL_BACKOFF);
+	CU_ASSERT_EQUAL(now[2].until_ms, T0 + 5000);
+	CU_ASSERT_EQUAL(now[2].level, 4);
+	CU_ASSERT_EQUAL(now[0].state, POL_OK);
+	CU_ASSERT_EQUAL(now[1].state, POL_OK);
+	CU_ASSERT_EQUAL(now[1].until_ms, 0);
+	unlink(path);
+}
+
+static void test_persist_missing_and_corrupt(void)
+{
+	struct pol_sink s[1], ref;
+	struct pol_saved_batch sb, *lb = (void *)1;
+	char path[256], *good;
+	size_t nb = 7, len, cut;
+	int rc;
+
+	pol_sink_init(&s[0], "api");
+	s[0].state = POL_BACKOFF;
+	s[0].until_ms = T0 + 1234;
+	s[0].level = 2;
+	ref = s[0];
+	t_path(path, sizeof(path), "missing.state");
+	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -ENOENT);
+	CU_ASSERT_PTR_NULL(lb);
+	CU_ASSERT_EQUAL(nb, 0);
+	CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
+
+	/* a valid file to damage */
+	t_path(path, sizeof(path), "corrupt.state");
+	memset(&sb, 0, sizeof(sb));
+	strcpy(sb.sink, "api");
+	pol_batch_init(&sb.b, 9, 9);
+	{
+		struct pol_sink w;
+
+		pol_sink_init(&w, "api");
+		w.state = POL_RATE_LIMITED;
+		w.until_ms = T0 + 99999;
+		w.ncats = 1;
+		strcpy(w.cats[0].name, "error");
+		w.cats[0].until_ms = T0 + 5;
+		CU_ASSERT_EQUAL_FATAL(pol_save(path, &w, 1, &sb, 1), 0);
+	}
+	good = t_read(path, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(good);
+
+	/* every truncation is corrupt, and changes nothing */
+	for (cut = 0; cut < len; cut++) {
+		t_write(path, good, cut);
+		rc = pol_load(path, s, 1, &lb, &nb);
+		CU_ASSERT_EQUAL(rc, -EBADMSG);
+		CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
+		CU_ASSERT_PTR_NULL(lb);
+	}
+	/* trailing garbage */
+	{
+		char *more = malloc(len + 1);
+
+		memcpy(more, good, len);
+		more[len] = '\0';
+		t_write(path, more, len + 1);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		free(more);
+	}
+	/* every single flipped byte: rejected or loaded, never a crash, and
+	 * a load leaves a sane state */
+	for (cut = 0; cut < len; cut++) {
+		char *bad = malloc(len);
+
+		memcpy(bad, good, len);
+		bad[cut] ^= 0x5a;
+		t_write(path, bad, len);
+		pol_sink_init(&s[0], "api");
+		rc = pol_load(path, s, 1, &lb, &nb);
+		CU_ASSERT(rc == 0 || rc == -EBADMSG);
+		CU_ASSERT(s[0].state <= POL_RATE_LIMITED);
+		CU_ASSERT(s[0].ncats >= 0 && s[0].ncats <= POL_MAX_CATS);
+		free(lb);
+		lb = NULL;
+		free(bad);
+	}
+	/* several random bytes at random places, many times */
+	for (cut = 0; cut < 3000; cut++) {
+		char *bad = malloc(len);
+		int k;
+
+		memcpy(bad, good, len);
+		for (k = 0; k < 1 + (int)(t_rand() % 4); k++)
+			bad[t_rand() % len] = (char)t_rand();
+		t_write(path, bad, len);
+		pol_sink_init(&s[0], "api");
+		rc = pol_load(path, s, 1, &lb, &nb);
+		CU_ASSERT(rc == 0 || rc == -EBADMSG);
+		CU_ASSERT(s[0].state <= POL_RATE_LIMITED);
+		free(lb);
+		lb = NULL;
+		free(bad);
+	}
+	s[0] = ref;
+	/* plain garbage and foreign msgpack */
+	{
+		static const char junk[] = "this is not msgpack at all";
+		msgpack_sbuffer buf;
+		msgpack_packer pk;
+
+		t_write(path, junk, sizeof(junk));
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		msgpack_sbuffer_init(&buf);
+		msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 2);
+		msgpack_pack_str(&pk, 6);
+		msgpack_pack_str_body(&pk, "format", 6);
+		msgpack_pack_str(&pk, 5);
+		msgpack_pack_str_body(&pk, "other", 5);
+		msgpack_pack_str(&pk, 5);
+		msgpack_pack_str_body(&pk, "sinks", 5);
+		msgpack_pack_array(&pk, 0);
+		t_write(path, buf.data, buf.size);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		msgpack_sbuffer_destroy(&buf);
+		t_write(path, "", 0);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
+	}
+	/* a state name that is not one of ours */
+	{
+		char *bad = malloc(len);
+		char *st;
+
+		memcpy(bad, good, len);
+		st = memmem(bad, len, "rate_limited", 12);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(st);
+		memcpy(st, "rate_limitex", 12);
+		t_write(path, bad, len);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		free(bad);
+	}
+	/* a directory is not a state file */
+	CU_ASSERT_EQUAL(pol_load(g_dir, s, 1, &lb, &nb), -EBADMSG);
+	/* the original still loads */
+	t_write(path, good, len);
+	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), 0);
+	CU_ASSERT_EQUAL(s[0].state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s[0].until_ms, T0 + 99999);
+	CU_ASSERT_EQUAL(nb, 1);
+	free(lb);
+	free(good);
+	unlink(path);
+	/* a save into a missing directory fails cleanly */
+	t_path(path, sizeof(path), "no/such/dir.state");
+	CU_ASSERT_EQUAL(pol_save(path, s, 1, NULL, 0), -ENOENT);
+}
+
+/* PRODUCT.md section 7: a broker restarted during a 300 s Retry-After
+ * does not call the upstream before it ends. */
+static void test_restart_inside_window(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s, fresh;
+	struct pol_batch b;
+	struct pol_result r;
+	char path[256];
+
+	t_cfg(&c);
+	t_path(path, sizeof(path), "restart.state");
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 1, 5);
+	t_send(&s, &c, &b, T0, 429, "300", NULL, &r);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 300000);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0), 0);
+
+	/* the broker dies at T0 + 10 s and starts again */
+	pol_sink_init(&fresh, "api");
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 10000), POL_GATE_SEND);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL), 0);
+	pol_sink_clamp(&fresh, &c, T0 + 10000);
+	CU_ASSERT_EQUAL(fresh.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(fresh.until_ms, T0 + 300000);
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 10000), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 299999), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_begin(&fresh, &c, &b, 0, T0 + 299999), -EAGAIN);
+	CU_ASSERT_EQUAL(pol_next_open(&fresh, &c, 0, T0 + 10000),
+			T0 + 300000);
+	/* then one probe */
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 300000), POL_GATE_PROBE);
+	CU_ASSERT_EQUAL(pol_begin(&fresh, &c, &b, 0, T0 + 300000), 0);
+	CU_ASSERT_TRUE(b.probe);
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 300000), POL_GATE_WAIT);
+	unlink(path);
+
+	/* a backoff window too; and a stale window needs a probe */
+	pol_sink_init(&s, "api");
+	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0), 0);
+	pol_sink_init(&fresh, "api");
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 499), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + HOUR), POL_GATE_PROBE);
+	CU_ASSERT_EQUAL(fresh.level, 1);
+	unlink(path);
+}
+
+static void test_clamp(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+
+	t_cfg(&c);
+	pol_sink_init(&s, "api");
+	/* a window no config of this sink can produce: clock jump */
+	s.state = POL_RATE_LIMITED;
+	s.until_ms = T0 + 30 * 86400 * SEC;
+	s.ncats = 1;
+	strcpy(s.cats[0].name, "error");
+	s.cats[0].until_ms = T0 + 86400 * SEC;
+	pol_sink_clamp(&s, &c, T0);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 300000);	/* > 60 s + 10 % */
+	CU_ASSERT_EQUAL(s.cats[0].until_ms, T0 + 300000);
+	/* backoff_max with full jitter is the bound when it is larger */
+	c.backoff_max_ms = 600000;
+	s.until_ms = T0 + 86400 * SEC;
+	pol_sink_clamp(&s, &c, T0);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 600000 + 60000 - 1);
+	/* a legitimate window is kept */
+	s.until_ms = T0 + 200000;
+	pol_sink_clamp(&s, &c, T0);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 200000);
+}
+
+/* ---- registration ---------------------------------------------------------- */
+
+static int suite_init(void)
+{
+	return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int suite_clean(void)
+{
+	return rmdir(g_dir);
+}
+
+static int add_policy_suite(void)
+{
+	CU_pSuite s = CU_add_suite("policy", suite_init, suite_clean);
+
+	if (!s)
+		return -1;
+	if (!CU_add_test(s, "classification table", test_classify_table) ||
+	    !CU_add_test(s, "response table", test_response_table) ||
+	    !CU_add_test(s, "why text", test_why_text) ||
+	    !CU_add_test(s, "reauth once per batch", test_reauth_once) ||
+	    !CU_add_test(s, "status overrides", test_status_overrides) ||
+	    !CU_add_test(s, "Retry-After seconds", test_retry_after_seconds) ||
+	    !CU_add_test(s, "Retry-After dates", test_retry_after_dates) ||
+	    !CU_add_test(s, "Retry-After date forms",
+			 test_retry_after_date_forms) ||
+	    !CU_add_test(s, "Retry-After duplicated",
+			 test_retry_after_duplicates) ||
+	    !CU_add_test(s, "Retry-After responses",
+			 test_retry_after_responses) ||
+	    !CU_add_test(s, "Sentry limits parse", test_sentry_parse) ||
+	    !CU_add_test(s, "Sentry limits responses",
+			 test_sentry_responses) ||
+	    !CU_add_test(s, "Sentry categories table",
+			 test_sentry_categories_table) ||
+	    !CU_add_test(s, "parser fuzz", test_parser_fuzz) ||
+	    !CU_add_test(s, "max_retries", test_max_retries) ||
+	    !CU_add_test(s, "rate limits not counted",
+			 test_rate_limits_not_counted) ||
+	    !CU_add_test(s, "max_backoff_duration",
+			 test_max_backoff_duration) ||
+	    !CU_add_test(s, "max_rate_limit_duration",
+			 test_max_rate_limit_duration) ||
+	    !CU_add_test(s, "episode never shortens",
+			 test_episode_never_shortens) ||
+	    !CU_add_test(s, "backoff delays", test_backoff_delays) ||
+	    !CU_add_test(s, "backoff sequence and probe",
+			 test_backoff_sequence_and_probe) ||
+	    !CU_add_test(s, "probe details", test_probe_details) ||
+	    !CU_add_test(s, "concurrency ramp", test_concurrency_ramp) ||
+	    !CU_add_test(s, "X-Retry-Count", test_retry_count_header) ||
+	    !CU_add_test(s, "summary due", test_summary_due) ||
+	    !CU_add_test(s, "names", test_names) ||
+	    !CU_add_test(s, "persist round trip", test_persist_round_trip) ||
+	    !CU_add_test(s, "persist by name", test_persist_by_name) ||
+	    !CU_add_test(s, "persist missing and corrupt",
+			 test_persist_missing_and_corrupt) ||
+	    !CU_add_test(s, "restart inside window",
+			 test_restart_inside_window) ||
+	    !CU_add_test(s, "clamp", test_clamp))
+		return -1;
+	return 0;
+}
+
+TEST_MAIN(add_policy_suite)
