@@ -297,8 +297,6 @@ static void broker_reload(struct broker *b)
 				b->sinks[b->nsinks++] = s;
 		}
 	}
-	n.file = b->cfg.file;
-	b->cfg.file = NULL;
 	cfg_free(&b->cfg);
 	b->cfg = n;
 	log_set_level(b->cfg.log_level);
