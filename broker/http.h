@@ -18,6 +18,26 @@
  * X-Sentry-Rate-Limits). Easy handles are pooled and reused, so
  * connections are kept alive (HTTP/1.1) and HTTP/2 is used where the
  * server offers it over TLS. connect_timeout and timeout are always set.
+ *
+ * Wiring into the loop (one thread, the reactor's):
+ *
+ *	for (;;) {
+ *		uint64_t now = mono_ns(), d = http_next_deadline(h);
+ *		... d = min(d, the loop's other deadlines) ...
+ *		rx_run(rx, d == UINT64_MAX ? UINT64_MAX :
+ *			   d > now ? d - now : 0);
+ *		http_tick(h, mono_ns());
+ *	}
+ *
+ * The deadline must be read right before rx_run(): http_post() moves it
+ * to "now" (curl wants to be called at once to start the transfer).
+ *
+ * Re-entrancy: done() runs from http_tick(), from the reactor's
+ * completion of the epoll poll, from http_cancel() and from http_free(),
+ * never from inside a libcurl call. It may call http_post(),
+ * http_cancel() (of any request, its own is a no-op) and http_free();
+ * after http_free() has begun, http_post() fails with -ESHUTDOWN.
+ * The struct http_req of a request is invalid once its done() returns.
  */
 #ifndef OBX_HTTP_H
 #define OBX_HTTP_H
@@ -29,6 +49,10 @@ struct http;            /* the multi handle and its sockets */
 struct http_req;
 
 #define HTTP_MAX_HDR_VALUES 8
+/* Used when struct http_post leaves a timeout 0 (a transfer must never
+ * run unbounded; PRODUCT.md section 5). */
+#define HTTP_DEFAULT_CONNECT_TIMEOUT_MS	2000
+#define HTTP_DEFAULT_TIMEOUT_MS		15000
 
 struct http_result {
 	int status;                     /* HTTP status, 0 = no response */
@@ -40,6 +64,8 @@ struct http_result {
 	const char *sentry_limits[HTTP_MAX_HDR_VALUES];
 	int n_sentry_limits;
 	double total_s;                 /* transfer time */
+	long num_connects;              /* new connections it opened (0 =
+					 * an idle keep-alive one was reused) */
 };
 
 /* Completion; the result's strings live until the callback returns. */
@@ -50,14 +76,20 @@ struct http_post {
 	const void *body;               /* not copied: keep it until done */
 	uint64_t len;
 	const char *const *headers;     /* "Name: value", NULL-terminated */
-	uint64_t connect_timeout_ms;
-	uint64_t timeout_ms;
+	uint64_t connect_timeout_ms;    /* 0: HTTP_DEFAULT_CONNECT_TIMEOUT_MS */
+	uint64_t timeout_ms;            /* 0: HTTP_DEFAULT_TIMEOUT_MS */
 };
 
 /* NULL + errno. */
 struct http *http_new(struct rx *rx);
-/* Aborts what is in flight (their callbacks run with status 0). */
+/* Aborts what is in flight (their callbacks run with status 0). May run
+ * the reactor (rx_run_until) briefly to take back its io_uring poll:
+ * call it from the loop's thread, not with the reactor torn down. */
 void http_free(struct http *h);
+
+/* Caps connections per host (0 = no cap, the default); requests above
+ * it wait for a free connection. 0 or -errno. */
+int http_set_max_host_conns(struct http *h, long n);
 
 /* Starts a POST; done() runs from the reactor. 0 or -errno. */
 int http_post(struct http *h, const struct http_post *p, http_done_fn done,
@@ -74,5 +106,7 @@ void http_tick(struct http *h, uint64_t now_mono_ns);
 
 /* Requests in flight. */
 unsigned http_inflight(const struct http *h);
+/* Request slots (each with its easy handle) allocated: in flight + idle. */
+unsigned http_pool_size(const struct http *h);
 
 #endif
