@@ -16,7 +16,7 @@
 
 #include "broker.h"
 
-#define DRAIN_BATCH        16384          /* records per pass */
+#define DRAIN_BATCH        2048           /* records per pass: then the sinks get a turn */
 #define DRAIN_PENDING_MAX  (16u << 20)    /* unflushed spool bytes */
 #define DRAIN_NAP_NS       1000000ull     /* 1 ms while traffic flows */
 #define DRAIN_IDLE_NS      100000000ull   /* then sleep on the futex */

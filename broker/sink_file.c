@@ -14,12 +14,54 @@
 #include "broker.h"
 #include "json.h"
 
+#define FILE_QUEUE 8
+
 struct file_sink {
 	int fd;
+	/* batches encoded and waiting for the write before them: the next
+	 * batch is read and encoded while one write is in flight, writes
+	 * go out one at a time so lines stay in spool order */
+	struct sink_batch *queue[FILE_QUEUE];
+	int qhead, qlen;
+	int writing;
+	struct sink_batch *retry_head;  /* a failed write, resent first */
 	struct env_reader er;
 	struct json_line_cache jc;
 	struct log_rl rl;
 };
+
+/* A broker killed in the middle of a write can leave the last line cut.
+ * Its events were never acknowledged (that happens after the write), so
+ * they are written again in full: cut the fragment off, so the file holds
+ * whole lines only. We are the only writer (one broker per segment). */
+static void file_cut_torn_line(struct sink *s, int fd)
+{
+	char buf[4096];
+	off_t end = lseek(fd, 0, SEEK_END), pos = end;
+	ssize_t n, i;
+
+	while (pos > 0) {
+		off_t from = pos > (off_t)sizeof(buf) ? pos - (off_t)sizeof(buf) : 0;
+
+		n = pread(fd, buf, (size_t)(pos - from), from);
+		if (n <= 0)
+			return;
+		for (i = n - 1; i >= 0; i--)
+			if (buf[i] == '\n')
+				break;
+		if (i >= 0) {
+			pos = from + i + 1;
+			break;
+		}
+		pos = from;
+	}
+	if (pos == end)
+		return;
+	if (ftruncate(fd, pos) == 0)
+		log_warn("sink %s: cut %lld bytes of a torn last line from %s "
+			 "(its events are written again)", s->cfg.name,
+			 (long long)(end - pos), s->cfg.path);
+}
 
 static int file_open(struct sink *s)
 {
@@ -37,6 +79,7 @@ static int file_open(struct sink *s)
 		free(f);
 		return e;
 	}
+	file_cut_torn_line(s, f->fd);
 	env_reader_init(&f->er);
 	json_line_cache_init(&f->jc);
 	f->rl = (struct log_rl)LOG_RL_INIT(60);
@@ -60,10 +103,30 @@ static void file_close(struct sink *s)
 static uint32_t file_max_inflight(const struct sink *s)
 {
 	(void)s;
-	return 1;
+	return FILE_QUEUE;
 }
 
 static void file_write_more(struct sink_batch *b);
+
+/* Starts the next queued write, if none is in flight. */
+static void file_next(struct sink *s)
+{
+	struct file_sink *f = s->impl;
+	struct sink_batch *b;
+
+	if (f->writing || f->retry_head || !f->qlen)
+		return;
+	b = f->queue[f->qhead];
+	f->qhead = (f->qhead + 1) % FILE_QUEUE;
+	f->qlen--;
+	if (b->out_off >= b->out.len) {
+		sink_batch_done(b, SINK_OK);
+		file_next(s);
+		return;
+	}
+	f->writing = 1;
+	file_write_more(b);
+}
 
 static void file_write_done(struct rx_op *op, int res, uint32_t flags)
 {
@@ -76,8 +139,10 @@ static void file_write_done(struct rx_op *op, int res, uint32_t flags)
 		       "retrying", b->s->cfg.name, b->s->cfg.path,
 		       strerror(-res));
 		/* a partial batch may be in the file already: the retry
-		 * writes the rest only (out_off), no line twice */
-		b->resend_at = 0;
+		 * writes the rest only (out_off), no line twice. It stays at
+		 * the head of the queue so nothing overtakes it. */
+		f->writing = 0;
+		f->retry_head = b;
 		sink_batch_done(b, SINK_RETRY);
 		return;
 	}
@@ -86,7 +151,9 @@ static void file_write_done(struct rx_op *op, int res, uint32_t flags)
 		file_write_more(b);
 		return;
 	}
+	f->writing = 0;
 	sink_batch_done(b, SINK_OK);
+	file_next(b->s);
 }
 
 static void file_write_more(struct sink_batch *b)
@@ -124,22 +191,28 @@ static int file_encode(struct sink *s, struct sink_batch *b)
 
 static int file_send(struct sink *s, struct sink_batch *b)
 {
+	struct file_sink *f = s->impl;
 	int rc;
 
-	/* a retry after a failed write continues where the file stopped */
-	if (b->out.len == 0 || b->out_off == 0) {
-		buf_reset(&b->out);
-		b->out_off = 0;
-		b->dropped_invalid = 0;
-		rc = file_encode(s, b);
-		if (rc < 0)
-			return rc;
-	}
-	if (b->out_off >= b->out.len) {
-		sink_batch_done(b, SINK_OK);
+	if (f->retry_head == b) {
+		/* the resend of a failed write: it continues where the file
+		 * stopped, before anything queued behind it */
+		f->retry_head = NULL;
+		f->writing = 1;
+		file_write_more(b);
 		return 0;
 	}
-	file_write_more(b);
+	buf_reset(&b->out);
+	b->out_off = 0;
+	b->dropped_invalid = 0;
+	rc = file_encode(s, b);
+	if (rc < 0)
+		return rc;
+	if (f->qlen == FILE_QUEUE)
+		return -EBUSY;          /* cannot happen: max_inflight */
+	f->queue[(f->qhead + f->qlen) % FILE_QUEUE] = b;
+	f->qlen++;
+	file_next(s);
 	return 0;
 }
 

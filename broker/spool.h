@@ -19,6 +19,12 @@
  * Only then does the broker advance the ring head.
  *
  * Cap: spool_max bytes across all sinks (segment files + tail buffers).
+ * A segment leaves the accounting when it is deleted: once all of it is
+ * acknowledged AND a checkpoint covering it is durable (checkpoints are
+ * written at most every 100 ms, from the reactor, so the reactor must
+ * run). So the cap holds the undelivered records plus ~100 ms of
+ * acknowledged ones; when delivery is slower than appends, it fills
+ * with undelivered records and the policy below applies.
  * drop-newest refuses appends (-ENOSPC, counted dropped_spool_full);
  * drop-oldest deletes the oldest whole segment of any sink that is not
  * being written or read (its unacked records counted dropped_spool_full)
@@ -141,9 +147,11 @@ uint64_t spool_next_seq(const struct spool *sp);  /* one past the last */
 uint64_t spool_acked(const struct spool *sp);     /* watermark */
 
 /* Marks [first, first + n) done. Advances the watermark over the
- * contiguous prefix, deletes fully acknowledged segments, and writes the
- * checkpoint (atomic replace) at most every 100 ms (spool_sync_ack forces
- * it). */
+ * contiguous prefix and writes the checkpoint (atomic replace) at most
+ * every 100 ms (spool_sync_ack forces it); fully acknowledged segments
+ * are deleted (and leave spool_max) when that checkpoint is durable, not
+ * at this call. A batch may stay allocated and be reused for later
+ * reads: it holds copies, never a reference to a segment. */
 void spool_ack(struct spool *sp, uint64_t first, uint64_t n);
 int spool_sync_ack(struct spool *sp);
 

@@ -129,7 +129,13 @@ static void test_end_to_end(void)
 	unsigned p;
 	int st;
 
-	CU_ASSERT_FATAL(bt_init(&t, "e2e", getenv("OBX_E2E_EXTRA") ? getenv("OBX_E2E_EXTRA") : "durability = write", NULL) == 0);
+	/* the spool is sized for the whole burst (4 x 1M x ~350 B): this
+	 * test is about exactly-once delivery; the cap and its drop
+	 * policies are test_spool's */
+	CU_ASSERT_FATAL(bt_init(&t, "e2e", getenv("OBX_E2E_EXTRA") ?
+				getenv("OBX_E2E_EXTRA") :
+				"durability = write\nspool_max = 4G",
+				NULL) == 0);
 	CU_ASSERT_FATAL(bt_start(&t) == 0);
 	t0 = tu_now_ns();
 	for (p = 0; p < np; p++) {
@@ -178,6 +184,38 @@ static void test_end_to_end(void)
 	bt_cleanup(&t);
 }
 
+/* Quiet: nothing queued, the ring empty, and the delivered counter
+ * unchanged for half a second. (After a kill -9 the counters resume from
+ * the last published page, up to 100 ms old, so they are not the test of
+ * completeness here: the output file is.) */
+static int wait_quiet(struct bt *t, int ms, struct obx_stats *g,
+		      struct obx_sink_page *sp)
+{
+	uint64_t d, q, last = UINT64_MAX;
+	int i, stable = 0;
+
+	for (i = 0; i < ms; i += 100) {
+		struct seg s;
+		char why[128];
+		int empty = 0;
+
+		if (seg_attach(&s, t->shm, why, sizeof(why)) == 0) {
+			empty = atomic_load(&s.hdr->tail) ==
+				atomic_load(&s.cons->head);
+			seg_detach(&s);
+		}
+		if (bt_stats(t, g, sp) == 0) {
+			sum_dropped(g, sp, &d, &q);
+			stable = (empty && q == 0 && d == last) ? stable + 1 : 0;
+			if (stable >= 5)
+				return 0;
+			last = d;
+		}
+		usleep(100000);
+	}
+	return -1;
+}
+
 static void test_crash_restart(void)
 {
 	const unsigned np = 4;
@@ -215,7 +253,7 @@ static void test_crash_restart(void)
 		total += done[p];
 	}
 	CU_ASSERT_EQUAL(total, np * n);
-	CU_ASSERT_EQUAL(wait_delivered(&t, np * n, 120000, &g, sp), 0);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 120000, &g, sp), 0);
 	CU_ASSERT_EQUAL(bt_stop(&t, 20000), 0);
 	for (p = 0; p < np; p++)
 		counts[p] = calloc(n, sizeof(uint32_t));

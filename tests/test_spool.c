@@ -1804,6 +1804,147 @@ static void t_bounded_memory(void)
 	spool_set_free(set);
 }
 
+/* Regression guard for "spool full while everything is delivered": a
+ * producer and a delivery engine that holds its batches the way
+ * broker/sink.c does (SINK_MAX_INFLIGHT-like slots of struct spool_batch,
+ * reused round robin, one spool_read at a time, acks out of order) cycle
+ * many times spool_max through a small spool. Acknowledged segments must
+ * leave the cap accounting (once their checkpoint is durable, i.e. within
+ * ~100 ms while the reactor runs), so drop-newest never refuses an append
+ * while the undelivered backlog is far below spool_max. */
+#define CYC_SLOTS	4
+#define CYC_REC		100
+#define CYC_FRAME	(FRAME_HDR + CYC_REC + 4)	/* 8-aligned */
+
+static void t_cap_cycles_delivered(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool_stats st;
+	struct spool_batch slot[CYC_SLOTS];
+	uint64_t first[CYC_SLOTS], end[CYC_SLOTS];
+	bool held[CYC_SLOTS] = { false };
+	uint64_t read_seq = 1, delivered = 0, appended = 0, target, max_seen = 0;
+	uint64_t expect = 1, t0 = tu_now_ns();
+	const uint64_t cap = 256 * 1024;
+	struct spool *sp;
+	int enospc = 0, stuck = 0, bad = 0, disk = 0, k = 0, i, round = 0;
+
+	new_dir(dir, sizeof(dir), "capcyc");
+	o = opts(dir);
+	o.segment_size = 16 * 1024;
+	o.max_bytes = cap;
+	o.tail_buffer = 32 * 1024;	/* most reads come from the files */
+	o.full = SPOOL_DROP_NEWEST;
+	set = spool_set_new(&g_rx, &o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	sp = spool_open(set, "cyc");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	for (i = 0; i < CYC_SLOTS; i++)
+		spool_batch_init(&slot[i]);
+	target = 16 * cap / CYC_FRAME;	/* 16 x spool_max through */
+	while (delivered < target && !stuck && tu_now_ns() - t0 < 60 * SEC) {
+		uint64_t backlog = spool_next_seq(sp) - spool_acked(sp);
+		uint64_t wait_end;
+		int n = 0;
+
+		/* producer: keep the undelivered backlog at most spool_max/2;
+		 * wait (running the reactor: checkpoint timer, deletions) while
+		 * the cap has no room - it must get room back */
+		wait_end = tu_now_ns() + 5 * SEC;
+		while (appended < target &&
+		       (backlog + 64) * CYC_FRAME <= cap / 2 && n < 64) {
+			spool_set_get_stats(set, &st);
+			if (st.bytes + CYC_FRAME + SEG_HDR > cap) {
+				if (tu_now_ns() > wait_end) {
+					stuck = 1;
+					break;
+				}
+				rx_run(&g_rx, 5000000ull);
+				continue;
+			}
+			if (append_n(sp, 1, CYC_REC) == -ENOSPC)
+				enospc++;
+			else
+				appended++;
+			backlog++;
+			n++;
+		}
+		CU_ASSERT_EQUAL_FATAL(flush_wait(set), 0);
+		spool_set_get_stats(set, &st);
+		if (st.bytes > max_seen)
+			max_seen = st.bytes;
+		/* engine: one read into the next free slot, like sink.c */
+		if (!held[k] && read_seq < spool_visible(sp)) {
+			int r = read_batch(sp, read_seq, 40, 8192, &slot[k]);
+
+			CU_ASSERT_FATAL(r > 0);
+			disk += r == 2;
+			if (slot[k].n) {
+				first[k] = slot[k].recs[0].seq;
+				end[k] = slot[k].recs[slot[k].n - 1].seq + 1;
+				for (i = 0; i < (int)slot[k].n; i++) {
+					const struct spool_rec *rc = &slot[k].recs[i];
+
+					if (rc->seq != expect ||
+					    !rec_ok(rc->data, rc->len, rc->seq))
+						bad++;
+					expect = rc->seq + 1;
+				}
+				held[k] = true;
+			}
+			read_seq = slot[k].next;
+			k = (k + 1) % CYC_SLOTS;
+		}
+		/* acks: out of order, the slots stay allocated and are
+		 * reused (never freed between batches) */
+		round++;
+		for (i = 0; i < CYC_SLOTS; i++) {
+			int j = (round + i * 3) % CYC_SLOTS;
+
+			if (!held[j] || (i == 0 && (round & 1)))
+				continue;
+			delivered += spool_ack_n(sp, first[j], end[j] - first[j]);
+			held[j] = false;
+			break;
+		}
+		rx_run(&g_rx, 0);
+	}
+	for (i = 0; i < CYC_SLOTS; i++) {
+		if (held[i])
+			delivered += spool_ack_n(sp, first[i],
+						 end[i] - first[i]);
+		spool_batch_free(&slot[i]);
+	}
+	CU_ASSERT_EQUAL(stuck, 0);
+	CU_ASSERT_EQUAL(enospc, 0);
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT(disk > 0);
+	CU_ASSERT_EQUAL(delivered, appended);
+	CU_ASSERT(appended >= target);
+	CU_ASSERT(max_seen <= cap);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.dropped_full, 0);
+	CU_ASSERT_EQUAL(st.queued_events, 0);
+	/* everything acknowledged: after a durable checkpoint only the
+	 * active segment is left */
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
+	spool_get_stats(sp, &st);
+	CU_ASSERT(st.segments <= 1);
+	CU_ASSERT(st.bytes <= o.segment_size + CYC_FRAME);
+	spool_set_get_stats(set, &st);
+	CU_ASSERT(st.bytes <= o.segment_size + CYC_FRAME);
+	{
+		char sdir[300];
+
+		snprintf(sdir, sizeof(sdir), "%s/cyc", dir);
+		CU_ASSERT(count_files(sdir, "seg-") <= 1);
+	}
+	spool_close(sp);
+	spool_set_free(set);
+}
+
 static int suite_init(void)
 {
 	if (!mkdtemp(g_root))
@@ -1837,6 +1978,7 @@ static int add_spool(void)
 	    !CU_add_test(s, "leftover_acked_segment", t_leftover_acked_segment) ||
 	    !CU_add_test(s, "cap_drop_newest", t_cap_drop_newest) ||
 	    !CU_add_test(s, "cap_drop_oldest", t_cap_drop_oldest) ||
+	    !CU_add_test(s, "cap_cycles_delivered", t_cap_cycles_delivered) ||
 	    !CU_add_test(s, "durability_modes", t_durability_modes) ||
 	    !CU_add_test(s, "disk_reads", t_disk_reads) ||
 	    !CU_add_test(s, "enospc", t_enospc) ||
