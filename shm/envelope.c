@@ -33,77 +33,173 @@ void env_tail_template(uint8_t out[ENV_TAIL_LEN])
 
 void env_reader_init(struct env_reader *r)
 {
-	msgpack_unpacked_init(&r->up);
+	msgpack_zone_init(&r->zone, 4096);
 }
 
 void env_reader_fini(struct env_reader *r)
 {
-	msgpack_unpacked_destroy(&r->up);
+	msgpack_zone_destroy(&r->zone);
 }
 
-static int env_key_is(const msgpack_object *k, const char *name, size_t n)
-{
-	return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-	       memcmp(k->via.str.ptr, name, n) == 0;
-}
+/* A cursor over one record; every read checks the bytes left. */
+struct env_cur {
+	const uint8_t *p;
+	size_t off, len;
+};
 
-static int env_take_body(const msgpack_object *o, struct env_view *v)
+static int cur_be(struct env_cur *c, unsigned n, uint64_t *out)
 {
-	v->body_obj = o;
-	switch (o->type) {
-	case MSGPACK_OBJECT_STR:
-		v->body_kind = ENV_BODY_JSON;
-		v->body = o->via.str.ptr;
-		v->body_len = o->via.str.size;
-		return 0;
-	case MSGPACK_OBJECT_BIN:
-		v->body_kind = ENV_BODY_BYTES;
-		v->body = o->via.bin.ptr;
-		v->body_len = o->via.bin.size;
-		return 0;
-	case MSGPACK_OBJECT_MAP:
-	case MSGPACK_OBJECT_ARRAY:
-		v->body_kind = ENV_BODY_MSGPACK;
-		v->body = NULL;
-		v->body_len = 0;
-		return 0;
-	default:
+	uint64_t v = 0;
+	unsigned i;
+
+	if (n > c->len - c->off)
 		return -EINVAL;
-	}
+	for (i = 0; i < n; i++)
+		v = v << 8 | c->p[c->off + i];
+	c->off += n;
+	*out = v;
+	return 0;
 }
 
-static int env_take_field(const msgpack_object_kv *kv, struct env_view *v,
-			  unsigned *seen)
+/* str (fixstr/str8/16/32): pointer and length, bounds-checked */
+static int cur_str(struct env_cur *c, const char **s, uint32_t *n)
 {
-	const msgpack_object *o = &kv->val;
+	uint64_t l;
+	uint8_t t;
 
-	if (env_key_is(&kv->key, "sink", 4)) {
-		if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >
-		    ENV_NAME_MAX)
+	if (c->off >= c->len)
+		return -EINVAL;
+	t = c->p[c->off++];
+	if ((t & 0xe0) == 0xa0)
+		l = t & 0x1f;
+	else if (t < 0xd9 || t > 0xdb ||
+		 cur_be(c, 1u << (t - 0xd9), &l) < 0)
+		return -EINVAL;
+	if (l > c->len - c->off)
+		return -EINVAL;
+	*s = (const char *)c->p + c->off;
+	*n = (uint32_t)l;
+	c->off += l;
+	return 0;
+}
+
+static int cur_bin(struct env_cur *c, const char **s, uint32_t *n)
+{
+	uint64_t l;
+	uint8_t t;
+
+	if (c->off >= c->len)
+		return -EINVAL;
+	t = c->p[c->off++];
+	if (t < 0xc4 || t > 0xc6 || cur_be(c, 1u << (t - 0xc4), &l) < 0 ||
+	    l > c->len - c->off)
+		return -EINVAL;
+	*s = (const char *)c->p + c->off;
+	*n = (uint32_t)l;
+	c->off += l;
+	return 0;
+}
+
+/* a non-negative integer in any width (msgpack-c's POSITIVE_INTEGER) */
+static int cur_uint(struct env_cur *c, uint64_t *v)
+{
+	uint8_t t;
+
+	if (c->off >= c->len)
+		return -EINVAL;
+	t = c->p[c->off++];
+	if (t <= 0x7f) {
+		*v = t;
+		return 0;
+	}
+	if (t >= 0xcc && t <= 0xcf)
+		return cur_be(c, 1u << (t - 0xcc), v);
+	if (t >= 0xd0 && t <= 0xd3) {
+		unsigned n = 1u << (t - 0xd0);
+
+		if (cur_be(c, n, v) < 0 || (*v >> (8 * n - 1)) & 1)
 			return -EINVAL;
-		v->sink = o->via.str.ptr;
-		v->sink_len = o->via.str.size;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* Any other object: unpacked into the zone (also skips it). */
+static int cur_object(struct env_reader *r, struct env_cur *c,
+		      msgpack_object *o)
+{
+	size_t off = c->off;
+
+	if (msgpack_unpack((const char *)c->p, c->len, &off, &r->zone, o) !=
+	    MSGPACK_UNPACK_SUCCESS)
+		return -EINVAL;
+	c->off = off;
+	return 0;
+}
+
+static int key_is(const char *k, uint32_t kn, const char *name, size_t n)
+{
+	return kn == n && memcmp(k, name, n) == 0;
+}
+
+static int env_take_body(struct env_reader *r, struct env_cur *c,
+			 struct env_view *v)
+{
+	uint8_t t;
+
+	if (c->off >= c->len)
+		return -EINVAL;
+	t = c->p[c->off];
+	if ((t & 0xe0) == 0xa0 || (t >= 0xd9 && t <= 0xdb)) {
+		v->body_kind = ENV_BODY_JSON;
+		return cur_str(c, &v->body, &v->body_len);
+	}
+	if (t >= 0xc4 && t <= 0xc6) {
+		v->body_kind = ENV_BODY_BYTES;
+		return cur_bin(c, &v->body, &v->body_len);
+	}
+	if ((t & 0xe0) != 0x80 && t != 0xdc && t != 0xdd && t != 0xde &&
+	    t != 0xdf)
+		return -EINVAL;  /* fixmap, fixarray, array16/32, map16/32 */
+	if (cur_object(r, c, &r->body) < 0)
+		return -EINVAL;
+	v->body_kind = ENV_BODY_MSGPACK;
+	v->body_obj = &r->body;
+	return 0;
+}
+
+static int env_take_field(struct env_reader *r, struct env_cur *c,
+			  struct env_view *v, unsigned *seen)
+{
+	const char *k, *s;
+	uint32_t kn, n;
+	msgpack_object skip;
+
+	if (cur_str(c, &k, &kn) < 0)
+		return -EINVAL;
+	if (key_is(k, kn, "sink", 4)) {
+		if (cur_str(c, &v->sink, &v->sink_len) < 0 ||
+		    v->sink_len > ENV_NAME_MAX)
+			return -EINVAL;
 		*seen |= 1;
-	} else if (env_key_is(&kv->key, "type", 4)) {
-		if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >
-		    ENV_NAME_MAX)
+	} else if (key_is(k, kn, "type", 4)) {
+		if (cur_str(c, &v->type, &v->type_len) < 0 ||
+		    v->type_len > ENV_NAME_MAX)
 			return -EINVAL;
-		v->type = o->via.str.ptr;
-		v->type_len = o->via.str.size;
-	} else if (env_key_is(&kv->key, "ts", 2)) {
-		if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+	} else if (key_is(k, kn, "ts", 2)) {
+		if (cur_uint(c, &v->ts) < 0)
 			return -EINVAL;
-		v->ts = o->via.u64;
-	} else if (env_key_is(&kv->key, "id", 2)) {
-		if (o->type != MSGPACK_OBJECT_BIN ||
-		    o->via.bin.size != ENV_ID_LEN)
+	} else if (key_is(k, kn, "id", 2)) {
+		if (cur_bin(c, &s, &n) < 0 || n != ENV_ID_LEN)
 			return -EINVAL;
-		memcpy(v->id, o->via.bin.ptr, ENV_ID_LEN);
+		memcpy(v->id, s, ENV_ID_LEN);
 		v->has_id = 1;
-	} else if (env_key_is(&kv->key, "body", 4)) {
-		if (env_take_body(o, v) < 0)
+	} else if (key_is(k, kn, "body", 4)) {
+		if (env_take_body(r, c, v) < 0)
 			return -EINVAL;
 		*seen |= 2;
+	} else if (cur_object(r, c, &skip) < 0) {
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -111,25 +207,28 @@ static int env_take_field(const msgpack_object_kv *kv, struct env_view *v,
 int env_parse(struct env_reader *r, const void *p, size_t len,
 	      struct env_view *v)
 {
-	size_t off = 0;
+	struct env_cur c = { p, 0, len };
 	unsigned seen = 0;
-	uint32_t i;
-	const msgpack_object *m;
+	uint64_t i, nkeys;
+	uint8_t t;
 
 	memset(v, 0, sizeof(*v));
-	if (msgpack_unpack_next(&r->up, (const char *)p, len, &off) !=
-	    MSGPACK_UNPACK_SUCCESS)
+	msgpack_zone_clear(&r->zone);
+	if (len == 0)
 		return -EINVAL;
-	m = &r->up.data;
-	if (m->type != MSGPACK_OBJECT_MAP)
+	t = c.p[c.off++];
+	if ((t & 0xf0) == 0x80)
+		nkeys = t & 0x0f;
+	else if ((t != 0xde && t != 0xdf) ||
+		 cur_be(&c, t == 0xde ? 2 : 4, &nkeys) < 0)
 		return -EINVAL;
-	for (i = 0; i < m->via.map.size; i++)
-		if (env_take_field(&m->via.map.ptr[i], v, &seen) < 0)
+	for (i = 0; i < nkeys; i++)
+		if (env_take_field(r, &c, v, &seen) < 0)
 			return -EINVAL;
 	if (seen != 3)
 		return -EINVAL;
 	/* the object must fill the record: trailing bytes mean damage */
-	if (off != len)
+	if (c.off != len)
 		return -EINVAL;
 	if (!v->type) {
 		v->type = "";

@@ -171,8 +171,12 @@ struct env_view {
 	const msgpack_object *body_obj; /* the body object (every kind) */
 };
 
+/* The top level is scanned by hand (no allocation per record); only a
+ * msgpack map/array body, or an unknown key's value, goes through
+ * msgpack_unpack() into one zone that is cleared per record. */
 struct env_reader {
-	msgpack_unpacked up;
+	msgpack_zone zone;
+	msgpack_object body;
 };
 
 void env_reader_init(struct env_reader *r);
