@@ -13,6 +13,7 @@
 #include "config.h"
 #include "envelope.h"
 #include "log.h"
+#include "persist.h"
 #include "reactor.h"
 #include "ring.h"
 #include "segment.h"
@@ -27,6 +28,9 @@ struct broker {
 	struct spool_set *spool;
 	struct env_reader er;
 	struct sink *sinks[CFG_MAX_SINKS];
+	struct http *http;           /* libcurl multi, made by the first
+	                              * HTTP sink that opens */
+	struct persist persist;      /* delivery state across restarts */
 	int nsinks;
 	int default_sink;
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "http.h"
 #include "slots.h"
 
 #define HOUSEKEEPING_NS   100000000ull   /* reap, stats: every 100 ms */
@@ -224,6 +225,11 @@ static int broker_start(struct broker *b)
 		log_error("spool %s: %s", b->cfg.spool_dir, strerror(errno));
 		return -errno;
 	}
+	rc = persist_open(&b->persist, b->cfg.spool_dir, &b->cfg);
+	if (rc < 0) {
+		log_error("delivery state: %s", strerror(-rc));
+		return rc;
+	}
 	rc = broker_open_sinks(b);
 	if (rc < 0)
 		return rc;
@@ -349,9 +355,15 @@ static int broker_all_idle(struct broker *b)
 
 	if (!drain_idle(b))
 		return 0;
-	for (i = 0; i < b->nsinks; i++)
-		if (!b->sinks[i]->disabled && !sink_idle(b->sinks[i]))
-			return 0;
+	for (i = 0; i < b->nsinks; i++) {
+		struct sink *s = b->sinks[i];
+
+		if (s->disabled || sink_idle(s))
+			continue;
+		if (s->ops->parked && s->ops->parked(s))
+			continue;
+		return 0;
+	}
 	return 1;
 }
 
@@ -399,7 +411,14 @@ static int broker_loop(struct broker *b)
 		if (b->stopping && ((drained_at_stop && broker_all_idle(b)) ||
 				    now >= b->stop_deadline))
 			break;
+		persist_save(b, now, 0);
 		next = min64(next, min64(b->next_reap, b->next_stats));
+		if (b->persist.batches_dirty)
+			next = min64(next, b->persist.last_save_ns +
+				     PERSIST_MIN_NS);
+		/* read right before sleeping: a send above moved it to now */
+		if (b->http)
+			next = min64(next, http_next_deadline(b->http));
 		if (next == UINT64_MAX || next > now + IDLE_POLL_NS) {
 			/* no deadline soon: sleep on the ring's futex */
 			if (!futex_sleep_ok(b))
@@ -408,6 +427,8 @@ static int broker_loop(struct broker *b)
 		t = next > now ? next - now : 0;
 		rc = rx_run(&b->rx, t);
 		ring_cons_disarm(&b->rc);
+		if (b->http)
+			http_tick(b->http, log_mono_ns());
 		if (rc < 0 && rc != -EINTR) {
 			log_error("io_uring wait: %s", strerror(-rc));
 			return 1;
@@ -426,11 +447,17 @@ static void broker_stop(struct broker *b)
 	while (b->flush_inflight && log_mono_ns() < limit)
 		rx_run(&b->rx, 100000000ull);
 	stats_publish(b);
+	/* before the sinks go: their batches' retry metadata is saved */
+	persist_save(b, log_mono_ns(), 1);
 	for (i = 0; i < b->nsinks; i++) {
 		sink_free(b->sinks[i]);
 		b->sinks[i] = NULL;
 	}
 	b->nsinks = 0;
+	if (b->http)
+		http_free(b->http);
+	b->http = NULL;
+	persist_close(&b->persist);
 	spool_set_free(b->spool);
 	atomic_store(&b->seg.cons->broker_pid, 0);
 	ring_cons_fini(&b->rc);

@@ -24,8 +24,10 @@ const struct sink_ops *sink_ops_for(enum cfg_sink_type t)
 		return &sink_file_ops;
 	case SINK_DISCARD:
 		return &sink_discard_ops;
+	case SINK_HTTP:
+		return &sink_http_ops;
 	default:
-		return NULL;    /* HTTP types land with the delivery issue */
+		return NULL;    /* segment, sentry, otlp: not yet */
 	}
 }
 
@@ -251,6 +253,7 @@ static int sink_start(struct sink *s, uint64_t now)
 	b->attempts = 0;
 	b->resend_at = 0;
 	b->dropped_invalid = 0;
+	b->dropped = 0;
 	b->out_off = 0;
 	buf_reset(&b->out);
 	s->inflight++;
@@ -296,6 +299,11 @@ static uint64_t sink_resend_due(struct sink *s, uint64_t now)
 	return next;
 }
 
+static int sink_may_start(const struct sink *s)
+{
+	return !s->ops->can_start || s->ops->can_start(s);
+}
+
 uint64_t sink_tick(struct sink *s, uint64_t now)
 {
 	uint64_t next, resend;
@@ -303,14 +311,20 @@ uint64_t sink_tick(struct sink *s, uint64_t now)
 	if (s->disabled)
 		return UINT64_MAX;
 	resend = sink_resend_due(s, now);
+	if (s->ops->tick) {
+		uint64_t t = s->ops->tick(s, now);
+
+		if (t < resend)
+			resend = t;
+	}
 	if (s->reconfigure)
 		return s->inflight == 0 ? now : resend;
 	if (now < s->retry_at)
 		return s->retry_at < resend ? s->retry_at : resend;
-	while (s->inflight < sink_limit(s))
+	while (s->inflight < sink_limit(s) && sink_may_start(s))
 		if (!sink_start(s, now))
 			break;
-	if (s->reading || s->inflight >= sink_limit(s) ||
+	if (s->reading || s->inflight >= sink_limit(s) || !sink_may_start(s) ||
 	    s->read_seq >= spool_visible(s->spool) || !s->pending_since)
 		return resend;          /* a completion will tick us */
 	next = s->pending_since + s->cfg.flush_interval_ms * 1000000ull;
@@ -334,8 +348,9 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 	 * drop-oldest removed while this batch was out are counted
 	 * dropped_spool_full already */
 	newly = spool_ack_n(s->spool, b->first_seq, b->end_seq - b->first_seq);
-	if (newly > b->dropped_invalid)
-		s->c.delivered_events += newly - b->dropped_invalid;
+	if (newly > b->dropped_invalid + b->dropped)
+		s->c.delivered_events += newly - b->dropped_invalid -
+					 b->dropped;
 	s->c.dropped_invalid += b->dropped_invalid;
 	s->c.delivered_batches++;
 	b->busy = 0;

@@ -20,6 +20,8 @@
 struct broker;
 struct sink;
 struct sink_batch;
+struct pol_sink;
+struct pol_saved_batch;
 
 /* outcome of one send */
 enum sink_result {
@@ -38,6 +40,21 @@ struct sink_ops {
 	void (*close)(struct sink *s);
 	/* max batches in flight for this type (file: 1, to keep order) */
 	uint32_t (*max_inflight)(const struct sink *s);
+	/* Optional. May the engine read a new batch now? (http: not while
+	 * the delivery policy's gate is closed or a batch waits for it, so
+	 * a backlog stays on disk, not in memory.) */
+	int (*can_start)(const struct sink *s);
+	/* Optional. Runs every loop turn; the next mono ns it wants. */
+	uint64_t (*tick)(struct sink *s, uint64_t now);
+	/* Optional. The delivery policy state, for persistence. */
+	const struct pol_sink *(*policy)(const struct sink *s);
+	/* Optional. Retry metadata of the batches out, for persistence. */
+	size_t (*saved)(const struct sink *s, struct pol_saved_batch *out,
+			size_t max);
+	/* Optional. 1 when nothing can be sent before a window ends: a
+	 * stopping broker does not wait for this sink (its data stays
+	 * spooled, its state persisted). */
+	int (*parked)(const struct sink *s);
 };
 
 #define SINK_MAX_INFLIGHT 64
@@ -55,6 +72,8 @@ struct sink_batch {
 	uint32_t attempts;
 	uint64_t resend_at;         /* mono ns; 0 = not waiting to resend */
 	uint32_t dropped_invalid;   /* records the encoder had to skip */
+	uint32_t dropped;           /* dropped with a reason the type
+	                             * counted itself (http: policy) */
 	void *priv;                 /* type state for this send */
 };
 
@@ -76,10 +95,17 @@ struct sink {
 	struct cfg_sink next_cfg;   /* reload: the settings to take */
 	struct sink_batch batch[SINK_MAX_INFLIGHT];
 	struct obx_sink_counters c; /* published on the sink page */
+	/* delivery state, published on the sink page (http types) */
+	uint32_t state;             /* OBX_SINK_* */
+	uint64_t until_ns;          /* CLOCK_REALTIME ns, 0 when ok */
+	uint32_t ncats;
+	char cats[OBX_MAX_CATS][OBX_CAT_MAX];
+	uint64_t cat_until_ns[OBX_MAX_CATS];
 };
 
 extern const struct sink_ops sink_file_ops;
 extern const struct sink_ops sink_discard_ops;
+extern const struct sink_ops sink_http_ops;
 
 const struct sink_ops *sink_ops_for(enum cfg_sink_type t);
 

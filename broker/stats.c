@@ -101,6 +101,11 @@ static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)
 	memset(o->name, 0, sizeof(o->name));
 	memcpy(o->name, s->cfg.name, strnlen(s->cfg.name, sizeof(o->name) - 1));
 	o->in_use = 1;
+	o->state = s->state;
+	o->until_ns = s->until_ns;
+	o->ncats = s->ncats;
+	memcpy(o->cats, s->cats, sizeof(o->cats));
+	memcpy(o->cat_until_ns, s->cat_until_ns, sizeof(o->cat_until_ns));
 	o->c = s->c;
 	/* drop-oldest deletions are counted by the spool */
 	o->c.dropped_spool_full = s->c.dropped_spool_full + ss.dropped_full;

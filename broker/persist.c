@@ -1,0 +1,184 @@
+/* persist.c - the delivery state file (see persist.h). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "persist.h"
+
+#define PERSIST_MAX_BATCHES (CFG_MAX_SINKS * SINK_MAX_INFLIGHT)
+
+static struct pol_sink *persist_find(struct persist *p, const char *name)
+{
+	int i;
+
+	for (i = 0; i < p->npols; i++)
+		if (!strcmp(p->pols[i].name, name))
+			return &p->pols[i];
+	return NULL;
+}
+
+static struct pol_sink *persist_add(struct persist *p, const char *name)
+{
+	struct pol_sink *n;
+
+	if (p->npols == p->cap) {
+		int cap = p->cap ? p->cap * 2 : 8;
+
+		n = realloc(p->pols, (size_t)cap * sizeof(*n));
+		if (!n)
+			return NULL;
+		p->pols = n;
+		p->cap = cap;
+	}
+	n = &p->pols[p->npols++];
+	pol_sink_init(n, name);
+	return n;
+}
+
+int persist_open(struct persist *p, const char *spool_dir,
+		 const struct cfg *c)
+{
+	int i, rc;
+
+	memset(p, 0, sizeof(*p));
+	if (asprintf(&p->path, "%s/%s", spool_dir, PERSIST_FILE) < 0) {
+		p->path = NULL;
+		return -ENOMEM;
+	}
+	for (i = 0; i < c->nsinks; i++)
+		if (!persist_add(p, c->sinks[i].name))
+			return -ENOMEM;
+	rc = pol_load(p->path, p->pols, p->npols, &p->batches, &p->nbatches);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc < 0) {
+		/* a bad file must never keep the broker from starting: the
+		 * sinks start ok (at worst one early request) */
+		log_error("%s: %s; delivery state starts fresh", p->path,
+			  rc == -EBADMSG ? "damaged or unknown format" :
+			  strerror(-rc));
+		for (i = 0; i < p->npols; i++)
+			pol_sink_init(&p->pols[i], p->pols[i].name);
+		return 0;
+	}
+	for (i = 0; i < p->npols; i++)
+		if (p->pols[i].state != POL_OK)
+			log_info("sink %s: restored %s until %lld ms from now "
+				 "(persisted before the restart)",
+				 p->pols[i].name,
+				 pol_state_name(p->pols[i].state),
+				 (long long)(p->pols[i].until_ms -
+					     (int64_t)(log_real_ns() /
+						       1000000ull)));
+	return 0;
+}
+
+void persist_close(struct persist *p)
+{
+	free(p->path);
+	free(p->pols);
+	free(p->batches);
+	memset(p, 0, sizeof(*p));
+}
+
+void persist_restore_sink(struct persist *p, struct pol_sink *pol)
+{
+	const struct pol_sink *k = persist_find(p, pol->name);
+
+	if (k)
+		*pol = *k;
+}
+
+void persist_restore_batch(struct persist *p, const char *sink,
+			   struct pol_batch *b)
+{
+	size_t i;
+
+	for (i = 0; i < p->nbatches; i++) {
+		struct pol_saved_batch *sb = &p->batches[i];
+
+		if (sb->b.id != b->id || strcmp(sb->sink, sink))
+			continue;
+		b->attempts = sb->b.attempts;
+		b->failures = sb->b.failures;
+		b->first_failure_ms = sb->b.first_failure_ms;
+		b->rl_start_ms = sb->b.rl_start_ms;
+		b->reauth_done = sb->b.reauth_done;
+		/* used once: a later batch at this id is a new one */
+		p->batches[i] = p->batches[--p->nbatches];
+		return;
+	}
+}
+
+void persist_remember(struct persist *p, const struct pol_sink *pol)
+{
+	struct pol_sink *k = persist_find(p, pol->name);
+
+	if (!k)
+		k = persist_add(p, pol->name);
+	if (k)
+		*k = *pol;
+}
+
+void persist_save(struct broker *b, uint64_t now, int force)
+{
+	struct persist *p = &b->persist;
+	struct pol_saved_batch *sv = NULL;
+	struct pol_sink *pols = NULL;
+	size_t nb = 0;
+	int i, np = 0, rc;
+
+	if (!p->path)
+		return;
+	if (!force && !p->dirty && !(p->batches_dirty &&
+				     now - p->last_save_ns >= PERSIST_MIN_NS))
+		return;
+	pols = calloc((size_t)(b->nsinks + p->npols) + 1, sizeof(*pols));
+	sv = calloc(PERSIST_MAX_BATCHES, sizeof(*sv));
+	if (!pols || !sv)
+		goto out;
+	for (i = 0; i < b->nsinks; i++) {
+		struct sink *s = b->sinks[i];
+		const struct pol_sink *k;
+
+		if (s->disabled || !s->ops || !s->ops->policy)
+			continue;
+		k = s->ops->policy(s);
+		if (!k)
+			continue;
+		pols[np++] = *k;
+		persist_remember(p, k);
+		if (s->ops->saved)
+			nb += s->ops->saved(s, sv + nb,
+					    PERSIST_MAX_BATCHES - nb);
+	}
+	/* sinks closed by a reload keep their last state in the file */
+	for (i = 0; i < p->npols; i++) {
+		int j, active = 0;
+
+		for (j = 0; j < np; j++)
+			active |= !strcmp(pols[j].name, p->pols[i].name);
+		if (!active && p->pols[i].state != POL_OK)
+			pols[np++] = p->pols[i];
+	}
+	rc = pol_save(p->path, pols, np, sv, nb);
+	if (rc < 0) {
+		if (!p->failed)
+			log_error("%s: cannot save the delivery state: %s "
+				  "(will retry)", p->path, strerror(-rc));
+		p->failed = 1;
+		goto out;
+	}
+	if (p->failed)
+		log_info("%s: delivery state saved again", p->path);
+	p->failed = 0;
+	p->dirty = 0;
+	p->batches_dirty = 0;
+	p->last_save_ns = now;
+out:
+	free(pols);
+	free(sv);
+}

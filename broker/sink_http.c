@@ -1,0 +1,710 @@
+/* sink_http.c - the generic `http` sink: batches POSTed through libcurl's
+ * multi interface (http.c), under the delivery policy (policy.c) - one
+ * backoff / rate-limit state for the sink, shared by every producer
+ * because every producer's events go through this one state.
+ *
+ * A batch (records [0, n) read from the spool) is sent as one or more
+ * parts: it starts as one part; a 413 splits the part in halves (a stack
+ * of ranges, so halves go out in order), a single event still refused
+ * with 413 is dropped as too large. The batch is acknowledged to the
+ * spool when every part is resolved (delivered or dropped with a counted
+ * reason). A part to retry stays, with its records, and goes again when
+ * the policy's gate opens; while the sink is not ok no new batch is read
+ * from the spool: the backlog waits on disk, not in memory.
+ *
+ * Logging without floods: the first failure of an outage once, with its
+ * reason; one summary at most every 60 s while it lasts; the recovery
+ * once, with the outage length and what was delivered and dropped.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "broker.h"
+#include "http.h"
+#include "json.h"
+#include "policy.h"
+
+#define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
+#define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
+
+struct http_part {
+	uint32_t lo, hi;             /* records [lo, hi) of the batch */
+	struct pol_batch pb;
+};
+
+struct http_batch {
+	struct sink_batch *b;
+	struct http_part part[HTTP_MAX_PARTS];
+	int nparts;                  /* stack: part[nparts - 1] is next */
+	struct http_req *req;        /* in flight, or NULL */
+	int waiting;                 /* for the gate (retry, or closed) */
+	struct buf body;
+	char retry_hdr[40];
+	const char *hdrs[CFG_MAX_HEADERS + 8];
+	uint64_t next_id;
+};
+
+struct http_sink {
+	struct pol_sink pol;
+	struct env_reader er;
+	struct json_line_cache jc;
+	struct http_batch hb[SINK_MAX_INFLIGHT];
+	unsigned requests_out;       /* requests in flight */
+	char *token;                 /* "Authorization: Bearer ..." */
+	const char *ctype;
+	/* outage bookkeeping for the recovery line */
+	uint64_t outage_delivered, outage_dropped;
+	int outage_base;             /* the two above are set */
+	struct log_rl rl;
+};
+
+static int64_t hsink_now_ms(void)
+{
+	return (int64_t)(log_real_ns() / 1000000ull);
+}
+
+static uint32_t hsink_rand(void)
+{
+	uint32_t r = 0;
+
+	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+		r = (uint32_t)log_mono_ns() * 2654435761u;
+	return r;
+}
+
+static struct http_batch *hsink_hb(struct sink *s, struct sink_batch *b)
+{
+	struct http_sink *hs = s->impl;
+
+	return &hs->hb[b - s->batch];
+}
+
+/* ---- credentials --------------------------------------------------------- */
+
+/* token_file holds a bearer token; read at open and on 401/511. */
+static void hsink_load_token(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	char buf[4096];
+	ssize_t n;
+	int fd;
+
+	if (!s->cfg.token_file)
+		return;
+	fd = open(s->cfg.token_file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		log_rl(&hs->rl, LOG_ERROR, "sink %s: token_file %s: %s",
+		       s->cfg.name, s->cfg.token_file, strerror(errno));
+		return;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
+			 buf[n - 1] == ' '))
+		n--;
+	buf[n] = 0;
+	free(hs->token);
+	if (asprintf(&hs->token, "Authorization: Bearer %s", buf) < 0)
+		hs->token = NULL;
+}
+
+/* ---- encoding ------------------------------------------------------------ */
+
+static int hsink_encode_records(struct sink *s, struct sink_batch *b,
+			       uint32_t lo, uint32_t hi, struct buf *out)
+{
+	struct http_sink *hs = s->impl;
+	uint32_t i;
+	int rc = 0;
+
+	buf_reset(out);
+	if (s->cfg.encoding == ENC_MSGPACK) {
+		/* the records are msgpack envelopes already: an array of
+		 * them is the body */
+		uint8_t h[5];
+		uint32_t n = hi - lo;
+
+		h[0] = 0xdd;
+		h[1] = (uint8_t)(n >> 24);
+		h[2] = (uint8_t)(n >> 16);
+		h[3] = (uint8_t)(n >> 8);
+		h[4] = (uint8_t)n;
+		rc = buf_add(out, h, 5);
+		for (i = lo; i < hi && rc == 0; i++)
+			rc = buf_add(out, b->sb.recs[i].data, b->sb.recs[i].len);
+		return rc;
+	}
+	if (s->cfg.encoding == ENC_JSON_ARRAY)
+		rc = buf_addc(out, '[');
+	for (i = lo; i < hi && rc == 0; i++) {
+		struct env_view v;
+
+		if (env_parse(&hs->er, b->sb.recs[i].data, b->sb.recs[i].len,
+			      &v) < 0)
+			continue;    /* validated at drain; cannot happen */
+		if (s->cfg.encoding == ENC_JSON_ARRAY && i > lo)
+			rc = buf_addc(out, ',');
+		if (rc == 0)
+			rc = json_line_fast(&hs->jc, &v, out,
+					    s->cfg.encoding == ENC_NDJSON);
+	}
+	if (rc == 0 && s->cfg.encoding == ENC_JSON_ARRAY)
+		rc = buf_addc(out, ']');
+	return rc;
+}
+
+/* gzip in one pass into hb->body (raw kept in b->out). */
+static int hsink_gzip(const struct buf *in, struct buf *out)
+{
+	z_stream z;
+	int rc;
+
+	memset(&z, 0, sizeof(z));
+	if (deflateInit2(&z, HTTP_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8,
+			 Z_DEFAULT_STRATEGY) != Z_OK)
+		return -ENOMEM;
+	buf_reset(out);
+	rc = buf_reserve(out, deflateBound(&z, in->len) + 32);
+	if (rc < 0) {
+		deflateEnd(&z);
+		return rc;
+	}
+	z.next_in = in->p;
+	z.avail_in = (uInt)in->len;
+	z.next_out = out->p;
+	z.avail_out = (uInt)(out->cap);
+	rc = deflate(&z, Z_FINISH);
+	out->len = z.total_out;
+	deflateEnd(&z);
+	return rc == Z_STREAM_END ? 0 : -EIO;
+}
+
+/* ---- sending --------------------------------------------------------------- */
+
+static void hsink_done(void *arg, const struct http_result *r);
+
+static const char *hsink_ctype(const struct sink *s)
+{
+	switch (s->cfg.encoding) {
+	case ENC_JSON_ARRAY:
+		return "Content-Type: application/json";
+	case ENC_MSGPACK:
+		return "Content-Type: application/msgpack";
+	default:
+		return "Content-Type: application/x-ndjson";
+	}
+}
+
+static int hsink_send_part(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	struct http_post post;
+	const struct buf *payload;
+	uint32_t rc_hdr;
+	int n = 0, i, rc;
+
+	rc = hsink_encode_records(s, b, p->lo, p->hi, &b->out);
+	if (rc < 0)
+		return rc;
+	payload = &b->out;
+	if (s->cfg.compression == COMP_GZIP) {
+		rc = hsink_gzip(&b->out, &hb->body);
+		if (rc < 0)
+			return rc;
+		payload = &hb->body;
+	}
+	hb->hdrs[n++] = hsink_ctype(s);
+	if (s->cfg.compression == COMP_GZIP)
+		hb->hdrs[n++] = "Content-Encoding: gzip";
+	rc_hdr = pol_retry_count(&p->pb);
+	if (rc_hdr) {
+		snprintf(hb->retry_hdr, sizeof(hb->retry_hdr),
+			 "X-Retry-Count: %u", rc_hdr);
+		hb->hdrs[n++] = hb->retry_hdr;
+	}
+	if (hs->token)
+		hb->hdrs[n++] = hs->token;
+	for (i = 0; i < s->cfg.nheaders; i++)
+		hb->hdrs[n++] = s->cfg.headers[i];
+	hb->hdrs[n] = NULL;
+	post = (struct http_post){
+		.url = s->cfg.url,
+		.body = payload->p,
+		.len = payload->len,
+		.headers = hb->hdrs,
+		.connect_timeout_ms = s->cfg.connect_timeout_ms,
+		.timeout_ms = s->cfg.timeout_ms,
+	};
+	rc = http_post(s->b->http, &post, hsink_done, hb, &hb->req);
+	if (rc < 0)
+		return rc;
+	hs->requests_out++;
+	s->c.requests++;
+	if (p->pb.attempts)
+		s->c.retries++;
+	return 0;
+}
+
+/* Drops parts whose budget ran out while they waited; sends the next
+ * part if the gate allows. 1 sent (or finished), 0 waiting. */
+static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now);
+
+static void hsink_publish_state(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	uint64_t until = hs->pol.state == POL_OK ? 0 :
+			 (uint64_t)hs->pol.until_ms * 1000000ull;
+	uint32_t ncats = 0;
+	int i, changed;
+
+	changed = s->state != (uint32_t)hs->pol.state || s->until_ns != until;
+	s->state = (uint32_t)hs->pol.state;
+	s->until_ns = until;
+	for (i = 0; i < hs->pol.ncats && i < (int)OBX_MAX_CATS; i++) {
+		uint64_t cu = (uint64_t)hs->pol.cats[i].until_ms * 1000000ull;
+
+		if (strncmp(s->cats[ncats], hs->pol.cats[i].name,
+			    OBX_CAT_MAX) || s->cat_until_ns[ncats] != cu)
+			changed = 1;
+		memset(s->cats[ncats], 0, OBX_CAT_MAX);
+		memcpy(s->cats[ncats], hs->pol.cats[i].name,
+		       strnlen(hs->pol.cats[i].name, OBX_CAT_MAX - 1));
+		s->cat_until_ns[ncats] = cu;
+		ncats++;
+	}
+	changed |= s->ncats != ncats;
+	s->ncats = ncats;
+	/* a new window or state must survive a crash: save it now */
+	if (changed)
+		s->b->persist.dirty = 1;
+}
+
+static void hsink_count_drop(struct sink *s, enum pol_reason r, uint32_t n)
+{
+	switch (r) {
+	case POL_R_REJECTED:
+		s->c.dropped_rejected += n;
+		break;
+	case POL_R_RETRIES_EXHAUSTED:
+		s->c.dropped_retries_exhausted += n;
+		break;
+	case POL_R_EXPIRED:
+		s->c.dropped_expired += n;
+		break;
+	case POL_R_RATE_LIMITED:
+		s->c.dropped_rate_limited += n;
+		break;
+	case POL_R_TOO_LARGE:
+		s->c.dropped_too_large += n;
+		break;
+	default:
+		s->c.dropped_rejected += n;
+		break;
+	}
+}
+
+/* The part at the top is resolved (delivered or dropped): pop it; the
+ * batch is done when no part is left. */
+static void hsink_pop(struct sink *s, struct http_batch *hb)
+{
+	hb->nparts--;
+	if (hb->nparts == 0) {
+		struct sink_batch *b = hb->b;
+
+		hb->waiting = 0;
+		hb->b = NULL;
+		sink_batch_done(b, SINK_OK);
+		return;
+	}
+	hsink_try(s, hb, hsink_now_ms());
+}
+
+static uint64_t hsink_dropped(const struct sink *s)
+{
+	return s->c.dropped_rejected + s->c.dropped_retries_exhausted +
+	       s->c.dropped_expired + s->c.dropped_rate_limited +
+	       s->c.dropped_too_large;
+}
+
+/* Counts at the start of an outage, for the recovery line; also for an
+ * outage restored from the state file (the counters are restored by
+ * then: the first tick comes after stats_restore_sink()). */
+static void hsink_outage_base(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+
+	hs->outage_delivered = s->c.delivered_events;
+	hs->outage_dropped = hsink_dropped(s);
+	hs->outage_base = 1;
+}
+
+static void hsink_log(struct sink *s, const struct pol_result *r)
+{
+	struct http_sink *hs = s->impl;
+
+	if (r->log == POL_LOG_OUTAGE) {
+		hsink_outage_base(s);
+		log_warn("sink %s: %s; %s for %.1f s (one state for all "
+			 "producers; next: one probe request)", s->cfg.name,
+			 r->why, pol_state_name(r->state),
+			 (double)(r->until_ms - hsink_now_ms()) / 1000.0);
+	} else if (r->log == POL_LOG_RECOVERED) {
+		log_info("sink %s: upstream back after %.1f s; during the "
+			 "outage %llu events delivered, %llu dropped",
+			 s->cfg.name, (double)r->outage_ms / 1000.0,
+			 (unsigned long long)(s->c.delivered_events -
+					      hs->outage_delivered),
+			 (unsigned long long)(hsink_dropped(s) -
+					      hs->outage_dropped));
+		hs->outage_base = 0;
+	}
+}
+
+static void hsink_count_status(struct sink *s, const struct http_result *r)
+{
+	if (r->status >= 200 && r->status < 300)
+		s->c.responses_2xx++;
+	else if (r->status >= 400 && r->status < 500)
+		s->c.responses_4xx++;
+	else if (r->status >= 500)
+		s->c.responses_5xx++;
+	else if (r->status == 0)
+		s->c.network_errors++;
+}
+
+static void hsink_done(void *arg, const struct http_result *r)
+{
+	struct http_batch *hb = arg;
+	struct sink_batch *b = hb->b;
+	struct sink *s = b->s;
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	struct pol_outcome o = {
+		.status = r->status,
+		.net = r->status ? POL_NET_NONE :
+		       r->timeout ? POL_NET_TIMEOUT : POL_NET_ERROR,
+		.retry_after = r->retry_after,
+		.n_retry_after = r->n_retry_after,
+		.sentry_limits = r->sentry_limits,
+		.n_sentry_limits = r->n_sentry_limits,
+	};
+	struct pol_result res;
+	uint32_t n = p->hi - p->lo;
+
+	hb->req = NULL;
+	hs->requests_out--;
+	hsink_count_status(s, r);
+	if (r->status == 0 && s->b->stopping && r->curl_code == 42) {
+		/* cancelled at shutdown: no outcome, the batch stays */
+		pol_abort(&hs->pol, &p->pb);
+		hb->waiting = 1;
+		return;
+	}
+	pol_on_response(&hs->pol, &s->cfg, &p->pb, &o, hsink_now_ms(),
+			hsink_rand(), &res);
+	hsink_publish_state(s);
+	hsink_log(s, &res);
+	switch (res.verdict) {
+	case POL_V_DELIVERED:
+		hsink_pop(s, hb);
+		break;
+	case POL_V_DROP:
+		hsink_count_drop(s, res.reason, n);
+		b->dropped += n;
+		log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events (%s, "
+		       "%s)", s->cfg.name, n, pol_reason_name(res.reason),
+		       res.why);
+		hsink_pop(s, hb);
+		break;
+	case POL_V_SPLIT: {
+		struct http_part whole = *p;
+		uint32_t mid = whole.lo + n / 2;
+
+		s->c.splits++;
+		/* second half below the first: the first goes out first */
+		pol_batch_split(&whole.pb, &p->pb, hb->next_id++,
+				whole.hi - mid);
+		p->lo = mid;
+		p->hi = whole.hi;
+		p = &hb->part[hb->nparts++];
+		pol_batch_split(&whole.pb, &p->pb, hb->next_id++,
+				mid - whole.lo);
+		p->lo = whole.lo;
+		p->hi = mid;
+		hsink_try(s, hb, hsink_now_ms());
+		break;
+	}
+	case POL_V_REAUTH:
+		hsink_load_token(s);
+		hsink_try(s, hb, hsink_now_ms());
+		break;
+	case POL_V_RETRY:
+	default:
+		hb->waiting = 1;
+		/* its budgets moved: persisted with the next save */
+		s->b->persist.batches_dirty = 1;
+		hsink_try(s, hb, hsink_now_ms());
+		break;
+	}
+}
+
+static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
+{
+	struct http_sink *hs = s->impl;
+
+	while (hb->nparts) {
+		struct http_part *p = &hb->part[hb->nparts - 1];
+		enum pol_reason why = p->pb.attempts ?
+			pol_batch_check(&s->cfg, &p->pb, now) : POL_R_NONE;
+
+		if (why != POL_R_NONE) {
+			uint32_t n = p->hi - p->lo;
+
+			hsink_count_drop(s, why, n);
+			hb->b->dropped += n;
+			log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events "
+			       "(%s)", s->cfg.name, n, pol_reason_name(why));
+			hb->nparts--;
+			continue;
+		}
+		if (pol_begin(&hs->pol, &s->cfg, &p->pb, hs->requests_out,
+			      now) < 0) {
+			hb->waiting = 1;
+			return 0;
+		}
+		hb->waiting = 0;
+		if (hsink_send_part(s, hb) < 0) {
+			pol_abort(&hs->pol, &p->pb);
+			hb->waiting = 1;
+			return 0;
+		}
+		return 1;
+	}
+	/* every part dropped while waiting */
+	{
+		struct sink_batch *b = hb->b;
+
+		hb->waiting = 0;
+		hb->b = NULL;
+		sink_batch_done(b, SINK_OK);
+	}
+	return 1;
+}
+
+/* ---- sink_ops ---------------------------------------------------------------- */
+
+static int hsink_open(struct sink *s)
+{
+	struct http_sink *hs;
+	int i;
+
+	if (!s->b->http) {
+		s->b->http = http_new(&s->b->rx);
+		if (!s->b->http) {
+			log_error("sink %s: curl: %s", s->cfg.name,
+				  strerror(errno));
+			return -errno;
+		}
+	}
+	hs = calloc(1, sizeof(*hs));
+	if (!hs)
+		return -ENOMEM;
+	s->impl = hs;
+	pol_sink_init(&hs->pol, s->cfg.name);
+	env_reader_init(&hs->er);
+	json_line_cache_init(&hs->jc);
+	hs->rl = (struct log_rl)LOG_RL_INIT(60);
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+		buf_init(&hs->hb[i].body, 0);
+	hsink_load_token(s);
+	persist_restore_sink(&s->b->persist, &hs->pol);
+	pol_sink_clamp(&hs->pol, &s->cfg, hsink_now_ms());
+	hsink_publish_state(s);
+	return 0;
+}
+
+static void hsink_close(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	int i;
+
+	if (!hs)
+		return;
+	persist_remember(&s->b->persist, &hs->pol);
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		if (hs->hb[i].req)
+			http_cancel(s->b->http, hs->hb[i].req);
+		buf_free(&hs->hb[i].body);
+	}
+	env_reader_fini(&hs->er);
+	json_line_cache_free(&hs->jc);
+	free(hs->token);
+	free(hs);
+	s->impl = NULL;
+}
+
+static int hsink_send(struct sink *s, struct sink_batch *b)
+{
+	struct http_batch *hb = hsink_hb(s, b);
+
+	if (hb->b != b) {
+		/* a new batch: one part covering every record */
+		hb->b = b;
+		hb->nparts = 1;
+		hb->part[0].lo = 0;
+		hb->part[0].hi = b->n;
+		hb->next_id = b->first_seq << 8;
+		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
+		persist_restore_batch(&s->b->persist, s->cfg.name,
+				      &hb->part[0].pb);
+		b->dropped = 0;
+	}
+	hsink_try(s, hb, hsink_now_ms());
+	return 0;
+}
+
+/* New batches only while the gate is open and nothing waits: a sink in
+ * backoff keeps its backlog in the spool, not in memory. */
+static int hsink_can_start(const struct sink *s)
+{
+	const struct http_sink *hs = s->impl;
+	int i;
+
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+		if (hs->hb[i].b && hs->hb[i].waiting)
+			return 0;
+	return pol_gate(&hs->pol, &s->cfg, hs->requests_out,
+			hsink_now_ms()) != POL_GATE_WAIT;
+}
+
+/* The summary line while not ok (PRODUCT.md section 7), at most one per
+ * POL_SUMMARY_MS. */
+static void hsink_summary(struct sink *s, int64_t wall)
+{
+	struct http_sink *hs = s->impl;
+	struct spool_stats ss;
+	uint64_t nb = 0, bytes = 0;
+	int i;
+
+	if (hs->pol.state == POL_OK || !pol_summary_due(&hs->pol, wall))
+		return;
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+		if (hs->hb[i].b) {
+			nb++;
+			bytes += hs->hb[i].b->out.len;
+		}
+	spool_get_stats(s->spool, &ss);
+	log_warn("sink %s: %s, retrying %llu batches (%.1f MB) for %.0f s; "
+		 "%llu events (%.1f MB) queued in the spool; next attempt in "
+		 "%.1f s", s->cfg.name, pol_state_name(hs->pol.state),
+		 (unsigned long long)nb, (double)bytes / 1e6,
+		 (double)(wall - hs->pol.outage_start_ms) / 1000.0,
+		 (unsigned long long)ss.queued_events,
+		 (double)ss.queued_bytes / 1e6,
+		 (double)(hs->pol.until_ms > wall ? hs->pol.until_ms - wall :
+			  0) / 1000.0);
+}
+
+static uint64_t hsink_tick(struct sink *s, uint64_t now)
+{
+	struct http_sink *hs = s->impl;
+	int64_t wall = hsink_now_ms(), open;
+	int i, waiting = 0;
+
+	/* waiting parts, oldest batch first (the probe is the oldest) */
+	for (;;) {
+		struct http_batch *best = NULL;
+
+		for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+			struct http_batch *hb = &hs->hb[i];
+
+			if (hb->b && hb->waiting && !hb->req &&
+			    (!best || hb->b->first_seq < best->b->first_seq))
+				best = hb;
+		}
+		if (!best || !hsink_try(s, best, wall))
+			break;
+	}
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+		waiting |= hs->hb[i].b && hs->hb[i].waiting;
+	if (hs->pol.state != POL_OK && !hs->outage_base)
+		hsink_outage_base(s);
+	hsink_summary(s, wall);
+	/* a deadline only when something waits for the gate: a waiting
+	 * part, or (not ok) the spool's next batch at the window's end;
+	 * otherwise a completion ticks the sink */
+	if (!waiting && hs->pol.state == POL_OK)
+		return UINT64_MAX;
+	open = pol_next_open(&hs->pol, &s->cfg, hs->requests_out, wall);
+	if (open == POL_NEVER)
+		return UINT64_MAX;
+	if (open <= wall)
+		return now + 1000000ull;
+	return now + (uint64_t)(open - wall) * 1000000ull;
+}
+
+static const struct pol_sink *hsink_policy(const struct sink *s)
+{
+	const struct http_sink *hs = s->impl;
+
+	return hs ? &hs->pol : NULL;
+}
+
+/* the part metadata of waiting batches, for pol_save */
+static size_t hsink_saved(const struct sink *s, struct pol_saved_batch *out,
+			 size_t max)
+{
+	const struct http_sink *hs = s->impl;
+	size_t n = 0;
+	int i;
+
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT && n < max; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+
+		if (!hb->b || !hb->nparts)
+			continue;
+		memset(&out[n], 0, sizeof(out[n]));
+		snprintf(out[n].sink, sizeof(out[n].sink), "%s", s->cfg.name);
+		out[n].b = hb->part[hb->nparts - 1].pb;
+		out[n].b.id = hb->b->first_seq;
+		n++;
+	}
+	return n;
+}
+
+/* Nothing can go out before the window ends: shutdown need not wait. */
+static int hsink_parked(const struct sink *s)
+{
+	const struct http_sink *hs = s->impl;
+
+	return hs && hs->pol.state != POL_OK && hs->requests_out == 0;
+}
+
+static uint32_t hsink_max_inflight(const struct sink *s)
+{
+	return s->cfg.max_inflight;
+}
+
+const struct sink_ops sink_http_ops = {
+	.name = "http",
+	.open = hsink_open,
+	.send = hsink_send,
+	.close = hsink_close,
+	.max_inflight = hsink_max_inflight,
+	.can_start = hsink_can_start,
+	.tick = hsink_tick,
+	.policy = hsink_policy,
+	.saved = hsink_saved,
+	.parked = hsink_parked,
+};
