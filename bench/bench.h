@@ -6,6 +6,8 @@
 #define OBX_BENCH_H
 
 #include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
 #include <time.h>
 
 static inline uint64_t bench_now(void)
@@ -30,7 +32,18 @@ void bench_hist_merge(struct bench_hist *dst, const struct bench_hist *src);
 uint64_t bench_hist_pct(const struct bench_hist *h, double p);
 double bench_hist_mean(const struct bench_hist *h);
 
+/* utime + stime of a rusage, in seconds */
+static inline double bench_ru_s(const struct rusage *ru)
+{
+	return (double)ru->ru_utime.tv_sec + ru->ru_utime.tv_usec / 1e6 +
+	       (double)ru->ru_stime.tv_sec + ru->ru_stime.tv_usec / 1e6;
+}
+
+/* utime + stime of pid (all threads) in seconds, and VmHWM in KiB */
+void bench_proc(pid_t pid, double *cpu_s, uint64_t *hwm_kb);
+
 int bench_emit(int argc, char **argv);
 int bench_e2e(int argc, char **argv);
+int bench_sink(int argc, char **argv);
 
 #endif

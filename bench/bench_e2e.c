@@ -8,8 +8,17 @@
  * broker has delivered everything. Reports delivered events/s over the
  * whole run (first emit to last delivery), emit percentiles (batches of
  * 32), broker CPU (utime+stime from /proc) and peak RSS (VmHWM), and,
- * with --verify for the file sink, lost and duplicated events counted by
- * reading the output back.
+ * with --verify, lost and duplicated events counted by reading the output
+ * file back, or by the HTTP sink as it receives them.
+ *
+ * --sink http: the broker POSTs to the bench's own loopback sink
+ * (httpsink.c, a forked epoll process much faster than the broker) through
+ * an `http` sink named "api" that the producers emit to. --outage S makes
+ * the sink answer 503 from --outage-at T (2 s) for S seconds: reported are
+ * the requests it got during that window and the time from the window's
+ * end until it had every event emitted by then. --rate R paces each
+ * producer at R events/s (absolute clock_nanosleep deadlines) instead of
+ * flat out. CPU per event = (producers' + broker's CPU seconds) / events.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,11 +30,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench.h"
+#include "httpsink.h"
 #include "outbox.h"
 #include "segment.h"
 
@@ -34,7 +45,12 @@ struct e2e_opts {
 	double duration;
 	const char *sink;        /* file | discard | http */
 	const char *durability;
-	double outage;
+	double outage, outage_at;
+	int outage_code, retry_after, sink_threads, duration_set;
+	double rate;             /* events/s per producer, 0 = flat out */
+	const char *compression; /* http: gzip | none */
+	const char *encoding;    /* http: ndjson | json */
+	int http, port;
 };
 
 struct e2e_shared {
@@ -84,11 +100,19 @@ static int e2e_config(struct e2e_run *r, const struct e2e_opts *o)
 		"max_record = 64K\nspool_dir = %s/spool\ndurability = %s\n"
 		"segment_size = 64M\nspool_max = 8G\nshutdown_timeout = 10s\n\n"
 		"[sink default]\ntype = %s\n", r->shm, r->dir, o->durability,
-		strcmp(o->sink, "discard") ? "file" : "discard");
-	if (strcmp(o->sink, "discard"))
+		strcmp(o->sink, "file") ? "discard" : "file");
+	if (!strcmp(o->sink, "file"))
 		fprintf(f, "path = %s\n", r->out);
 	fprintf(f, "batch_max_events = 4096\nbatch_max_bytes = 4M\n"
 		"flush_interval = 50ms\n");
+	/* PRODUCT.md section 5 defaults, but for the batch and in-flight
+	 * limits the benchmark is about */
+	if (o->http)
+		fprintf(f, "\n[sink api]\ntype = http\n"
+			"url = http://127.0.0.1:%d/ingest\nencoding = %s\n"
+			"compression = %s\nbatch_max_events = 500\n"
+			"max_inflight = 4\n", o->port, o->encoding,
+			o->compression);
 	fclose(f);
 	return 0;
 }
@@ -123,31 +147,107 @@ static int e2e_start_broker(struct e2e_run *r)
 	return -1;
 }
 
+static int e2e_body(char *body, int me, uint64_t s, int size)
+{
+	int n = snprintf(body, 65536, "{\"p\":%d,\"s\":%llu,\"pad\":\"", me,
+			 (unsigned long long)s);
+
+	while (n < size - 2)
+		body[n++] = 'x';
+	body[n++] = '"';
+	body[n++] = '}';
+	return n;
+}
+
+static int e2e_emit(struct e2e_shared *sh, obx_t *h, int sink, int me,
+		    const char *body, int n)
+{
+	int rc;
+
+	while ((rc = obx_emit(h, sink, "bench", body, (size_t)n,
+			      OBX_BODY_JSON)) == -EAGAIN) {
+		atomic_fetch_add(&sh->retries[me], 1);
+		usleep(100);
+	}
+	return rc;
+}
+
+static void e2e_sleep_until(uint64_t t)
+{
+	struct timespec ts = { (time_t)(t / 1000000000ull),
+			       (long)(t % 1000000000ull) };
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) ==
+	       EINTR)
+		;
+}
+
+/* R events/s: each emit at its absolute deadline, timed alone */
+static void e2e_paced(struct e2e_shared *sh, obx_t *h, int sink, int me,
+		      const struct e2e_opts *o, char *body)
+{
+	uint64_t period = (uint64_t)(1e9 / o->rate), next = bench_now(), s;
+	uint64_t t0;
+	int n;
+
+	for (s = 0; !atomic_load(&sh->stop); s++) {
+		e2e_sleep_until(next);
+		n = e2e_body(body, me, s, o->size);
+		t0 = bench_now();
+		if (e2e_emit(sh, h, sink, me, body, n) < 0)
+			_exit(4);
+		bench_hist_add(&sh->h[me], bench_now() - t0);
+		atomic_store(&sh->emitted[me], s + 1);
+		next += period;
+	}
+}
+
+/* What the pacing alone costs: the same processes sleeping to the same
+ * deadlines for `secs`, emitting nothing; CPU us per wake-up (= per
+ * event when paced). On this VM a timer wake-up is ~20 us, far more than
+ * an emit: reported so that it can be told apart from outbox's cost. */
+static double e2e_pace_cost(const struct e2e_opts *o, double secs)
+{
+	uint64_t period = (uint64_t)(1e9 / o->rate);
+	uint64_t n = (uint64_t)(o->rate * secs), k;
+	double cpu = 0;
+	struct rusage ru;
+	int i;
+
+	for (i = 0; i < o->np; i++)
+		if (fork() == 0) {
+			uint64_t next = bench_now();
+
+			for (k = 0; k < n; k++)
+				e2e_sleep_until(next += period);
+			_exit(0);
+		}
+	for (i = 0; i < o->np; i++)
+		if (wait4(-1, NULL, 0, &ru) > 0)
+			cpu += bench_ru_s(&ru);
+	return n ? cpu * 1e6 / (double)(n * (uint64_t)o->np) : 0;
+}
+
 static void e2e_producer(struct e2e_shared *sh, const char *shm, int me,
-			 int size)
+			 const struct e2e_opts *o)
 {
 	obx_t *h = obx_open(shm);
 	char body[65536];
 	uint64_t s = 0, t0;
-	int j, n;
+	int j, n, sink = 0;
 
 	if (!h)
 		_exit(2);
-	while (!atomic_load(&sh->stop)) {
+	if (o->http && (sink = obx_sink(h, "api")) < 0)
+		_exit(3);
+	if (o->rate > 0)
+		e2e_paced(sh, h, sink, me, o, body);
+	while (o->rate <= 0 && !atomic_load(&sh->stop)) {
 		t0 = bench_now();
 		for (j = 0; j < 32; j++, s++) {
-			n = snprintf(body, sizeof(body),
-				     "{\"p\":%d,\"s\":%llu,\"pad\":\"", me,
-				     (unsigned long long)s);
-			while (n < size - 2)
-				body[n++] = 'x';
-			body[n++] = '"';
-			body[n++] = '}';
-			while (obx_emit(h, 0, "bench", body, (size_t)n,
-					OBX_BODY_JSON) == -EAGAIN) {
-				atomic_fetch_add(&sh->retries[me], 1);
-				usleep(100);
-			}
+			n = e2e_body(body, me, s, o->size);
+			if (e2e_emit(sh, h, sink, me, body, n) < 0)
+				_exit(4);
 		}
 		bench_hist_add(&sh->h[me], (bench_now() - t0) / 32);
 		atomic_store(&sh->emitted[me], s);
@@ -156,11 +256,12 @@ static void e2e_producer(struct e2e_shared *sh, const char *shm, int me,
 	_exit(0);
 }
 
-static int e2e_stats(const char *shm, struct obx_stats *g,
+static int e2e_stats(const char *shm, const char *sink, struct obx_stats *g,
 		     struct obx_sink_counters *c)
 {
 	struct seg s;
 	char why[256];
+	unsigned i, k = 0;
 	int tries;
 
 	if (seg_attach(&s, shm, why, sizeof(why)) < 0)
@@ -171,7 +272,11 @@ static int e2e_stats(const char *shm, struct obx_stats *g,
 		if (a & 1)
 			continue;
 		*g = s.stats->g;
-		*c = s.sinks->sink[0].c;
+		for (i = 0; i < OBX_MAX_SINKS; i++)
+			if (s.sinks->sink[i].in_use &&
+			    !strncmp(s.sinks->sink[i].name, sink, OBX_NAME_MAX))
+				k = i;
+		*c = s.sinks->sink[k].c;
 		if (atomic_load(&s.stats->seq) == a)
 			break;
 	}
@@ -179,7 +284,7 @@ static int e2e_stats(const char *shm, struct obx_stats *g,
 	return 0;
 }
 
-static void e2e_proc(pid_t pid, double *cpu_s, uint64_t *hwm_kb)
+void bench_proc(pid_t pid, double *cpu_s, uint64_t *hwm_kb)
 {
 	char path[64], buf[4096], *p;
 	unsigned long ut = 0, st = 0;
@@ -263,109 +368,133 @@ static void e2e_verify(const char *out, int np, struct e2e_shared *sh,
 		fclose(f);
 }
 
-int bench_e2e(int argc, char **argv)
-{
-	struct e2e_opts o = { 4, 256, 0, 0, 10.0, "file", "write", 0 };
-	struct e2e_shared *sh;
-	struct e2e_run r;
+struct e2e_res {
+	uint64_t total, retries, hwm, anon, lost, dups;
+	uint64_t t0, t_emit_end, t_done;
+	double broker_cpu, prod_cpu, sink_cpu;
+	double pace_us;              /* the pacing's own CPU per event */
 	struct obx_stats g;
-	struct obx_sink_counters c = { 0 };
+	struct obx_sink_counters c;
 	struct bench_hist all;
-	pid_t pids[64];
-	uint64_t t0, t_emit_end, t_done, total = 0, retries = 0, hwm = 0;
-	uint64_t lost = 0, dups = 0, anon = 0;
-	double cpu0 = 0, cpu1 = 0, secs;
+	int complete;                /* everything emitted was delivered */
+	/* http */
+	uint64_t outage_from, outage_until;   /* 0: no outage */
+	int outage_marked;
+	double drain_s;              /* < 0: no outage, or never drained */
+};
+
+static uint64_t e2e_emitted(struct e2e_shared *sh, int np)
+{
+	uint64_t n = 0;
+	int i;
+
+	for (i = 0; i < np; i++)
+		n += atomic_load(&sh->emitted[i]);
+	return n;
+}
+
+/* once the outage is over: the sink stamps the moment it has everything
+ * emitted until now */
+static void e2e_outage_end(struct e2e_res *x, struct hs_sink *hs,
+			   struct e2e_shared *sh, int np)
+{
+	if (!x->outage_until || x->outage_marked ||
+	    bench_now() < x->outage_until)
+		return;
+	hs_drain_target(hs, e2e_emitted(sh, np));
+	x->outage_marked = 1;
+}
+
+static void e2e_sample(struct e2e_run *r, struct e2e_res *x)
+{
+	uint64_t a = e2e_anon_kb(r->broker);
+
+	if (a > x->anon)
+		x->anon = a;
+}
+
+static int e2e_args(int argc, char **argv, struct e2e_opts *o)
+{
 	int i;
 
 	for (i = 0; i < argc; i++) {
-		if (!strcmp(argv[i], "--producers") && i + 1 < argc)
-			o.np = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--size") && i + 1 < argc)
-			o.size = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--duration") && i + 1 < argc)
-			o.duration = atof(argv[++i]);
-		else if (!strcmp(argv[i], "--sink") && i + 1 < argc)
-			o.sink = argv[++i];
-		else if (!strcmp(argv[i], "--durability") && i + 1 < argc)
-			o.durability = argv[++i];
-		else if (!strcmp(argv[i], "--outage") && i + 1 < argc)
-			o.outage = atof(argv[++i]);
-		else if (!strcmp(argv[i], "--verify"))
-			o.verify = 1;
-		else if (!strcmp(argv[i], "--json"))
-			o.json = 1;
-		else {
-			fprintf(stderr, "usage: outbox-bench e2e [--producers N]"
-				" [--size B] [--duration S] [--sink file|discard]"
-				" [--durability none|write|fdatasync] [--verify]"
-				" [--json]\n");
-			return 2;
-		}
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!v && strcmp(a, "--verify") && strcmp(a, "--json"))
+			goto usage;
+		if (!strcmp(a, "--producers"))
+			o->np = atoi(v);
+		else if (!strcmp(a, "--size"))
+			o->size = atoi(v);
+		else if (!strcmp(a, "--duration"))
+			o->duration = atof(v), o->duration_set = 1;
+		else if (!strcmp(a, "--sink"))
+			o->sink = v;
+		else if (!strcmp(a, "--durability"))
+			o->durability = v;
+		else if (!strcmp(a, "--outage"))
+			o->outage = atof(v);
+		else if (!strcmp(a, "--outage-at"))
+			o->outage_at = atof(v);
+		else if (!strcmp(a, "--outage-code"))
+			o->outage_code = atoi(v);
+		else if (!strcmp(a, "--retry-after"))
+			o->retry_after = atoi(v);
+		else if (!strcmp(a, "--rate"))
+			o->rate = atof(v);
+		else if (!strcmp(a, "--compression"))
+			o->compression = v;
+		else if (!strcmp(a, "--encoding"))
+			o->encoding = v;
+		else if (!strcmp(a, "--sink-threads"))
+			o->sink_threads = atoi(v);
+		else if (!strcmp(a, "--verify"))
+			o->verify = 1, i--;
+		else if (!strcmp(a, "--json"))
+			o->json = 1, i--;
+		else
+			goto usage;
+		i++;
 	}
-	if (o.np < 1 || o.np > 64 || o.size < 64 || o.size > 60000) {
+	o->http = !strcmp(o->sink, "http");
+	if (o->outage > 0 && !o->duration_set)
+		o->duration = o->outage_at + o->outage; /* stop at its end */
+	if (o->np < 1 || o->np > 64 || o->size < 64 || o->size > 60000 ||
+	    o->duration <= 0 || o->rate < 0 || o->outage < 0 ||
+	    o->outage_at < 0 || o->sink_threads < 1 || o->sink_threads > 16 ||
+	    (strcmp(o->sink, "file") && strcmp(o->sink, "discard") &&
+	     !o->http) ||
+	    (o->outage > 0 && !o->http) ||
+	    (strcmp(o->compression, "gzip") && strcmp(o->compression, "none")) ||
+	    (strcmp(o->encoding, "ndjson") && strcmp(o->encoding, "json"))) {
 		fprintf(stderr, "outbox-bench e2e: bad arguments\n");
-		return 2;
+		return -1;
 	}
-	if (!strcmp(o.sink, "http")) {
-		fprintf(stderr, "outbox-bench e2e: --sink http lands with the "
-			"HTTP delivery issue\n");
-		return 2;
-	}
-	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
-		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (sh == MAP_FAILED || e2e_config(&r, &o) < 0 ||
-	    e2e_start_broker(&r) < 0)
-		return 1;
-	e2e_proc(r.broker, &cpu0, &hwm);
-	t0 = bench_now();
-	for (i = 0; i < o.np; i++) {
-		pids[i] = fork();
-		if (pids[i] == 0) {
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			e2e_producer(sh, r.shm, i, o.size);
-		}
-	}
-	{
-		uint64_t end = bench_now() + (uint64_t)(o.duration * 1e9);
+	return 0;
+usage:
+	fprintf(stderr,
+		"usage: outbox-bench e2e [--producers N] [--size B] [--duration S]\n"
+		"         [--sink file|discard|http] [--durability none|write|fdatasync]\n"
+		"         [--rate R] [--verify] [--json]\n"
+		"       http only: [--compression gzip|none] [--encoding ndjson|json]\n"
+		"         [--outage S] [--outage-at T] [--outage-code C]\n"
+		"         [--retry-after N] [--sink-threads N]\n");
+	return -1;
+}
 
-		while (bench_now() < end) {
-			uint64_t a = e2e_anon_kb(r.broker);
+static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
+		       const struct hs_sink *hs)
+{
+	double secs = (double)(x->t_done - x->t0) / 1e9;
+	double cpu_ev = x->c.delivered_events ?
+		(x->prod_cpu + x->broker_cpu) * 1e6 /
+		(double)x->c.delivered_events : 0;
+	const struct hs_shared *k = o->http ? hs->sh : NULL;
+	char drain[32] = "null";
 
-			if (a > anon)
-				anon = a;
-			usleep(100000);
-		}
-	}
-	atomic_store(&sh->stop, 1);
-	for (i = 0; i < o.np; i++)
-		waitpid(pids[i], NULL, 0);
-	t_emit_end = bench_now();
-	for (i = 0; i < o.np; i++) {
-		total += atomic_load(&sh->emitted[i]);
-		retries += atomic_load(&sh->retries[i]);
-	}
-	/* wait for the broker to deliver everything (or 120 s) */
-	for (i = 0; i < 12000; i++) {
-		uint64_t a = e2e_anon_kb(r.broker);
-
-		if (a > anon)
-			anon = a;
-		if (e2e_stats(r.shm, &g, &c) == 0 &&
-		    c.delivered_events >= total && c.queued_events == 0)
-			break;
-		usleep(10000);
-	}
-	t_done = bench_now();
-	e2e_proc(r.broker, &cpu1, &hwm);
-	kill(r.broker, SIGTERM);
-	waitpid(r.broker, NULL, 0);
-	if (o.verify && strcmp(o.sink, "discard"))
-		e2e_verify(r.out, o.np, sh, &lost, &dups);
-	memset(&all, 0, sizeof(all));
-	for (i = 0; i < o.np; i++)
-		bench_hist_merge(&all, &sh->h[i]);
-	secs = (double)(t_done - t0) / 1e9;
-	if (o.json)
+	if (x->drain_s >= 0)
+		snprintf(drain, sizeof(drain), "%.2f", x->drain_s);
+	if (o->json) {
 		printf("{\"mode\":\"e2e\",\"sink\":\"%s\",\"durability\":\"%s\","
 		       "\"producers\":%d,\"size\":%d,\"emit_seconds\":%.2f,"
 		       "\"events\":%llu,\"delivered\":%llu,\"seconds\":%.2f,"
@@ -374,36 +503,225 @@ int bench_e2e(int argc, char **argv)
 		       "\"broker_cpu_s\":%.2f,\"broker_cpu_pct\":%.0f,"
 		       "\"broker_rss_peak_kb\":%llu,\"broker_anon_peak_kb\":%llu,"
 		       "\"verified\":%s,"
-		       "\"lost\":%llu,\"duplicates\":%llu}\n",
-		       o.sink, o.durability, o.np, o.size,
-		       (double)(t_emit_end - t0) / 1e9,
-		       (unsigned long long)total,
-		       (unsigned long long)c.delivered_events, secs,
-		       (double)c.delivered_events / secs,
-		       (unsigned long long)bench_hist_pct(&all, 50),
-		       (unsigned long long)bench_hist_pct(&all, 99),
-		       (unsigned long long)retries, cpu1 - cpu0,
-		       100.0 * (cpu1 - cpu0) / secs, (unsigned long long)hwm,
-		       (unsigned long long)anon,
-		       o.verify ? "true" : "false", (unsigned long long)lost,
-		       (unsigned long long)dups);
+		       "\"lost\":%llu,\"duplicates\":%llu,\"rate\":%.0f,"
+		       "\"producers_cpu_s\":%.2f,\"cpu_us_per_event\":%.3f,"
+		       "\"pace_cpu_us_per_event\":%.3f,"
+		       "\"cpu_us_per_event_net\":%.3f,\"complete\":%s",
+		       o->sink, o->durability, o->np, o->size,
+		       (double)(x->t_emit_end - x->t0) / 1e9,
+		       (unsigned long long)x->total,
+		       (unsigned long long)x->c.delivered_events, secs,
+		       (double)x->c.delivered_events / secs,
+		       (unsigned long long)bench_hist_pct(&x->all, 50),
+		       (unsigned long long)bench_hist_pct(&x->all, 99),
+		       (unsigned long long)x->retries, x->broker_cpu,
+		       100.0 * x->broker_cpu / secs,
+		       (unsigned long long)x->hwm,
+		       (unsigned long long)x->anon,
+		       o->verify ? "true" : "false",
+		       (unsigned long long)x->lost,
+		       (unsigned long long)x->dups, o->rate, x->prod_cpu,
+		       cpu_ev, x->pace_us, cpu_ev - x->pace_us,
+		       x->complete ? "true" : "false");
+		if (k)
+			printf(",\"compression\":\"%s\",\"encoding\":\"%s\","
+			       "\"requests\":%llu,\"requests_ok\":%llu,"
+			       "\"events_per_request\":%.1f,\"sink_events\":%llu,"
+			       "\"broker_requests\":%llu,\"broker_retries\":%llu,"
+			       "\"responses_5xx\":%llu,\"sink_cpu_pct\":%.0f,"
+			       "\"outage_s\":%.1f,\"outage_at_s\":%.1f,"
+			       "\"outage_requests\":%llu,"
+			       "\"drain_after_outage_s\":%s",
+			       o->compression, o->encoding,
+			       (unsigned long long)k->requests,
+			       (unsigned long long)k->requests_ok,
+			       k->requests_ok ? (double)k->events /
+			       (double)k->requests_ok : 0,
+			       (unsigned long long)k->events,
+			       (unsigned long long)x->c.requests,
+			       (unsigned long long)x->c.retries,
+			       (unsigned long long)x->c.responses_5xx,
+			       100.0 * x->sink_cpu / secs, o->outage,
+			       o->outage > 0 ? o->outage_at : 0,
+			       (unsigned long long)k->requests_rejected, drain);
+		printf("}\n");
+		return;
+	}
+	printf("e2e %s (%s): %d producers x %d B%s, %llu events in "
+	       "%.2f s = %.2f M events/s delivered; emit p50 %llu ns "
+	       "p99 %llu ns; ring-full retries %llu; broker CPU %.0f%% "
+	       "RSS peak %llu KiB (own memory %llu KiB, the rest is the "
+	       "shared ring)%s\n", o->sink, o->durability, o->np,
+	       o->size, o->rate > 0 ? " paced" : "",
+	       (unsigned long long)x->c.delivered_events, secs,
+	       (double)x->c.delivered_events / secs / 1e6,
+	       (unsigned long long)bench_hist_pct(&x->all, 50),
+	       (unsigned long long)bench_hist_pct(&x->all, 99),
+	       (unsigned long long)x->retries,
+	       100.0 * x->broker_cpu / secs, (unsigned long long)x->hwm,
+	       (unsigned long long)x->anon,
+	       o->verify ? "" : " (not verified)");
+	printf("cpu: producers %.2f s + broker %.2f s = %.3f us per event",
+	       x->prod_cpu, x->broker_cpu, cpu_ev);
+	if (o->rate > 0)
+		printf(" (the pacing's own wake-ups: %.3f us of it; without "
+		       "them %.3f us)\n", x->pace_us, cpu_ev - x->pace_us);
 	else
-		printf("e2e %s (%s): %d producers x %d B, %llu events in "
-		       "%.2f s = %.2f M events/s delivered; emit p50 %llu ns "
-		       "p99 %llu ns; ring-full retries %llu; broker CPU %.0f%% "
-		       "RSS peak %llu KiB (own memory %llu KiB, the rest is the "
-		       "shared ring)%s\n", o.sink, o.durability, o.np,
-		       o.size, (unsigned long long)c.delivered_events, secs,
-		       (double)c.delivered_events / secs / 1e6,
-		       (unsigned long long)bench_hist_pct(&all, 50),
-		       (unsigned long long)bench_hist_pct(&all, 99),
-		       (unsigned long long)retries,
-		       100.0 * (cpu1 - cpu0) / secs, (unsigned long long)hwm,
-		       (unsigned long long)anon,
-		       o.verify ? "" : " (not verified)");
-	if (o.verify && !o.json)
+		printf(" (flat out)\n");
+	if (k) {
+		printf("http (%s, %s): %llu requests (%llu ok), %.1f events "
+		       "per request, broker retries %llu, 5xx %llu; sink CPU "
+		       "%.0f%%\n", o->encoding, o->compression,
+		       (unsigned long long)k->requests,
+		       (unsigned long long)k->requests_ok,
+		       k->requests_ok ? (double)k->events /
+		       (double)k->requests_ok : 0,
+		       (unsigned long long)x->c.retries,
+		       (unsigned long long)x->c.responses_5xx,
+		       100.0 * x->sink_cpu / secs);
+		if (o->outage > 0)
+			printf("outage: %d for %.1f s from t=%.1f s: %llu "
+			       "requests during it; everything emitted by its "
+			       "end delivered %s s after it\n", o->outage_code,
+			       o->outage, o->outage_at,
+			       (unsigned long long)k->requests_rejected,
+			       drain);
+	}
+	if (o->verify)
 		printf("verify: lost %llu, duplicates %llu\n",
-		       (unsigned long long)lost, (unsigned long long)dups);
+		       (unsigned long long)x->lost, (unsigned long long)x->dups);
+	if (!x->complete)
+		printf("INCOMPLETE: %llu of %llu events delivered\n",
+		       (unsigned long long)x->c.delivered_events,
+		       (unsigned long long)x->total);
+}
+
+static void e2e_collect(struct e2e_shared *sh, const struct e2e_opts *o,
+			const pid_t *pids, struct e2e_res *x)
+{
+	struct rusage ru;
+	int i, st;
+
+	for (i = 0; i < o->np; i++) {
+		if (wait4(pids[i], &st, 0, &ru) == pids[i] &&
+		    (!WIFEXITED(st) || WEXITSTATUS(st)))
+			fprintf(stderr, "outbox-bench e2e: producer %d failed "
+				"(status %#x)\n", i, st);
+		x->prod_cpu += bench_ru_s(&ru);
+		x->total += atomic_load(&sh->emitted[i]);
+		x->retries += atomic_load(&sh->retries[i]);
+	}
+}
+
+int bench_e2e(int argc, char **argv)
+{
+	struct e2e_opts o = { .np = 4, .size = 256, .duration = 10.0,
+		.sink = "file", .durability = "write", .outage_at = 2.0,
+		.outage_code = 503, .retry_after = -1, .sink_threads = 1,
+		.compression = "gzip", .encoding = "ndjson" };
+	struct hs_sink hs = { 0 };
+	struct e2e_shared *sh;
+	struct e2e_res x;
+	struct e2e_run r;
+	pid_t pids[64];
+	uint64_t end, wake, now, emitted[64], wait_max;
+	double cpu0 = 0, cpu1 = 0, scpu0 = 0;
+	int i;
+
+	if (e2e_args(argc, argv, &o) < 0)
+		return 2;
+	memset(&x, 0, sizeof(x));
+	x.drain_s = -1;
+	if (o.rate > 0)
+		x.pace_us = e2e_pace_cost(&o, 2.0);
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		return 1;
+	if (o.http) {
+		struct hs_opts ho = { o.sink_threads, o.verify, 0 };
+
+		if (hs_start(&hs, &ho) < 0) {
+			fprintf(stderr, "outbox-bench e2e: cannot start the "
+				"http sink\n");
+			return 1;
+		}
+		o.port = hs.sh->port;
+	}
+	if (e2e_config(&r, &o) < 0 || e2e_start_broker(&r) < 0) {
+		hs_stop(&hs);
+		return 1;
+	}
+	bench_proc(r.broker, &cpu0, &x.hwm);
+	if (o.http)
+		scpu0 = hs_cpu_s(&hs);
+	x.t0 = bench_now();
+	if (o.outage > 0) {
+		x.outage_from = x.t0 + (uint64_t)(o.outage_at * 1e9);
+		x.outage_until = x.outage_from + (uint64_t)(o.outage * 1e9);
+		hs_outage(&hs, x.outage_from, x.outage_until, o.outage_code,
+			  o.retry_after);
+	}
+	for (i = 0; i < o.np; i++) {
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			e2e_producer(sh, r.shm, i, &o);
+		}
+	}
+	end = x.t0 + (uint64_t)(o.duration * 1e9);
+	while ((now = bench_now()) < end) {
+		e2e_sample(&r, &x);
+		e2e_outage_end(&x, &hs, sh, o.np);
+		wake = now + 100000000ull;
+		if (!x.outage_marked && x.outage_until > now &&
+		    x.outage_until < wake)
+			wake = x.outage_until;
+		e2e_sleep_until(wake < end ? wake : end);
+	}
+	atomic_store(&sh->stop, 1);
+	e2e_collect(sh, &o, pids, &x);
+	x.t_emit_end = bench_now();
+	/* wait for the broker to deliver everything */
+	wait_max = 120 + (o.outage > 0 ? (uint64_t)(o.outage + 60) : 0);
+	for (i = 0; i < (int)wait_max * 100; i++) {
+		e2e_sample(&r, &x);
+		e2e_outage_end(&x, &hs, sh, o.np);
+		if (e2e_stats(r.shm, o.http ? "api" : "default", &x.g,
+			      &x.c) == 0 &&
+		    x.c.delivered_events >= x.total &&
+		    x.c.queued_events == 0 &&
+		    (!x.outage_until || x.outage_marked)) {
+			x.complete = 1;
+			break;
+		}
+		usleep(10000);
+	}
+	x.t_done = bench_now();
+	bench_proc(r.broker, &cpu1, &x.hwm);
+	x.broker_cpu = cpu1 - cpu0;
+	kill(r.broker, SIGTERM);
+	waitpid(r.broker, NULL, 0);
+	for (i = 0; i < o.np; i++)
+		emitted[i] = atomic_load(&sh->emitted[i]);
+	if (o.http) {
+		uint64_t done = atomic_load(&hs.sh->drain_done_ns);
+
+		x.sink_cpu = hs_cpu_s(&hs) - scpu0;
+		if (x.outage_until && done)
+			x.drain_s = done > x.outage_until ?
+				    (double)(done - x.outage_until) / 1e9 : 0;
+		if (o.verify) {
+			x.lost = hs_lost(&hs, emitted, o.np);
+			x.dups = atomic_load(&hs.sh->dups);
+		}
+	} else if (o.verify && !strcmp(o.sink, "file")) {
+		e2e_verify(r.out, o.np, sh, &x.lost, &x.dups);
+	}
+	for (i = 0; i < o.np; i++)
+		bench_hist_merge(&x.all, &sh->h[i]);
+	e2e_report(&o, &x, &hs);
+	hs_stop(&hs);
 	{
 		char cmd[400];
 
@@ -413,5 +731,5 @@ int bench_e2e(int argc, char **argv)
 	}
 	seg_unlink(r.shm);
 	munmap(sh, sizeof(*sh));
-	return lost ? 1 : 0;
+	return x.lost || !x.complete ? 1 : 0;
 }

@@ -75,7 +75,11 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: outbox-bench emit [--producers N] [--size B] [--count M] [--json]\n"
 		"       outbox-bench e2e  [--producers N] [--size B] [--duration S]\n"
-		"                         [--sink file|http] [--outage S] [--json]\n");
+		"                         [--sink file|discard|http] [--rate R]\n"
+		"                         [--outage S [--outage-at T]] [--verify]"
+		" [--json]\n"
+		"       outbox-bench sink [--load] [--conns C] [--events E]"
+		" [--json] ...\n");
 }
 
 int main(int argc, char **argv)
@@ -88,6 +92,8 @@ int main(int argc, char **argv)
 		return bench_emit(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "e2e"))
 		return bench_e2e(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "sink"))
+		return bench_sink(argc - 2, argv + 2);
 	usage();
 	return 2;
 }
