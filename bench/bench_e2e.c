@@ -50,7 +50,7 @@ struct e2e_opts {
 	double rate;             /* events/s per producer, 0 = flat out */
 	const char *compression; /* http: gzip | none */
 	const char *encoding;    /* http: ndjson | json */
-	int http, port;
+	int http, port, timeline;
 };
 
 struct e2e_shared {
@@ -380,6 +380,7 @@ struct e2e_res {
 	/* http */
 	uint64_t outage_from, outage_until;   /* 0: no outage */
 	int outage_marked;
+	uint64_t next_sample, next_row;
 	double drain_s;              /* < 0: no outage, or never drained */
 };
 
@@ -405,12 +406,41 @@ static void e2e_outage_end(struct e2e_res *x, struct hs_sink *hs,
 	x->outage_marked = 1;
 }
 
-static void e2e_sample(struct e2e_run *r, struct e2e_res *x)
+/* every 100 ms or more: peak memory; with --timeline one row a second */
+static void e2e_sample(const struct e2e_opts *o, struct e2e_run *r,
+		       struct e2e_res *x, struct e2e_shared *sh,
+		       const struct hs_sink *hs)
 {
-	uint64_t a = e2e_anon_kb(r->broker);
+	uint64_t a, now = bench_now();
+	struct obx_sink_counters c;
+	struct obx_stats g;
+	double cpu;
 
+	if (now < x->next_sample)
+		return;
+	x->next_sample = now + 100000000ull;
+	a = e2e_anon_kb(r->broker);
 	if (a > x->anon)
 		x->anon = a;
+	if (!o->timeline || now < x->next_row)
+		return;
+	if (!x->next_row)
+		fprintf(stderr, "timeline: t_s emitted consumed delivered "
+			"queued broker_requests sink_requests sink_events "
+			"broker_cpu_s\n");
+	x->next_row = (x->next_row ? x->next_row : now) + 1000000000ull;
+	memset(&c, 0, sizeof(c));
+	e2e_stats(r->shm, o->http ? "api" : "default", &g, &c);
+	bench_proc(r->broker, &cpu, &a);
+	fprintf(stderr, "timeline: %.1f %llu %llu %llu %llu %llu %llu %llu "
+		"%.2f\n", (double)(now - x->t0) / 1e9,
+		(unsigned long long)e2e_emitted(sh, o->np),
+		(unsigned long long)g.consumed,
+		(unsigned long long)c.delivered_events,
+		(unsigned long long)c.queued_events,
+		(unsigned long long)c.requests,
+		(unsigned long long)(hs->sh ? hs->sh->requests : 0),
+		(unsigned long long)(hs->sh ? hs->sh->events : 0), cpu);
 }
 
 static int e2e_args(int argc, char **argv, struct e2e_opts *o)
@@ -420,7 +450,8 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 	for (i = 0; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
-		if (!v && strcmp(a, "--verify") && strcmp(a, "--json"))
+		if (!v && strcmp(a, "--verify") && strcmp(a, "--json") &&
+		    strcmp(a, "--timeline"))
 			goto usage;
 		if (!strcmp(a, "--producers"))
 			o->np = atoi(v);
@@ -452,6 +483,8 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 			o->verify = 1, i--;
 		else if (!strcmp(a, "--json"))
 			o->json = 1, i--;
+		else if (!strcmp(a, "--timeline"))
+			o->timeline = 1, i--;
 		else
 			goto usage;
 		i++;
@@ -475,7 +508,7 @@ usage:
 	fprintf(stderr,
 		"usage: outbox-bench e2e [--producers N] [--size B] [--duration S]\n"
 		"         [--sink file|discard|http] [--durability none|write|fdatasync]\n"
-		"         [--rate R] [--verify] [--json]\n"
+		"         [--rate R] [--verify] [--json] [--timeline]\n"
 		"       http only: [--compression gzip|none] [--encoding ndjson|json]\n"
 		"         [--outage S] [--outage-at T] [--outage-code C]\n"
 		"         [--retry-after N] [--sink-threads N]\n");
@@ -671,7 +704,7 @@ int bench_e2e(int argc, char **argv)
 	}
 	end = x.t0 + (uint64_t)(o.duration * 1e9);
 	while ((now = bench_now()) < end) {
-		e2e_sample(&r, &x);
+		e2e_sample(&o, &r, &x, sh, &hs);
 		e2e_outage_end(&x, &hs, sh, o.np);
 		wake = now + 100000000ull;
 		if (!x.outage_marked && x.outage_until > now &&
@@ -685,7 +718,7 @@ int bench_e2e(int argc, char **argv)
 	/* wait for the broker to deliver everything */
 	wait_max = 120 + (o.outage > 0 ? (uint64_t)(o.outage + 60) : 0);
 	for (i = 0; i < (int)wait_max * 100; i++) {
-		e2e_sample(&r, &x);
+		e2e_sample(&o, &r, &x, sh, &hs);
 		e2e_outage_end(&x, &hs, sh, o.np);
 		if (e2e_stats(r.shm, o.http ? "api" : "default", &x.g,
 			      &x.c) == 0 &&
