@@ -164,8 +164,11 @@ static int e2e_emit(struct e2e_shared *sh, obx_t *h, int sink, int me,
 {
 	int rc;
 
+	/* a full ring is retried until the run ends (a dead broker must
+	 * not keep the producers here) */
 	while ((rc = obx_emit(h, sink, "bench", body, (size_t)n,
-			      OBX_BODY_JSON)) == -EAGAIN) {
+			      OBX_BODY_JSON)) == -EAGAIN &&
+	       !atomic_load(&sh->stop)) {
 		atomic_fetch_add(&sh->retries[me], 1);
 		usleep(100);
 	}
@@ -195,7 +198,7 @@ static void e2e_paced(struct e2e_shared *sh, obx_t *h, int sink, int me,
 		n = e2e_body(body, me, s, o->size);
 		t0 = bench_now();
 		if (e2e_emit(sh, h, sink, me, body, n) < 0)
-			_exit(4);
+			_exit(atomic_load(&sh->stop) ? 0 : 4);
 		bench_hist_add(&sh->h[me], bench_now() - t0);
 		atomic_store(&sh->emitted[me], s + 1);
 		next += period;
@@ -246,8 +249,10 @@ static void e2e_producer(struct e2e_shared *sh, const char *shm, int me,
 		t0 = bench_now();
 		for (j = 0; j < 32; j++, s++) {
 			n = e2e_body(body, me, s, o->size);
-			if (e2e_emit(sh, h, sink, me, body, n) < 0)
-				_exit(4);
+			if (e2e_emit(sh, h, sink, me, body, n) < 0) {
+				atomic_store(&sh->emitted[me], s);
+				_exit(atomic_load(&sh->stop) ? 0 : 4);
+			}
 		}
 		bench_hist_add(&sh->h[me], (bench_now() - t0) / 32);
 		atomic_store(&sh->emitted[me], s);
@@ -581,13 +586,13 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		return;
 	}
 	printf("e2e %s (%s): %d producers x %d B%s, %llu events in "
-	       "%.2f s = %.2f M events/s delivered; emit p50 %llu ns "
+	       "%.2f s = %.0f events/s delivered; emit p50 %llu ns "
 	       "p99 %llu ns; ring-full retries %llu; broker CPU %.0f%% "
 	       "RSS peak %llu KiB (own memory %llu KiB, the rest is the "
 	       "shared ring)%s\n", o->sink, o->durability, o->np,
 	       o->size, o->rate > 0 ? " paced" : "",
 	       (unsigned long long)x->c.delivered_events, secs,
-	       (double)x->c.delivered_events / secs / 1e6,
+	       (double)x->c.delivered_events / secs,
 	       (unsigned long long)bench_hist_pct(&x->all, 50),
 	       (unsigned long long)bench_hist_pct(&x->all, 99),
 	       (unsigned long long)x->retries,
@@ -659,7 +664,7 @@ int bench_e2e(int argc, char **argv)
 	pid_t pids[64];
 	uint64_t end, wake, now, emitted[64], wait_max;
 	double cpu0 = 0, cpu1 = 0, scpu0 = 0;
-	int i;
+	int i, st;
 
 	if (e2e_args(argc, argv, &o) < 0)
 		return 2;
@@ -718,6 +723,13 @@ int bench_e2e(int argc, char **argv)
 	/* wait for the broker to deliver everything */
 	wait_max = 120 + (o.outage > 0 ? (uint64_t)(o.outage + 60) : 0);
 	for (i = 0; i < (int)wait_max * 100; i++) {
+		if (waitpid(r.broker, &st, WNOHANG) == r.broker) {
+			fprintf(stderr, "outbox-bench e2e: outboxd exited "
+				"during the run (status %#x), see %s\n", st,
+				r.log);
+			r.broker = 0;
+			break;
+		}
 		e2e_sample(&o, &r, &x, sh, &hs);
 		e2e_outage_end(&x, &hs, sh, o.np);
 		if (e2e_stats(r.shm, o.http ? "api" : "default", &x.g,
@@ -731,10 +743,14 @@ int bench_e2e(int argc, char **argv)
 		usleep(10000);
 	}
 	x.t_done = bench_now();
-	bench_proc(r.broker, &cpu1, &x.hwm);
+	cpu1 = cpu0;
+	if (r.broker)
+		bench_proc(r.broker, &cpu1, &x.hwm);
 	x.broker_cpu = cpu1 - cpu0;
-	kill(r.broker, SIGTERM);
-	waitpid(r.broker, NULL, 0);
+	if (r.broker) {
+		kill(r.broker, SIGTERM);
+		waitpid(r.broker, NULL, 0);
+	}
 	for (i = 0; i < o.np; i++)
 		emitted[i] = atomic_load(&sh->emitted[i]);
 	if (o.http) {
@@ -759,7 +775,10 @@ int bench_e2e(int argc, char **argv)
 		char cmd[400];
 
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", r.dir);
-		if (!getenv("OBX_KEEP_TMP") && system(cmd) != 0)
+		if (!x.complete)
+			fprintf(stderr, "outbox-bench e2e: incomplete run, "
+				"kept %s\n", r.dir);
+		else if (!getenv("OBX_KEEP_TMP") && system(cmd) != 0)
 			fprintf(stderr, "cleanup failed\n");
 	}
 	seg_unlink(r.shm);
