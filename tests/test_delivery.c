@@ -33,7 +33,7 @@
 
 #define MAXPROD 16
 
-/* ---- the broker config ------------------------------------------------- */
+/* ---- the broker config --------------------------------------------------- */
 
 /* The http sink "api" against the fake upstream; `extra` (may be "")
  * holds further keys for [sink api], none of the ones written here. */
@@ -188,8 +188,10 @@ static int wait_quiet(struct bt *t, uint64_t want, int ms,
 static void check_identity(const char *tag, const struct obx_stats *g,
 			   const struct obx_sink_page *sp)
 {
-	uint64_t deliv, queued, dropped = bt_sum_dropped(g, sp, &deliv, &queued);
 	const struct obx_sink_counters *c = &api_of(sp)->c;
+	uint64_t deliv, queued, dropped;
+
+	dropped = bt_sum_dropped(g, sp, &deliv, &queued);
 
 	printf("\n    %s: emitted %llu = delivered %llu + dropped %llu + "
 	       "queued %llu; api: requests %llu 2xx %llu 4xx %llu 5xx %llu "
@@ -266,7 +268,7 @@ static int log_count(const struct bt *t, const char *what)
 	return atoi(out);
 }
 
-/* ---- what the upstream saw ------------------------------------------------ */
+/* ---- what the upstream saw ----------------------------------------------- */
 
 static double req_time(const json_t *r)
 {
@@ -327,8 +329,9 @@ static int check_retry_counts(const json_t *reqs, int *longest)
 		if (rc != (k ? k : -1)) {
 			if (bad < 5)
 				printf("\n    request %zu: X-Retry-Count %d, "
-				       "expected %d (attempt %d of batch "
-				       "%s)", i, rc, k ? k : -1, k + 1, id);
+				       "expected %d (-1: absent; attempt %d "
+				       "of the batch starting at event %s)",
+				       i, rc, k ? k : -1, k + 1, id);
 			bad++;
 		}
 		if (k + 1 > *longest)
@@ -361,7 +364,15 @@ static void start_broker(struct bt *t, const char *tag, const char *conf)
 	CU_ASSERT_FATAL(bt_start(t) == 0);
 }
 
-/* ---- a. a 30 s outage: one state for all producers ------------------------ */
+/* A clean stop (exit 0), then the temp dir goes. */
+static void stop_broker(struct bt *t)
+{
+	CU_ASSERT_EQUAL(bt_stop(t, 10000), 0);
+	bt_cleanup(t);
+	printf("\n    ");	/* CUnit's verdict on a line of its own */
+}
+
+/* ---- a. a 30 s outage: one state for all producers ----------------------- */
 
 static void test_outage(void)
 {
@@ -467,11 +478,10 @@ static void test_outage(void)
 	/* logged once at the start, once at the end */
 	CU_ASSERT_EQUAL(log_count(&t, "one state for all producers"), 1);
 	CU_ASSERT_EQUAL(log_count(&t, "upstream back after"), 1);
-	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
-	bt_cleanup(&t);
+	stop_broker(&t);
 }
 
-/* ---- b. 429 + Retry-After: 5 -------------------------------------------- */
+/* ---- b. 429 + Retry-After: 5 --------------------------------------------- */
 
 /* Sends one event, answered by the scripted 429 (or other): waits until
  * the upstream saw it and the sink is in `state`. The request's time. */
@@ -581,11 +591,10 @@ static void test_retry_after(void)
 	ra_finish(&t, "retry-after", t429, 5, prods_wait(&P) + 1);
 	CU_ASSERT_EQUAL(api_of(g_sp)->c.responses_4xx, 1);
 	CU_ASSERT_EQUAL(api_of(g_sp)->c.retries, 1);
-	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
-	bt_cleanup(&t);
+	stop_broker(&t);
 }
 
-/* ---- c. 413: halves, down to one event ------------------------------------ */
+/* ---- c. 413: halves, down to one event ----------------------------------- */
 
 /* Emits n events in one burst (one batch) with `script` in force, and
  * checks the requests from seq `since` on: their event counts and
@@ -643,11 +652,10 @@ static void test_split_413(void)
 	CU_ASSERT_EQUAL(api_of(g_sp)->c.responses_4xx, 5);
 	CU_ASSERT_EQUAL(up_stat("unique"), 71);
 	CU_ASSERT_EQUAL(up_stat("dups"), 0);
-	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
-	bt_cleanup(&t);
+	stop_broker(&t);
 }
 
-/* ---- d. 400: that batch dropped as rejected ---------------------------- */
+/* ---- d. 400: that batch dropped as rejected ------------------------------ */
 
 static void test_rejected_400(void)
 {
@@ -683,11 +691,10 @@ static void test_rejected_400(void)
 	CU_ASSERT_EQUAL(up_stat("events_rejected"), first);
 	CU_ASSERT_EQUAL(up_stat("dups"), 0);
 	json_decref(reqs);
-	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
-	bt_cleanup(&t);
+	stop_broker(&t);
 }
 
-/* ---- e. an upstream that never answers ---------------------------------- */
+/* ---- e. an upstream that never answers ----------------------------------- */
 
 static void test_hang_timeout(void)
 {
@@ -726,11 +733,10 @@ static void test_hang_timeout(void)
 	reqs = up_requests(0, 0);
 	CU_ASSERT_EQUAL(check_retry_counts(reqs, &longest), 0);
 	json_decref(reqs);
-	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
-	bt_cleanup(&t);
+	stop_broker(&t);
 }
 
-/* ---- f. restarts inside a Retry-After window ---------------------------- */
+/* ---- f. restarts inside a Retry-After window ----------------------------- */
 
 static void test_restart_in_window(void)
 {
@@ -765,8 +771,7 @@ static void test_restart_in_window(void)
 	 * second request) survived both restarts */
 	ra_finish(&t, "restart", t429, 8, prods_wait(&P) + 1);
 	CU_ASSERT_EQUAL(log_count(&t, "persisted before the restart"), 2);
-	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
-	bt_cleanup(&t);
+	stop_broker(&t);
 }
 
 static int add_suites(void)
