@@ -572,6 +572,23 @@ static void ra_finish(struct bt *t, const char *tag, double t429, int ra,
 	json_decref(reqs);
 }
 
+/* What a worker sees through the public API: the same state and window
+ * as the broker's sink page, shared by every producer. */
+static void check_producer_view(struct bt *t, uint64_t until_ns)
+{
+	struct obx_sink_info si;
+	obx_t *h = obx_open(t->shm);
+	int sink;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+	sink = obx_sink(h, "api");
+	CU_ASSERT(sink >= 0);
+	CU_ASSERT_EQUAL(obx_sink_state(h, sink, &si), 0);
+	CU_ASSERT_EQUAL(si.state, OBX_STATE_RATE_LIMITED);
+	CU_ASSERT_EQUAL(si.until_ns, until_ns);
+	obx_close(h);
+}
+
 static void test_retry_after(void)
 {
 	const unsigned np = 4, rate = 200 / SCALE;
@@ -586,6 +603,7 @@ static void test_retry_after(void)
 		 "max_retries = 0\n");
 	start_broker(&t, "ra", conf);
 	t429 = ra_begin(&t, 5, &until_ns);
+	check_producer_view(&t, until_ns);
 	/* every producer's data arrives during the window */
 	prods_start(&P, &t, np, (uint64_t)rate * 3, rate);
 	ra_finish(&t, "retry-after", t429, 5, prods_wait(&P) + 1);
