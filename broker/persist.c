@@ -155,6 +155,11 @@ void persist_save(struct broker *b, uint64_t now, int force)
 			nb += s->ops->saved(s, sv + nb,
 					    PERSIST_MAX_BATCHES - nb);
 	}
+	/* batches loaded from the file and not read again yet (their sink
+	 * waits for a window): written back, or a second restart inside
+	 * the window would lose their budgets */
+	for (i = 0; i < (int)p->nbatches && nb < PERSIST_MAX_BATCHES; i++)
+		sv[nb++] = p->batches[i];
 	/* sinks closed by a reload keep their last state in the file */
 	for (i = 0; i < p->npols; i++) {
 		int j, active = 0;

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "outbox.h"
 #include "segment.h"
 #include "slots.h"
 
@@ -144,6 +145,33 @@ void bt_cleanup(struct bt *t)
 		fprintf(stderr, "cleanup of %s failed\n", t->dir);
 }
 
+obx_t *bt_open(const char *shm)
+{
+	obx_t *h = NULL;
+	int i;
+
+	for (i = 0; i < 500 && !h; i++) {
+		h = obx_open(shm);
+		if (!h)
+			usleep(10000);
+	}
+	return h;
+}
+
+int bt_ring_empty(const struct bt *t)
+{
+	struct seg s;
+	char why[128];
+	int empty = 0;
+
+	if (seg_attach(&s, t->shm, why, sizeof(why)) == 0) {
+		empty = atomic_load(&s.hdr->tail) ==
+			atomic_load(&s.cons->head);
+		seg_detach(&s);
+	}
+	return empty;
+}
+
 int bt_stats(struct bt *t, struct obx_stats *g, struct obx_sink_page *sp)
 {
 	struct seg s;
@@ -166,6 +194,29 @@ int bt_stats(struct bt *t, struct obx_stats *g, struct obx_sink_page *sp)
 	}
 	seg_detach(&s);
 	return 0;
+}
+
+uint64_t bt_sum_dropped(const struct obx_stats *g,
+			const struct obx_sink_page *sp, uint64_t *deliv,
+			uint64_t *queued)
+{
+	uint64_t d = g->dropped_ring_full + g->dropped_too_large +
+		     g->dropped_late + g->dropped_invalid + g->ring_unblocked +
+		     g->dropped_spool_full + g->dropped_spool_error;
+	uint32_t i;
+
+	*deliv = 0;
+	*queued = 0;
+	for (i = 0; i < sp->nsinks && i < OBX_MAX_SINKS; i++) {
+		const struct obx_sink_counters *c = &sp->sink[i].c;
+
+		*deliv += c->delivered_events;
+		*queued += c->queued_events;
+		d += c->dropped_rejected + c->dropped_retries_exhausted +
+		     c->dropped_expired + c->dropped_rate_limited +
+		     c->dropped_too_large + c->dropped_invalid;
+	}
+	return d;
 }
 
 int bt_read_output(const char *path, uint32_t *counts[BT_MAXP],

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "obx_abi.h"
+#include "outbox.h"
 
 struct bt {
 	char dir[256];        /* private temp dir */
@@ -34,8 +35,21 @@ void bt_kill9(struct bt *t);
 /* Removes the segment, spool, files, dir. */
 void bt_cleanup(struct bt *t);
 
+/* obx_open(shm), retried for up to 5 s (a broker starting); NULL. */
+obx_t *bt_open(const char *shm);
+
+/* 1 when the ring is drained (head == tail), else 0. */
+int bt_ring_empty(const struct bt *t);
+
 /* Copy of the stats page (seqlock read); 0 or -1. */
 int bt_stats(struct bt *t, struct obx_stats *g, struct obx_sink_page *sp);
+
+/* Every counted drop: the global reasons plus each sink's; the sinks'
+ * delivered_events in *deliv and queued_events in *queued. At a quiet
+ * moment emitted == *deliv + drops + *queued (PRODUCT.md section 6). */
+uint64_t bt_sum_dropped(const struct obx_stats *g,
+			const struct obx_sink_page *sp, uint64_t *deliv,
+			uint64_t *queued);
 
 /* Path of a built binary: $OUTBOX_BUILD/<name> (default build/). */
 const char *bt_bin(const char *name);

@@ -44,16 +44,10 @@ static int make_body(char *buf, size_t cap, unsigned p, uint64_t s,
 static void producer(const char *shm, unsigned p, uint64_t n,
 		     uint64_t *done, uint64_t pace_ns)
 {
-	obx_t *h = NULL;
+	obx_t *h = bt_open(shm);
 	char body[512];
 	uint64_t s;
-	int i;
 
-	for (i = 0; i < 500 && !h; i++) {
-		h = obx_open(shm);
-		if (!h)
-			usleep(10000);
-	}
 	if (!h)
 		_exit(2);
 	for (s = 0; s < n; s++) {
@@ -72,29 +66,6 @@ static void producer(const char *shm, unsigned p, uint64_t n,
 	_exit(0);
 }
 
-static uint64_t sum_dropped(const struct obx_stats *g,
-			    const struct obx_sink_page *sp, uint64_t *deliv,
-			    uint64_t *queued)
-{
-	uint64_t d = g->dropped_ring_full + g->dropped_too_large +
-		     g->dropped_late + g->dropped_invalid + g->ring_unblocked +
-		     g->dropped_spool_full + g->dropped_spool_error;
-	uint32_t i;
-
-	*deliv = 0;
-	*queued = 0;
-	for (i = 0; i < sp->nsinks && i < OBX_MAX_SINKS; i++) {
-		const struct obx_sink_counters *c = &sp->sink[i].c;
-
-		*deliv += c->delivered_events;
-		*queued += c->queued_events;
-		d += c->dropped_rejected + c->dropped_retries_exhausted +
-		     c->dropped_expired + c->dropped_rate_limited +
-		     c->dropped_too_large + c->dropped_invalid;
-	}
-	return d;
-}
-
 /* Polls the stats page until `want` events are delivered (or ms pass). */
 static int wait_delivered(struct bt *t, uint64_t want, int ms,
 			  struct obx_stats *g, struct obx_sink_page *sp)
@@ -104,7 +75,7 @@ static int wait_delivered(struct bt *t, uint64_t want, int ms,
 
 	for (i = 0; i < ms; i += 50) {
 		if (bt_stats(t, g, sp) == 0) {
-			sum_dropped(g, sp, &d, &q);
+			bt_sum_dropped(g, sp, &d, &q);
 			if (d >= want && q == 0)
 				return 0;
 		}
@@ -148,7 +119,7 @@ static void test_end_to_end(void)
 		CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	}
 	CU_ASSERT_EQUAL(wait_delivered(&t, np * n, 120000, &g, sp), 0);
-	dropped = sum_dropped(&g, sp, &deliv, &queued);
+	dropped = bt_sum_dropped(&g, sp, &deliv, &queued);
 	printf("\n    emitted %llu consumed %llu delivered %llu dropped %llu "
 	       "queued %llu\n", (unsigned long long)g.emitted,
 	       (unsigned long long)g.consumed, (unsigned long long)deliv,
@@ -156,7 +127,7 @@ static void test_end_to_end(void)
 	printf("\n    %u x %llu events delivered in %.1f s\n", np,
 	       (unsigned long long)n, (double)(tu_now_ns() - t0) / 1e9);
 	/* the identity at a quiet moment */
-	dropped = sum_dropped(&g, sp, &deliv, &queued);
+	dropped = bt_sum_dropped(&g, sp, &deliv, &queued);
 	/* a producer that met a full ring retried: each refused attempt is
 	 * an emit and a counted drop, nothing else is */
 	CU_ASSERT_EQUAL(g.emitted, deliv + dropped + queued);
@@ -195,17 +166,10 @@ static int wait_quiet(struct bt *t, int ms, struct obx_stats *g,
 	int i, stable = 0;
 
 	for (i = 0; i < ms; i += 100) {
-		struct seg s;
-		char why[128];
-		int empty = 0;
+		int empty = bt_ring_empty(t);
 
-		if (seg_attach(&s, t->shm, why, sizeof(why)) == 0) {
-			empty = atomic_load(&s.hdr->tail) ==
-				atomic_load(&s.cons->head);
-			seg_detach(&s);
-		}
 		if (bt_stats(t, g, sp) == 0) {
-			sum_dropped(g, sp, &d, &q);
+			bt_sum_dropped(g, sp, &d, &q);
 			stable = (empty && q == 0 && d == last) ? stable + 1 : 0;
 			if (stable >= 5)
 				return 0;

@@ -11,203 +11,20 @@
 #include "testutil.h"
 #include "http.h"
 #include "reactor.h"
+#include "upstream.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <limits.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
 #define MS	1000000ull
 #define SEC	1000000000ull
-
-/* ---- the fake upstream ---------------------------------------------- */
-
-static pid_t up_pid = -1;
-static int up_fd = -1;		/* its stdout */
-static int up_port;
-static char up_base[64];	/* http://127.0.0.1:PORT */
-
-static const char *up_script_path(char *buf, size_t len)
-{
-	char exe[PATH_MAX];
-	ssize_t n;
-	int i;
-
-	if (access("tests/fake_upstream.py", R_OK) == 0)
-		return "tests/fake_upstream.py";
-	/* build/tests/test_http -> ../../tests/fake_upstream.py */
-	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (n <= 0)
-		return NULL;
-	exe[n] = '\0';
-	for (i = 0; i < 3; i++) {
-		char *s = strrchr(exe, '/');
-
-		if (!s)
-			return NULL;
-		*s = '\0';
-	}
-	snprintf(buf, len, "%s/tests/fake_upstream.py", exe);
-	return access(buf, R_OK) == 0 ? buf : NULL;
-}
-
-static int up_start(void)
-{
-	char pbuf[PATH_MAX + 32], line[64];
-	const char *path = up_script_path(pbuf, sizeof(pbuf));
-	size_t got = 0;
-	int p[2];
-
-	if (!path || pipe2(p, O_CLOEXEC) < 0)
-		return -1;
-	up_pid = fork();
-	if (up_pid < 0)
-		return -1;
-	if (up_pid == 0) {
-		/* dies with us even if we crash or are killed */
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		dup2(p[1], 1);
-		execlp("python3", "python3", path, "--port", "0", "--host",
-		       "127.0.0.1", (char *)NULL);
-		_exit(127);
-	}
-	close(p[1]);
-	up_fd = p[0];
-	/* "PORT <n>\n", within 10 s */
-	while (got < sizeof(line) - 1 && !memchr(line, '\n', got)) {
-		struct pollfd pf = { .fd = up_fd, .events = POLLIN };
-		ssize_t n;
-
-		if (poll(&pf, 1, 10000) <= 0)
-			return -1;
-		n = read(up_fd, line + got, sizeof(line) - 1 - got);
-		if (n <= 0)
-			return -1;
-		got += (size_t)n;
-		line[got] = '\0';
-	}
-	if (sscanf(line, "PORT %d", &up_port) != 1 || up_port <= 0)
-		return -1;
-	snprintf(up_base, sizeof(up_base), "http://127.0.0.1:%d", up_port);
-	return 0;
-}
-
-static void up_stop(void)
-{
-	int i, st;
-
-	if (up_pid <= 0)
-		return;
-	kill(up_pid, SIGTERM);
-	for (i = 0; i < 300; i++) {
-		if (waitpid(up_pid, &st, WNOHANG) == up_pid)
-			break;
-		usleep(10000);
-	}
-	if (i == 300) {
-		kill(up_pid, SIGKILL);
-		waitpid(up_pid, &st, 0);
-	}
-	up_pid = -1;
-	if (up_fd >= 0)
-		close(up_fd);
-	up_fd = -1;
-}
-
-struct sbuf {
-	char *p;
-	size_t len;
-};
-
-static size_t sbuf_write(char *d, size_t sz, size_t n, void *u)
-{
-	struct sbuf *b = u;
-	char *np = realloc(b->p, b->len + sz * n + 1);
-
-	if (!np)
-		return 0;
-	b->p = np;
-	memcpy(b->p + b->len, d, sz * n);
-	b->len += sz * n;
-	b->p[b->len] = '\0';
-	return sz * n;
-}
-
-/* A blocking admin call; the parsed JSON answer (or NULL) in *out. */
-static long admin(const char *method, const char *path, const char *body,
-		  json_t **out)
-{
-	struct sbuf b = { 0 };
-	char url[256];
-	long code = 0;
-	CURL *e = curl_easy_init();
-
-	if (!e)
-		return -1;
-	snprintf(url, sizeof(url), "%s%s", up_base, path);
-	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-	if (body)
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sbuf_write);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 10000L);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	if (curl_easy_perform(e) == CURLE_OK)
-		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-	curl_easy_cleanup(e);
-	if (out)
-		*out = b.p ? json_loads(b.p, 0, NULL) : NULL;
-	free(b.p);
-	return code;
-}
-
-static int up_script(const char *js)
-{
-	return admin("POST", "/_admin/script", js, NULL) == 200 ? 0 : -1;
-}
-
-static json_int_t up_stat(const char *key)
-{
-	json_t *s = NULL;
-	json_int_t v = -1;
-
-	if (admin("GET", "/_admin/stats", NULL, &s) == 200)
-		v = json_integer_value(json_object_get(s, key));
-	json_decref(s);
-	return v;
-}
-
-/* distinct "ip:port" clients among the captured requests */
-static int distinct_clients(json_t *reqs)
-{
-	const char *seen[256];
-	int n = 0;
-	size_t i;
-
-	for (i = 0; i < json_array_size(reqs); i++) {
-		const char *c = json_string_value(
-			json_object_get(json_array_get(reqs, i), "client"));
-		int j;
-
-		if (!c)
-			return -1;
-		for (j = 0; j < n && strcmp(seen[j], c); j++)
-			;
-		if (j == n && n < 256)
-			seen[n++] = c;
-	}
-	return n;
-}
 
 /* ---- the loop under test ------------------------------------------------- */
 
@@ -299,7 +116,7 @@ static int post(struct rec *rc, const char *path, const void *body,
 		.connect_timeout_ms = ctmo, .timeout_ms = tmo,
 	};
 
-	snprintf(url, sizeof(url), "%s%s", up_base, path);
+	snprintf(url, sizeof(url), "%s%s", up_base(), path);
 	rc->t_post = tu_now_ns();
 	return http_post(g_h, &p, rec_done, rc, &rc->self);
 }
@@ -359,7 +176,7 @@ static void rec_done(void *arg, const struct http_result *r)
 
 static void setup(void)
 {
-	CU_ASSERT_EQUAL_FATAL(admin("POST", "/_admin/reset", "", NULL), 200);
+	CU_ASSERT_EQUAL_FATAL(up_admin("POST", "/_admin/reset", "", NULL), 200);
 	CU_ASSERT_EQUAL_FATAL(rx_init(&g_rx, 64), 0);
 	g_h = http_new(&g_rx);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(g_h);
@@ -404,7 +221,7 @@ static void t_post_200(void)
 	CU_ASSERT_EQUAL(http_inflight(g_h), 0);
 	CU_ASSERT_EQUAL(http_pool_size(g_h), 1);
 
-	CU_ASSERT_EQUAL_FATAL(admin("GET", "/_admin/requests?bodies=1", NULL,
+	CU_ASSERT_EQUAL_FATAL(up_admin("GET", "/_admin/requests?bodies=1", NULL,
 				    &reqs), 200);
 	CU_ASSERT_EQUAL_FATAL(json_array_size(reqs), 1);
 	r0 = json_array_get(reqs, 0);
@@ -473,10 +290,10 @@ static void t_concurrent_50(void)
 	CU_ASSERT(nc >= 1 && nc <= 4);
 	CU_ASSERT_EQUAL(http_inflight(g_h), 0);
 	CU_ASSERT_EQUAL(up_stat("unique"), 100);
-	CU_ASSERT_EQUAL_FATAL(admin("GET", "/_admin/requests", NULL, &reqs),
+	CU_ASSERT_EQUAL_FATAL(up_admin("GET", "/_admin/requests", NULL, &reqs),
 			      200);
 	CU_ASSERT_EQUAL(json_array_size(reqs), 100);
-	i = distinct_clients(reqs);
+	i = up_distinct_clients(reqs);
 	CU_ASSERT(i >= 1 && i <= 4);
 	CU_ASSERT_EQUAL(i, nc);
 	json_decref(reqs);
@@ -506,10 +323,10 @@ static void t_chain_reentrant(void)
 	}
 	CU_ASSERT_EQUAL(nc, 1);
 	CU_ASSERT(http_pool_size(g_h) <= 2);
-	CU_ASSERT_EQUAL_FATAL(admin("GET", "/_admin/requests", NULL, &reqs),
+	CU_ASSERT_EQUAL_FATAL(up_admin("GET", "/_admin/requests", NULL, &reqs),
 			      200);
 	CU_ASSERT_EQUAL(json_array_size(reqs), 10);
-	CU_ASSERT_EQUAL(distinct_clients(reqs), 1);
+	CU_ASSERT_EQUAL(up_distinct_clients(reqs), 1);
 	json_decref(reqs);
 	teardown();
 }
@@ -894,7 +711,7 @@ static void t_large_body(void)
 	CU_ASSERT_EQUAL(loop_until(&a.calls, 1, 10 * SEC), 0);
 	CU_ASSERT_EQUAL(a.status, 200);
 	CU_ASSERT_EQUAL(a.curl_code, 0);
-	CU_ASSERT_EQUAL_FATAL(admin("GET", "/_admin/requests?bodies=1", NULL,
+	CU_ASSERT_EQUAL_FATAL(up_admin("GET", "/_admin/requests?bodies=1", NULL,
 				    &reqs), 200);
 	CU_ASSERT_EQUAL_FATAL(json_array_size(reqs), 1);
 	r0 = json_array_get(reqs, 0);
