@@ -18,7 +18,12 @@
 
 #define DRAIN_BATCH        2048           /* records per pass: then the sinks get a turn */
 #define DRAIN_PENDING_MAX  (16u << 20)    /* unflushed spool bytes */
-#define DRAIN_NAP_NS       1000000ull     /* 1 ms while traffic flows */
+#define DRAIN_NAP_NS       1000000ull     /* 1 ms: a producer is mid-emit */
+/* While traffic flows the broker polls the ring every 10 ms instead of
+ * sleeping on the futex: producers then see no sleeper and make no
+ * syscall, and a trickle of events costs 100 wake-ups a second, not one
+ * per event. 10 ms of a flat-out burst is a few MB of a 64 MiB ring. */
+#define DRAIN_POLL_NS      10000000ull
 #define DRAIN_IDLE_NS      100000000ull   /* then sleep on the futex */
 #define STALL_RETRY_NS     1000000000ull
 
@@ -164,7 +169,7 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 	if (rc == RING_STALLED)
 		return now + DRAIN_NAP_NS;        /* a producer mid-emit */
 	if (b->flush_inflight || now - b->last_record_ns < DRAIN_IDLE_NS)
-		return now + DRAIN_NAP_NS;        /* traffic: nap, no futex */
+		return now + DRAIN_POLL_NS;       /* traffic: poll, no futex */
 	return UINT64_MAX;                        /* idle: futex wake-up */
 }
 
