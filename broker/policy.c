@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "policy.h"
+#include "mpcheck.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1413,95 +1414,6 @@ out:
 	return rc;
 }
 
-/* Big-endian length of n bytes at p. */
-static uint64_t be_len(const unsigned char *p, int n)
-{
-	uint64_t v = 0;
-
-	while (n--)
-		v = v << 8 | *p++;
-	return v;
-}
-
-/* Checks that [buf, len) is exactly one well-formed msgpack object whose
- * container counts fit in the bytes left. msgpack_unpack_next() allocates
- * a container's elements up front, so one flipped header byte would
- * otherwise ask for gigabytes before failing. */
-static int mp_check(const unsigned char *buf, size_t len)
-{
-	uint64_t pending = 1;
-	size_t pos = 0;
-
-	while (pending) {
-		unsigned char t;
-		uint64_t skip = 0, items = 0;
-		int hdr = 0;
-
-		if (pos >= len)
-			return -EBADMSG;
-		t = buf[pos++];
-		pending--;
-		if (t <= 0x7f || t >= 0xe0 || (t >= 0xc0 && t <= 0xc3)) {
-			/* fixint, nil, false, true (0xc1 is never used) */
-			if (t == 0xc1)
-				return -EBADMSG;
-		} else if (t >= 0x80 && t <= 0x8f) {
-			items = 2u * (t & 0x0f);
-		} else if (t >= 0x90 && t <= 0x9f) {
-			items = t & 0x0f;
-		} else if (t >= 0xa0 && t <= 0xbf) {
-			skip = t & 0x1f;
-		} else {
-			switch (t) {
-			case 0xc4: case 0xd9: hdr = 1; break;	/* bin8 str8 */
-			case 0xc5: case 0xda: hdr = 2; break;
-			case 0xc6: case 0xdb: hdr = 4; break;
-			case 0xc7: hdr = 1; skip = 1; break;	/* ext */
-			case 0xc8: hdr = 2; skip = 1; break;
-			case 0xc9: hdr = 4; skip = 1; break;
-			case 0xca: skip = 4; break;
-			case 0xcb: skip = 8; break;
-			case 0xcc: case 0xd0: skip = 1; break;
-			case 0xcd: case 0xd1: skip = 2; break;
-			case 0xce: case 0xd2: skip = 4; break;
-			case 0xcf: case 0xd3: skip = 8; break;
-			case 0xd4: skip = 2; break;		/* fixext */
-			case 0xd5: skip = 3; break;
-			case 0xd6: skip = 5; break;
-			case 0xd7: skip = 9; break;
-			case 0xd8: skip = 17; break;
-			case 0xdc: case 0xdd: case 0xde: case 0xdf: {
-				int n = t & 1 ? 4 : 2;
-				uint64_t c;
-
-				if (len - pos < (size_t)n)
-					return -EBADMSG;
-				c = be_len(buf + pos, n);
-				pos += (size_t)n;
-				items = t >= 0xde ? 2 * c : c;
-				break;
-			}
-			default:
-				return -EBADMSG;
-			}
-		}
-		if (hdr) {
-			if (len - pos < (size_t)hdr)
-				return -EBADMSG;
-			skip += be_len(buf + pos, hdr);
-			pos += (size_t)hdr;
-		}
-		if (skip > len - pos)
-			return -EBADMSG;
-		pos += (size_t)skip;
-		/* every pending item needs at least one more byte */
-		pending += items;
-		if (pending > len - pos)
-			return -EBADMSG;
-	}
-	return pos == len ? 0 : -EBADMSG;	/* trailing bytes: torn */
-}
-
 /* the parsed file, before anything is applied */
 struct loaded {
 	struct pol_sink *sinks;
@@ -1591,7 +1503,7 @@ int pol_load(const char *path, struct pol_sink *sinks, int nsinks,
 	rc = read_file(path, &buf, &len);
 	if (rc)
 		return rc;
-	rc = mp_check((const unsigned char *)buf, len);
+	rc = mp_check((const unsigned char *)buf, len) == 0 ? 0 : -EBADMSG;
 	if (rc) {
 		free(buf);
 		return rc;

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <string.h>
 #include "envelope.h"
+#include "mpcheck.h"
 
 size_t env_prefix_template(uint8_t *out, size_t cap, const char *sink,
 			   size_t slen)
@@ -124,16 +125,20 @@ static int cur_uint(struct env_cur *c, uint64_t *v)
 	return -EINVAL;
 }
 
-/* Any other object: unpacked into the zone (also skips it). */
+/* The object at the cursor, bounds- and count-checked first (see
+ * mpcheck.h): skipped, or also unpacked into the zone when o != NULL. */
 static int cur_object(struct env_reader *r, struct env_cur *c,
 		      msgpack_object *o)
 {
+	size_t n = mp_object_len(c->p + c->off, c->len - c->off);
 	size_t off = c->off;
 
-	if (msgpack_unpack((const char *)c->p, c->len, &off, &r->zone, o) !=
-	    MSGPACK_UNPACK_SUCCESS)
+	if (!n)
 		return -EINVAL;
-	c->off = off;
+	if (o && msgpack_unpack((const char *)c->p, c->off + n, &off,
+				&r->zone, o) != MSGPACK_UNPACK_SUCCESS)
+		return -EINVAL;
+	c->off += n;
 	return 0;
 }
 
@@ -173,7 +178,6 @@ static int env_take_field(struct env_reader *r, struct env_cur *c,
 {
 	const char *k, *s;
 	uint32_t kn, n;
-	msgpack_object skip;
 
 	if (cur_str(c, &k, &kn) < 0)
 		return -EINVAL;
@@ -198,7 +202,7 @@ static int env_take_field(struct env_reader *r, struct env_cur *c,
 		if (env_take_body(r, c, v) < 0)
 			return -EINVAL;
 		*seen |= 2;
-	} else if (cur_object(r, c, &skip) < 0) {
+	} else if (cur_object(r, c, NULL) < 0) {
 		return -EINVAL;
 	}
 	return 0;

@@ -15,8 +15,9 @@
  *           bin   opaque bytes, or
  *           map   a msgpack map (converted to JSON by JSON sinks)
  *
- * Anything else - not a map, a missing sink/body, a wrong type, trailing
- * garbage inside the object - is invalid and counted dropped_invalid.
+ * Anything else - not a map, a key that is not a string, a missing
+ * sink/body, a wrong type, trailing garbage inside the object - is invalid
+ * and counted dropped_invalid.
  */
 #ifndef OBX_ENVELOPE_H
 #define OBX_ENVELOPE_H
