@@ -754,6 +754,78 @@ static void test_hang_timeout(void)
 	stop_broker(&t);
 }
 
+/* ---- g. 401 with a token source: one refresh, then the normal class ----- */
+
+static void write_token(const char *path, const char *tok)
+{
+	FILE *f = fopen(path, "w");
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fprintf(f, "%s\n", tok);
+	fclose(f);
+}
+
+static const char *req_auth(const json_t *r)
+{
+	const json_t *v = json_object_get(json_object_get(r, "headers"),
+					  "authorization");
+
+	return json_array_size(v) == 1 ?
+	       json_string_value(json_array_get(v, 0)) : "";
+}
+
+static void test_reauth_401(void)
+{
+	char conf[1024], extra[400], tok[300];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	json_t *reqs;
+
+	snprintf(tok, sizeof(tok), "/tmp/obxtest-token-%d", (int)getpid());
+	write_token(tok, "tok-1");
+	snprintf(extra, sizeof(extra), "token_file = %s\n", tok);
+	api_conf(conf, sizeof(conf), 50, "50ms", "2s", "500ms", extra);
+	start_broker(&t, "reauth", conf);
+	/* the 401 is answered late: the token is rotated meanwhile */
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\": [{\"status\": 401, "
+					"\"delay_ms\": 800}]}"), 0);
+	prods_start(&P, &t, 1, 1, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 1);
+	CU_ASSERT_EQUAL_FATAL(wait_requests(1, 5000), 0);
+	write_token(tok, "tok-2");
+	CU_ASSERT_EQUAL(wait_quiet(&t, 1, 10000, &g, g_sp), 0);
+	check_identity("401", &g, g_sp);
+	reqs = up_requests(0, 0);
+	CU_ASSERT_EQUAL_FATAL(json_array_size(reqs), 2);
+	CU_ASSERT_EQUAL(req_status(json_array_get(reqs, 0)), 401);
+	CU_ASSERT_STRING_EQUAL(req_auth(json_array_get(reqs, 0)),
+			       "Bearer tok-1");
+	CU_ASSERT_EQUAL(req_status(json_array_get(reqs, 1)), 200);
+	CU_ASSERT_STRING_EQUAL(req_auth(json_array_get(reqs, 1)),
+			       "Bearer tok-2");
+	json_decref(reqs);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, 1);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_rejected, 0);
+	CU_ASSERT_EQUAL(api_of(g_sp)->state, OBX_SINK_OK);
+
+	/* refused again after the refresh: a plain 4xx, dropped */
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\": [{\"status\": 401, "
+					"\"count\": 2}]}"), 0);
+	prods_start(&P, &t, 1, 1, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 1);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 2, 10000, &g, g_sp), 0);
+	check_identity("401 twice", &g, g_sp);
+	printf("\n    401 then refreshed token: delivered; 401 twice: "
+	       "dropped_rejected %llu",
+	       (unsigned long long)api_of(g_sp)->c.dropped_rejected);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, 1);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_rejected, 1);
+	CU_ASSERT_EQUAL(up_stat("requests"), 4);
+	stop_broker(&t);
+	unlink(tok);
+}
+
 /* ---- f. restarts inside a Retry-After window ----------------------------- */
 
 static void test_restart_in_window(void)
@@ -801,6 +873,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "split_413", test_split_413) ||
 	    !CU_add_test(s, "rejected_400", test_rejected_400) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
+	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "restart_in_window", test_restart_in_window) ||
 	    !CU_add_test(s, "outage_503", test_outage))
 		return -1;
