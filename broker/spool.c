@@ -2790,24 +2790,34 @@ static void rec_damage(void *ctx, uint64_t off, uint64_t end)
 		       off, end);
 }
 
-static int rec_seg_cmp(const void *a, const void *b)
-{
-	const struct rec_seg *x = a, *y = b;
+struct seg_file {
+	char name[256];
+	uint64_t first;
+	bool is_seg;
+};
 
-	return x->first < y->first ? -1 : x->first > y->first;
+static int seg_file_cmp(const void *a, const void *b)
+{
+	const struct seg_file *x = a, *y = b;
+
+	if (x->is_seg != y->is_seg)
+		return x->is_seg ? -1 : 1;
+	if (x->is_seg)
+		return x->first < y->first ? -1 : x->first > y->first;
+	return strcmp(x->name, y->name);
 }
 
-/* Lists the sink directory: our segments (sorted), foreign files counted
- * and logged; stale checkpoint.tmp removed. */
-static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
+/* Every file of a sink directory but the checkpoint: segments first, in
+ * order, then the others by name. Used by recovery and by the offline
+ * tools (ls, verify, dump). */
+static int list_files(int dfd, struct seg_file **out, int *nout)
 {
-	struct rec_seg *v = NULL;
-	uint32_t n = 0, cap = 0;
+	struct seg_file *v = NULL;
+	int n = 0, cap = 0, fd;
 	struct dirent *de;
 	DIR *d;
-	int fd;
 
-	fd = dup(sp->dfd);
+	fd = dup(dfd);
 	if (fd < 0)
 		return -errno;
 	d = fdopendir(fd);
@@ -2816,24 +2826,13 @@ static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
 		return -errno;
 	}
 	while ((de = readdir(d))) {
-		uint64_t first;
-
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
 		    !strcmp(de->d_name, CKPT_NAME))
 			continue;
-		if (!strcmp(de->d_name, CKPT_TMP)) {
-			unlinkat(sp->dfd, CKPT_TMP, 0);
-			continue;
-		}
-		if (!seg_name_parse(de->d_name, &first)) {
-			sp->st.foreign++;
-			sp_log(sp->set, LOG_WARN, "spool %s: ignoring foreign "
-			       "file '%s'", sp->name, de->d_name);
-			continue;
-		}
 		if (n == cap) {
-			uint32_t ncap = cap ? cap * 2 : 16;
-			struct rec_seg *nv = realloc(v, ncap * sizeof(*nv));
+			int ncap = cap ? cap * 2 : 16;
+			struct seg_file *nv = realloc(v, (size_t)ncap *
+						      sizeof(*nv));
 
 			if (!nv) {
 				free(v);
@@ -2843,13 +2842,50 @@ static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
 			v = nv;
 			cap = ncap;
 		}
-		v[n].first = first;
-		strcpy(v[n].name, de->d_name);
+		snprintf(v[n].name, sizeof(v[n].name), "%s", de->d_name);
+		v[n].is_seg = seg_name_parse(de->d_name, &v[n].first);
 		n++;
 	}
 	closedir(d);
 	if (n)
-		qsort(v, n, sizeof(*v), rec_seg_cmp);
+		qsort(v, (size_t)n, sizeof(*v), seg_file_cmp);
+	*out = v;
+	*nout = n;
+	return 0;
+}
+
+/* Lists the sink directory: our segments (sorted), foreign files counted
+ * and logged; stale checkpoint.tmp removed. */
+static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
+{
+	struct seg_file *f;
+	struct rec_seg *v;
+	uint32_t n = 0;
+	int nf, i, rc;
+
+	rc = list_files(sp->dfd, &f, &nf);
+	if (rc)
+		return rc;
+	v = calloc(nf ? (size_t)nf : 1, sizeof(*v));
+	if (!v) {
+		free(f);
+		return -ENOMEM;
+	}
+	/* segments come first, already in order */
+	for (i = 0; i < nf; i++) {
+		if (!strcmp(f[i].name, CKPT_TMP)) {
+			unlinkat(sp->dfd, CKPT_TMP, 0);
+		} else if (!f[i].is_seg) {
+			sp->st.foreign++;
+			sp_log(sp->set, LOG_WARN, "spool %s: ignoring foreign "
+			       "file '%s'", sp->name, f[i].name);
+		} else {
+			v[n].first = f[i].first;
+			strcpy(v[n].name, f[i].name);
+			n++;
+		}
+	}
+	free(f);
 	*out = v;
 	*nout = n;
 	return 0;
@@ -3302,67 +3338,6 @@ static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 		free(names[i]);
 	free(names);
 	return ret < 0 && !total ? ret : total;
-}
-
-struct seg_file {
-	char name[256];
-	uint64_t first;
-	bool is_seg;
-};
-
-static int seg_file_cmp(const void *a, const void *b)
-{
-	const struct seg_file *x = a, *y = b;
-
-	if (x->is_seg != y->is_seg)
-		return x->is_seg ? -1 : 1;
-	if (x->is_seg)
-		return x->first < y->first ? -1 : x->first > y->first;
-	return strcmp(x->name, y->name);
-}
-
-static int list_files(int dfd, struct seg_file **out, int *nout)
-{
-	struct seg_file *v = NULL;
-	int n = 0, cap = 0, fd;
-	struct dirent *de;
-	DIR *d;
-
-	fd = dup(dfd);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-		    !strcmp(de->d_name, CKPT_NAME))
-			continue;
-		if (n == cap) {
-			int ncap = cap ? cap * 2 : 16;
-			struct seg_file *nv = realloc(v, (size_t)ncap *
-						      sizeof(*nv));
-
-			if (!nv) {
-				free(v);
-				closedir(d);
-				return -ENOMEM;
-			}
-			v = nv;
-			cap = ncap;
-		}
-		snprintf(v[n].name, sizeof(v[n].name), "%s", de->d_name);
-		v[n].is_seg = seg_name_parse(de->d_name, &v[n].first);
-		n++;
-	}
-	closedir(d);
-	if (n)
-		qsort(v, (size_t)n, sizeof(*v), seg_file_cmp);
-	*out = v;
-	*nout = n;
-	return 0;
 }
 
 /* Opens a segment read-only and checks its header: fd or -1 (why in
