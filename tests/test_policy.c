@@ -1612,27 +1612,6 @@ static void t_write(const char *path, const void *data, size_t len)
 	fclose(f);
 }
 
-static char *t_read(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "r");
-	char *buf = NULL;
-	long n;
-
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc((size_t)n + 1);
-	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
-
 /* files in g_dir whose name starts with prefix */
 static int t_count_files(const char *prefix)
 {
@@ -1701,7 +1680,7 @@ static void test_persist_round_trip(void)
 	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
 
 	/* enum values are written as strings */
-	raw = t_read(path, &len);
+	raw = tu_read_file(path, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(raw);
 	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xacrate_limited", 13));
 	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xa7" "backoff", 8));
@@ -1815,7 +1794,7 @@ static void test_persist_missing_and_corrupt(void)
 		w.cats[0].until_ms = T0 + 5;
 		CU_ASSERT_EQUAL_FATAL(pol_save(path, &w, 1, &sb, 1), 0);
 	}
-	good = t_read(path, &len);
+	good = tu_read_file(path, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(good);
 
 	/* every truncation is corrupt, and changes nothing */

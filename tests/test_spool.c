@@ -226,25 +226,9 @@ static off_t file_size(const char *path)
 	return stat(path, &st) < 0 ? -1 : st.st_size;
 }
 
-static uint8_t *slurp(const char *path, size_t *len)
+static uint8_t *slurp_u8(const char *path, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf;
-	long n;
-
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc((size_t)n + 1);
-	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
+	return (uint8_t *)tu_read_file(path, len);
 }
 
 static int spit(const char *path, const void *p, size_t len)
@@ -474,7 +458,7 @@ static uint8_t *build_torn_base(const char *dir, int n, uint32_t len,
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
 	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);	/* next_seq = n */
 	snprintf(ck, sizeof(ck), "%s/t/checkpoint", dir);
-	img = slurp(ck, cklen);
+	img = slurp_u8(ck, cklen);
 	CU_ASSERT_EQUAL(append_n(sp, 1, len), 0);
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
 	spool_close(sp);
@@ -495,7 +479,7 @@ static void t_torn_tail_every_offset(void)
 	new_dir(base, sizeof(base), "tornbase");
 	ckimg = build_torn_base(base, n, len, &cklen);
 	seg_path(bpath, sizeof(bpath), base, "t", 1);
-	img = slurp(bpath, &size);
+	img = slurp_u8(bpath, &size);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(ckimg);
 	CU_ASSERT_EQUAL_FATAL(size, SEG_HDR + n * flen);
@@ -582,7 +566,7 @@ static void t_flipped_byte_middle(void)
 
 	/* record 12: a payload byte; record 5: a byte of its seq */
 	seg_path(path, sizeof(path), dir, "f", 1);
-	img = slurp(path, &size);
+	img = slurp_u8(path, &size);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
 	CU_ASSERT_EQUAL_FATAL(size, SEG_HDR + 20 * 64);
 	img[SEG_HDR + 11 * 64 + FRAME_HDR + 17] ^= 0x40;
@@ -671,7 +655,7 @@ static void t_foreign_files(void)
 		char other[512];
 
 		seg_path(other, sizeof(other), dir, "g", 1);
-		img = slurp(other, &len);
+		img = slurp_u8(other, &len);
 		CU_ASSERT_PTR_NOT_NULL_FATAL(img);
 		/* the sink name is part of the header (crc'd): "g" -> "h" */
 		img[24] = 'h';
@@ -751,7 +735,7 @@ static void t_checkpoint(void)
 
 	/* round trip */
 	snprintf(ck, sizeof(ck), "%s/c/checkpoint", dir);
-	img = slurp(ck, &len);
+	img = slurp_u8(ck, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
 	CU_ASSERT(len > 20 && len < 200);
 	CU_ASSERT_EQUAL(img[0], 0x85);		/* msgpack fixmap, 5 keys */
@@ -847,7 +831,7 @@ static void t_leftover_acked_segment(void)
 	CU_ASSERT_EQUAL(append_n(sp, 100, 0), 0);
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
 	seg_path(path, sizeof(path), dir, "l", 1);
-	img = slurp(path, &len);
+	img = slurp_u8(path, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
 	spool_ack(sp, 1, 100);
 	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
@@ -1540,13 +1524,13 @@ static void t_random_damage(void)
 	for (i = 0; i < nf; i++) {
 		memcpy(fname[i], names[i]->d_name, 25);	/* seg_filter: 24 */
 		snprintf(path, sizeof(path), "%s/%s", sdir, fname[i]);
-		img[i] = slurp(path, &len[i]);
+		img[i] = slurp_u8(path, &len[i]);
 		CU_ASSERT_PTR_NOT_NULL_FATAL(img[i]);
 		free(names[i]);
 	}
 	free(names);
 	snprintf(path, sizeof(path), "%s/checkpoint", sdir);
-	ck = slurp(path, &cklen);
+	ck = slurp_u8(path, &cklen);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(ck);
 
 	/* OBX_RND_ITERS=3000 for a longer soak */

@@ -32,6 +32,33 @@ static inline const char *tu_shm_name(const char *tag)
 	return buf;
 }
 
+/* The whole file, NUL-terminated (malloc'd, caller frees); its length in
+ * *len. NULL when it cannot be read. */
+static inline char *tu_read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	long n;
+
+	*len = 0;
+	if (!f)
+		return NULL;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+	    fseek(f, 0, SEEK_SET) == 0) {
+		buf = malloc((size_t)n + 1);
+		if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+			free(buf);
+			buf = NULL;
+		}
+		if (buf) {
+			buf[n] = '\0';
+			*len = (size_t)n;
+		}
+	}
+	fclose(f);
+	return buf;
+}
+
 typedef int (*tu_add_fn)(void);
 
 static inline int tu_run(tu_add_fn *adds, int n)
