@@ -321,20 +321,29 @@ static void hsink_count_drop(struct sink *s, enum pol_reason r, uint32_t n)
 	}
 }
 
-/* The part at the top is resolved (delivered or dropped): pop it; the
- * batch is done when no part is left. */
+/* The part at the top is resolved (delivered or dropped): pop it and go
+ * on with the next; hsink_try() ends the batch when no part is left. */
 static void hsink_pop(struct sink *s, struct http_batch *hb)
 {
 	hb->nparts--;
-	if (hb->nparts == 0) {
-		struct sink_batch *b = hb->b;
-
-		hb->waiting = 0;
-		hb->b = NULL;
-		sink_batch_done(b, SINK_OK);
-		return;
-	}
 	hsink_try(s, hb, hsink_now_ms());
+}
+
+/* Drops the part at the top: its reason counter, the batch's drop count
+ * (so the engine does not count these delivered), a rate-limited line. */
+static void hsink_drop_top(struct sink *s, struct http_batch *hb,
+			   enum pol_reason why, const char *detail)
+{
+	struct http_sink *hs = s->impl;
+	const struct http_part *p = &hb->part[hb->nparts - 1];
+	uint32_t n = p->hi - p->lo;
+
+	hsink_count_drop(s, why, n);
+	hb->b->dropped += n;
+	log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events (%s%s%s)",
+	       s->cfg.name, n, pol_reason_name(why), detail ? ", " : "",
+	       detail ? detail : "");
+	hb->nparts--;
 }
 
 static uint64_t hsink_dropped(const struct sink *s)
@@ -427,12 +436,8 @@ static void hsink_done(void *arg, const struct http_result *r)
 		hsink_pop(s, hb);
 		break;
 	case POL_V_DROP:
-		hsink_count_drop(s, res.reason, n);
-		b->dropped += n;
-		log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events (%s, "
-		       "%s)", s->cfg.name, n, pol_reason_name(res.reason),
-		       res.why);
-		hsink_pop(s, hb);
+		hsink_drop_top(s, hb, res.reason, res.why);
+		hsink_try(s, hb, hsink_now_ms());
 		break;
 	case POL_V_SPLIT: {
 		struct http_part whole = *p;
@@ -476,13 +481,7 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 			pol_batch_check(&s->cfg, &p->pb, now) : POL_R_NONE;
 
 		if (why != POL_R_NONE) {
-			uint32_t n = p->hi - p->lo;
-
-			hsink_count_drop(s, why, n);
-			hb->b->dropped += n;
-			log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events "
-			       "(%s)", s->cfg.name, n, pol_reason_name(why));
-			hb->nparts--;
+			hsink_drop_top(s, hb, why, NULL);
 			continue;
 		}
 		if (pol_begin(&hs->pol, &s->cfg, &p->pb, hs->requests_out,
@@ -498,7 +497,7 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 		}
 		return 1;
 	}
-	/* every part dropped while waiting */
+	/* every part resolved: the batch is done */
 	{
 		struct sink_batch *b = hb->b;
 
