@@ -394,7 +394,7 @@ static int broker_loop(struct broker *b)
 
 	for (;;) {
 		uint64_t now = log_mono_ns(), next, t;
-		int i, rc;
+		int i, rc, ring_idle = 0;
 
 		if (b->reload)
 			broker_reload(b);
@@ -402,6 +402,7 @@ static int broker_loop(struct broker *b)
 		next = UINT64_MAX;
 		if (!b->stopping || !drained_at_stop) {
 			next = drain_run(b, now);
+			ring_idle = next == UINT64_MAX;
 			if (b->stopping && drain_idle(b))
 				drained_at_stop = 1;
 		}
@@ -419,11 +420,11 @@ static int broker_loop(struct broker *b)
 		/* read right before sleeping: a send above moved it to now */
 		if (b->http)
 			next = min64(next, http_next_deadline(b->http));
-		if (next == UINT64_MAX || next > now + IDLE_POLL_NS) {
-			/* no deadline soon: sleep on the ring's futex */
-			if (!futex_sleep_ok(b))
-				next = min64(next, now + IDLE_POLL_NS);
-		}
+		/* the drain says the ring is idle (not merely polled while
+		 * traffic flows): sleep on its futex, a producer's first
+		 * commit wakes us */
+		if (ring_idle && !futex_sleep_ok(b))
+			next = min64(next, now + IDLE_POLL_NS);
 		t = next > now ? next - now : 0;
 		rc = rx_run(&b->rx, t);
 		ring_cons_disarm(&b->rc);
