@@ -36,6 +36,21 @@ uint64_t log_real_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int64_t log_wall_offset_ms(void)
+{
+	static int64_t held;
+	static int have;
+	int64_t now = (int64_t)(log_real_ns() / 1000000ull) -
+		      (int64_t)(log_mono_ns() / 1000000ull);
+
+	if (!have || now - held > LOG_WALL_STEP_MS ||
+	    held - now > LOG_WALL_STEP_MS) {
+		held = now;
+		have = 1;
+	}
+	return held;
+}
+
 static void log_vwrite(enum cfg_log_level lvl, const char *suffix,
 		       const char *fmt, va_list ap)
 {

@@ -38,4 +38,12 @@ int log_rl(struct log_rl *rl, enum cfg_log_level lvl, const char *fmt, ...)
 uint64_t log_mono_ns(void);   /* CLOCK_MONOTONIC */
 uint64_t log_real_ns(void);   /* CLOCK_REALTIME */
 
+/* CLOCK_REALTIME - CLOCK_MONOTONIC in ms, for turning monotonic deadlines
+ * into wall-clock ones (the shm sink page, the persisted delivery state)
+ * and back. Held steady so conversions round-trip exactly; taken again
+ * when the measured offset moved by more than LOG_WALL_STEP_MS, i.e. the
+ * wall clock was stepped. */
+#define LOG_WALL_STEP_MS 1000
+int64_t log_wall_offset_ms(void);
+
 #endif

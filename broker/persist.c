@@ -51,7 +51,8 @@ int persist_open(struct persist *p, const char *spool_dir,
 	for (i = 0; i < c->nsinks; i++)
 		if (!persist_add(p, c->sinks[i].name))
 			return -ENOMEM;
-	rc = pol_load(p->path, p->pols, p->npols, &p->batches, &p->nbatches);
+	rc = pol_load(p->path, p->pols, p->npols, &p->batches, &p->nbatches,
+		      log_wall_offset_ms());
 	if (rc == -ENOENT)
 		return 0;
 	if (rc < 0) {
@@ -71,7 +72,7 @@ int persist_open(struct persist *p, const char *spool_dir,
 				 p->pols[i].name,
 				 pol_state_name(p->pols[i].state),
 				 (long long)(p->pols[i].until_ms -
-					     (int64_t)(log_real_ns() /
+					     (int64_t)(log_mono_ns() /
 						       1000000ull)));
 	return 0;
 }
@@ -169,7 +170,7 @@ void persist_save(struct broker *b, uint64_t now, int force)
 		if (!active && p->pols[i].state != POL_OK)
 			pols[np++] = p->pols[i];
 	}
-	rc = pol_save(p->path, pols, np, sv, nb);
+	rc = pol_save(p->path, pols, np, sv, nb, log_wall_offset_ms());
 	if (rc < 0) {
 		if (!p->failed)
 			log_error("%s: cannot save the delivery state: %s "

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #define MS_PER_S 1000
-#define RA_FLOOR_MS 1000	/* Retry-After: 0 and sub-second waits */
 #define POL_FILE_FORMAT "outbox-policy"
 #define POL_FILE_VERSION 1
 #define POL_FILE_MAX (64u << 20)	/* refuse to slurp anything bigger */
@@ -302,8 +301,8 @@ static int parse_http_date(const char *p, const char *e, int64_t *ms)
 
 static int64_t floor_cap(int64_t wait, uint64_t max_ms)
 {
-	if (wait < RA_FLOOR_MS)
-		wait = RA_FLOOR_MS;
+	if (wait < POL_RA_FLOOR_MS)
+		wait = POL_RA_FLOOR_MS;
 	/* the configured cap wins over the floor */
 	if (wait > u2i(max_ms))
 		wait = u2i(max_ms);
@@ -562,27 +561,30 @@ int64_t pol_backoff_delay(const struct cfg_sink *c, uint32_t level,
 		d = cap;
 	if (d > (uint64_t)INT64_MAX / 2)
 		d = (uint64_t)INT64_MAX / 2;
-	/* additive jitter in [0, pct% of d): rnd / 2^32 is in [0, 1) */
+	/* jitter in [0, pct% of d): rnd / 2^32 is in [0, 1); pct <= 100,
+	 * so j < d */
 	jmax = (uint64_t)((unsigned __int128)d * c->backoff_jitter_pct / 100);
 	j = ((unsigned __int128)jmax * rnd) >> 32;
-	if (j > (uint64_t)INT64_MAX / 2)
-		j = (uint64_t)INT64_MAX / 2;
-	return (int64_t)d + (int64_t)j;
+	/* never past the cap: there the jitter goes below it instead */
+	if (d + (uint64_t)j > cap)
+		return (int64_t)(d - (uint64_t)j);
+	return (int64_t)(d + (uint64_t)j);
 }
 
 void pol_sink_clamp(struct pol_sink *s, const struct cfg_sink *c,
 		    int64_t now)
 {
-	/* the longest window this config can set: a capped backoff with
-	 * full jitter, or a capped rate limit */
-	int64_t bmax = pol_backoff_delay(c, 64, UINT32_MAX);
+	/* the longest window this config can set: a capped backoff (jitter
+	 * never passes the cap; rnd 0 is the cap itself), or a capped rate
+	 * limit */
+	int64_t bmax = pol_backoff_delay(c, 64, 0);
 	int64_t rmax = u2i(c->retry_after_max_ms);
-	int64_t lim = add_ms(now, max64(max64(bmax, rmax), RA_FLOOR_MS));
+	int64_t lim = add_ms(now, max64(max64(bmax, rmax), POL_RA_FLOOR_MS));
 	int i;
 
 	if (s->state != POL_OK && s->until_ms > lim)
 		s->until_ms = lim;
-	lim = add_ms(now, max64(rmax, RA_FLOOR_MS));
+	lim = add_ms(now, max64(rmax, POL_RA_FLOOR_MS));
 	for (i = 0; i < s->ncats; i++)
 		if (s->cats[i].until_ms > lim)
 			s->cats[i].until_ms = lim;
@@ -822,7 +824,9 @@ static bool rate_signal(struct pol_sink *s, const struct cfg_sink *c,
 	}
 	if (cls != POL_C_RETRY || o->status <= 0)
 		return false;
-	if (pol_retry_after(o->retry_after, o->n_retry_after, now,
+	/* an HTTP-date is read against the wall clock of the answer; the
+	 * wait it yields is a duration on the monotonic clock */
+	if (pol_retry_after(o->retry_after, o->n_retry_after, o->wall_ms,
 			    c->retry_after_max_ms, wait))
 		return false;	/* e.g. a 429 without one: counted backoff */
 	*sink_wait = *wait;
@@ -1012,7 +1016,8 @@ enum pol_reason pol_batch_check(const struct cfg_sink *c,
  *    "batches": [{"sink": str, "id": u64, "events": n, "attempts": n,
  *                 "failures": n, "first_failure": ms, "rl_start": ms,
  *                 "reauth": bool}, ...]}
- * Times are wall-clock ms. Names are raw bytes (msgpack str), so any
+ * Times are wall-clock ms (the caller's monotonic times plus its wall
+ * offset, see pol_save). Names are raw bytes (msgpack str), so any
  * sink name round-trips. Readers ignore keys they do not know.
  */
 
@@ -1030,7 +1035,33 @@ static void pk_kv_i64(msgpack_packer *pk, const char *k, int64_t v)
 	msgpack_pack_int64(pk, v);
 }
 
-static void pack_sink(msgpack_packer *pk, const struct pol_sink *s)
+/* a monotonic time to wall-clock ms for the file; 0 (none) stays 0 and
+ * nothing set ever becomes 0 or negative (the reader wants >= 0) */
+static int64_t to_wall(int64_t t, int64_t off)
+{
+	int64_t w;
+
+	if (!t)
+		return 0;
+	if (__builtin_add_overflow(t, off, &w))
+		w = off > 0 ? INT64_MAX : 1;
+	return w > 0 ? w : 1;
+}
+
+/* and back: a time before the monotonic origin is negative, never 0 */
+static int64_t from_wall(int64_t w, int64_t off)
+{
+	int64_t t;
+
+	if (!w)
+		return 0;
+	if (__builtin_sub_overflow(w, off, &t))
+		t = off > 0 ? INT64_MIN : INT64_MAX;
+	return t ? t : -1;
+}
+
+static void pack_sink(msgpack_packer *pk, const struct pol_sink *s,
+		      int64_t off)
 {
 	int i, n = s->ncats < POL_MAX_CATS ? s->ncats : POL_MAX_CATS;
 
@@ -1039,21 +1070,22 @@ static void pack_sink(msgpack_packer *pk, const struct pol_sink *s)
 	pk_str(pk, s->name);
 	pk_str(pk, "state");
 	pk_str(pk, pol_state_name(s->state));
-	pk_kv_i64(pk, "until", s->until_ms);
+	pk_kv_i64(pk, "until", to_wall(s->until_ms, off));
 	pk_kv_i64(pk, "level", s->level);
-	pk_kv_i64(pk, "rl_start", s->rl_start_ms);
-	pk_kv_i64(pk, "outage_start", s->outage_start_ms);
+	pk_kv_i64(pk, "rl_start", to_wall(s->rl_start_ms, off));
+	pk_kv_i64(pk, "outage_start", to_wall(s->outage_start_ms, off));
 	pk_str(pk, "cats");
 	msgpack_pack_array(pk, (size_t)(n > 0 ? n : 0));
 	for (i = 0; i < n; i++) {
 		msgpack_pack_map(pk, 2);
 		pk_str(pk, "name");
 		pk_str(pk, s->cats[i].name);
-		pk_kv_i64(pk, "until", s->cats[i].until_ms);
+		pk_kv_i64(pk, "until", to_wall(s->cats[i].until_ms, off));
 	}
 }
 
-static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb)
+static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb,
+		       int64_t off)
 {
 	const struct pol_batch *b = &sb->b;
 
@@ -1065,8 +1097,8 @@ static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb)
 	pk_kv_i64(pk, "events", b->nevents);
 	pk_kv_i64(pk, "attempts", b->attempts);
 	pk_kv_i64(pk, "failures", b->failures);
-	pk_kv_i64(pk, "first_failure", b->first_failure_ms);
-	pk_kv_i64(pk, "rl_start", b->rl_start_ms);
+	pk_kv_i64(pk, "first_failure", to_wall(b->first_failure_ms, off));
+	pk_kv_i64(pk, "rl_start", to_wall(b->rl_start_ms, off));
 	pk_str(pk, "reauth");
 	if (b->reauth_done)
 		msgpack_pack_true(pk);
@@ -1148,7 +1180,8 @@ static int write_atomic(const char *path, const char *buf, size_t len)
 }
 
 int pol_save(const char *path, const struct pol_sink *sinks, int nsinks,
-	     const struct pol_saved_batch *batches, size_t nbatches)
+	     const struct pol_saved_batch *batches, size_t nbatches,
+	     int64_t wall_off)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -1167,11 +1200,11 @@ int pol_save(const char *path, const struct pol_sink *sinks, int nsinks,
 	pk_str(&pk, "sinks");
 	msgpack_pack_array(&pk, (size_t)nsinks);
 	for (i = 0; i < (size_t)nsinks; i++)
-		pack_sink(&pk, &sinks[i]);
+		pack_sink(&pk, &sinks[i], wall_off);
 	pk_str(&pk, "batches");
 	msgpack_pack_array(&pk, nbatches);
 	for (i = 0; i < nbatches; i++)
-		pack_batch(&pk, &batches[i]);
+		pack_batch(&pk, &batches[i], wall_off);
 	/* sbuffer_write aborts the packer on ENOMEM by leaving data NULL */
 	if (!sb.data) {
 		msgpack_sbuffer_destroy(&sb);
@@ -1484,8 +1517,33 @@ static void apply_sink(struct pol_sink *dst, const struct pol_sink *src)
 	dst->round_ok = 0;
 }
 
+/* the file's wall-clock times onto this process's monotonic clock */
+static void loaded_to_mono(struct loaded *l, int64_t off)
+{
+	size_t i;
+	int k;
+
+	for (i = 0; i < l->nsinks; i++) {
+		struct pol_sink *s = &l->sinks[i];
+
+		s->until_ms = from_wall(s->until_ms, off);
+		s->rl_start_ms = from_wall(s->rl_start_ms, off);
+		s->outage_start_ms = from_wall(s->outage_start_ms, off);
+		for (k = 0; k < s->ncats && k < POL_MAX_CATS; k++)
+			s->cats[k].until_ms = from_wall(s->cats[k].until_ms,
+							off);
+	}
+	for (i = 0; i < l->nbatches; i++) {
+		struct pol_batch *b = &l->batches[i].b;
+
+		b->first_failure_ms = from_wall(b->first_failure_ms, off);
+		b->rl_start_ms = from_wall(b->rl_start_ms, off);
+	}
+}
+
 int pol_load(const char *path, struct pol_sink *sinks, int nsinks,
-	     struct pol_saved_batch **batches, size_t *nbatches)
+	     struct pol_saved_batch **batches, size_t *nbatches,
+	     int64_t wall_off)
 {
 	struct loaded l = { 0 };
 	msgpack_unpacked up;
@@ -1525,6 +1583,7 @@ int pol_load(const char *path, struct pol_sink *sinks, int nsinks,
 	free(buf);
 	if (rc)
 		goto out;
+	loaded_to_mono(&l, wall_off);
 	/* valid as a whole: apply, by name; later duplicates win */
 	for (i = 0; i < l.nsinks; i++)
 		for (j = 0; j < nsinks; j++)

@@ -2,9 +2,15 @@
  * state machine per sink, per-batch retry budgets, persistence.
  *
  * A pure module: no sockets, no clocks, no randomness, no globals. The
- * caller passes `now` (wall-clock ms, CLOCK_REALTIME: persisted windows
- * must mean the same after a restart) and a random word where jitter is
- * needed. Only pol_save() / pol_load() touch the file system.
+ * caller passes `now` in ms of CLOCK_MONOTONIC: every window and budget is
+ * a duration, and a step of the wall clock (NTP, an operator, a VM
+ * resume) must neither stretch nor cut one. The wall clock enters in two
+ * places only: pol_outcome.wall_ms, the wall time of an answer, against
+ * which an HTTP-date Retry-After is read; and the wall-minus-monotonic
+ * offset pol_save() / pol_load() use to persist times as wall-clock ms, so
+ * a window means the same after a restart (a new boot, a new monotonic
+ * origin). A random word is passed where jitter is needed. Only pol_save()
+ * / pol_load() touch the file system.
  *
  * Sink state machine (PRODUCT.md section 7)
  * -----------------------------------------
@@ -26,8 +32,10 @@
  *   "epochs"); until = now + delay(level) where
  *     delay(l) = min(backoff_max, backoff_base * 2^l)
  *                + floor(delay * jitter_pct / 100 * rnd / 2^32)
- *   (additive jitter in [0, jitter% of delay), applied after the cap),
- *   then level + 1. No request during the window.
+ *   (additive jitter in [0, jitter% of delay)); when delay + jitter would
+ *   pass backoff_max the jitter is subtracted instead, so no window is
+ *   ever longer than backoff_max and windows at the cap still spread over
+ *   the jitter% below it. Then level + 1. No request during the window.
  * - rate_limited: entered by a rate-limit signal; until = max(current
  *   until, now + wait) - an episode is extended, never shortened. The
  *   backoff level is not touched and the batch budget is not charged.
@@ -119,6 +127,9 @@
 #define POL_MAX_CATS   8        /* = OBX_MAX_CATS */
 #define POL_CAT_MAX    24       /* category name incl. NUL (= OBX_CAT_MAX) */
 #define POL_SUMMARY_MS 60000    /* at most one summary line per 60 s */
+#define POL_RA_FLOOR_MS 250     /* shortest rate-limit wait ("Retry-After:
+                                 * 0"): Segment's e2e suite wants the retry
+                                 * in under a second */
 #define POL_NEVER      INT64_MAX
 
 /* values equal OBX_SINK_* of the shm sink page */
@@ -206,6 +217,8 @@ struct pol_batch {
  * (the caller joins nothing); NULL / 0 when absent. */
 struct pol_outcome {
 	int status;                       /* HTTP status, 0 = none */
+	int64_t wall_ms;                  /* wall clock when it came (ms since
+	                                   * the epoch): HTTP-dates only */
 	enum pol_net net;                 /* when status == 0 */
 	const char *const *retry_after;
 	int n_retry_after;
@@ -258,10 +271,11 @@ enum pol_class pol_classify(const struct cfg_sink *c, int status,
 /* ---- header parsing ------------------------------------------------------ */
 
 /* One Retry-After value: delta-seconds (digits only, surrounding blanks
- * allowed), or an HTTP-date in IMF-fixdate, RFC 850 or asctime form (GMT).
- * 0 <= wait: 0 seconds -> 1 s floor; every valid wait is at least 1 s and
- * at most max_ms (huge numbers saturate, then cap). A date not after now,
- * a negative number, a fraction or garbage: -EINVAL (= absent). */
+ * allowed), or an HTTP-date in IMF-fixdate, RFC 850 or asctime form (GMT),
+ * read against now_ms, the WALL clock of the answer. Every valid wait is at
+ * least POL_RA_FLOOR_MS ("0" included) and at most max_ms (huge numbers
+ * saturate, then cap). A date not after now, a negative number, a fraction
+ * or garbage: -EINVAL (= absent). */
 int pol_parse_retry_after(const char *v, int64_t now_ms, uint64_t max_ms,
 			  int64_t *wait_ms);
 
@@ -272,7 +286,7 @@ int pol_retry_after(const char *const *v, int n, int64_t now_ms,
 
 /* One X-Sentry-Rate-Limits value: `wait:cats:scope:...` entries split by
  * ',', categories by ';' (empty = all). wait is seconds, fractions
- * accepted (ms resolution), 0 -> 1 s floor, capped at max_ms; an entry
+ * accepted (ms resolution), at least POL_RA_FLOOR_MS, capped at max_ms; an entry
  * with a bad wait, a category longer than POL_CAT_MAX - 1 or stray bytes
  * is skipped whole. Fills up to max entries (one per category), returns
  * how many. */
@@ -355,18 +369,25 @@ enum pol_reason pol_batch_check(const struct cfg_sink *c,
 
 /* Writes every sink's state and the batches' metadata as msgpack to path,
  * atomically (temp file in the same directory, fsync, rename, fsync of the
- * directory). 0 or -errno. */
+ * directory). Times are written as wall-clock ms: t + wall_off, where
+ * wall_off = CLOCK_REALTIME - CLOCK_MONOTONIC in ms (0 stays 0, "none").
+ * 0 or -errno. */
 int pol_save(const char *path, const struct pol_sink *sinks, int nsinks,
-	     const struct pol_saved_batch *batches, size_t nbatches);
+	     const struct pol_saved_batch *batches, size_t nbatches,
+	     int64_t wall_off);
 
 /* Reads path back. sinks[] must be initialised (pol_sink_init) with their
  * names: each sink found in the file by name gets its persisted state;
  * sinks absent from the file, and file sinks absent from sinks[], are left
  * alone / ignored. *batches (malloc'd, caller frees; NULL when none) gets
  * every batch record. Nothing is changed unless the whole file is valid.
+ * Wall-clock times are read back as t - wall_off (this process's offset),
+ * onto the caller's monotonic clock; a time before its origin comes out
+ * negative, which compares right (never 0: that means none).
  * 0, -ENOENT (missing), -EBADMSG (corrupt or unknown format), -EFBIG,
  * -ENOMEM or another -errno. */
 int pol_load(const char *path, struct pol_sink *sinks, int nsinks,
-	     struct pol_saved_batch **batches, size_t *nbatches);
+	     struct pol_saved_batch **batches, size_t *nbatches,
+	     int64_t wall_off);
 
 #endif

@@ -62,14 +62,25 @@ struct http_sink {
 	/* outage bookkeeping for the recovery line */
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
+	int64_t pub_until;           /* published window, monotonic ms */
+	int64_t pub_cat_until[OBX_MAX_CATS];
 	z_stream z;                  /* gzip, reset per body */
 	int z_ready;
 	struct log_rl rl;
 };
 
+/* the policy's clock: windows and budgets are durations, CLOCK_MONOTONIC */
 static int64_t hsink_now_ms(void)
 {
-	return (int64_t)(log_real_ns() / 1000000ull);
+	return (int64_t)(log_mono_ns() / 1000000ull);
+}
+
+/* a monotonic deadline as CLOCK_REALTIME ns, for the sink page */
+static uint64_t hsink_wall_ns(int64_t mono_ms)
+{
+	int64_t w = mono_ms + log_wall_offset_ms();
+
+	return w > 0 ? (uint64_t)w * 1000000ull : 0;
 }
 
 static uint32_t hsink_rand(void)
@@ -267,27 +278,30 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
  * part if the gate allows. 1 sent (or finished), 0 waiting. */
 static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now);
 
+/* The sink page gets the state with wall-clock deadlines (what workers
+ * and `outbox status` read); the monotonic ones it was made from are
+ * remembered to tell a change of state, which is persisted at once. */
 static void hsink_publish_state(struct sink *s)
 {
 	struct http_sink *hs = s->impl;
-	uint64_t until = hs->pol.state == POL_OK ? 0 :
-			 (uint64_t)hs->pol.until_ms * 1000000ull;
+	const struct pol_sink *p = &hs->pol;
+	int64_t until = p->state == POL_OK ? 0 : p->until_ms;
 	uint32_t ncats = 0;
 	int i, changed;
 
-	changed = s->state != (uint32_t)hs->pol.state || s->until_ns != until;
-	s->state = (uint32_t)hs->pol.state;
-	s->until_ns = until;
-	for (i = 0; i < hs->pol.ncats && i < (int)OBX_MAX_CATS; i++) {
-		uint64_t cu = (uint64_t)hs->pol.cats[i].until_ms * 1000000ull;
-
-		if (strncmp(s->cats[ncats], hs->pol.cats[i].name,
-			    OBX_CAT_MAX) || s->cat_until_ns[ncats] != cu)
+	changed = s->state != (uint32_t)p->state || hs->pub_until != until;
+	s->state = (uint32_t)p->state;
+	s->until_ns = until ? hsink_wall_ns(until) : 0;
+	hs->pub_until = until;
+	for (i = 0; i < p->ncats && i < (int)OBX_MAX_CATS; i++) {
+		if (strncmp(s->cats[ncats], p->cats[i].name, OBX_CAT_MAX) ||
+		    hs->pub_cat_until[ncats] != p->cats[i].until_ms)
 			changed = 1;
 		memset(s->cats[ncats], 0, OBX_CAT_MAX);
-		memcpy(s->cats[ncats], hs->pol.cats[i].name,
-		       strnlen(hs->pol.cats[i].name, OBX_CAT_MAX - 1));
-		s->cat_until_ns[ncats] = cu;
+		memcpy(s->cats[ncats], p->cats[i].name,
+		       strnlen(p->cats[i].name, OBX_CAT_MAX - 1));
+		hs->pub_cat_until[ncats] = p->cats[i].until_ms;
+		s->cat_until_ns[ncats] = hsink_wall_ns(p->cats[i].until_ms);
 		ncats++;
 	}
 	changed |= s->ncats != ncats;
@@ -414,6 +428,7 @@ static void hsink_done(void *arg, const struct http_result *r)
 		.n_retry_after = r->n_retry_after,
 		.sentry_limits = r->sentry_limits,
 		.n_sentry_limits = r->n_sentry_limits,
+		.wall_ms = (int64_t)(log_real_ns() / 1000000ull),
 	};
 	struct pol_result res;
 	uint32_t n = p->hi - p->lo;
@@ -648,6 +663,7 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 		waiting |= hs->hb[i].b && hs->hb[i].waiting;
 	if (hs->pol.state != POL_OK && !hs->outage_base)
 		hsink_outage_base(s);
+	hsink_publish_state(s);
 	hsink_summary(s, wall);
 	/* a deadline only when something waits for the gate: a waiting
 	 * part, or (not ok) the spool's next batch at the window's end;

@@ -612,6 +612,34 @@ static void test_retry_after(void)
 	stop_broker(&t);
 }
 
+/* Retry-After: 0 is a 250 ms floor (Segment's e2e suite expects the retry
+ * in under a second; it was a 1 s floor) */
+static void test_retry_after_0(void)
+{
+	char conf[1024];
+	struct obx_stats g;
+	struct bt t;
+	uint64_t until_ns;
+	double t429, next;
+	int count;
+
+	api_conf(conf, sizeof(conf), 100, "50ms", "2s", "500ms",
+		 "max_retries = 0\n");
+	start_broker(&t, "ra0", conf);
+	t429 = ra_begin(&t, 0, &until_ns);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 1, 10000, &g, g_sp), 0);
+	check_identity("retry-after 0", &g, g_sp);
+	next = next_request_time(&count);
+	printf("\n    Retry-After: 0 -> window %.3f s, next request %.3f s "
+	       "after the 429", (double)until_ns / 1e9 - t429, next - t429);
+	CU_ASSERT_EQUAL(count, 1);
+	CU_ASSERT(next - t429 >= 0.24);
+	CU_ASSERT(next - t429 < 0.8);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, 1);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_retries_exhausted, 0);
+	stop_broker(&t);
+}
+
 /* ---- c. 413: halves, down to one event ----------------------------------- */
 
 /* Emits n events in one burst (one batch) with `script` in force, and
@@ -939,18 +967,133 @@ static void test_restart_in_window(void)
 	stop_broker(&t);
 }
 
+/* ---- i. a wall-clock step does not move a backoff window --------------- */
+
+/* The broker runs with tests/fakewall (LD_PRELOAD): its CLOCK_REALTIME is
+ * shifted by the int64 ns in a file the test writes. */
+struct wall_shim {
+	char file[64];
+	int fd;
+	char *old_preload, *old_asan;
+};
+
+static void shim_set(struct wall_shim *w, int64_t shift_ns)
+{
+	CU_ASSERT_EQUAL(pwrite(w->fd, &shift_ns, sizeof(shift_ns), 0),
+			(ssize_t)sizeof(shift_ns));
+}
+
+/* Starts the broker with the shim in its environment only. */
+static void start_broker_shim(struct bt *t, const char *tag, const char *conf,
+			      struct wall_shim *w)
+{
+	char so[600], asan[600];
+	const char *a = getenv("ASAN_OPTIONS"), *p = getenv("LD_PRELOAD");
+
+	snprintf(w->file, sizeof(w->file), "/tmp/obx-fakewall-XXXXXX");
+	w->fd = mkstemp(w->file);
+	CU_ASSERT_FATAL(w->fd >= 0);
+	shim_set(w, 0);
+	snprintf(so, sizeof(so), "%s", bt_bin("tests/libfakewall.so"));
+	CU_ASSERT_FATAL(access(so, R_OK) == 0);
+	w->old_preload = p ? strdup(p) : NULL;
+	w->old_asan = a ? strdup(a) : NULL;
+	/* an ASan broker accepts a preloaded library that is not ASan's */
+	snprintf(asan, sizeof(asan), "%s%sverify_asan_link_order=0",
+		 a ? a : "", a && *a ? ":" : "");
+	setenv("LD_PRELOAD", so, 1);
+	setenv("OBX_FAKEWALL", w->file, 1);
+	setenv("ASAN_OPTIONS", asan, 1);
+	start_broker(t, tag, conf);
+	/* producers and tools forked later run on the real clock */
+	if (w->old_preload)
+		setenv("LD_PRELOAD", w->old_preload, 1);
+	else
+		unsetenv("LD_PRELOAD");
+	if (w->old_asan)
+		setenv("ASAN_OPTIONS", w->old_asan, 1);
+	else
+		unsetenv("ASAN_OPTIONS");
+	unsetenv("OBX_FAKEWALL");
+}
+
+static void shim_done(struct wall_shim *w)
+{
+	close(w->fd);
+	unlink(w->file);
+	free(w->old_preload);
+	free(w->old_asan);
+}
+
+/* the time of request `seq` (upstream clock), waiting up to ms; 0 if none */
+static double request_time(long seq, int ms)
+{
+	double tm = 0;
+	json_t *reqs;
+
+	if (wait_requests(seq + 1, ms) < 0)
+		return 0;
+	reqs = up_requests(seq, 0);
+	if (json_array_size(reqs) > 0)
+		tm = req_time(json_array_get(reqs, 0));
+	json_decref(reqs);
+	return tm;
+}
+
+static void test_wall_step(void)
+{
+	char conf[1024];
+	struct wall_shim w;
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	double t1, t2, t3;
+
+	/* no jitter: the probes come 1 s, then 2 s after the 503s */
+	api_conf(conf, sizeof(conf), 10, "20ms", "2s", "1s",
+		 "backoff_jitter = 0%\nmax_retries = 1000\n");
+	start_broker_shim(&t, "wallstep", conf, &w);
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\": [{\"status\": 503, "
+					"\"count\": 2}]}"), 0);
+	prods_start(&P, &t, 1, 1, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 1);
+	t1 = request_time(0, 5000);
+	CU_ASSERT_FATAL(t1 > 0);
+	/* the broker's wall clock steps an hour back inside the window: a
+	 * window kept on the wall clock would now end in an hour */
+	shim_set(&w, -3600 * 1000000000ll);
+	t2 = request_time(1, 4000);
+	/* and two hours forward inside the next one: it would end at once */
+	if (t2 > 0)
+		shim_set(&w, 3600 * 1000000000ll);
+	t3 = t2 > 0 ? request_time(2, 5000) : 0;
+	printf("\n    wall clock -1 h in the first window: probe %.3f s after "
+	       "the 503; +2 h in the second: %.3f s", t2 ? t2 - t1 : -1.0,
+	       t3 ? t3 - t2 : -1.0);
+	CU_ASSERT(t2 > 0 && t2 - t1 >= 0.95 && t2 - t1 < 1.6);
+	CU_ASSERT(t3 > 0 && t3 - t2 >= 1.95 && t3 - t2 < 2.6);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 1, 10000, &g, g_sp), 0);
+	check_identity("wall step", &g, g_sp);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, 1);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.responses_5xx, 2);
+	stop_broker(&t);
+	shim_done(&w);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("delivery", suite_init, suite_clean);
 
 	if (!s ||
 	    !CU_add_test(s, "retry_after_429", test_retry_after) ||
+	    !CU_add_test(s, "retry_after_0", test_retry_after_0) ||
 	    !CU_add_test(s, "split_413", test_split_413) ||
 	    !CU_add_test(s, "rejected_400", test_rejected_400) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||
 	    !CU_add_test(s, "restart_in_window", test_restart_in_window) ||
+	    !CU_add_test(s, "wall_step", test_wall_step) ||
 	    !CU_add_test(s, "outage_503", test_outage))
 		return -1;
 	return 0;

@@ -61,6 +61,7 @@ static const struct pol_outcome *t_oc(struct t_out *t, int status,
 				      const char *ra, const char *sl)
 {
 	memset(t, 0, sizeof(*t));
+	t->o.wall_ms = T0;	/* the wall clock of the answer (HTTP-dates) */
 	t->o.status = status;
 	t->o.net = status ? POL_NET_NONE : POL_NET_ERROR;
 	if (ra) {
@@ -84,7 +85,9 @@ static void t_send(struct pol_sink *s, const struct cfg_sink *c,
 	struct t_out t;
 
 	CU_ASSERT_EQUAL_FATAL(pol_begin(s, c, b, 0, now), 0);
-	pol_on_response(s, c, b, t_oc(&t, status, ra, sl), now, 0, r);
+	t_oc(&t, status, ra, sl);
+	t.o.wall_ms = now;
+	pol_on_response(s, c, b, &t.o, now, 0, r);
 }
 
 /* the same without the gate: a response to a request begun earlier */
@@ -94,7 +97,9 @@ static void t_resp(struct pol_sink *s, const struct cfg_sink *c,
 {
 	struct t_out t;
 
-	pol_on_response(s, c, b, t_oc(&t, status, ra, sl), now, 0, r);
+	t_oc(&t, status, ra, sl);
+	t.o.wall_ms = now;
+	pol_on_response(s, c, b, &t.o, now, 0, r);
 }
 
 /* HTTP-date of a unix time, in one of the three forms */
@@ -464,8 +469,9 @@ static void test_retry_after_seconds(void)
 		{ " 5 ", 0, 5000 },
 		{ "\t7\t", 0, 7000 },
 		{ "000012", 0, 12000 },
-		{ "0", 0, 1000 },		/* 1 s floor */
-		{ "00", 0, 1000 },
+		{ "0", 0, 250 },		/* 250 ms floor */
+		{ "00", 0, 250 },
+		{ "1", 0, 1000 },
 		{ "300", 0, 300000 },
 		{ "301", 0, 300000 },		/* capped */
 		{ "86400", 0, 300000 },
@@ -509,7 +515,8 @@ static void test_retry_after_dates(void)
 	} rows[] = {
 		{ 120 * SEC, 0, 0, 120000 },
 		{ 1 * SEC, 0, 0, 1000 },
-		{ 2 * SEC, 1500, 0, 1000 },	/* 500 ms ahead: 1 s floor */
+		{ 2 * SEC, 1500, 0, 500 },	/* 500 ms ahead */
+		{ 2 * SEC, 1900, 0, 250 },	/* 100 ms ahead: the floor */
 		{ 10 * MIN, 0, 0, 300000 },	/* capped */
 		{ 400 * 86400 * SEC, 0, 0, 300000 },
 		{ 0, 0, -EINVAL, 0 },		/* now is not the future */
@@ -623,7 +630,7 @@ static void test_retry_after_responses(void)
 		int64_t until;
 	} rows[] = {
 		{ "5", POL_RATE_LIMITED, 5000 },
-		{ "0", POL_RATE_LIMITED, 1000 },
+		{ "0", POL_RATE_LIMITED, 250 },
 		{ "100000", POL_RATE_LIMITED, 300000 },
 		{ "Tue, 14 Nov 2023 22:14:20 GMT", POL_RATE_LIMITED, 60000 },
 		{ "Tue, 14 Nov 2023 22:13:00 GMT", POL_BACKOFF, 500 },
@@ -687,8 +694,9 @@ static void test_sentry_parse(void)
 		  { 60000 } },
 		{ "2.5:error:key", 1, { "error" }, { 2500 } },
 		{ "1.2345:error", 1, { "error" }, { 1234 } },
-		{ "0.001:error", 1, { "error" }, { 1000 } },	/* floor */
-		{ "0:error", 1, { "error" }, { 1000 } },
+		{ "0.001:error", 1, { "error" }, { 250 } },	/* floor */
+		{ "0:error", 1, { "error" }, { 250 } },
+		{ "0.3:error", 1, { "error" }, { 300 } },
 		{ "1000:error", 1, { "error" }, { 300000 } },	/* cap */
 		{ "99999999999999999999999:error", 1, { "error" },
 		  { 300000 } },
@@ -924,13 +932,13 @@ static void test_parser_fuzz(void)
 		buf[len] = '\0';
 		if (!pol_parse_retry_after(buf, T0, 300000, &w)) {
 			ok_ra++;
-			CU_ASSERT(w >= 1000 && w <= 300000);
+			CU_ASSERT(w >= POL_RA_FLOOR_MS && w <= 300000);
 		}
 		n = pol_parse_sentry_limits(buf, 300000, l, 8);
 		CU_ASSERT(n >= 0 && n <= 8);
 		ok_sl += n > 0;
 		for (j = 0; j < n; j++) {
-			CU_ASSERT(l[j].wait_ms >= 1000 &&
+			CU_ASSERT(l[j].wait_ms >= POL_RA_FLOOR_MS &&
 				  l[j].wait_ms <= 300000);
 			CU_ASSERT(strlen(l[j].cat) < POL_CAT_MAX);
 			CU_ASSERT(!strpbrk(l[j].cat, ":;, \t"));
@@ -1217,13 +1225,15 @@ static void test_backoff_delays(void)
 	t_cfg(&c);
 	for (l = 0; l < sizeof(seq) / sizeof(seq[0]); l++) {
 		int64_t jmax = seq[l] / 10;
+		/* at the cap the jitter goes below it */
+		int64_t sign = seq[l] == 60000 ? -1 : 1;
 
 		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, 0), seq[l]);
 		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, 1u << 31),
-				seq[l] + jmax / 2);
+				seq[l] + sign * (jmax / 2));
 		/* the jitter stays below 10 % of the delay */
 		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, UINT32_MAX),
-				seq[l] + jmax - 1);
+				seq[l] + sign * (jmax - 1));
 	}
 	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 63, 0), 60000);
 	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 64, 0), 60000);
@@ -1259,7 +1269,9 @@ static void test_backoff_sequence_and_probe(void)
 	for (i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
 		/* rnd alternates 0 and max: both ends of the jitter */
 		uint32_t rnd = i % 2 ? UINT32_MAX : 0;
-		int64_t want = seq[i] + (i % 2 ? seq[i] / 10 - 1 : 0);
+		int64_t j = i % 2 ? seq[i] / 10 - 1 : 0;
+		/* below the cap the jitter is added, at the cap subtracted */
+		int64_t want = seq[i] + (seq[i] + j > 60000 ? -j : j);
 
 		pol_on_response(&s, &c, &b, t_oc(&t, 503, NULL, NULL), now,
 				rnd, &r);
@@ -1676,7 +1688,7 @@ static void test_persist_round_trip(void)
 		sb[i].b.rl_start_ms = i ? T0 - 10 : 0;
 		sb[i].b.reauth_done = i == 1;
 	}
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, a, NODD, sb, 3), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, a, NODD, sb, 3, 0), 0);
 	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
 
 	/* enum values are written as strings */
@@ -1687,7 +1699,7 @@ static void test_persist_round_trip(void)
 	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xa2ok", 3));
 	free(raw);
 
-	CU_ASSERT_EQUAL_FATAL(pol_load(path, b, NODD, &lb, &nb), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, b, NODD, &lb, &nb, 0), 0);
 	for (i = 0; i < NODD; i++) {
 		CU_ASSERT_STRING_EQUAL(b[i].name, odd_names[i]);
 		CU_ASSERT_EQUAL(b[i].state, a[i].state);
@@ -1720,13 +1732,13 @@ static void test_persist_round_trip(void)
 	free(lb);
 
 	/* overwrite in place, with nothing: still atomic, still loads */
-	CU_ASSERT_EQUAL(pol_save(path, a, 1, NULL, 0), 0);
-	CU_ASSERT_EQUAL(pol_load(path, b, NODD, &lb, &nb), 0);
+	CU_ASSERT_EQUAL(pol_save(path, a, 1, NULL, 0, 0), 0);
+	CU_ASSERT_EQUAL(pol_load(path, b, NODD, &lb, &nb, 0), 0);
 	CU_ASSERT_EQUAL(nb, 0);
 	CU_ASSERT_PTR_NULL(lb);
 	/* batches may be ignored by passing NULL */
-	CU_ASSERT_EQUAL(pol_save(path, a, NODD, sb, 3), 0);
-	CU_ASSERT_EQUAL(pol_load(path, b, NODD, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(pol_save(path, a, NODD, sb, 3, 0), 0);
+	CU_ASSERT_EQUAL(pol_load(path, b, NODD, NULL, NULL, 0), 0);
 	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
 	unlink(path);
 }
@@ -1744,12 +1756,12 @@ static void test_persist_by_name(void)
 	saved[0].level = 4;
 	saved[1].state = POL_RATE_LIMITED;
 	saved[1].until_ms = T0 + 9000;
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, saved, 2, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, saved, 2, NULL, 0, 0), 0);
 	/* another order, a new sink, a prefix of a name */
 	pol_sink_init(&now[0], "new");
 	pol_sink_init(&now[1], "ap");
 	pol_sink_init(&now[2], "api");
-	CU_ASSERT_EQUAL(pol_load(path, now, 3, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(pol_load(path, now, 3, NULL, NULL, 0), 0);
 	CU_ASSERT_EQUAL(now[2].state, POL_BACKOFF);
 	CU_ASSERT_EQUAL(now[2].until_ms, T0 + 5000);
 	CU_ASSERT_EQUAL(now[2].level, 4);
@@ -1773,7 +1785,7 @@ static void test_persist_missing_and_corrupt(void)
 	s[0].level = 2;
 	ref = s[0];
 	t_path(path, sizeof(path), "missing.state");
-	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -ENOENT);
+	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -ENOENT);
 	CU_ASSERT_PTR_NULL(lb);
 	CU_ASSERT_EQUAL(nb, 0);
 	CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
@@ -1792,7 +1804,7 @@ static void test_persist_missing_and_corrupt(void)
 		w.ncats = 1;
 		strcpy(w.cats[0].name, "error");
 		w.cats[0].until_ms = T0 + 5;
-		CU_ASSERT_EQUAL_FATAL(pol_save(path, &w, 1, &sb, 1), 0);
+		CU_ASSERT_EQUAL_FATAL(pol_save(path, &w, 1, &sb, 1, 0), 0);
 	}
 	good = tu_read_file(path, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(good);
@@ -1800,7 +1812,7 @@ static void test_persist_missing_and_corrupt(void)
 	/* every truncation is corrupt, and changes nothing */
 	for (cut = 0; cut < len; cut++) {
 		t_write(path, good, cut);
-		rc = pol_load(path, s, 1, &lb, &nb);
+		rc = pol_load(path, s, 1, &lb, &nb, 0);
 		CU_ASSERT_EQUAL(rc, -EBADMSG);
 		CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
 		CU_ASSERT_PTR_NULL(lb);
@@ -1812,7 +1824,7 @@ static void test_persist_missing_and_corrupt(void)
 		memcpy(more, good, len);
 		more[len] = '\0';
 		t_write(path, more, len + 1);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		free(more);
 	}
 	/* every single flipped byte: rejected or loaded, never a crash, and
@@ -1824,7 +1836,7 @@ static void test_persist_missing_and_corrupt(void)
 		bad[cut] ^= 0x5a;
 		t_write(path, bad, len);
 		pol_sink_init(&s[0], "api");
-		rc = pol_load(path, s, 1, &lb, &nb);
+		rc = pol_load(path, s, 1, &lb, &nb, 0);
 		CU_ASSERT(rc == 0 || rc == -EBADMSG);
 		CU_ASSERT(s[0].state <= POL_RATE_LIMITED);
 		CU_ASSERT(s[0].ncats >= 0 && s[0].ncats <= POL_MAX_CATS);
@@ -1842,7 +1854,7 @@ static void test_persist_missing_and_corrupt(void)
 			bad[t_rand() % len] = (char)t_rand();
 		t_write(path, bad, len);
 		pol_sink_init(&s[0], "api");
-		rc = pol_load(path, s, 1, &lb, &nb);
+		rc = pol_load(path, s, 1, &lb, &nb, 0);
 		CU_ASSERT(rc == 0 || rc == -EBADMSG);
 		CU_ASSERT(s[0].state <= POL_RATE_LIMITED);
 		free(lb);
@@ -1857,7 +1869,7 @@ static void test_persist_missing_and_corrupt(void)
 		msgpack_packer pk;
 
 		t_write(path, junk, sizeof(junk));
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		msgpack_sbuffer_init(&buf);
 		msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
 		msgpack_pack_map(&pk, 2);
@@ -1869,10 +1881,10 @@ static void test_persist_missing_and_corrupt(void)
 		msgpack_pack_str_body(&pk, "sinks", 5);
 		msgpack_pack_array(&pk, 0);
 		t_write(path, buf.data, buf.size);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		msgpack_sbuffer_destroy(&buf);
 		t_write(path, "", 0);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
 	}
 	/* a state name that is not one of ours */
@@ -1885,14 +1897,14 @@ static void test_persist_missing_and_corrupt(void)
 		CU_ASSERT_PTR_NOT_NULL_FATAL(st);
 		memcpy(st, "rate_limitex", 12);
 		t_write(path, bad, len);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		free(bad);
 	}
 	/* a directory is not a state file */
-	CU_ASSERT_EQUAL(pol_load(g_dir, s, 1, &lb, &nb), -EBADMSG);
+	CU_ASSERT_EQUAL(pol_load(g_dir, s, 1, &lb, &nb, 0), -EBADMSG);
 	/* the original still loads */
 	t_write(path, good, len);
-	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), 0);
+	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), 0);
 	CU_ASSERT_EQUAL(s[0].state, POL_RATE_LIMITED);
 	CU_ASSERT_EQUAL(s[0].until_ms, T0 + 99999);
 	CU_ASSERT_EQUAL(nb, 1);
@@ -1901,7 +1913,7 @@ static void test_persist_missing_and_corrupt(void)
 	unlink(path);
 	/* a save into a missing directory fails cleanly */
 	t_path(path, sizeof(path), "no/such/dir.state");
-	CU_ASSERT_EQUAL(pol_save(path, s, 1, NULL, 0), -ENOENT);
+	CU_ASSERT_EQUAL(pol_save(path, s, 1, NULL, 0, 0), -ENOENT);
 }
 
 /* PRODUCT.md section 7: a broker restarted during a 300 s Retry-After
@@ -1920,12 +1932,12 @@ static void test_restart_inside_window(void)
 	pol_batch_init(&b, 1, 5);
 	t_send(&s, &c, &b, T0, 429, "300", NULL, &r);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 300000);
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0, 0), 0);
 
 	/* the broker dies at T0 + 10 s and starts again */
 	pol_sink_init(&fresh, "api");
 	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 10000), POL_GATE_SEND);
-	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL, 0), 0);
 	pol_sink_clamp(&fresh, &c, T0 + 10000);
 	CU_ASSERT_EQUAL(fresh.state, POL_RATE_LIMITED);
 	CU_ASSERT_EQUAL(fresh.until_ms, T0 + 300000);
@@ -1944,9 +1956,9 @@ static void test_restart_inside_window(void)
 	/* a backoff window too; and a stale window needs a probe */
 	pol_sink_init(&s, "api");
 	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0, 0), 0);
 	pol_sink_init(&fresh, "api");
-	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL, 0), 0);
 	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 499), POL_GATE_WAIT);
 	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + HOUR), POL_GATE_PROBE);
 	CU_ASSERT_EQUAL(fresh.level, 1);
@@ -1969,15 +1981,175 @@ static void test_clamp(void)
 	pol_sink_clamp(&s, &c, T0);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 300000);	/* > 60 s + 10 % */
 	CU_ASSERT_EQUAL(s.cats[0].until_ms, T0 + 300000);
-	/* backoff_max with full jitter is the bound when it is larger */
+	/* backoff_max is the bound when it is larger: jitter never takes
+	 * a window past it */
 	c.backoff_max_ms = 600000;
 	s.until_ms = T0 + 86400 * SEC;
 	pol_sink_clamp(&s, &c, T0);
-	CU_ASSERT_EQUAL(s.until_ms, T0 + 600000 + 60000 - 1);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 600000);
 	/* a legitimate window is kept */
 	s.until_ms = T0 + 200000;
 	pol_sink_clamp(&s, &c, T0);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 200000);
+}
+
+/* Jitter never takes a window past backoff_max (issue 14: 4.34 s windows
+ * with backoff_max = 4s), whatever the base, cap, percentage and random
+ * word; below the cap it is added, at the cap it spreads below it. */
+static void test_jitter_cap(void)
+{
+	static const struct {
+		uint64_t base, cap;
+		uint32_t pct;
+	} rows[] = {
+		{ 500, 4000, 10 }, { 500, 60000, 10 }, { 300, 4000, 50 },
+		{ 1000, 1000, 10 }, { 3900, 4000, 10 }, { 7, 100, 100 },
+		{ 500, 4000, 0 }, { 1, UINT64_MAX / 4, 10 },
+	};
+	static const uint32_t rnds[] = { 0, 1, 1u << 31, 0xdeadbeef,
+					 UINT32_MAX - 1, UINT32_MAX };
+	size_t i, k;
+	uint32_t l;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct cfg_sink c;
+
+		t_cfg(&c);
+		c.backoff_base_ms = rows[i].base;
+		c.backoff_max_ms = rows[i].cap;
+		c.backoff_jitter_pct = rows[i].pct;
+		for (l = 0; l < 70; l++)
+			for (k = 0; k < sizeof(rnds) / sizeof(rnds[0]); k++) {
+				uint64_t d = l < 64 && rows[i].base <=
+					     (rows[i].cap >> l) ?
+					     rows[i].base << l : rows[i].cap;
+				int64_t got = pol_backoff_delay(&c, l,
+								rnds[k]);
+				uint64_t jmax = d / 100 * rows[i].pct +
+						d % 100 * rows[i].pct / 100;
+
+				if (d > rows[i].cap)
+					d = rows[i].cap;
+				if (got < 0 || (uint64_t)got > rows[i].cap)
+					fprintf(stderr, "jitter row %zu level "
+						"%u rnd %u: %lld > cap\n", i, l,
+						rnds[k], (long long)got);
+				CU_ASSERT((uint64_t)got <= rows[i].cap);
+				/* within the jitter of the capped delay */
+				CU_ASSERT((uint64_t)got + jmax >= d);
+				CU_ASSERT((uint64_t)got <= d + jmax);
+			}
+	}
+	/* the issue's case: base 500 ms, max 4 s, 10 %: the capped windows
+	 * lie in (3.6 s, 4 s] */
+	{
+		struct cfg_sink c;
+
+		t_cfg(&c);
+		c.backoff_max_ms = 4000;
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, 3, UINT32_MAX), 3601);
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, 9, 0), 4000);
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, 2, UINT32_MAX), 2199);
+	}
+}
+
+/* Windows are on the caller's monotonic clock; the wall clock of an
+ * answer only reads HTTP-dates. A wall-clock step between two answers
+ * changes no window. */
+static void test_monotonic_windows(void)
+{
+	const int64_t M0 = 5 * SEC;	/* monotonic: 5 s after boot */
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	struct t_out t;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 1, 5);
+	/* a 503 at M0 while the wall clock reads T0 */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0), 0);
+	t_oc(&t, 503, NULL, NULL);
+	t.o.wall_ms = T0;
+	pol_on_response(&s, &c, &b, &t.o, M0, 0, &r);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 500);
+	CU_ASSERT_EQUAL(b.first_failure_ms, M0);
+	/* the probe, with the wall clock an hour back: window M0 + 1.5 s */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0 + 500), 0);
+	t_oc(&t, 503, NULL, NULL);
+	t.o.wall_ms = T0 - HOUR;
+	pol_on_response(&s, &c, &b, &t.o, M0 + 500, 0, &r);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 1500);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, M0 + 1499), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, M0 + 1500), POL_GATE_PROBE);
+	/* an HTTP-date 60 s after the answer's wall time: 60 s from now on
+	 * the monotonic clock, whatever the wall clock said before */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0 + 1500), 0);
+	t_oc(&t, 429, "Tue, 14 Nov 2023 21:14:20 GMT", NULL);
+	t.o.wall_ms = T0 - HOUR;	/* 21:13:20 */
+	pol_on_response(&s, &c, &b, &t.o, M0 + 1500, 0, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 1500 + 60000);
+	/* the same date read against a wall clock past it: absent, so a
+	 * counted backoff instead */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 2, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0), 0);
+	t_oc(&t, 429, "Tue, 14 Nov 2023 21:14:20 GMT", NULL);
+	t.o.wall_ms = T0;
+	pol_on_response(&s, &c, &b, &t.o, M0, 0, &r);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 500);
+}
+
+/* Persisted times are wall-clock: saved with one process's offset, read
+ * back with another's (a restart, a reboot), they land on the new
+ * monotonic clock at the same wall instants. 0 stays "none"; a time
+ * before the new monotonic origin is negative, never 0. */
+static void test_persist_wall_offset(void)
+{
+	const int64_t off1 = T0 - 5 * SEC;	/* boot 1: mono 5 s = T0 */
+	const int64_t off2 = T0 + 60 * SEC - 2 * SEC; /* boot 2, 60 s on */
+	struct pol_sink a, b;
+	struct pol_saved_batch sb, *lb = NULL;
+	size_t nb = 0;
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/offset.state", g_dir);
+	pol_sink_init(&a, "api");
+	a.state = POL_RATE_LIMITED;
+	a.until_ms = 5 * SEC + 300 * SEC;	/* T0 + 300 s */
+	a.rl_start_ms = 5 * SEC;
+	a.outage_start_ms = 4 * SEC;
+	a.ncats = 1;
+	strcpy(a.cats[0].name, "error");
+	a.cats[0].until_ms = 5 * SEC + 100 * SEC;
+	memset(&sb, 0, sizeof(sb));
+	strcpy(sb.sink, "api");
+	pol_batch_init(&sb.b, 7, 3);
+	sb.b.first_failure_ms = 3 * SEC;	/* T0 - 2 s */
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &a, 1, &sb, 1, off1), 0);
+	pol_sink_init(&b, "api");
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &b, 1, &lb, &nb, off2), 0);
+	/* the new boot's mono clock reads 2 s at T0 + 60 s */
+	CU_ASSERT_EQUAL(b.until_ms, T0 + 300 * SEC - off2);
+	CU_ASSERT_EQUAL(b.until_ms, 2 * SEC + 240 * SEC);
+	CU_ASSERT_EQUAL(b.cats[0].until_ms, 2 * SEC + 40 * SEC);
+	CU_ASSERT_EQUAL(b.rl_start_ms, 2 * SEC - 60 * SEC);
+	CU_ASSERT_EQUAL(b.outage_start_ms, 2 * SEC - 61 * SEC);
+	CU_ASSERT_EQUAL_FATAL(nb, 1);
+	CU_ASSERT_EQUAL(lb[0].b.first_failure_ms, 2 * SEC - 62 * SEC);
+	CU_ASSERT_EQUAL(lb[0].b.rl_start_ms, 0);	/* none stays none */
+	free(lb);
+	/* exactly the new origin: -1, not 0 ("none") */
+	sb.b.first_failure_ms = off2 - off1;	/* wall = off2 */
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &a, 1, &sb, 1, off1), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &b, 1, &lb, &nb, off2), 0);
+	CU_ASSERT_EQUAL(lb[0].b.first_failure_ms, -1);
+	free(lb);
+	unlink(path);
 }
 
 /* ---- registration ---------------------------------------------------------- */
@@ -2027,6 +2199,10 @@ static int add_policy_suite(void)
 	    !CU_add_test(s, "episode never shortens",
 			 test_episode_never_shortens) ||
 	    !CU_add_test(s, "backoff delays", test_backoff_delays) ||
+	    !CU_add_test(s, "jitter never past the cap", test_jitter_cap) ||
+	    !CU_add_test(s, "monotonic windows", test_monotonic_windows) ||
+	    !CU_add_test(s, "persist wall offset",
+			 test_persist_wall_offset) ||
 	    !CU_add_test(s, "backoff sequence and probe",
 			 test_backoff_sequence_and_probe) ||
 	    !CU_add_test(s, "probe details", test_probe_details) ||
