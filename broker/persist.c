@@ -107,6 +107,7 @@ void persist_restore_batch(struct persist *p, const char *sink,
 		b->failures = sb->b.failures;
 		b->first_failure_ms = sb->b.first_failure_ms;
 		b->rl_start_ms = sb->b.rl_start_ms;
+		b->rl_base_ms = sb->b.rl_base_ms;
 		b->reauth_done = sb->b.reauth_done;
 		/* used once: a later batch at this id is a new one */
 		p->batches[i] = p->batches[--p->nbatches];

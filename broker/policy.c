@@ -722,6 +722,30 @@ static void halve(struct pol_sink *s, const struct cfg_sink *c)
 	s->round_ok = 0;
 }
 
+/* The sink's rate-limit clock: how long it has been rate limited in all,
+ * up to now (a window counts up to its end; after that the probe is out,
+ * which is ordinary waiting). Batch budgets leave this time out. */
+static int64_t rl_clock(const struct pol_sink *s, int64_t now)
+{
+	int64_t span = 0;
+
+	if (s->state == POL_RATE_LIMITED && s->rl_start_ms) {
+		span = (now < s->until_ms ? now : s->until_ms) - s->rl_start_ms;
+		if (span < 0)
+			span = 0;
+	}
+	return s->rl_acc_ms + span;
+}
+
+/* leaving rate_limited: its period goes into the clock */
+static void rl_close(struct pol_sink *s, int64_t now)
+{
+	if (s->state != POL_RATE_LIMITED)
+		return;
+	s->rl_acc_ms = rl_clock(s, now);
+	s->rl_start_ms = 0;
+}
+
 static void enter_backoff(struct pol_sink *s, const struct cfg_sink *c,
 			  int64_t now, uint32_t rnd, struct pol_result *r)
 {
@@ -731,6 +755,7 @@ static void enter_backoff(struct pol_sink *s, const struct cfg_sink *c,
 	/* a window is never shortened, whatever opened it */
 	if (s->state != POL_OK)
 		until = max64(until, s->until_ms);
+	rl_close(s, now);
 	s->state = POL_BACKOFF;
 	s->until_ms = until;
 	if (s->level < UINT32_MAX)
@@ -761,6 +786,7 @@ static void recover(struct pol_sink *s, const struct cfg_sink *c,
 	r->log = POL_LOG_RECOVERED;
 	r->outage_ms = s->outage_start_ms ? max64(now - s->outage_start_ms, 0)
 					  : 0;
+	rl_close(s, now);
 	s->state = POL_OK;
 	s->until_ms = 0;
 	s->level = 0;
@@ -833,21 +859,44 @@ static bool rate_signal(struct pol_sink *s, const struct cfg_sink *c,
 	return true;
 }
 
-static void fail_batch(struct pol_batch *b, const struct cfg_sink *c,
-		       int64_t now, struct pol_result *r)
+/* Time b has spent retrying since its first failure, the sink's rate
+ * limits left out (PRODUCT.md section 7: they count against no budget). */
+static int64_t backoff_elapsed(const struct pol_sink *s,
+			       const struct pol_batch *b, int64_t now)
+{
+	int64_t all = now - b->first_failure_ms;
+	int64_t limited = rl_clock(s, now) - b->rl_base_ms;
+
+	if (limited < 0)
+		limited = 0;	/* a clock from another run */
+	return limited < all ? all - limited : 0;
+}
+
+static bool backoff_expired(const struct pol_sink *s,
+			    const struct cfg_sink *c,
+			    const struct pol_batch *b, int64_t now)
+{
+	return b->first_failure_ms &&
+	       (!c->max_backoff_duration_ms ||
+		backoff_elapsed(s, b, now) > u2i(c->max_backoff_duration_ms));
+}
+
+static void fail_batch(const struct pol_sink *s, struct pol_batch *b,
+		       const struct cfg_sink *c, int64_t now,
+		       struct pol_result *r)
 {
 	if (b->failures < UINT32_MAX)
 		b->failures++;
-	if (!b->first_failure_ms)
+	if (!b->first_failure_ms) {
 		b->first_failure_ms = now;
+		b->rl_base_ms = rl_clock(s, now);
+	}
 	b->rl_start_ms = 0;	/* a failure without a limit ends an episode */
 	r->counted = true;
 	if (b->failures > c->max_retries) {
 		r->verdict = POL_V_DROP;
 		r->reason = POL_R_RETRIES_EXHAUSTED;
-	} else if (!c->max_backoff_duration_ms ||
-		   now - b->first_failure_ms >
-		   u2i(c->max_backoff_duration_ms)) {
+	} else if (backoff_expired(s, c, b, now)) {
 		r->verdict = POL_V_DROP;
 		r->reason = POL_R_EXPIRED;
 	} else {
@@ -943,7 +992,7 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		if (limited)
 			limit_batch(b, c, now, r);
 		else
-			fail_batch(b, c, now, r);
+			fail_batch(s, b, c, now, r);
 		break;
 	}
 
@@ -989,13 +1038,11 @@ uint32_t pol_retry_count(const struct pol_batch *b)
 	return b->attempts;
 }
 
-enum pol_reason pol_batch_check(const struct cfg_sink *c,
+enum pol_reason pol_batch_check(const struct pol_sink *s,
+				const struct cfg_sink *c,
 				const struct pol_batch *b, int64_t now)
 {
-	if (b->first_failure_ms &&
-	    (!c->max_backoff_duration_ms ||
-	     now - b->first_failure_ms >
-	     u2i(c->max_backoff_duration_ms)))
+	if (backoff_expired(s, c, b, now))
 		return POL_R_EXPIRED;
 	if (c->on_rate_limit == RL_HOLD && b->rl_start_ms &&
 	    (!c->max_rate_limit_duration_ms ||
@@ -1011,10 +1058,11 @@ enum pol_reason pol_batch_check(const struct cfg_sink *c,
  *   {"format": "outbox-policy", "version": 1,
  *    "sinks": [{"name": str, "state": "ok"|"backoff"|"rate_limited",
  *               "until": ms, "level": n, "rl_start": ms,
- *               "outage_start": ms,
+ *               "outage_start": ms, "rl_acc": ms (a duration),
  *               "cats": [{"name": str, "until": ms}, ...]}, ...],
  *    "batches": [{"sink": str, "id": u64, "events": n, "attempts": n,
  *                 "failures": n, "first_failure": ms, "rl_start": ms,
+ *                 "rl_base": ms (on the sink's rate-limit clock),
  *                 "reauth": bool}, ...]}
  * Times are wall-clock ms (the caller's monotonic times plus its wall
  * offset, see pol_save). Names are raw bytes (msgpack str), so any
@@ -1065,7 +1113,7 @@ static void pack_sink(msgpack_packer *pk, const struct pol_sink *s,
 {
 	int i, n = s->ncats < POL_MAX_CATS ? s->ncats : POL_MAX_CATS;
 
-	msgpack_pack_map(pk, 7);
+	msgpack_pack_map(pk, 8);
 	pk_str(pk, "name");
 	pk_str(pk, s->name);
 	pk_str(pk, "state");
@@ -1074,6 +1122,7 @@ static void pack_sink(msgpack_packer *pk, const struct pol_sink *s,
 	pk_kv_i64(pk, "level", s->level);
 	pk_kv_i64(pk, "rl_start", to_wall(s->rl_start_ms, off));
 	pk_kv_i64(pk, "outage_start", to_wall(s->outage_start_ms, off));
+	pk_kv_i64(pk, "rl_acc", s->rl_acc_ms);	/* a duration */
 	pk_str(pk, "cats");
 	msgpack_pack_array(pk, (size_t)(n > 0 ? n : 0));
 	for (i = 0; i < n; i++) {
@@ -1089,7 +1138,7 @@ static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb,
 {
 	const struct pol_batch *b = &sb->b;
 
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 9);
 	pk_str(pk, "sink");
 	pk_str(pk, sb->sink);
 	pk_str(pk, "id");
@@ -1099,6 +1148,7 @@ static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb,
 	pk_kv_i64(pk, "failures", b->failures);
 	pk_kv_i64(pk, "first_failure", to_wall(b->first_failure_ms, off));
 	pk_kv_i64(pk, "rl_start", to_wall(b->rl_start_ms, off));
+	pk_kv_i64(pk, "rl_base", b->rl_base_ms);	/* on the rl clock */
 	pk_str(pk, "reauth");
 	if (b->reauth_done)
 		msgpack_pack_true(pk);
@@ -1344,6 +1394,8 @@ static int load_sink(const msgpack_object *m, struct pol_sink *s)
 			rc = get_i64(v, 0, INT64_MAX, &s->rl_start_ms);
 		} else if (key_is(k, "outage_start")) {
 			rc = get_i64(v, 0, INT64_MAX, &s->outage_start_ms);
+		} else if (key_is(k, "rl_acc")) {
+			rc = get_i64(v, 0, INT64_MAX, &s->rl_acc_ms);
 		} else if (key_is(k, "cats")) {
 			rc = load_cats(v, s);
 		}
@@ -1389,6 +1441,8 @@ static int load_batch(const msgpack_object *m, struct pol_saved_batch *sb)
 			rc = get_i64(v, 0, INT64_MAX, &b->first_failure_ms);
 		} else if (key_is(k, "rl_start")) {
 			rc = get_i64(v, 0, INT64_MAX, &b->rl_start_ms);
+		} else if (key_is(k, "rl_base")) {
+			rc = get_i64(v, 0, INT64_MAX, &b->rl_base_ms);
 		} else if (key_is(k, "reauth")) {
 			if (v->type != MSGPACK_OBJECT_BOOLEAN)
 				rc = -EBADMSG;
@@ -1508,6 +1562,7 @@ static void apply_sink(struct pol_sink *dst, const struct pol_sink *src)
 	dst->level = src->level;
 	dst->rl_start_ms = src->rl_start_ms;
 	dst->outage_start_ms = src->outage_start_ms;
+	dst->rl_acc_ms = src->rl_acc_ms;
 	dst->last_summary_ms = 0;
 	dst->ncats = src->ncats;
 	memcpy(dst->cats, src->cats, sizeof(dst->cats));

@@ -90,10 +90,11 @@
  * - max_retries = N: after the (N+1)th counted failure the batch is
  *   dropped (retries_exhausted): at most N retries after the first attempt.
  *   0 = a retryable failure drops at once.
- * - max_backoff_duration = D: expired when now - first_failure_ms > D
- *   (exactly D still retries); D = 0 means no retry at all (expired on
- *   the first counted failure). Time spent rate limited after the first
- *   counted failure is included (it is wall time), as in Kotlin.
+ * - max_backoff_duration = D: expired when the time since first_failure_ms,
+ *   less the time the SINK spent rate limited meanwhile, is > D (exactly
+ *   D still retries); D = 0 means no retry at all (expired on the first
+ *   counted failure). Rate limits count against no budget (PRODUCT.md
+ *   section 7), whichever batch's answer set them; Kotlin counts them.
  * - max_rate_limit_duration = R (on_rate_limit = hold): a batch getting a
  *   rate-limit answer is dropped (rate_limited) when now - rl_start_ms > R;
  *   R = 0 drops on the first rate-limit answer.
@@ -193,7 +194,10 @@ struct pol_sink {
 	bool probe_out;           /* the probe of this epoch is in flight */
 	uint32_t limit;           /* ramp: allowed in flight; 0 = max_inflight */
 	uint32_t round_ok;        /* healthy answers in the current round */
-	int64_t rl_start_ms;      /* sink's rate-limit episode start, 0 none */
+	int64_t rl_start_ms;      /* start of the current rate_limited period
+	                           * (episode), 0 none */
+	int64_t rl_acc_ms;        /* time spent rate limited before it, in
+	                           * all: the sink's rate-limit clock */
 	int64_t outage_start_ms;  /* when the sink left ok, 0 while ok */
 	int64_t last_summary_ms;  /* last pol_summary_due() that said yes */
 	int ncats;
@@ -207,6 +211,9 @@ struct pol_batch {
 	uint32_t failures;        /* counted retryable failures */
 	int64_t first_failure_ms; /* 0 = none yet */
 	int64_t rl_start_ms;      /* this batch's rate-limit episode, 0 none */
+	int64_t rl_base_ms;       /* the sink's rate-limit clock at the first
+	                           * failure: what it ran since is left out
+	                           * of max_backoff_duration */
 	bool reauth_done;
 	/* set by pol_begin(), not persisted */
 	bool probe;
@@ -362,7 +369,8 @@ uint32_t pol_retry_count(const struct pol_batch *b);
 
 /* Before resending b: POL_R_EXPIRED or POL_R_RATE_LIMITED when a budget
  * ran out while it waited (drop it), else POL_R_NONE. */
-enum pol_reason pol_batch_check(const struct cfg_sink *c,
+enum pol_reason pol_batch_check(const struct pol_sink *s,
+				const struct cfg_sink *c,
 				const struct pol_batch *b, int64_t now);
 
 /* ---- persistence --------------------------------------------------------- */

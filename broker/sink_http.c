@@ -493,7 +493,8 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 	while (hb->nparts) {
 		struct http_part *p = &hb->part[hb->nparts - 1];
 		enum pol_reason why = p->pb.attempts ?
-			pol_batch_check(&s->cfg, &p->pb, now) : POL_R_NONE;
+			pol_batch_check(&hs->pol, &s->cfg, &p->pb, now) :
+			POL_R_NONE;
 
 		if (why != POL_R_NONE) {
 			hsink_drop_top(s, hb, why, NULL);

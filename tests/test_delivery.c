@@ -640,6 +640,37 @@ static void test_retry_after_0(void)
 	stop_broker(&t);
 }
 
+/* A rate-limit wait is no backoff time (issue 14: a batch dropped as
+ * expired at 3 s of which 0.5 s was backoff): max_backoff_duration = 2 s,
+ * a 503, then the probe rate limited for 3 s, then the batch delivered. */
+static void test_rate_limit_no_budget(void)
+{
+	char conf[1024];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+
+	api_conf(conf, sizeof(conf), 10, "20ms", "2s", "500ms",
+		 "backoff_jitter = 0%\nmax_backoff_duration = 2s\n");
+	start_broker(&t, "rlbudget", conf);
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\": [{\"status\": 503}, "
+		"{\"status\": 429, \"headers\": {\"Retry-After\": \"3\"}}]}"),
+		0);
+	prods_start(&P, &t, 1, 1, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 1);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 1, 10000, &g, g_sp), 0);
+	check_identity("rate limit no budget", &g, g_sp);
+	printf("\n    503, 429 Retry-After 3 with max_backoff_duration 2 s: "
+	       "%llu requests, delivered %llu, expired %llu",
+	       (unsigned long long)up_stat("requests"),
+	       (unsigned long long)api_of(g_sp)->c.delivered_events,
+	       (unsigned long long)api_of(g_sp)->c.dropped_expired);
+	CU_ASSERT_EQUAL(up_stat("requests"), 3);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, 1);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_expired, 0);
+	stop_broker(&t);
+}
+
 /* ---- c. 413: halves, down to one event ----------------------------------- */
 
 /* Emits n events in one burst (one batch) with `script` in force, and
@@ -1087,6 +1118,8 @@ static int add_suites(void)
 	if (!s ||
 	    !CU_add_test(s, "retry_after_429", test_retry_after) ||
 	    !CU_add_test(s, "retry_after_0", test_retry_after_0) ||
+	    !CU_add_test(s, "rate_limit_no_budget",
+			 test_rate_limit_no_budget) ||
 	    !CU_add_test(s, "split_413", test_split_413) ||
 	    !CU_add_test(s, "rejected_400", test_rejected_400) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||

@@ -951,6 +951,9 @@ static void test_parser_fuzz(void)
 
 /* ---- budgets --------------------------------------------------------------- */
 
+/* a sink never rate limited: its rate-limit clock reads 0 */
+static struct pol_sink g_ok;
+
 /* Fails b once at now (the sink is reset each time, so the gate never
  * interferes): the verdict. */
 static struct pol_result fail_at(const struct cfg_sink *c,
@@ -1058,7 +1061,7 @@ static void test_max_backoff_duration(void)
 		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
 		CU_ASSERT_EQUAL(b.first_failure_ms, T0);
 		/* checked before a resend too, with the same boundary */
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + rows[i].second),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + rows[i].second),
 				rows[i].why);
 		r = fail_at(&c, &b, T0 + rows[i].second, 503, NULL);
 		CU_ASSERT_EQUAL(r.verdict, rows[i].v);
@@ -1090,9 +1093,83 @@ static void test_max_backoff_duration(void)
 
 		t_cfg(&c);
 		pol_batch_init(&b, 1, 5);
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + 100 * HOUR),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + 100 * HOUR),
 				POL_R_NONE);
 	}
+}
+
+/* Rate limits count against no budget (PRODUCT.md section 7), including
+ * max_backoff_duration: the time the sink spent rate limited after a
+ * batch's first failure is left out of it. Issue 14: a batch dropped as
+ * expired at 3 s of which 0.5 s was backoff. */
+static void test_rate_limit_not_backoff_time(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch a, b;
+	struct pol_result r;
+	int64_t now = T0;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	c.max_backoff_duration_ms = 2000;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	/* the issue's case: 503, then the probe gets 429 Retry-After: 3 */
+	t_send(&s, &c, &a, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	now = s.until_ms;				/* T0 + 0.5 s */
+	t_send(&s, &c, &a, now, 429, "3", NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_FALSE(r.counted);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 3500);
+	/* 3.5 s after the first failure, 3 s of it rate limited: 0.5 s */
+	now = s.until_ms;
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now), POL_R_NONE);
+	t_send(&s, &c, &a, now, 503, NULL, NULL, &r);	/* the probe */
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	/* backoff time counts: 0.5 + 1.5 = 2.0 s still retries, 2.001 not */
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 1500), POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 1501),
+			POL_R_EXPIRED);
+
+	/* another batch's rate limit holds the whole sink: not this batch's
+	 * backoff time either */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	pol_batch_init(&b, 2, 5);
+	now = T0;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, now), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 1, now), 0);
+	t_resp(&s, &c, &a, now, 503, NULL, NULL, &r);	/* a: first failure */
+	t_resp(&s, &c, &b, now + 100, 429, "60", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, now + 60100);
+	/* a waited 60.1 s, 60 s of it rate limited */
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 60100), POL_R_NONE);
+	/* a window over with its probe still out counts as waiting */
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62000),
+			POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62001),
+			POL_R_EXPIRED);
+	/* the probe succeeds: the rate-limited period is closed into the
+	 * clock, and a's budget still leaves it out */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now + 60100), 0);
+	t_resp(&s, &c, &b, now + 60200, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.rl_acc_ms, 60000);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62000),
+			POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62001),
+			POL_R_EXPIRED);
+	/* a failure before any limit: everything counts */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	t_send(&s, &c, &a, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, T0 + 2000), POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, T0 + 2001),
+			POL_R_EXPIRED);
 }
 
 static void test_max_rate_limit_duration(void)
@@ -1123,7 +1200,7 @@ static void test_max_rate_limit_duration(void)
 		CU_ASSERT_EQUAL(b.rl_start_ms, T0);
 		r = fail_at(&c, &b, T0 + 1000, 503, "300");
 		CU_ASSERT_EQUAL(b.rl_start_ms, T0);	/* same episode */
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + rows[i].later),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + rows[i].later),
 				rows[i].v == POL_V_DROP ? POL_R_RATE_LIMITED
 							: POL_R_NONE);
 		r = fail_at(&c, &b, T0 + rows[i].later, 429, "300");
@@ -1157,7 +1234,7 @@ static void test_max_rate_limit_duration(void)
 		CU_ASSERT_EQUAL(b.rl_start_ms, T0 + 70000);
 
 		c.on_rate_limit = RL_DROP_CATEGORY;
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + 10 * HOUR),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + 10 * HOUR),
 				POL_R_NONE);
 	}
 }
@@ -1668,6 +1745,7 @@ static void test_persist_round_trip(void)
 		a[i].level = (uint32_t)i * 3;
 		a[i].rl_start_ms = T0 - i;
 		a[i].outage_start_ms = T0 - 2 * i;
+		a[i].rl_acc_ms = 1000 * i;
 		a[i].ncats = i % (POL_MAX_CATS + 1);
 		for (j = 0; j < a[i].ncats; j++) {
 			snprintf(a[i].cats[j].name, POL_CAT_MAX, "c\"%d;%d",
@@ -1687,6 +1765,7 @@ static void test_persist_round_trip(void)
 		sb[i].b.first_failure_ms = T0 - 5000;
 		sb[i].b.rl_start_ms = i ? T0 - 10 : 0;
 		sb[i].b.reauth_done = i == 1;
+		sb[i].b.rl_base_ms = 333 * i;
 	}
 	CU_ASSERT_EQUAL_FATAL(pol_save(path, a, NODD, sb, 3, 0), 0);
 	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
@@ -1707,6 +1786,7 @@ static void test_persist_round_trip(void)
 		CU_ASSERT_EQUAL(b[i].level, a[i].level);
 		CU_ASSERT_EQUAL(b[i].rl_start_ms, a[i].rl_start_ms);
 		CU_ASSERT_EQUAL(b[i].outage_start_ms, a[i].outage_start_ms);
+		CU_ASSERT_EQUAL(b[i].rl_acc_ms, a[i].rl_acc_ms);
 		CU_ASSERT_EQUAL_FATAL(b[i].ncats, a[i].ncats);
 		for (j = 0; j < a[i].ncats; j++) {
 			CU_ASSERT_STRING_EQUAL(b[i].cats[j].name,
@@ -1728,6 +1808,7 @@ static void test_persist_round_trip(void)
 				sb[i].b.first_failure_ms);
 		CU_ASSERT_EQUAL(lb[i].b.rl_start_ms, sb[i].b.rl_start_ms);
 		CU_ASSERT_EQUAL(lb[i].b.reauth_done, sb[i].b.reauth_done);
+		CU_ASSERT_EQUAL(lb[i].b.rl_base_ms, sb[i].b.rl_base_ms);
 	}
 	free(lb);
 
@@ -2194,6 +2275,8 @@ static int add_policy_suite(void)
 			 test_rate_limits_not_counted) ||
 	    !CU_add_test(s, "max_backoff_duration",
 			 test_max_backoff_duration) ||
+	    !CU_add_test(s, "rate limits are no backoff time",
+			 test_rate_limit_not_backoff_time) ||
 	    !CU_add_test(s, "max_rate_limit_duration",
 			 test_max_rate_limit_duration) ||
 	    !CU_add_test(s, "episode never shortens",
