@@ -348,11 +348,14 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 	 * drop-oldest removed while this batch was out are counted
 	 * dropped_spool_full already */
 	newly = spool_ack_n(s->spool, b->first_seq, b->end_seq - b->first_seq);
-	if (newly > b->dropped_invalid + b->dropped)
+	s->c.dropped_invalid += b->dropped_invalid;
+	/* a batch dropped whole (rejected, budgets run out) delivered
+	 * nothing: it is not a delivered batch */
+	if (newly > b->dropped_invalid + b->dropped) {
 		s->c.delivered_events += newly - b->dropped_invalid -
 					 b->dropped;
-	s->c.dropped_invalid += b->dropped_invalid;
-	s->c.delivered_batches++;
+		s->c.delivered_batches++;
+	}
 	b->busy = 0;
 	s->inflight--;
 	s->c.inflight = s->inflight;
@@ -361,4 +364,10 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 int sink_idle(const struct sink *s)
 {
 	return s->inflight == 0 && s->read_seq >= spool_next_seq(s->spool);
+}
+
+void sink_stop(struct sink *s)
+{
+	if (s && s->ops && !s->disabled && s->ops->stop)
+		s->ops->stop(s);
 }

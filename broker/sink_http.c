@@ -33,10 +33,12 @@
 
 #define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
 #define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
+#define HSINK_CAUSE_MAX  256     /* "HTTP 503: <body excerpt>", curl text */
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
 	struct pol_batch pb;
+	bool resend;                 /* its next send repeats a failed one */
 };
 
 struct http_batch {
@@ -62,6 +64,7 @@ struct http_sink {
 	/* outage bookkeeping for the recovery line */
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
+	char last_cause[HSINK_CAUSE_MAX]; /* of the last retryable failure */
 	int64_t pub_until;           /* published window, monotonic ms */
 	int64_t pub_cat_until[OBX_MAX_CATS];
 	z_stream z;                  /* gzip, reset per body */
@@ -210,6 +213,12 @@ static int hsink_gzip(struct http_sink *hs, const struct buf *in,
 
 static void hsink_done(void *arg, const struct http_result *r);
 
+/* a request we cancelled ourselves: no answer, no outcome */
+static bool hsink_cancelled(const struct http_result *r)
+{
+	return r->cancelled;
+}
+
 static const char *hsink_ctype(const struct sink *s)
 {
 	switch (s->cfg.encoding) {
@@ -269,8 +278,10 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		return rc;
 	hs->requests_out++;
 	s->c.requests++;
-	if (p->pb.attempts)
+	/* a retry repeats what failed; a half of a split is not one */
+	if (p->resend)
 		s->c.retries++;
+	p->resend = false;
 	return 0;
 }
 
@@ -379,15 +390,21 @@ static void hsink_outage_base(struct sink *s)
 	hs->outage_base = 1;
 }
 
-static void hsink_log(struct sink *s, const struct pol_result *r)
+/* cause: what the answer said (http_cause) */
+static void hsink_log(struct sink *s, const struct pol_result *r,
+		      const char *cause)
 {
 	struct http_sink *hs = s->impl;
+	char limit[48] = "";
 
+	if (r->wait_ms >= 0)
+		snprintf(limit, sizeof(limit), " (rate limited for %.1f s)",
+			 (double)r->wait_ms / 1000.0);
 	if (r->log == POL_LOG_OUTAGE) {
 		hsink_outage_base(s);
-		log_warn("sink %s: %s; %s for %.1f s (one state for all "
+		log_warn("sink %s: %s%s; %s for %.1f s (one state for all "
 			 "producers; next: one probe request)", s->cfg.name,
-			 r->why, pol_state_name(r->state),
+			 cause, limit, pol_state_name(r->state),
 			 (double)(r->until_ms - hsink_now_ms()) / 1000.0);
 	} else if (r->log == POL_LOG_RECOVERED) {
 		log_info("sink %s: upstream back after %.1f s; during the "
@@ -401,16 +418,24 @@ static void hsink_log(struct sink *s, const struct pol_result *r)
 	}
 }
 
+/* Every request ends in exactly one bucket, so at a quiet moment
+ * requests = 2xx + 3xx + 4xx + 5xx + other + network_errors + cancelled. */
 static void hsink_count_status(struct sink *s, const struct http_result *r)
 {
-	if (r->status >= 200 && r->status < 300)
-		s->c.responses_2xx++;
-	else if (r->status >= 400 && r->status < 500)
-		s->c.responses_4xx++;
-	else if (r->status >= 500)
-		s->c.responses_5xx++;
+	if (hsink_cancelled(r))
+		s->c.requests_cancelled++;
 	else if (r->status == 0)
 		s->c.network_errors++;
+	else if (r->status >= 200 && r->status <= 299)
+		s->c.responses_2xx++;
+	else if (r->status >= 300 && r->status <= 399)
+		s->c.responses_3xx++;
+	else if (r->status >= 400 && r->status <= 499)
+		s->c.responses_4xx++;
+	else if (r->status >= 500 && r->status <= 599)
+		s->c.responses_5xx++;
+	else
+		s->c.responses_other++;
 }
 
 static void hsink_done(void *arg, const struct http_result *r)
@@ -432,26 +457,31 @@ static void hsink_done(void *arg, const struct http_result *r)
 	};
 	struct pol_result res;
 	uint32_t n = p->hi - p->lo;
+	char cause[HSINK_CAUSE_MAX];
 
 	hb->req = NULL;
 	hs->requests_out--;
 	hsink_count_status(s, r);
-	if (r->status == 0 && s->b->stopping && r->curl_code == 42) {
-		/* cancelled at shutdown: no outcome, the batch stays */
+	if (hsink_cancelled(r)) {
+		/* cancelled by us (shutdown, reload): no outcome, the batch
+		 * stays in the spool */
 		pol_abort(&hs->pol, &p->pb);
 		hb->waiting = 1;
 		return;
 	}
 	pol_on_response(&hs->pol, &s->cfg, &p->pb, &o, hsink_now_ms(),
 			hsink_rand(), &res);
+	http_cause(r, cause, sizeof(cause));
+	if (res.cls == POL_C_RETRY)
+		memcpy(hs->last_cause, cause, sizeof(hs->last_cause));
 	hsink_publish_state(s);
-	hsink_log(s, &res);
+	hsink_log(s, &res, cause);
 	switch (res.verdict) {
 	case POL_V_DELIVERED:
 		hsink_pop(s, hb);
 		break;
 	case POL_V_DROP:
-		hsink_drop_top(s, hb, res.reason, res.why);
+		hsink_drop_top(s, hb, res.reason, cause);
 		hsink_try(s, hb, hsink_now_ms());
 		break;
 	case POL_V_SPLIT: {
@@ -474,10 +504,12 @@ static void hsink_done(void *arg, const struct http_result *r)
 	}
 	case POL_V_REAUTH:
 		hsink_load_token(s);
+		p->resend = true;
 		hsink_try(s, hb, hsink_now_ms());
 		break;
 	case POL_V_RETRY:
 	default:
+		p->resend = true;
 		hb->waiting = 1;
 		/* its budgets moved: persisted with the next save */
 		s->b->persist.batches_dirty = 1;
@@ -556,6 +588,18 @@ static int hsink_open(struct sink *s)
 	return 0;
 }
 
+/* The broker stops: requests still out are cancelled (their batches stay
+ * in the spool, counted requests_cancelled). */
+static void hsink_stop(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	int i;
+
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++)
+		if (hs->hb[i].req)
+			http_cancel(s->b->http, hs->hb[i].req);
+}
+
 static void hsink_close(struct sink *s)
 {
 	struct http_sink *hs = s->impl;
@@ -631,13 +675,14 @@ static void hsink_summary(struct sink *s, int64_t wall)
 	spool_get_stats(s->spool, &ss);
 	log_warn("sink %s: %s, retrying %llu batches (%.1f MB) for %.0f s; "
 		 "%llu events (%.1f MB) queued in the spool; next attempt in "
-		 "%.1f s", s->cfg.name, pol_state_name(hs->pol.state),
+		 "%.1f s; last failure: %s", s->cfg.name,
+		 pol_state_name(hs->pol.state),
 		 (unsigned long long)nb, (double)bytes / 1e6,
 		 (double)(wall - hs->pol.outage_start_ms) / 1000.0,
 		 (unsigned long long)ss.queued_events,
 		 (double)ss.queued_bytes / 1e6,
 		 (double)(hs->pol.until_ms > wall ? hs->pol.until_ms - wall :
-			  0) / 1000.0);
+			  0) / 1000.0, hs->last_cause[0] ? hs->last_cause : "-");
 }
 
 static uint64_t hsink_tick(struct sink *s, uint64_t now)
@@ -732,4 +777,5 @@ const struct sink_ops sink_http_ops = {
 	.policy = hsink_policy,
 	.saved = hsink_saved,
 	.parked = hsink_parked,
+	.stop = hsink_stop,
 };

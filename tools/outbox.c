@@ -380,6 +380,11 @@ static const struct ctr k_ctrs[] = {
 	  "Events of this sink the spool refused."),
 	K(unknown_routed, 0, CT_INFO,
 	  "Events for unknown sinks routed to this sink."),
+	K(responses_3xx, 0, CT_INFO, "3xx responses."),
+	K(responses_other, 0, CT_INFO,
+	  "Responses with a status outside 200-599."),
+	K(requests_cancelled, 0, CT_INFO,
+	  "Requests cancelled without an outcome (shutdown, reload)."),
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
