@@ -521,6 +521,7 @@ const char *pol_reason_name(enum pol_reason r)
 	case POL_R_EXPIRED: return "expired";
 	case POL_R_RATE_LIMITED: return "rate_limited";
 	case POL_R_TOO_LARGE: return "too_large";
+	case POL_R_COUNT: break;
 	}
 	return "?";
 }

@@ -166,6 +166,7 @@ enum pol_reason {
 	POL_R_EXPIRED,
 	POL_R_RATE_LIMITED,
 	POL_R_TOO_LARGE,        /* dropped_too_large: one event, 413 */
+	POL_R_COUNT
 };
 
 enum pol_log {

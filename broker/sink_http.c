@@ -69,7 +69,8 @@ struct http_sink {
 	int64_t pub_cat_until[OBX_MAX_CATS];
 	z_stream z;                  /* gzip, reset per body */
 	int z_ready;
-	struct log_rl rl;
+	struct log_rl rl;            /* token_file trouble */
+	struct log_rl rl_drop[POL_R_COUNT]; /* drop lines, one per reason */
 };
 
 /* the policy's clock: windows and budgets are durations, CLOCK_MONOTONIC */
@@ -365,10 +366,38 @@ static void hsink_drop_top(struct sink *s, struct http_batch *hb,
 
 	hsink_count_drop(s, why, n);
 	hb->b->dropped += n;
-	log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events (%s%s%s)",
-	       s->cfg.name, n, pol_reason_name(why), detail ? ", " : "",
-	       detail ? detail : "");
+	log_rl_n(&hs->rl_drop[why], n, LOG_WARN,
+		 "sink %s: dropped %u events (%s%s%s)", s->cfg.name, n,
+		 pol_reason_name(why), detail ? ", " : "", detail ? detail : "");
 	hb->nparts--;
+}
+
+/* Drop lines a reason's limiter held back, told in one line: when its
+ * period is over (force: now - at stop, at a reload). Returns the next
+ * mono ns one is due, or UINT64_MAX. */
+static uint64_t hsink_flush_drops(struct sink *s, uint64_t now, int force)
+{
+	struct http_sink *hs = s->impl;
+	uint64_t next = UINT64_MAX, lines, n;
+	int r;
+
+	for (r = 0; r < POL_R_COUNT; r++) {
+		uint64_t due = log_rl_due(&hs->rl_drop[r]);
+
+		if (!due)
+			continue;
+		if (!force && now < due) {
+			next = due < next ? due : next;
+			continue;
+		}
+		if (log_rl_take(&hs->rl_drop[r], &lines, &n))
+			log_warn("sink %s: %llu more drops (%llu events) as %s "
+				 "were not logged one by one", s->cfg.name,
+				 (unsigned long long)lines,
+				 (unsigned long long)n,
+				 pol_reason_name((enum pol_reason)r));
+	}
+	return next;
 }
 
 static uint64_t hsink_dropped(const struct sink *s)
@@ -579,6 +608,8 @@ static int hsink_open(struct sink *s)
 	env_reader_init(&hs->er);
 	json_line_cache_init(&hs->jc);
 	hs->rl = (struct log_rl)LOG_RL_INIT(60);
+	for (i = 0; i < POL_R_COUNT; i++)
+		hs->rl_drop[i] = (struct log_rl)LOG_RL_INIT(60);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		buf_init(&hs->hb[i].body, 0);
 	hsink_load_token(s);
@@ -598,6 +629,8 @@ static void hsink_stop(struct sink *s)
 	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++)
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
+	if (hs)
+		hsink_flush_drops(s, log_mono_ns(), 1);
 }
 
 static void hsink_close(struct sink *s)
@@ -607,6 +640,7 @@ static void hsink_close(struct sink *s)
 
 	if (!hs)
 		return;
+	hsink_flush_drops(s, log_mono_ns(), 1);
 	persist_remember(&s->b->persist, &hs->pol);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
 		if (hs->hb[i].req)
@@ -689,6 +723,7 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 {
 	struct http_sink *hs = s->impl;
 	int64_t wall = hsink_now_ms(), open;
+	uint64_t flush, gate;
 	int i, waiting = 0;
 
 	/* waiting parts, oldest batch first (the probe is the oldest) */
@@ -711,17 +746,18 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 		hsink_outage_base(s);
 	hsink_publish_state(s);
 	hsink_summary(s, wall);
+	flush = hsink_flush_drops(s, now, 0);
 	/* a deadline only when something waits for the gate: a waiting
 	 * part, or (not ok) the spool's next batch at the window's end;
 	 * otherwise a completion ticks the sink */
 	if (!waiting && hs->pol.state == POL_OK)
-		return UINT64_MAX;
+		return flush;
 	open = pol_next_open(&hs->pol, &s->cfg, hs->requests_out, wall);
 	if (open == POL_NEVER)
-		return UINT64_MAX;
-	if (open <= wall)
-		return now + 1000000ull;
-	return now + (uint64_t)(open - wall) * 1000000ull;
+		return flush;
+	gate = open <= wall ? now + 1000000ull :
+	       now + (uint64_t)(open - wall) * 1000000ull;
+	return gate < flush ? gate : flush;
 }
 
 static const struct pol_sink *hsink_policy(const struct sink *s)

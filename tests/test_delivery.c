@@ -910,6 +910,49 @@ static void test_cause_logged(void)
 	close(fd);
 }
 
+/* ---- drop lines: one limiter per reason, nothing lost -------------------- */
+
+/* Issue 14, defect 2: one limiter per sink for every drop reason, and
+ * suppressed counts only told by the next line that got through: a 400
+ * then a 503 with max_retries = 0 gave one line for 6 drops; 5 drops
+ * from 413 one line and no "(4 more)". Now each reason has its limiter
+ * and what one holds back is told when its period ends and at stop. */
+static void test_drop_logs(void)
+{
+	char conf[1024];
+	struct obx_stats g;
+	struct bt t;
+
+	api_conf(conf, sizeof(conf), 5, "100ms", "2s", "200ms",
+		 "max_retries = 0\n");
+	start_broker(&t, "droplogs", conf);
+	burst_phase(&t, "400", "{\"steps\": [{\"status\": 400}]}", 2, 2, &g);
+	burst_phase(&t, "503", "{\"steps\": [{\"status\": 503}]}", 4, 6, &g);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_rejected, 2);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_retries_exhausted, 4);
+	/* 5 events refused with 413 down to each one: 9 requests, 5 drops */
+	burst_phase(&t, "413", "{\"steps\": [{\"status\": 413, "
+		    "\"count\": 9}]}", 5, 11, &g);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_too_large, 5);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	printf("\n    drop lines: rejected %d, retries_exhausted %d, "
+	       "too_large %d + %d at stop",
+	       log_count(&t, "dropped 2 events (rejected"),
+	       log_count(&t, "dropped 4 events (retries_exhausted"),
+	       log_count(&t, "dropped 1 events (too_large"),
+	       log_count(&t, "4 more drops (4 events) as too_large"));
+	CU_ASSERT_EQUAL(log_count(&t, "dropped 2 events (rejected, HTTP 400"),
+			1);
+	CU_ASSERT_EQUAL(log_count(&t, "dropped 4 events (retries_exhausted, "
+				  "HTTP 503"), 1);
+	CU_ASSERT_EQUAL(log_count(&t, "dropped 1 events (too_large, HTTP 413"),
+			1);
+	CU_ASSERT_EQUAL(log_count(&t, "4 more drops (4 events) as too_large "
+				  "were not logged one by one"), 1);
+	bt_cleanup(&t);
+	printf("\n    ");
+}
+
 /* ---- d. 400: that batch dropped as rejected ------------------------------ */
 
 static void test_rejected_400(void)
@@ -1302,6 +1345,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "rejected_400", test_rejected_400) ||
 	    !CU_add_test(s, "counters", test_counters) ||
 	    !CU_add_test(s, "cause_logged", test_cause_logged) ||
+	    !CU_add_test(s, "drop_logs", test_drop_logs) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||
