@@ -654,6 +654,36 @@ bool pol_cat_limited(const struct pol_sink *s, const char *cat, int64_t now)
 	return false;
 }
 
+/* The outage is over: the sink was ok for POL_FLAP_MS after its last
+ * recovery (or the broker stops). The recovery line, then a clean slate. */
+static void close_outage(struct pol_sink *s, struct pol_result *r)
+{
+	r->log = POL_LOG_RECOVERED;
+	r->outage_ms = s->outage_start_ms ?
+		       max64(s->recovered_ms - s->outage_start_ms, 0) : 0;
+	r->flaps = s->flaps;
+	s->level = 0;
+	s->outage_start_ms = 0;
+	s->recovered_ms = 0;
+	s->flaps = 0;
+	s->last_summary_ms = 0;
+}
+
+int64_t pol_tick(struct pol_sink *s, int64_t now, bool force,
+		 struct pol_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->state = s->state;
+	r->until_ms = s->until_ms;
+	r->wait_ms = -1;
+	if (s->state != POL_OK || !s->recovered_ms)
+		return POL_NEVER;
+	if (!force && now - s->recovered_ms < POL_FLAP_MS)
+		return s->recovered_ms + POL_FLAP_MS;
+	close_outage(s, r);
+	return POL_NEVER;
+}
+
 int pol_summary_due(struct pol_sink *s, int64_t now)
 {
 	int64_t ref;
@@ -709,6 +739,21 @@ static void leave_ok(struct pol_sink *s, int64_t now, struct pol_result *r)
 {
 	if (s->state != POL_OK)
 		return;
+	if (s->recovered_ms && now - s->recovered_ms <= POL_FLAP_MS) {
+		/* flapping: the same outage goes on, at its level, and
+		 * nothing is logged */
+		if (s->flaps < UINT32_MAX)
+			s->flaps++;
+		s->recovered_ms = 0;
+		return;
+	}
+	if (s->recovered_ms) {
+		/* a recovery nobody confirmed (pol_tick not called): the
+		 * old outage is over, this is a new one */
+		struct pol_result old;
+
+		close_outage(s, &old);
+	}
 	s->outage_start_ms = now;
 	s->last_summary_ms = 0;
 	r->log = POL_LOG_OUTAGE;
@@ -781,18 +826,18 @@ static void enter_rate_limited(struct pol_sink *s, int64_t now, int64_t wait,
 	s->probe_out = false;
 }
 
+/* The probe was answered: ok again, but the outage is only over once it
+ * stays so for POL_FLAP_MS (pol_tick); until then level, outage start and
+ * the outage's counts stay, and a failure continues it. */
 static void recover(struct pol_sink *s, const struct cfg_sink *c,
 		    int64_t now, struct pol_result *r)
 {
-	r->log = POL_LOG_RECOVERED;
-	r->outage_ms = s->outage_start_ms ? max64(now - s->outage_start_ms, 0)
-					  : 0;
+	(void)r;
 	rl_close(s, now);
 	s->state = POL_OK;
 	s->until_ms = 0;
-	s->level = 0;
 	s->rl_start_ms = 0;
-	s->outage_start_ms = 0;
+	s->recovered_ms = now;
 	s->last_summary_ms = 0;
 	/* ramp: one request in flight first (none needed at max 1) */
 	s->limit = max_inflight(c) > 1 ? 1 : 0;
@@ -1060,6 +1105,7 @@ enum pol_reason pol_batch_check(const struct pol_sink *s,
  *    "sinks": [{"name": str, "state": "ok"|"backoff"|"rate_limited",
  *               "until": ms, "level": n, "rl_start": ms,
  *               "outage_start": ms, "rl_acc": ms (a duration),
+ *               "recovered": ms, "flaps": n,
  *               "cats": [{"name": str, "until": ms}, ...]}, ...],
  *    "batches": [{"sink": str, "id": u64, "events": n, "attempts": n,
  *                 "failures": n, "first_failure": ms, "rl_start": ms,
@@ -1114,7 +1160,7 @@ static void pack_sink(msgpack_packer *pk, const struct pol_sink *s,
 {
 	int i, n = s->ncats < POL_MAX_CATS ? s->ncats : POL_MAX_CATS;
 
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 10);
 	pk_str(pk, "name");
 	pk_str(pk, s->name);
 	pk_str(pk, "state");
@@ -1124,6 +1170,8 @@ static void pack_sink(msgpack_packer *pk, const struct pol_sink *s,
 	pk_kv_i64(pk, "rl_start", to_wall(s->rl_start_ms, off));
 	pk_kv_i64(pk, "outage_start", to_wall(s->outage_start_ms, off));
 	pk_kv_i64(pk, "rl_acc", s->rl_acc_ms);	/* a duration */
+	pk_kv_i64(pk, "recovered", to_wall(s->recovered_ms, off));
+	pk_kv_i64(pk, "flaps", s->flaps);
 	pk_str(pk, "cats");
 	msgpack_pack_array(pk, (size_t)(n > 0 ? n : 0));
 	for (i = 0; i < n; i++) {
@@ -1397,6 +1445,10 @@ static int load_sink(const msgpack_object *m, struct pol_sink *s)
 			rc = get_i64(v, 0, INT64_MAX, &s->outage_start_ms);
 		} else if (key_is(k, "rl_acc")) {
 			rc = get_i64(v, 0, INT64_MAX, &s->rl_acc_ms);
+		} else if (key_is(k, "recovered")) {
+			rc = get_i64(v, 0, INT64_MAX, &s->recovered_ms);
+		} else if (key_is(k, "flaps")) {
+			rc = get_u32(v, &s->flaps);
 		} else if (key_is(k, "cats")) {
 			rc = load_cats(v, s);
 		}
@@ -1564,6 +1616,8 @@ static void apply_sink(struct pol_sink *dst, const struct pol_sink *src)
 	dst->rl_start_ms = src->rl_start_ms;
 	dst->outage_start_ms = src->outage_start_ms;
 	dst->rl_acc_ms = src->rl_acc_ms;
+	dst->recovered_ms = src->recovered_ms;
+	dst->flaps = src->flaps;
 	dst->last_summary_ms = 0;
 	dst->ncats = src->ncats;
 	memcpy(dst->cats, src->cats, sizeof(dst->cats));
@@ -1585,6 +1639,7 @@ static void loaded_to_mono(struct loaded *l, int64_t off)
 		s->until_ms = from_wall(s->until_ms, off);
 		s->rl_start_ms = from_wall(s->rl_start_ms, off);
 		s->outage_start_ms = from_wall(s->outage_start_ms, off);
+		s->recovered_ms = from_wall(s->recovered_ms, off);
 		for (k = 0; k < s->ncats && k < POL_MAX_CATS; k++)
 			s->cats[k].until_ms = from_wall(s->cats[k].until_ms,
 							off);

@@ -42,8 +42,17 @@
  * - When the window of backoff or rate_limited is over, exactly ONE probe
  *   request may start (half-open). A probe that gets any answer that is
  *   not a retryable failure or a rate limit (2xx, but also 4xx, 413,
- *   401...: the upstream is up) moves the sink to ok with level 0; a
- *   retryable failure moves it to backoff at the next level.
+ *   401...: the upstream is up) moves the sink to ok; a retryable failure
+ *   moves it to backoff at the next level.
+ * - Outages and hysteresis: the first failure from ok starts an outage
+ *   (outage_start_ms, POL_LOG_OUTAGE: logged once). A recovery (the probe
+ *   answered) makes the sink ok at once, but the outage is over only when
+ *   the sink stays ok for POL_FLAP_MS: pol_tick() then says
+ *   POL_LOG_RECOVERED (logged once, with the outage's length up to the
+ *   last recovery) and the level goes back to 0. A failure within
+ *   POL_FLAP_MS of a recovery (a flapping upstream) continues the same
+ *   outage: no new outage line, the backoff level where it was (the window
+ *   is the one its next failed probe would have had), counted in flaps.
  * - Ramp: after a probe succeeds the sink is ok with limit = 1. A round
  *   is `limit` consecutive healthy answers (any non-retryable outcome) of
  *   live requests; each completed round raises limit by 1 until it
@@ -112,6 +121,7 @@
  *   request lost     pol_abort() when a started request ends without any
  *                    outcome (cancelled at shutdown).
  *   timers           pol_next_open(): when to try pol_begin() again;
+ *                    pol_tick() when it says (the end of an outage);
  *                    pol_summary_due() every so often while not ok.
  *   drop-category    pol_cat_limited() before putting an event in a batch.
  *   restart          pol_save() / pol_load(), then pol_sink_clamp().
@@ -128,6 +138,8 @@
 #define POL_MAX_CATS   8        /* = OBX_MAX_CATS */
 #define POL_CAT_MAX    24       /* category name incl. NUL (= OBX_CAT_MAX) */
 #define POL_SUMMARY_MS 60000    /* at most one summary line per 60 s */
+#define POL_FLAP_MS    60000    /* a failure this soon after a recovery
+                                 * continues the outage (hysteresis) */
 #define POL_RA_FLOOR_MS 250     /* shortest rate-limit wait ("Retry-After:
                                  * 0"): Segment's e2e suite wants the retry
                                  * in under a second */
@@ -172,7 +184,8 @@ enum pol_reason {
 enum pol_log {
 	POL_LOG_NONE,
 	POL_LOG_OUTAGE,         /* first failure of an outage: log `why` */
-	POL_LOG_RECOVERED,      /* back to ok: log outage_ms */
+	POL_LOG_RECOVERED,      /* the outage is over (pol_tick): log
+	                         * outage_ms */
 };
 
 enum pol_gate {
@@ -199,7 +212,11 @@ struct pol_sink {
 	                           * (episode), 0 none */
 	int64_t rl_acc_ms;        /* time spent rate limited before it, in
 	                           * all: the sink's rate-limit clock */
-	int64_t outage_start_ms;  /* when the sink left ok, 0 while ok */
+	int64_t outage_start_ms;  /* when the outage began, 0 = none */
+	int64_t recovered_ms;     /* last probe answered while that outage
+	                           * is not over yet (POL_FLAP_MS), 0 none */
+	uint32_t flaps;           /* failures within POL_FLAP_MS of a
+	                           * recovery, this outage */
 	int64_t last_summary_ms;  /* last pol_summary_due() that said yes */
 	int ncats;
 	struct pol_cat cats[POL_MAX_CATS];
@@ -245,6 +262,8 @@ struct pol_result {
 	int64_t until_ms;
 	enum pol_log log;
 	int64_t outage_ms;        /* POL_LOG_RECOVERED: how long it lasted */
+	uint32_t flaps;           /* POL_LOG_RECOVERED: failures after a
+	                           * recovery it went through */
 	char why[64];             /* "HTTP 503", "timeout", "rate limited" */
 };
 
@@ -347,6 +366,13 @@ bool pol_cat_limited(const struct pol_sink *s, const char *cat, int64_t now);
 /* The backoff delay for a level, jitter included (see the top). */
 int64_t pol_backoff_delay(const struct cfg_sink *c, uint32_t level,
 			  uint32_t rnd);
+
+/* Time passing: when the sink has been ok for POL_FLAP_MS since its last
+ * recovery (or at once with force: the broker stops), the outage is over:
+ * r->log = POL_LOG_RECOVERED with its length and flaps, level back to 0.
+ * Returns when to call again (POL_NEVER: only after a response). */
+int64_t pol_tick(struct pol_sink *s, int64_t now, bool force,
+		 struct pol_result *r);
 
 /* 1 when a summary line is due (state not ok, and 60 s since the outage
  * began or since the last yes); records now. 0 otherwise. */

@@ -436,15 +436,37 @@ static void hsink_log(struct sink *s, const struct pol_result *r,
 			 cause, limit, pol_state_name(r->state),
 			 (double)(r->until_ms - hsink_now_ms()) / 1000.0);
 	} else if (r->log == POL_LOG_RECOVERED) {
-		log_info("sink %s: upstream back after %.1f s; during the "
-			 "outage %llu events delivered, %llu dropped",
-			 s->cfg.name, (double)r->outage_ms / 1000.0,
+		char flaps[64] = "";
+
+		if (r->flaps)
+			snprintf(flaps, sizeof(flaps), ", failing again %u "
+				 "times soon after recovering", r->flaps);
+		log_info("sink %s: upstream back after %.1f s%s; since the "
+			 "outage began %llu events delivered, %llu dropped",
+			 s->cfg.name, (double)r->outage_ms / 1000.0, flaps,
 			 (unsigned long long)(s->c.delivered_events -
 					      hs->outage_delivered),
 			 (unsigned long long)(hsink_dropped(s) -
 					      hs->outage_dropped));
 		hs->outage_base = 0;
 	}
+}
+
+/* The end of an outage once the sink held ok for POL_FLAP_MS (force: at
+ * stop, whatever it held): logged. The next mono ns it is due at. */
+static uint64_t hsink_outage_over(struct sink *s, uint64_t now, int force)
+{
+	struct http_sink *hs = s->impl;
+	struct pol_result r;
+	int64_t ms = hsink_now_ms(), due;
+
+	due = pol_tick(&hs->pol, ms, force, &r);
+	hsink_log(s, &r, "");
+	if (r.log == POL_LOG_RECOVERED)
+		s->b->persist.dirty = 1;
+	if (due == POL_NEVER)
+		return UINT64_MAX;
+	return due <= ms ? now : now + (uint64_t)(due - ms) * 1000000ull;
 }
 
 /* Every request ends in exactly one bucket, so at a quiet moment
@@ -629,8 +651,10 @@ static void hsink_stop(struct sink *s)
 	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++)
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
-	if (hs)
-		hsink_flush_drops(s, log_mono_ns(), 1);
+	if (!hs)
+		return;
+	hsink_flush_drops(s, log_mono_ns(), 1);
+	hsink_outage_over(s, log_mono_ns(), 1);
 }
 
 static void hsink_close(struct sink *s)
@@ -723,7 +747,7 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 {
 	struct http_sink *hs = s->impl;
 	int64_t wall = hsink_now_ms(), open;
-	uint64_t flush, gate;
+	uint64_t flush, gate, over;
 	int i, waiting = 0;
 
 	/* waiting parts, oldest batch first (the probe is the oldest) */
@@ -742,11 +766,14 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 	}
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		waiting |= hs->hb[i].b && hs->hb[i].waiting;
-	if (hs->pol.state != POL_OK && !hs->outage_base)
+	/* an outage restored from the state file: its counts start here */
+	if (hs->pol.outage_start_ms && !hs->outage_base)
 		hsink_outage_base(s);
 	hsink_publish_state(s);
 	hsink_summary(s, wall);
 	flush = hsink_flush_drops(s, now, 0);
+	over = hsink_outage_over(s, now, 0);
+	flush = over < flush ? over : flush;
 	/* a deadline only when something waits for the gate: a waiting
 	 * part, or (not ok) the spool's next batch at the window's end;
 	 * otherwise a completion ticks the sink */

@@ -40,18 +40,28 @@
 
 /* The http sink "api" against the fake upstream; `extra` (may be "")
  * holds further keys for [sink api], none of the ones written here. */
-static void api_conf(char *buf, size_t cap, unsigned batch, const char *flush,
-		     const char *timeout, const char *backoff_base,
-		     const char *extra)
+static void api_conf_max(char *buf, size_t cap, unsigned batch,
+			 const char *flush, const char *timeout,
+			 const char *backoff_base, const char *backoff_max,
+			 const char *extra)
 {
 	snprintf(buf, cap,
 		 "[sink api]\ntype = http\nurl = %s/ingest\n"
 		 "encoding = ndjson\ncompression = none\n"
 		 "batch_max_events = %u\nflush_interval = %s\n"
-		 "max_inflight = 4\nbackoff_base = %s\nbackoff_max = 4s\n"
+		 "max_inflight = 4\nbackoff_base = %s\nbackoff_max = %s\n"
 		 "timeout = %s\nconnect_timeout = 1s\n"
 		 "retry_after_max = 300s\n%s", up_base(), batch, flush,
-		 backoff_base, timeout, extra);
+		 backoff_base, backoff_max, timeout, extra);
+}
+
+/* the same with backoff_max = 4s */
+static void api_conf(char *buf, size_t cap, unsigned batch, const char *flush,
+		     const char *timeout, const char *backoff_base,
+		     const char *extra)
+{
+	api_conf_max(buf, cap, batch, flush, timeout, backoff_base, "4s",
+		     extra);
 }
 
 /* ---- producers ----------------------------------------------------------- */
@@ -503,10 +513,13 @@ static void test_outage(void)
 	printf("\n    the probe batch went %d times", longest);
 	CU_ASSERT(longest >= probes);
 	json_decref(reqs);
-	/* logged once at the start, once at the end */
+	/* logged once at the start, once at the end: the end is told once
+	 * the sink held ok for 60 s, or at the stop, whichever first */
 	CU_ASSERT_EQUAL(log_count(&t, "one state for all producers"), 1);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
 	CU_ASSERT_EQUAL(log_count(&t, "upstream back after"), 1);
-	stop_broker(&t);
+	bt_cleanup(&t);
+	printf("\n    ");
 }
 
 /* ---- b. 429 + Retry-After: 5 --------------------------------------------- */
@@ -953,6 +966,70 @@ static void test_drop_logs(void)
 	printf("\n    ");
 }
 
+/* ---- a flapping upstream: one outage ------------------------------------- */
+
+/* Issue 14, defect 3: 503/200 alternating gave 48 outage and 47 recovery
+ * lines in 30 s and reset the backoff level each time. A failure within
+ * 60 s of a recovery continues the outage: one outage line, growing
+ * windows, one recovery line when it holds (here: at the stop). */
+static void test_flapping(void)
+{
+	const int flips = 8;
+	char conf[1024], script[2048];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	json_t *reqs;
+	double last_gap = 0, first_gap = 0;
+	uint64_t total;
+	size_t i;
+	int n, during_out, during_back;
+
+	api_conf_max(conf, sizeof(conf), 10, "20ms", "2s", "100ms", "1s",
+		     "backoff_jitter = 0%\n");
+	start_broker(&t, "flap", conf);
+	n = snprintf(script, sizeof(script), "{\"steps\": [");
+	for (i = 0; i < (size_t)flips; i++)
+		n += snprintf(script + n, sizeof(script) - (size_t)n,
+			      "%s{\"status\": 503}, {\"status\": 200}",
+			      i ? ", " : "");
+	snprintf(script + n, sizeof(script) - (size_t)n, "]}");
+	CU_ASSERT_EQUAL_FATAL(up_script(script), 0);
+	prods_start(&P, &t, 1, 700 / SCALE, 100);
+	total = prods_wait(&P);
+	CU_ASSERT_EQUAL(wait_quiet(&t, total, 20000, &g, g_sp), 0);
+	check_identity("flapping", &g, g_sp);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, total);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.responses_5xx, (uint64_t)flips);
+	/* the window after each 503: growing, never reset */
+	reqs = up_requests(0, 0);
+	for (i = 0; i + 1 < json_array_size(reqs); i++)
+		if (req_status(json_array_get(reqs, i)) == 503) {
+			double gap = req_time(json_array_get(reqs, i + 1)) -
+				     req_time(json_array_get(reqs, i));
+
+			if (!first_gap)
+				first_gap = gap;
+			last_gap = gap;
+		}
+	json_decref(reqs);
+	during_out = log_count(&t, "one state for all producers");
+	during_back = log_count(&t, "upstream back after");
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	printf("\n    %d x 503/200: windows %.2f s .. %.2f s; outage lines "
+	       "%d, recovery lines %d before the stop, %d after",
+	       flips, first_gap, last_gap, during_out, during_back,
+	       log_count(&t, "upstream back after"));
+	CU_ASSERT(first_gap >= 0.09 && first_gap < 0.5);
+	CU_ASSERT(last_gap >= 0.95);
+	CU_ASSERT_EQUAL(during_out, 1);
+	CU_ASSERT_EQUAL(during_back, 0);
+	CU_ASSERT_EQUAL(log_count(&t, "upstream back after"), 1);
+	CU_ASSERT_EQUAL(log_count(&t, "failing again 7 times"), 1);
+	bt_cleanup(&t);
+	printf("\n    ");
+}
+
 /* ---- d. 400: that batch dropped as rejected ------------------------------ */
 
 static void test_rejected_400(void)
@@ -1346,6 +1423,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "counters", test_counters) ||
 	    !CU_add_test(s, "cause_logged", test_cause_logged) ||
 	    !CU_add_test(s, "drop_logs", test_drop_logs) ||
+	    !CU_add_test(s, "flapping", test_flapping) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||

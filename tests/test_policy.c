@@ -1374,21 +1374,124 @@ static void test_backoff_sequence_and_probe(void)
 				-EAGAIN);
 		CU_ASSERT_EQUAL(pol_next_open(&s, &c, 1, now), POL_NEVER);
 	}
-	/* the probe succeeds: ok, level 0, recovery logged with its length */
+	/* the probe succeeds: ok at once; the outage is over (logged once,
+	 * with its length, level back to 0) after POL_FLAP_MS of health */
 	pol_on_response(&s, &c, &b, t_oc(&t, 200, NULL, NULL), now + 10, 0,
 			&r);
 	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);
 	CU_ASSERT_EQUAL(r.state, POL_OK);
-	CU_ASSERT_EQUAL(s.level, 0);
 	CU_ASSERT_EQUAL(s.until_ms, 0);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 10 + POL_FLAP_MS - 1, false, &r),
+			now + 10 + POL_FLAP_MS);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 10 + POL_FLAP_MS, false, &r),
+			POL_NEVER);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
 	CU_ASSERT_EQUAL(r.outage_ms, now + 10 - T0);
+	CU_ASSERT_EQUAL(r.flaps, 0);
+	CU_ASSERT_EQUAL(s.level, 0);
+	/* once only */
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 20 + POL_FLAP_MS, true, &r),
+			POL_NEVER);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
 	/* the next outage starts over at the base delay */
-	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now + 20), 0);
-	pol_on_response(&s, &c, &b, t_oc(&t, 502, NULL, NULL), now + 20, 0,
-			&r);
-	CU_ASSERT_EQUAL(s.until_ms, now + 20 + 500);
+	now += 20 + POL_FLAP_MS;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now), 0);
+	pol_on_response(&s, &c, &b, t_oc(&t, 502, NULL, NULL), now, 0, &r);
+	CU_ASSERT_EQUAL(s.until_ms, now + 500);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+}
+
+/* Issue 14, defect 3: 503/200 alternating gave 48 outage and 47 recovery
+ * lines in 30 s and reset the backoff level each time. A failure within
+ * POL_FLAP_MS of a recovery continues the outage: one outage line, the
+ * windows keep growing, one recovery line once it holds. */
+static void test_flapping(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	int64_t now = T0, last_ok = 0, win, prev_win = 0;
+	int i, outages = 0, recoveries = 0;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	c.backoff_max_ms = 4000;
+	pol_sink_init(&s, "api");
+	for (i = 0; i < 12; i++) {
+		/* a request fails (the first from ok, then each one right
+		 * after a recovery: a flap) ... */
+		pol_batch_init(&b, (uint64_t)i, 5);
+		t_send(&s, &c, &b, now, 503, NULL, NULL, &r);
+		outages += r.log == POL_LOG_OUTAGE;
+		recoveries += r.log == POL_LOG_RECOVERED;
+		CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+		CU_ASSERT_EQUAL(s.level, (uint32_t)i + 1);
+		win = s.until_ms - now;
+		/* 0.5, 1, 2, 4, 4 ...: the level is never reset */
+		CU_ASSERT(win >= prev_win);
+		prev_win = win;
+		/* ... and the probe after the window succeeds */
+		now = s.until_ms;
+		t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(s.state, POL_OK);
+		outages += r.log == POL_LOG_OUTAGE;
+		recoveries += r.log == POL_LOG_RECOVERED;
+		CU_ASSERT_EQUAL(pol_tick(&s, now + 100, false, &r),
+				now + POL_FLAP_MS);
+		recoveries += r.log == POL_LOG_RECOVERED;
+		last_ok = now;
+		now += 100;	/* the next request fails soon after */
+	}
+	CU_ASSERT_EQUAL(outages, 1);
+	CU_ASSERT_EQUAL(recoveries, 0);
+	CU_ASSERT_EQUAL(prev_win, 4000);
+	CU_ASSERT_EQUAL(s.flaps, 11);
+	CU_ASSERT_EQUAL(s.outage_start_ms, T0);
+	/* healthy for POL_FLAP_MS after the last recovery: over, once */
+	CU_ASSERT_EQUAL(pol_tick(&s, last_ok + POL_FLAP_MS - 1, false, &r),
+			last_ok + POL_FLAP_MS);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(pol_tick(&s, last_ok + POL_FLAP_MS, false, &r),
+			POL_NEVER);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(r.outage_ms, last_ok - T0);
+	CU_ASSERT_EQUAL(r.flaps, 11);
+	CU_ASSERT_EQUAL(s.level, 0);
+	CU_ASSERT_EQUAL(s.flaps, 0);
+	/* a failure after that is a new outage, from the base delay */
+	now = last_ok + POL_FLAP_MS + 1;
+	t_send(&s, &c, &b, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	CU_ASSERT_EQUAL(s.until_ms, now + 500);
+	CU_ASSERT_EQUAL(s.outage_start_ms, now);
+	/* the flap window is POL_FLAP_MS exactly: at it a failure still
+	 * continues the outage, 1 ms later it is a new one (when nobody
+	 * ticked: the old one ends unlogged) */
+	now = s.until_ms;
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_send(&s, &c, &b, now + POL_FLAP_MS, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(s.level, 2);
+	now = s.until_ms;
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_send(&s, &c, &b, now + POL_FLAP_MS + 1, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	CU_ASSERT_EQUAL(s.level, 1);
+	/* a rate limit soon after a recovery continues the outage too */
+	now = s.until_ms;
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_send(&s, &c, &b, now + 10, 429, "5", NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	/* the stop tells a recovery that has not held POL_FLAP_MS yet */
+	now = s.until_ms;
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 5, true, &r), POL_NEVER);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(r.flaps, 1);
 }
 
 static void test_probe_details(void)
@@ -1444,7 +1547,10 @@ static void test_probe_details(void)
 	t_resp(&s, &c, &a, T0 + 1800, 400, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
 	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.recovered_ms, T0 + 1800);
+	pol_tick(&s, T0 + 1800 + POL_FLAP_MS, false, &r);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(s.level, 0);
 	/* a rate limit ends with a probe too */
 	t_send(&s, &c, &a, T0 + 2000, 429, "10", NULL, &r);
 	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 11999), POL_GATE_WAIT);
@@ -1482,6 +1588,7 @@ static void test_probe_details(void)
 		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 5700), POL_GATE_WAIT);
 		t_resp(&s, &c, &p2, T0 + 5800, 200, NULL, NULL, &r);
 		CU_ASSERT_EQUAL(s.state, POL_OK);
+		pol_tick(&s, T0 + 5800 + POL_FLAP_MS, true, &r);
 		CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
 		CU_ASSERT_EQUAL(r.outage_ms, 5800);
 	}
@@ -1519,7 +1626,7 @@ static void test_concurrency_ramp(void)
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
 	now = s.until_ms;
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
-	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(s.recovered_ms, now);
 
 	/* rounds: limit 1, 2, 3, then 4 = done */
 	for (round = 1; round <= 3; round++) {
@@ -2288,6 +2395,7 @@ static int add_policy_suite(void)
 			 test_persist_wall_offset) ||
 	    !CU_add_test(s, "backoff sequence and probe",
 			 test_backoff_sequence_and_probe) ||
+	    !CU_add_test(s, "flapping", test_flapping) ||
 	    !CU_add_test(s, "probe details", test_probe_details) ||
 	    !CU_add_test(s, "concurrency ramp", test_concurrency_ramp) ||
 	    !CU_add_test(s, "X-Retry-Count", test_retry_count_header) ||
