@@ -684,11 +684,22 @@ int64_t pol_tick(struct pol_sink *s, int64_t now, bool force,
 	return POL_NEVER;
 }
 
-int pol_summary_due(struct pol_sink *s, int64_t now)
+enum pol_state pol_visible_state(const struct pol_sink *s, int64_t now,
+				 bool waiting)
+{
+	/* a window that is over, with nothing to probe with: nothing is
+	 * held back, so nothing is reported held back */
+	if (s->state != POL_OK && now >= s->until_ms && !s->probe_out &&
+	    !waiting)
+		return POL_OK;
+	return s->state;
+}
+
+int pol_summary_due(struct pol_sink *s, int64_t now, bool waiting)
 {
 	int64_t ref;
 
-	if (s->state == POL_OK)
+	if (pol_visible_state(s, now, waiting) == POL_OK)
 		return 0;
 	/* the first failure was logged when it happened: wait 60 s from it */
 	ref = max64(s->last_summary_ms, s->outage_start_ms);

@@ -374,9 +374,17 @@ int64_t pol_backoff_delay(const struct cfg_sink *c, uint32_t level,
 int64_t pol_tick(struct pol_sink *s, int64_t now, bool force,
 		 struct pol_result *r);
 
-/* 1 when a summary line is due (state not ok, and 60 s since the outage
- * began or since the last yes); records now. 0 otherwise. */
-int pol_summary_due(struct pol_sink *s, int64_t now);
+/* The state to show (sink page, obx_sink_state, `outbox status`): the
+ * sink's, except that a window that is over, with no probe out and
+ * nothing waiting to be sent (waiting: batches held or records in the
+ * spool), reads ok - nothing is being held back. The policy state itself
+ * stays: the next request is still the one probe. */
+enum pol_state pol_visible_state(const struct pol_sink *s, int64_t now,
+				 bool waiting);
+
+/* 1 when a summary line is due (the visible state not ok, and 60 s since
+ * the outage began or since the last yes); records now. 0 otherwise. */
+int pol_summary_due(struct pol_sink *s, int64_t now, bool waiting);
 
 const char *pol_state_name(enum pol_state st);   /* "ok", "backoff", ... */
 const char *pol_reason_name(enum pol_reason r);  /* "rejected", ... */

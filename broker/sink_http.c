@@ -34,6 +34,7 @@
 #define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
 #define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
 #define HSINK_CAUSE_MAX  256     /* "HTTP 503: <body excerpt>", curl text */
+#define HSINK_RETRY_NS   100000000ull /* a post that failed locally */
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
@@ -65,7 +66,8 @@ struct http_sink {
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
 	char last_cause[HSINK_CAUSE_MAX]; /* of the last retryable failure */
-	int64_t pub_until;           /* published window, monotonic ms */
+	enum pol_state pub_state;    /* policy state last published */
+	int64_t pub_until;           /* and its window, monotonic ms */
 	int64_t pub_cat_until[OBX_MAX_CATS];
 	z_stream z;                  /* gzip, reset per body */
 	int z_ready;
@@ -298,13 +300,17 @@ static void hsink_publish_state(struct sink *s)
 	struct http_sink *hs = s->impl;
 	const struct pol_sink *p = &hs->pol;
 	int64_t until = p->state == POL_OK ? 0 : p->until_ms;
+	enum pol_state shown = pol_visible_state(p, hsink_now_ms(),
+						 !sink_idle(s));
 	uint32_t ncats = 0;
 	int i, changed;
 
-	changed = s->state != (uint32_t)p->state || hs->pub_until != until;
-	s->state = (uint32_t)p->state;
-	s->until_ns = until ? hsink_wall_ns(until) : 0;
+	changed = hs->pub_state != p->state || hs->pub_until != until;
+	hs->pub_state = p->state;
 	hs->pub_until = until;
+	/* a window that is over with nothing to send shows ok */
+	s->state = (uint32_t)shown;
+	s->until_ns = shown != POL_OK ? hsink_wall_ns(until) : 0;
 	for (i = 0; i < p->ncats && i < (int)OBX_MAX_CATS; i++) {
 		if (strncmp(s->cats[ncats], p->cats[i].name, OBX_CAT_MAX) ||
 		    hs->pub_cat_until[ncats] != p->cats[i].until_ms)
@@ -723,7 +729,7 @@ static void hsink_summary(struct sink *s, int64_t wall)
 	uint64_t nb = 0, bytes = 0;
 	int i;
 
-	if (hs->pol.state == POL_OK || !pol_summary_due(&hs->pol, wall))
+	if (!pol_summary_due(&hs->pol, wall, !sink_idle(s)))
 		return;
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		if (hs->hb[i].b) {
@@ -747,7 +753,7 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 {
 	struct http_sink *hs = s->impl;
 	int64_t wall = hsink_now_ms(), open;
-	uint64_t flush, gate, over;
+	uint64_t next, gate, over;
 	int i, waiting = 0;
 
 	/* waiting parts, oldest batch first (the probe is the oldest) */
@@ -771,20 +777,24 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 		hsink_outage_base(s);
 	hsink_publish_state(s);
 	hsink_summary(s, wall);
-	flush = hsink_flush_drops(s, now, 0);
+	next = hsink_flush_drops(s, now, 0);
 	over = hsink_outage_over(s, now, 0);
-	flush = over < flush ? over : flush;
-	/* a deadline only when something waits for the gate: a waiting
-	 * part, or (not ok) the spool's next batch at the window's end;
-	 * otherwise a completion ticks the sink */
-	if (!waiting && hs->pol.state == POL_OK)
-		return flush;
+	next = over < next ? over : next;
+	/* The gate: at the end of a window (the probe; or, with nothing to
+	 * send, the state to show becomes ok). An open gate with a part
+	 * still waiting means a local failure to post: look again soon.
+	 * Otherwise a completion, or the engine's own deadlines (a new
+	 * batch), tick the sink: an idle sink never spins. */
 	open = pol_next_open(&hs->pol, &s->cfg, hs->requests_out, wall);
 	if (open == POL_NEVER)
-		return flush;
-	gate = open <= wall ? now + 1000000ull :
-	       now + (uint64_t)(open - wall) * 1000000ull;
-	return gate < flush ? gate : flush;
+		return next;
+	if (open > wall)
+		gate = now + (uint64_t)(open - wall) * 1000000ull;
+	else if (waiting)
+		gate = now + HSINK_RETRY_NS;
+	else
+		return next;
+	return gate < next ? gate : next;
 }
 
 static const struct pol_sink *hsink_policy(const struct sink *s)

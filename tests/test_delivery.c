@@ -1030,6 +1030,76 @@ static void test_flapping(void)
 	printf("\n    ");
 }
 
+/* ---- nothing left to send: the state shown is ok ------------------------ */
+
+/* voluntary context switches of a process so far, -1 if unknown */
+static long ctx_switches(pid_t pid)
+{
+	char path[64], line[256];
+	long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "voluntary_ctxt_switches: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/* Issue 14, defect 4: with nothing left to send, the sink read "backoff
+ * until ... ago", obx_sink_state said BACKOFF with a past until_ns (and
+ * the idle broker woke every millisecond for a probe it had nothing to
+ * send with). */
+static void test_stale_state(void)
+{
+	struct obx_sink_info si;
+	char conf[1024];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	long sw0, sw1;
+	obx_t *h;
+	int sink;
+
+	api_conf(conf, sizeof(conf), 10, "20ms", "2s", "300ms",
+		 "backoff_jitter = 0%\nmax_retries = 0\n");
+	start_broker(&t, "stale", conf);
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\": [{\"status\": 503}]}"),
+			      0);
+	prods_start(&P, &t, 1, 1, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 1);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 1, 10000, &g, g_sp), 0);
+	check_identity("stale", &g, g_sp);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.dropped_retries_exhausted, 1);
+	/* the 300 ms window is over and nothing waits */
+	usleep(500000);
+	sw0 = ctx_switches(t.pid);
+	usleep(1000000);
+	sw1 = ctx_switches(t.pid);
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	h = obx_open(t.shm);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+	sink = obx_sink(h, "api");
+	CU_ASSERT_EQUAL(obx_sink_state(h, sink, &si), 0);
+	obx_close(h);
+	printf("\n    idle after the window: sink page state %u until %llu; "
+	       "obx_sink_state %d until %llu; %ld wake-ups in 1 s",
+	       api_of(g_sp)->state,
+	       (unsigned long long)api_of(g_sp)->until_ns, si.state,
+	       (unsigned long long)si.until_ns, sw1 - sw0);
+	CU_ASSERT_EQUAL(api_of(g_sp)->state, OBX_SINK_OK);
+	CU_ASSERT_EQUAL(api_of(g_sp)->until_ns, 0);
+	CU_ASSERT_EQUAL(si.state, OBX_STATE_OK);
+	CU_ASSERT_EQUAL(si.until_ns, 0);
+	/* the loop's own 100 ms housekeeping, not a 1 ms poll */
+	CU_ASSERT(sw0 >= 0 && sw1 - sw0 < 200);
+	stop_broker(&t);
+}
+
 /* ---- d. 400: that batch dropped as rejected ------------------------------ */
 
 static void test_rejected_400(void)
@@ -1424,6 +1494,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "cause_logged", test_cause_logged) ||
 	    !CU_add_test(s, "drop_logs", test_drop_logs) ||
 	    !CU_add_test(s, "flapping", test_flapping) ||
+	    !CU_add_test(s, "stale_state", test_stale_state) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||

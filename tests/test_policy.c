@@ -1752,25 +1752,101 @@ static void test_summary_due(void)
 
 	t_cfg(&c);
 	pol_sink_init(&s, "api");
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + HOUR), 0);	/* ok */
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + HOUR, true), 0);	/* ok */
 	pol_batch_init(&b, 1, 5);
 	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.outage_start_ms, T0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 59999), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60000), 1);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60001), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 119999), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 120000), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 59999, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60000, true), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60001, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 119999, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 120000, true), 1);
 	/* recovered: none */
 	t_send(&s, &c, &b, s.until_ms > T0 + 130000 ? s.until_ms
 		: T0 + 130000, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.state, POL_OK);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 400000), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 400000, true), 0);
 	/* a new outage waits its own 60 s */
 	t_send(&s, &c, &b, T0 + 500000, 503, NULL, NULL, &r);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 559999), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 560000), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 559999, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 560000, true), 1);
+}
+
+/* Issue 14, defect 4: with nothing left to send the sink read "backoff
+ * until ... (1m05s ago)", obx_sink_state said BACKOFF with a past until,
+ * and "retrying 0 batches ... next attempt in 0.0 s" came every minute. A
+ * window that is over, with no probe out and nothing waiting, shows ok and
+ * asks for no summary; the policy state stays (the next request is the
+ * probe). */
+static void test_visible_state(void)
+{
+	static const struct {
+		enum pol_state st;
+		int64_t until;		/* relative to T0 */
+		bool probe_out, waiting;
+		int64_t now;		/* relative to T0 */
+		enum pol_state shown;
+	} rows[] = {
+		{ POL_OK, 0, 0, 0, 0, POL_OK },
+		{ POL_OK, 0, 0, 1, 0, POL_OK },
+		{ POL_BACKOFF, 500, 0, 0, 499, POL_BACKOFF },	/* in it */
+		{ POL_BACKOFF, 500, 0, 1, 499, POL_BACKOFF },
+		{ POL_BACKOFF, 500, 0, 0, 500, POL_OK },	/* over, idle */
+		{ POL_BACKOFF, 500, 0, 0, HOUR, POL_OK },
+		{ POL_BACKOFF, 500, 0, 1, 500, POL_BACKOFF },	/* data waits */
+		{ POL_BACKOFF, 500, 1, 0, 600, POL_BACKOFF },	/* probing */
+		{ POL_RATE_LIMITED, 300000, 0, 0, 299999, POL_RATE_LIMITED },
+		{ POL_RATE_LIMITED, 300000, 0, 0, 300000, POL_OK },
+		{ POL_RATE_LIMITED, 300000, 0, 1, 300000, POL_RATE_LIMITED },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct pol_sink s;
+
+		pol_sink_init(&s, "api");
+		s.state = rows[i].st;
+		s.until_ms = rows[i].st == POL_OK ? 0 : T0 + rows[i].until;
+		s.probe_out = rows[i].probe_out;
+		s.outage_start_ms = T0 - HOUR;
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + rows[i].now,
+						  rows[i].waiting),
+				rows[i].shown);
+		/* a summary is due (an hour into the outage) exactly when
+		 * the state shown is not ok */
+		CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + rows[i].now,
+						rows[i].waiting),
+				rows[i].shown != POL_OK);
+		/* the policy state itself is untouched */
+		CU_ASSERT_EQUAL(s.state, rows[i].st);
+	}
+	/* through the state machine: a batch dropped at its first failure
+	 * (max_retries = 0) leaves a window with nothing behind it */
+	{
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_retries = 0;
+		c.backoff_jitter_pct = 0;
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, 5);
+		t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 499, false),
+				POL_BACKOFF);
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 500, false),
+				POL_OK);
+		CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 65000, false), 0);
+		/* new data: it is the probe */
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 65000),
+				POL_GATE_PROBE);
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 65000, true),
+				POL_BACKOFF);
+	}
 }
 
 static void test_names(void)
@@ -2400,6 +2476,7 @@ static int add_policy_suite(void)
 	    !CU_add_test(s, "concurrency ramp", test_concurrency_ramp) ||
 	    !CU_add_test(s, "X-Retry-Count", test_retry_count_header) ||
 	    !CU_add_test(s, "summary due", test_summary_due) ||
+	    !CU_add_test(s, "visible state", test_visible_state) ||
 	    !CU_add_test(s, "names", test_names) ||
 	    !CU_add_test(s, "persist round trip", test_persist_round_trip) ||
 	    !CU_add_test(s, "persist by name", test_persist_by_name) ||
