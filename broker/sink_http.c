@@ -699,6 +699,7 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 		hb->next_id = b->first_seq << 8;
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
+				      b->first_seq, b->end_seq,
 				      &hb->part[0].pb);
 		b->dropped = 0;
 	}

@@ -25,6 +25,7 @@
 #include "testutil.h"
 #include "brokertest.h"
 #include "outbox.h"
+#include "policy.h"
 #include "segment.h"
 #include "upstream.h"
 
@@ -1100,6 +1101,68 @@ static void test_stale_state(void)
 	stop_broker(&t);
 }
 
+/* ---- the state file carries only batches that will be read again -------- */
+
+/* Issue 14, defect 9: persist.c wrote back, on every save, the metadata of
+ * batch ids no batch would read again (matched by exact first seq only).
+ * A saved batch is now used up by the batch that covers its first record,
+ * and dropped once the spool acknowledged past it or its sink is gone. */
+static void test_persist_bounded(void)
+{
+	struct pol_saved_batch sb[34], *lb = NULL;
+	char conf[1024], path[400];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	json_t *reqs;
+	size_t nb = 0, k;
+	int i, rc;
+
+	api_conf(conf, sizeof(conf), 10, "50ms", "2s", "200ms", "");
+	start_broker(&t, "persistbound", conf);
+	prods_start(&P, &t, 1, 30, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 30);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 30, 10000, &g, g_sp), 0);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	/* seqs 1..30 are acknowledged. Saved metadata: for each of them (as
+	 * if saved before they were acknowledged), for a sink that is gone,
+	 * and for seq 34, inside the next batch [31, 41) but not its first */
+	memset(sb, 0, sizeof(sb));
+	for (i = 0; i < 34; i++) {
+		snprintf(sb[i].sink, sizeof(sb[i].sink), "%s",
+			 i < 30 ? "api" : i < 33 ? "ghost" : "api");
+		pol_batch_init(&sb[i].b, i < 30 ? (uint64_t)i + 1 :
+			       i < 33 ? (uint64_t)i - 29 : 34, 10);
+		sb[i].b.attempts = 1;
+	}
+	sb[33].b.attempts = 4;
+	sb[33].b.failures = 2;
+	snprintf(path, sizeof(path), "%s/delivery-state", t.spool);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, NULL, 0, sb, 34, 0), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	prods_start(&P, &t, 1, 10, 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), 10);
+	CU_ASSERT_EQUAL(wait_quiet(&t, 40, 10000, &g, g_sp), 0);
+	check_identity("persist bounded", &g, g_sp);
+	/* the new batch took seq 34's budgets: X-Retry-Count 4 */
+	reqs = up_requests(0, 0);
+	k = json_array_size(reqs);
+	CU_ASSERT_FATAL(k >= 4);
+	printf("\n    the batch [31, 41) after the restart: X-Retry-Count %d",
+	       req_retry_count(json_array_get(reqs, k - 1)));
+	CU_ASSERT_EQUAL(req_retry_count(json_array_get(reqs, k - 1)), 4);
+	json_decref(reqs);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	rc = pol_load(path, NULL, 0, &lb, &nb, 0);
+	printf("; batch records in the state file after the stop: %zu "
+	       "(34 written)", nb);
+	CU_ASSERT_EQUAL(rc, 0);
+	CU_ASSERT_EQUAL(nb, 0);
+	free(lb);
+	bt_cleanup(&t);
+	printf("\n    ");
+}
+
 /* ---- d. 400: that batch dropped as rejected ------------------------------ */
 
 static void test_rejected_400(void)
@@ -1495,6 +1558,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "drop_logs", test_drop_logs) ||
 	    !CU_add_test(s, "flapping", test_flapping) ||
 	    !CU_add_test(s, "stale_state", test_stale_state) ||
+	    !CU_add_test(s, "persist_bounded", test_persist_bounded) ||
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||
