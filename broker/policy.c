@@ -621,11 +621,28 @@ int pol_begin(struct pol_sink *s, const struct cfg_sink *c,
 
 	if (g == POL_GATE_WAIT)
 		return -EAGAIN;
+	/* A suspect going out while the sink is ok: another batch brought
+	 * it back while this one kept failing. It is benched for good: its
+	 * failures are its own, on its own schedule. */
+	if (s->state == POL_OK && b->strikes >= POL_STRIKES)
+		b->isolated = true;
+	if (b->isolated && now < b->next_ms)
+		return -EAGAIN;
 	b->probe = g == POL_GATE_PROBE;
 	b->epoch = s->epoch;
 	if (b->probe)
 		s->probe_out = true;
 	return 0;
+}
+
+bool pol_probe_suspect(const struct pol_batch *b)
+{
+	return b->isolated || b->strikes >= POL_STRIKES;
+}
+
+int64_t pol_batch_ready_at(const struct pol_batch *b)
+{
+	return b->isolated ? b->next_ms : 0;
 }
 
 static bool is_live_probe(const struct pol_sink *s, const struct pol_batch *b)
@@ -1005,6 +1022,10 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 {
 	bool probe = is_live_probe(s, b);
 	bool live = b->epoch == s->epoch && (probe || s->state == POL_OK);
+	/* An isolated batch's HTTP failures are its own (a poison body), not
+	 * the upstream's; no answer at all, or its being the probe, still
+	 * speaks for the upstream. */
+	bool shield = b->isolated && !probe && o->status > 0;
 	bool limited, healthy;
 	int64_t sink_wait, wait;
 	enum pol_class cls;
@@ -1037,8 +1058,12 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		if (b->nevents > 1) {
 			r->verdict = POL_V_SPLIT;
 		} else {
+			/* one event: too large for a 413; otherwise (a
+			 * status.NNN = split bisecting a rejection) the
+			 * event itself was refused */
 			r->verdict = POL_V_DROP;
-			r->reason = POL_R_TOO_LARGE;
+			r->reason = o->status == 413 ? POL_R_TOO_LARGE
+						     : POL_R_REJECTED;
 		}
 		break;
 	case POL_C_REAUTH:
@@ -1046,10 +1071,17 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		b->reauth_done = true;
 		break;
 	case POL_C_RETRY:
-		if (limited)
+		if (limited) {
 			limit_batch(b, c, now, r);
-		else
-			fail_batch(s, b, c, now, r);
+			break;
+		}
+		fail_batch(s, b, c, now, r);
+		/* its own schedule, used once it is isolated */
+		b->next_ms = add_ms(now, pol_backoff_delay(c, b->failures - 1,
+							   rnd));
+		/* a poison batch: halves, so its good events go */
+		r->bisect = shield && r->verdict == POL_V_RETRY &&
+			    b->nevents > 1;
 		break;
 	}
 
@@ -1059,10 +1091,16 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		if (cls == POL_C_RETRY)
 			halve(s, c);
 		enter_rate_limited(s, now, sink_wait, r);
+	} else if (!healthy && shield) {
+		r->shielded = true;	/* the sink carries on */
 	} else if (!healthy) {
 		halve(s, c);
-		if (live)
+		if (live) {
 			enter_backoff(s, c, now, rnd, r);
+			/* this batch's failure set the sink's window */
+			if (b->strikes < UINT32_MAX)
+				b->strikes++;
+		}
 	} else if (probe) {
 		recover(s, c, now, r);
 	} else if (live) {
@@ -1088,6 +1126,7 @@ void pol_batch_split(const struct pol_batch *parent, struct pol_batch *half,
 	half->id = id;
 	half->nevents = nevents;
 	half->probe = false;
+	half->next_ms = 0;	/* a half goes at once */
 }
 
 uint32_t pol_retry_count(const struct pol_batch *b)
@@ -1121,6 +1160,7 @@ enum pol_reason pol_batch_check(const struct pol_sink *s,
  *    "batches": [{"sink": str, "id": u64, "events": n, "attempts": n,
  *                 "failures": n, "first_failure": ms, "rl_start": ms,
  *                 "rl_base": ms (on the sink's rate-limit clock),
+ *                 "strikes": n, "isolated": bool, "next": ms,
  *                 "reauth": bool}, ...]}
  * Times are wall-clock ms (the caller's monotonic times plus its wall
  * offset, see pol_save). Names are raw bytes (msgpack str), so any
@@ -1198,7 +1238,7 @@ static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb,
 {
 	const struct pol_batch *b = &sb->b;
 
-	msgpack_pack_map(pk, 9);
+	msgpack_pack_map(pk, 12);
 	pk_str(pk, "sink");
 	pk_str(pk, sb->sink);
 	pk_str(pk, "id");
@@ -1209,6 +1249,13 @@ static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb,
 	pk_kv_i64(pk, "first_failure", to_wall(b->first_failure_ms, off));
 	pk_kv_i64(pk, "rl_start", to_wall(b->rl_start_ms, off));
 	pk_kv_i64(pk, "rl_base", b->rl_base_ms);	/* on the rl clock */
+	pk_kv_i64(pk, "strikes", b->strikes);
+	pk_kv_i64(pk, "next", to_wall(b->next_ms, off));
+	pk_str(pk, "isolated");
+	if (b->isolated)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
 	pk_str(pk, "reauth");
 	if (b->reauth_done)
 		msgpack_pack_true(pk);
@@ -1507,6 +1554,15 @@ static int load_batch(const msgpack_object *m, struct pol_saved_batch *sb)
 			rc = get_i64(v, 0, INT64_MAX, &b->rl_start_ms);
 		} else if (key_is(k, "rl_base")) {
 			rc = get_i64(v, 0, INT64_MAX, &b->rl_base_ms);
+		} else if (key_is(k, "strikes")) {
+			rc = get_u32(v, &b->strikes);
+		} else if (key_is(k, "next")) {
+			rc = get_i64(v, 0, INT64_MAX, &b->next_ms);
+		} else if (key_is(k, "isolated")) {
+			if (v->type != MSGPACK_OBJECT_BOOLEAN)
+				rc = -EBADMSG;
+			else
+				b->isolated = v->via.boolean;
 		} else if (key_is(k, "reauth")) {
 			if (v->type != MSGPACK_OBJECT_BOOLEAN)
 				rc = -EBADMSG;
@@ -1660,6 +1716,7 @@ static void loaded_to_mono(struct loaded *l, int64_t off)
 
 		b->first_failure_ms = from_wall(b->first_failure_ms, off);
 		b->rl_start_ms = from_wall(b->rl_start_ms, off);
+		b->next_ms = from_wall(b->next_ms, off);
 	}
 }
 

@@ -68,6 +68,29 @@
  *   signals are honoured whether stale or not: they are explicit server
  *   instructions, and can only lengthen a window.
  *
+ * No head-of-line blocking (poison batches)
+ * -----------------------------------------
+ * A batch that keeps failing while the upstream serves others (one
+ * malformed event answered 500) must not hold up its sink.
+ * - strikes: each live failure of a batch that sets the sink's window (the
+ *   one opening an outage, then each failed probe) counts; at POL_STRIKES
+ *   (2) in a row the batch is a suspect (pol_probe_suspect): the caller
+ *   takes another batch as the next probe - one already waiting, or a new
+ *   one from the spool - and only a suspect when it has no other.
+ * - isolated: a suspect that goes out while the sink is ok again (another
+ *   batch's probe brought it back) is benched for good: pol_begin() holds
+ *   it until its own next_ms (its own backoff: delay(failures - 1), set at
+ *   each counted failure); an HTTP failure of it is "shielded" - charged to
+ *   its own budgets (max_retries, max_backoff_duration), never moving the
+ *   sink's state, window or concurrency. A network error or timeout still
+ *   speaks for the upstream, and so does an isolated batch that is the
+ *   probe (the caller had nothing else).
+ * - bisect: a shielded failure of more than one event says r->bisect: the
+ *   caller resends it as two halves at once (budgets carried over), so its
+ *   good events are delivered and the poison event ends alone, retried on
+ *   its schedule until its budgets drop it. The caller bounds how many
+ *   bisections one batch may cost.
+ *
  * Rate-limit signals, in order:
  * - X-Sentry-Rate-Limits with at least one valid entry, on ANY status
  *   (even 200): category entries are stored per sink (up to POL_MAX_CATS,
@@ -140,6 +163,8 @@
 #define POL_SUMMARY_MS 60000    /* at most one summary line per 60 s */
 #define POL_FLAP_MS    60000    /* a failure this soon after a recovery
                                  * continues the outage (hysteresis) */
+#define POL_STRIKES    2        /* failures in a row that set the sink's
+                                 * window before a batch is benched */
 #define POL_RA_FLOOR_MS 250     /* shortest rate-limit wait ("Retry-After:
                                  * 0"): Segment's e2e suite wants the retry
                                  * in under a second */
@@ -233,6 +258,11 @@ struct pol_batch {
 	                           * failure: what it ran since is left out
 	                           * of max_backoff_duration */
 	bool reauth_done;
+	uint32_t strikes;         /* its live failures in a row that set the
+	                           * sink's window (the one opening an
+	                           * outage, then failed probes) */
+	bool isolated;            /* benched: retried alone, on next_ms */
+	int64_t next_ms;          /* its own next try (isolated only) */
 	/* set by pol_begin(), not persisted */
 	bool probe;
 	uint32_t epoch;
@@ -257,6 +287,11 @@ struct pol_result {
 	enum pol_class cls;       /* classification of the status */
 	bool rate_limited;        /* answer carried a rate-limit signal */
 	bool counted;             /* charged to the retry budget */
+	bool shielded;            /* an isolated batch's failure: the sink's
+	                           * state did not move */
+	bool bisect;              /* POL_V_RETRY of an isolated batch of
+	                           * more than one event: resend it as two
+	                           * halves at once (pol_batch_split) */
 	int64_t wait_ms;          /* the server's wait (capped), -1 = none */
 	enum pol_state state;     /* the sink after this response */
 	int64_t until_ms;
@@ -345,8 +380,9 @@ int64_t pol_next_open(const struct pol_sink *s, const struct cfg_sink *c,
 /* The allowed in-flight count right now in state ok (ramp or max). */
 unsigned pol_limit(const struct pol_sink *s, const struct cfg_sink *c);
 
-/* Starts a request for b if the gate is open: 0 (b->probe set), or
- * -EAGAIN. */
+/* Starts a request for b if the gate is open and, for an isolated batch,
+ * its own next_ms has come: 0 (b->probe set), or -EAGAIN. A suspect that
+ * goes out while the sink is ok becomes isolated here. */
 int pol_begin(struct pol_sink *s, const struct cfg_sink *c,
 	      struct pol_batch *b, unsigned inflight, int64_t now);
 
@@ -394,10 +430,18 @@ const char *pol_reason_name(enum pol_reason r);  /* "rejected", ... */
 void pol_batch_init(struct pol_batch *b, uint64_t id, uint32_t nevents);
 
 /* A half of a split batch: new id and size, the parent's budgets
- * (attempts, failures, first failure, rate-limit episode, reauth) carry
- * over, so splitting never renews a budget. */
+ * (attempts, failures, first failure, rate-limit episode, reauth) and its
+ * strikes and isolation carry over, so splitting never renews a budget;
+ * it may go at once (next_ms 0). */
 void pol_batch_split(const struct pol_batch *parent, struct pol_batch *half,
 		     uint64_t id, uint32_t nevents);
+
+/* A suspect (see "No head-of-line blocking"): not the probe while another
+ * batch could be. */
+bool pol_probe_suspect(const struct pol_batch *b);
+
+/* When b may go at the earliest by its own schedule (isolated), or 0. */
+int64_t pol_batch_ready_at(const struct pol_batch *b);
 
 /* X-Retry-Count for the next send of b: 0 = omit the header. */
 uint32_t pol_retry_count(const struct pol_batch *b);

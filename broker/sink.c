@@ -161,9 +161,17 @@ static uint32_t sink_limit(const struct sink *s)
 		if (t < lim)
 			lim = t;
 	}
+	if (!lim)
+		lim = 1;
+	/* batches held aside make room for as many more, at most */
+	if (s->ops && s->ops->benched) {
+		uint32_t k = s->ops->benched(s);
+
+		lim += k < lim ? k : lim;
+	}
 	if (lim > SINK_MAX_INFLIGHT)
 		lim = SINK_MAX_INFLIGHT;
-	return lim ? lim : 1;
+	return lim;
 }
 
 static struct sink_batch *sink_free_batch(struct sink *s)
@@ -370,4 +378,10 @@ void sink_stop(struct sink *s)
 {
 	if (s && s->ops && !s->disabled && s->ops->stop)
 		s->ops->stop(s);
+}
+
+int sink_more(const struct sink *s)
+{
+	return s->reading || (s->read_seq < spool_visible(s->spool) &&
+			      s->inflight < sink_limit(s));
 }

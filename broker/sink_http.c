@@ -12,9 +12,18 @@
  * the policy's gate opens; while the sink is not ok no new batch is read
  * from the spool: the backlog waits on disk, not in memory.
  *
+ * Poison batches (policy.h, "No head-of-line blocking"): the probe goes
+ * to the oldest batch that is no suspect, a new one read for it if need
+ * be (hsink_send_waiting, hsink_can_start); an isolated batch waits for
+ * its own schedule without blocking anything (ops->benched gives it a
+ * slot of its own), and a shielded failure of it is bisected within a
+ * budget (hsink_split_top, bisect_left).
+ *
  * Logging without floods: the first failure of an outage once, with its
- * reason; one summary at most every 60 s while it lasts; the recovery
- * once, with the outage length and what was delivered and dropped.
+ * cause; one summary at most every 60 s while it lasts; the recovery
+ * once, when it held for 60 s, with the outage length and what was
+ * delivered and dropped; drop lines limited per reason, what they held
+ * back told at the end of the minute and at stop.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -52,6 +61,7 @@ struct http_batch {
 	char retry_hdr[40];
 	const char *hdrs[CFG_MAX_HEADERS + 8];
 	uint64_t next_id;
+	uint32_t bisect_left;        /* bisections this batch may still cost */
 };
 
 struct http_sink {
@@ -495,6 +505,37 @@ static void hsink_count_status(struct sink *s, const struct http_result *r)
 		s->c.responses_other++;
 }
 
+/* Halves of the part at the top, in its place (the first half on top:
+ * it goes first), each with the part's budgets. -ENOSPC when the stack is
+ * full (never at any real depth: a batch has at most 2^16 events). */
+static int hsink_split_top(struct http_batch *hb)
+{
+	struct http_part *p = &hb->part[hb->nparts - 1], whole = *p;
+	uint32_t mid = whole.lo + (whole.hi - whole.lo) / 2;
+
+	if (hb->nparts >= HTTP_MAX_PARTS)
+		return -ENOSPC;
+	pol_batch_split(&whole.pb, &p->pb, hb->next_id++, whole.hi - mid);
+	p->lo = mid;
+	p->hi = whole.hi;
+	p->resend = false;
+	p = &hb->part[hb->nparts++];
+	pol_batch_split(&whole.pb, &p->pb, hb->next_id++, mid - whole.lo);
+	p->lo = whole.lo;
+	p->hi = mid;
+	p->resend = false;
+	return 0;
+}
+
+/* A part to send again: waits for the gate (or its own schedule). */
+static void hsink_retry_top(struct sink *s, struct http_batch *hb)
+{
+	hb->part[hb->nparts - 1].resend = true;
+	hb->waiting = 1;
+	/* its budgets moved: persisted with the next save */
+	s->b->persist.batches_dirty = 1;
+}
+
 static void hsink_done(void *arg, const struct http_result *r)
 {
 	struct http_batch *hb = arg;
@@ -513,7 +554,6 @@ static void hsink_done(void *arg, const struct http_result *r)
 		.wall_ms = (int64_t)(log_real_ns() / 1000000ull),
 	};
 	struct pol_result res;
-	uint32_t n = p->hi - p->lo;
 	char cause[HSINK_CAUSE_MAX];
 
 	hb->req = NULL;
@@ -541,24 +581,13 @@ static void hsink_done(void *arg, const struct http_result *r)
 		hsink_drop_top(s, hb, res.reason, cause);
 		hsink_try(s, hb, hsink_now_ms());
 		break;
-	case POL_V_SPLIT: {
-		struct http_part whole = *p;
-		uint32_t mid = whole.lo + n / 2;
-
-		s->c.splits++;
-		/* second half below the first: the first goes out first */
-		pol_batch_split(&whole.pb, &p->pb, hb->next_id++,
-				whole.hi - mid);
-		p->lo = mid;
-		p->hi = whole.hi;
-		p = &hb->part[hb->nparts++];
-		pol_batch_split(&whole.pb, &p->pb, hb->next_id++,
-				mid - whole.lo);
-		p->lo = whole.lo;
-		p->hi = mid;
+	case POL_V_SPLIT:
+		if (hsink_split_top(hb) == 0)
+			s->c.splits++;
+		else
+			hsink_retry_top(s, hb);
 		hsink_try(s, hb, hsink_now_ms());
 		break;
-	}
 	case POL_V_REAUTH:
 		hsink_load_token(s);
 		p->resend = true;
@@ -566,13 +595,52 @@ static void hsink_done(void *arg, const struct http_result *r)
 		break;
 	case POL_V_RETRY:
 	default:
-		p->resend = true;
-		hb->waiting = 1;
-		/* its budgets moved: persisted with the next save */
-		s->b->persist.batches_dirty = 1;
+		/* a poison batch: halves at once, within its bisection
+		 * budget, so its good events go; else its own schedule */
+		if (res.bisect && hb->bisect_left && !hsink_split_top(hb)) {
+			hb->bisect_left--;
+			s->c.splits++;
+			s->b->persist.batches_dirty = 1;
+		} else {
+			hsink_retry_top(s, hb);
+		}
 		hsink_try(s, hb, hsink_now_ms());
 		break;
 	}
+}
+
+/* When the part at the top must wait for its own schedule (an isolated
+ * poison part) and another may go now, that one goes first: the order of
+ * a batch's parts matters to nobody, a poison event must not hold up its
+ * siblings. */
+static void hsink_ready_on_top(struct http_batch *hb, int64_t now)
+{
+	struct http_part tmp;
+	int i, top = hb->nparts - 1;
+
+	if (pol_batch_ready_at(&hb->part[top].pb) <= now)
+		return;
+	for (i = top - 1; i >= 0; i--)
+		if (pol_batch_ready_at(&hb->part[i].pb) <= now) {
+			tmp = hb->part[i];
+			hb->part[i] = hb->part[top];
+			hb->part[top] = tmp;
+			return;
+		}
+}
+
+/* The earliest own-schedule time of the batch's parts (0: one is ready). */
+static int64_t hsink_ready_at(const struct http_batch *hb)
+{
+	int64_t t = INT64_MAX;
+	int i;
+
+	for (i = 0; i < hb->nparts; i++) {
+		int64_t r = pol_batch_ready_at(&hb->part[i].pb);
+
+		t = r < t ? r : t;
+	}
+	return t;
 }
 
 static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
@@ -580,10 +648,14 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 	struct http_sink *hs = s->impl;
 
 	while (hb->nparts) {
-		struct http_part *p = &hb->part[hb->nparts - 1];
-		enum pol_reason why = p->pb.attempts ?
-			pol_batch_check(&hs->pol, &s->cfg, &p->pb, now) :
-			POL_R_NONE;
+		struct http_part *p;
+		enum pol_reason why;
+
+		hsink_ready_on_top(hb, now);
+		p = &hb->part[hb->nparts - 1];
+		why = p->pb.attempts ?
+		      pol_batch_check(&hs->pol, &s->cfg, &p->pb, now) :
+		      POL_R_NONE;
 
 		if (why != POL_R_NONE) {
 			hsink_drop_top(s, hb, why, NULL);
@@ -686,6 +758,18 @@ static void hsink_close(struct sink *s)
 	s->impl = NULL;
 }
 
+/* Bisections a batch of n may cost: enough to single out two poison
+ * events (each 2 requests per halving), then no more - a batch that is
+ * bad all through must not cost 2n - 1 requests. */
+static uint32_t hsink_bisect_budget(uint32_t n)
+{
+	uint32_t depth = 0;
+
+	while (depth < 32 && (1u << depth) < n)
+		depth++;
+	return 2 * depth;
+}
+
 static int hsink_send(struct sink *s, struct sink_batch *b)
 {
 	struct http_batch *hb = hsink_hb(s, b);
@@ -697,6 +781,7 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 		hb->part[0].lo = 0;
 		hb->part[0].hi = b->n;
 		hb->next_id = b->first_seq << 8;
+		hb->bisect_left = hsink_bisect_budget(b->n);
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
 				      b->first_seq, b->end_seq,
@@ -707,18 +792,51 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 	return 0;
 }
 
-/* New batches only while the gate is open and nothing waits: a sink in
- * backoff keeps its backlog in the spool, not in memory. */
+/* A batch that must not stand in the way of others: isolated (retried
+ * on its own), or - when the probe is to be chosen - a suspect. */
+static int hsink_benched_hb(const struct http_batch *hb, enum pol_gate g)
+{
+	const struct pol_batch *pb;
+
+	if (!hb->b || !hb->nparts)
+		return 0;
+	pb = &hb->part[hb->nparts - 1].pb;
+	return pb->isolated || (g == POL_GATE_PROBE && pol_probe_suspect(pb));
+}
+
+/* New batches only while the gate is open and nothing waits for it: a
+ * sink in backoff keeps its backlog in the spool, not in memory. Benched
+ * batches wait for themselves, not for the gate: they block nothing (and
+ * at the probe, a new batch is how a suspect is not the probe again). */
 static int hsink_can_start(const struct sink *s)
 {
 	const struct http_sink *hs = s->impl;
+	enum pol_gate g = pol_gate(&hs->pol, &s->cfg, hs->requests_out,
+				   hsink_now_ms());
 	int i;
 
+	if (g == POL_GATE_WAIT)
+		return 0;
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		if (hs->hb[i].b && hs->hb[i].waiting)
+		if (hs->hb[i].b && hs->hb[i].waiting &&
+		    !hsink_benched_hb(&hs->hb[i], g))
 			return 0;
-	return pol_gate(&hs->pol, &s->cfg, hs->requests_out,
-			hsink_now_ms()) != POL_GATE_WAIT;
+	return 1;
+}
+
+static uint32_t hsink_benched(const struct sink *s)
+{
+	const struct http_sink *hs = s->impl;
+	uint32_t n = 0;
+	int i;
+
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+
+		n += hb->b && hb->nparts &&
+		     pol_probe_suspect(&hb->part[hb->nparts - 1].pb);
+	}
+	return n;
 }
 
 /* The summary line while not ok (PRODUCT.md section 7), at most one per
@@ -750,29 +868,82 @@ static void hsink_summary(struct sink *s, int64_t wall)
 			  0) / 1000.0, hs->last_cause[0] ? hs->last_cause : "-");
 }
 
+/* The batches waiting for the gate, oldest first; how many. */
+static int hsink_waiting_order(struct http_sink *hs,
+			       struct http_batch **order)
+{
+	int i, j, n = 0;
+
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		struct http_batch *hb = &hs->hb[i];
+
+		if (!hb->b || !hb->waiting || hb->req)
+			continue;
+		for (j = n; j > 0 && order[j - 1]->b->first_seq >
+				     hb->b->first_seq; j--)
+			order[j] = order[j - 1];
+		order[j] = hb;
+		n++;
+	}
+	return n;
+}
+
+/* Sends what waits, oldest first, while the gate allows. When the gate
+ * offers the one probe, it goes to the oldest batch that is no suspect;
+ * to a suspect only when no other batch waits and none can be read from
+ * the spool (sink_more): a poison batch is not the probe a third time
+ * while anything else could be. */
+static void hsink_send_waiting(struct sink *s, int64_t now)
+{
+	struct http_sink *hs = s->impl;
+	struct http_batch *order[SINK_MAX_INFLIGHT];
+	int n = hsink_waiting_order(hs, order), i, pass;
+
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < n; i++) {
+			struct http_batch *hb = order[i];
+			enum pol_gate g = pol_gate(&hs->pol, &s->cfg,
+						   hs->requests_out, now);
+
+			if (g == POL_GATE_WAIT)
+				return;
+			if (!hb->b || !hb->waiting || hb->req)
+				continue;	/* done meanwhile */
+			if (g == POL_GATE_PROBE && pass == 0 &&
+			    pol_probe_suspect(&hb->part[hb->nparts - 1].pb))
+				continue;
+			hsink_try(s, hb, now);
+		}
+		/* a suspect only when nothing else can be the probe */
+		if (pol_gate(&hs->pol, &s->cfg, hs->requests_out, now) !=
+		    POL_GATE_PROBE || sink_more(s))
+			return;
+	}
+}
+
+static uint64_t hsink_at(uint64_t now, int64_t wall, int64_t t)
+{
+	return t <= wall ? now : now + (uint64_t)(t - wall) * 1000000ull;
+}
+
 static uint64_t hsink_tick(struct sink *s, uint64_t now)
 {
 	struct http_sink *hs = s->impl;
-	int64_t wall = hsink_now_ms(), open;
-	uint64_t next, gate, over;
+	int64_t wall = hsink_now_ms(), open, own = INT64_MAX;
+	uint64_t next, over;
 	int i, waiting = 0;
 
-	/* waiting parts, oldest batch first (the probe is the oldest) */
-	for (;;) {
-		struct http_batch *best = NULL;
+	hsink_send_waiting(s, wall);
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
 
-		for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
-			struct http_batch *hb = &hs->hb[i];
-
-			if (hb->b && hb->waiting && !hb->req &&
-			    (!best || hb->b->first_seq < best->b->first_seq))
-				best = hb;
-		}
-		if (!best || !hsink_try(s, best, wall))
-			break;
+		if (!hb->b || !hb->waiting)
+			continue;
+		waiting = 1;
+		/* an isolated part's own schedule */
+		if (hsink_ready_at(hb) > wall && hsink_ready_at(hb) < own)
+			own = hsink_ready_at(hb);
 	}
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		waiting |= hs->hb[i].b && hs->hb[i].waiting;
 	/* an outage restored from the state file: its counts start here */
 	if (hs->pol.outage_start_ms && !hs->outage_base)
 		hsink_outage_base(s);
@@ -781,21 +952,21 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 	next = hsink_flush_drops(s, now, 0);
 	over = hsink_outage_over(s, now, 0);
 	next = over < next ? over : next;
+	if (own != INT64_MAX && hsink_at(now, wall, own) < next)
+		next = hsink_at(now, wall, own);
 	/* The gate: at the end of a window (the probe; or, with nothing to
 	 * send, the state to show becomes ok). An open gate with a part
-	 * still waiting means a local failure to post: look again soon.
-	 * Otherwise a completion, or the engine's own deadlines (a new
-	 * batch), tick the sink: an idle sink never spins. */
+	 * still waiting that could go means a local failure to post: look
+	 * again soon. Otherwise a completion, or the engine's own deadlines
+	 * (a new batch), tick the sink: an idle sink never spins. */
 	open = pol_next_open(&hs->pol, &s->cfg, hs->requests_out, wall);
-	if (open == POL_NEVER)
-		return next;
-	if (open > wall)
-		gate = now + (uint64_t)(open - wall) * 1000000ull;
-	else if (waiting)
-		gate = now + HSINK_RETRY_NS;
+	if (open != POL_NEVER && open > wall)
+		over = hsink_at(now, wall, open);
+	else if (open != POL_NEVER && waiting && own == INT64_MAX)
+		over = now + HSINK_RETRY_NS;
 	else
-		return next;
-	return gate < next ? gate : next;
+		over = UINT64_MAX;
+	return over < next ? over : next;
 }
 
 static const struct pol_sink *hsink_policy(const struct sink *s)
@@ -831,8 +1002,24 @@ static size_t hsink_saved(const struct sink *s, struct pol_saved_batch *out,
 static int hsink_parked(const struct sink *s)
 {
 	const struct http_sink *hs = s->impl;
+	int64_t now = hsink_now_ms();
+	int i;
 
-	return hs && hs->pol.state != POL_OK && hs->requests_out == 0;
+	if (!hs || hs->requests_out)
+		return 0;
+	if (hs->pol.state != POL_OK)
+		return 1;
+	/* ok, but all that is held waits for its own schedule (isolated
+	 * poison parts) and nothing else is to be read */
+	if (sink_more(s))
+		return 0;
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+
+		if (hb->b && (!hb->waiting || hsink_ready_at(hb) <= now))
+			return 0;
+	}
+	return 1;
 }
 
 static uint32_t hsink_max_inflight(const struct sink *s)
@@ -852,4 +1039,5 @@ const struct sink_ops sink_http_ops = {
 	.saved = hsink_saved,
 	.parked = hsink_parked,
 	.stop = hsink_stop,
+	.benched = hsink_benched,
 };

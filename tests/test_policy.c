@@ -102,6 +102,15 @@ static void t_resp(struct pol_sink *s, const struct cfg_sink *c,
 	pol_on_response(s, c, b, &t.o, now, 0, r);
 }
 
+/* b as a new batch (each request of a sequence its own, so none collects
+ * the strikes of a poison batch) */
+static void t_fresh(struct pol_batch *b)
+{
+	static uint64_t id = 1000;
+
+	pol_batch_init(b, id++, 5);
+}
+
 /* HTTP-date of a unix time, in one of the three forms */
 static void t_date(char *buf, size_t n, int64_t ms, int form)
 {
@@ -308,12 +317,14 @@ static void test_why_text(void)
 	CU_ASSERT_STRING_EQUAL(r.why, "HTTP 429, rate limited for 12000 ms");
 	CU_ASSERT_EQUAL(r.wait_ms, 12000);
 	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 2, 3);
 	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
 	t_oc(&t, 0, NULL, NULL);
 	t.o.net = POL_NET_TIMEOUT;
 	pol_on_response(&s, &c, &b, &t.o, T0, 0, &r);
 	CU_ASSERT_STRING_EQUAL(r.why, "timeout");
 	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 3, 3);
 	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
 	pol_on_response(&s, &c, &b, t_oc(&t, 0, NULL, NULL), T0, 0, &r);
 	CU_ASSERT_STRING_EQUAL(r.why, "network error");
@@ -383,7 +394,11 @@ static void test_status_overrides(void)
 		{ 400, ST_RETRY, 0, 400, 5, POL_V_RETRY, 0 },
 		{ 503, ST_DROP, 0, 503, 5, POL_V_DROP, POL_R_REJECTED },
 		{ 500, ST_SPLIT, 0, 500, 5, POL_V_SPLIT, 0 },
-		{ 500, ST_SPLIT, 0, 500, 1, POL_V_DROP, POL_R_TOO_LARGE },
+		/* a split other than 413 down to one event: that event
+		 * was refused, not too large */
+		{ 500, ST_SPLIT, 0, 500, 1, POL_V_DROP, POL_R_REJECTED },
+		{ 400, ST_SPLIT, 0, 400, 1, POL_V_DROP, POL_R_REJECTED },
+		{ 413, ST_SPLIT, 0, 413, 1, POL_V_DROP, POL_R_TOO_LARGE },
 		{ 413, ST_DROP, 0, 413, 5, POL_V_DROP, POL_R_REJECTED },
 		{ 413, ST_RETRY, 0, 413, 1, POL_V_RETRY, 0 },
 		{ 403, ST_REAUTH, 1, 403, 5, POL_V_REAUTH, 0 },
@@ -964,6 +979,10 @@ static struct pol_result fail_at(const struct cfg_sink *c,
 	struct pol_result r;
 
 	pol_sink_init(&s, "api");
+	/* only its budgets are under test: a batch failing on fresh sinks
+	 * would otherwise be benched as a poison batch after two */
+	b->strikes = 0;
+	b->isolated = false;
 	t_send(&s, c, b, now, status, ra, NULL, &r);
 	return r;
 }
@@ -1395,10 +1414,12 @@ static void test_backoff_sequence_and_probe(void)
 	CU_ASSERT_EQUAL(pol_tick(&s, now + 20 + POL_FLAP_MS, true, &r),
 			POL_NEVER);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
-	/* the next outage starts over at the base delay */
+	/* the next outage starts over at the base delay (another batch: b
+	 * failed every probe, so it would be benched) */
 	now += 20 + POL_FLAP_MS;
-	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now), 0);
-	pol_on_response(&s, &c, &b, t_oc(&t, 502, NULL, NULL), now, 0, &r);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &other, 0, now), 0);
+	pol_on_response(&s, &c, &other, t_oc(&t, 502, NULL, NULL), now, 0,
+			&r);
 	CU_ASSERT_EQUAL(s.until_ms, now + 500);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
 }
@@ -1463,6 +1484,7 @@ static void test_flapping(void)
 	CU_ASSERT_EQUAL(s.flaps, 0);
 	/* a failure after that is a new outage, from the base delay */
 	now = last_ok + POL_FLAP_MS + 1;
+	t_fresh(&b);
 	t_send(&s, &c, &b, now, 503, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
 	CU_ASSERT_EQUAL(s.until_ms, now + 500);
@@ -1471,27 +1493,169 @@ static void test_flapping(void)
 	 * continues the outage, 1 ms later it is a new one (when nobody
 	 * ticked: the old one ends unlogged) */
 	now = s.until_ms;
+	t_fresh(&b);
 	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_fresh(&b);
 	t_send(&s, &c, &b, now + POL_FLAP_MS, 500, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
 	CU_ASSERT_EQUAL(s.level, 2);
 	now = s.until_ms;
+	t_fresh(&b);
 	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_fresh(&b);
 	t_send(&s, &c, &b, now + POL_FLAP_MS + 1, 500, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
 	CU_ASSERT_EQUAL(s.level, 1);
 	/* a rate limit soon after a recovery continues the outage too */
 	now = s.until_ms;
+	t_fresh(&b);
 	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_fresh(&b);
 	t_send(&s, &c, &b, now + 10, 429, "5", NULL, &r);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
 	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
 	/* the stop tells a recovery that has not held POL_FLAP_MS yet */
 	now = s.until_ms;
+	t_fresh(&b);
 	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_tick(&s, now + 5, true, &r), POL_NEVER);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
 	CU_ASSERT_EQUAL(r.flaps, 1);
+}
+
+/* Issue 14, defect 1: the probe was always the oldest batch, so one batch
+ * the upstream refuses (a malformed event answered 500) held up the whole
+ * sink for as long as its budgets allowed (12 h by default). The batch
+ * whose failures set the sink's window twice in a row is a suspect: the
+ * next probe is another batch; once that one brings the sink back, the
+ * suspect is isolated - retried alone on its own schedule, its HTTP
+ * failures charged to it alone and bisected - until delivered or dropped
+ * by its own budgets. */
+static void test_poison_batch(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch p, g, h1, h2, one;
+	struct pol_result r;
+	int64_t t = T0;
+	int n;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	c.backoff_max_ms = 4000;
+	c.max_retries = 6;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&p, 1, 5);
+	pol_batch_init(&g, 2, 5);
+	/* the poison batch opens the outage: strike 1 */
+	t_send(&s, &c, &p, t, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	CU_ASSERT_EQUAL(p.strikes, 1);
+	CU_ASSERT_FALSE(pol_probe_suspect(&p));
+	/* it is the probe once more (the oldest): strike 2, a suspect */
+	t = s.until_ms;				/* T0 + 0.5 s */
+	t_send(&s, &c, &p, t, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(p.strikes, 2);
+	CU_ASSERT_TRUE(pol_probe_suspect(&p));
+	CU_ASSERT_FALSE(p.isolated);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 1500);
+	/* the next probe is another batch (the caller's choice): ok again,
+	 * two windows after the first failure */
+	t = s.until_ms;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &g, 0, t), 0);
+	CU_ASSERT_TRUE(g.probe);
+	t_resp(&s, &c, &g, t, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(t - T0, 1500);
+	/* the suspect goes out while ok: isolated, on its own schedule
+	 * (its last failure + delay(1) = T0 + 1.5 s) */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, t), 0);
+	CU_ASSERT_TRUE(p.isolated);
+	CU_ASSERT_FALSE(p.probe);
+	t_resp(&s, &c, &p, t, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_TRUE(r.shielded);
+	CU_ASSERT_TRUE(r.bisect);
+	CU_ASSERT_TRUE(r.counted);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	/* the sink did not move: state, window, ramp, level */
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.until_ms, 0);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+	CU_ASSERT_EQUAL(s.level, 2);
+	CU_ASSERT_EQUAL(p.failures, 3);
+	CU_ASSERT_EQUAL(pol_batch_ready_at(&p), t + 2000);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, t + 1999), -EAGAIN);
+	/* bisected: the halves go at once, isolated, with its budgets */
+	pol_batch_split(&p, &h1, 10, 2);
+	pol_batch_split(&p, &h2, 11, 3);
+	CU_ASSERT_TRUE(h1.isolated && h2.isolated);
+	CU_ASSERT_EQUAL(h2.failures, 3);
+	CU_ASSERT_EQUAL(pol_batch_ready_at(&h1), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &h1, 0, t), 0);
+	t_resp(&s, &c, &h1, t, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);	/* good events go */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &h2, 0, t), 0);
+	t_resp(&s, &c, &h2, t, 500, NULL, NULL, &r);
+	CU_ASSERT_TRUE(r.bisect);
+	CU_ASSERT_EQUAL(h2.failures, 4);
+	/* ... down to the poison event alone: retried on its schedule, no
+	 * bisect, until max_retries drops it (7 failures in its line) */
+	pol_batch_split(&h2, &one, 12, 1);
+	for (n = 0; n < 3; n++) {
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, t), 0);
+		t_resp(&s, &c, &one, t, 500, NULL, NULL, &r);
+		CU_ASSERT_FALSE(r.bisect);
+		CU_ASSERT_TRUE(r.shielded);
+		if (n < 2) {
+			CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+			CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0,
+						  pol_batch_ready_at(&one) - 1),
+					-EAGAIN);
+			t = pol_batch_ready_at(&one);
+		}
+	}
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_RETRIES_EXHAUSTED);
+	CU_ASSERT_EQUAL(one.failures, 7);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.flaps, 0);
+
+	/* an isolated batch still speaks for the upstream when there is no
+	 * HTTP answer at all */
+	pol_batch_init(&one, 20, 1);
+	one.isolated = true;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, t), 0);
+	t_resp(&s, &c, &one, t, 0, NULL, NULL, &r);
+	CU_ASSERT_FALSE(r.shielded);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	/* ... and when it is the probe (the caller had no other batch) */
+	t = s.until_ms;
+	one.next_ms = 0;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, t), 0);
+	CU_ASSERT_TRUE(one.probe);
+	n = (int)s.level;
+	t_resp(&s, &c, &one, t, 500, NULL, NULL, &r);
+	CU_ASSERT_FALSE(r.shielded);
+	CU_ASSERT_EQUAL(s.level, (uint32_t)n + 1);
+	/* a rate limit is the upstream's instruction, isolated or not */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&one, 21, 3);
+	one.isolated = true;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, T0), 0);
+	t_resp(&s, &c, &one, T0, 429, "5", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_FALSE(r.bisect);
+	/* a batch that fails only as a stale request collects no strikes */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&p, 30, 5);
+	pol_batch_init(&g, 31, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, T0), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &g, 1, T0), 0);
+	t_resp(&s, &c, &g, T0, 503, NULL, NULL, &r);
+	t_resp(&s, &c, &p, T0 + 1, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(g.strikes, 1);
+	CU_ASSERT_EQUAL(p.strikes, 0);
 }
 
 static void test_probe_details(void)
@@ -1623,8 +1787,10 @@ static void test_concurrency_ramp(void)
 	pol_batch_init(&stale, 99, 5);
 	CU_ASSERT_EQUAL(pol_begin(&s, &c, &stale, 0, T0), 0);
 	pol_batch_init(&b[0], 0, 5);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
 	now = s.until_ms;
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.recovered_ms, now);
 
@@ -1662,24 +1828,30 @@ static void test_concurrency_ramp(void)
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);	/* never below 1 */
 	/* a failure mid-round resets the round */
 	pol_batch_init(&b[0], 0, 5);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
 	t_resp(&s, &c, &stale, now, 503, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
 	/* a live failure during the ramp: backoff, then the probe, then the
 	 * ramp starts at 1 again */
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 500, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
 	now = s.until_ms;
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
 
 	/* max_inflight 1: nothing to ramp */
 	c.max_inflight = 1;
 	pol_sink_init(&s, "api");
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], s.until_ms, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.limit, 0);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
@@ -1689,11 +1861,15 @@ static void test_concurrency_ramp(void)
 	/* a config reload lowering max_inflight caps the ramp */
 	c.max_inflight = 8;
 	pol_sink_init(&s, "api");
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
 	now = s.until_ms;
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
-	for (i = 0; i < 3; i++)
+	for (i = 0; i < 3; i++) {
+		t_fresh(&b[0]);
 		t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	}
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 3);
 	c.max_inflight = 2;
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
@@ -2472,6 +2648,7 @@ static int add_policy_suite(void)
 	    !CU_add_test(s, "backoff sequence and probe",
 			 test_backoff_sequence_and_probe) ||
 	    !CU_add_test(s, "flapping", test_flapping) ||
+	    !CU_add_test(s, "poison batch", test_poison_batch) ||
 	    !CU_add_test(s, "probe details", test_probe_details) ||
 	    !CU_add_test(s, "concurrency ramp", test_concurrency_ramp) ||
 	    !CU_add_test(s, "X-Retry-Count", test_retry_count_header) ||
