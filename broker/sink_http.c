@@ -44,6 +44,7 @@
 #define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
 #define HSINK_CAUSE_MAX  256     /* "HTTP 503: <body excerpt>", curl text */
 #define HSINK_RETRY_NS   100000000ull /* a post that failed locally */
+#define HSINK_PROTO_HDRS 4       /* headers a protocol may add */
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
@@ -59,19 +60,40 @@ struct http_batch {
 	int waiting;                 /* for the gate (retry, or closed) */
 	struct buf body;
 	char retry_hdr[40];
-	const char *hdrs[CFG_MAX_HEADERS + 8];
+	const char *hdrs[CFG_MAX_HEADERS + HSINK_PROTO_HDRS + 8];
 	uint64_t next_id;
 	uint32_t bisect_left;        /* bisections this batch may still cost */
 };
 
+struct http_sink;
+
+/* What a protocol adds to this engine. The generic `http` sink is one;
+ * segment, sentry and otlp are meant to be others (a row in hsink_protos
+ * and their sink type mapped to sink_http_ops): batching, the policy,
+ * retries, splits, logging and counters stay here. */
+struct hsink_proto {
+	enum cfg_sink_type type;
+	/* The body for records [lo, hi) of b, into out (reset first). */
+	int (*encode)(struct sink *s, struct sink_batch *b, uint32_t lo,
+		      uint32_t hi, struct buf *out);
+	/* Its own headers ("Name: value": Content-Type, auth...) into
+	 * hdrs, at most room; how many. */
+	int (*headers)(struct sink *s, const char **hdrs, int room);
+	/* Optional. The outcome the policy reads, once http.c's result is
+	 * in *o (e.g. a 200 whose body reports rejected items, a
+	 * protocol's own rate-limit header). */
+	void (*classify)(struct sink *s, const struct http_result *r,
+			 struct pol_outcome *o);
+};
+
 struct http_sink {
+	const struct hsink_proto *proto;
 	struct pol_sink pol;
 	struct env_reader er;
 	struct json_line_cache jc;
 	struct http_batch hb[SINK_MAX_INFLIGHT];
 	unsigned requests_out;       /* requests in flight */
 	char *token;                 /* "Authorization: Bearer ..." */
-	const char *ctype;
 	/* outage bookkeeping for the recovery line */
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
@@ -148,6 +170,7 @@ static void hsink_load_token(struct sink *s)
 
 /* ---- encoding ------------------------------------------------------------ */
 
+/* the generic sink: ndjson, a JSON array, or the msgpack envelopes */
 static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 			       uint32_t lo, uint32_t hi, struct buf *out)
 {
@@ -232,16 +255,37 @@ static bool hsink_cancelled(const struct http_result *r)
 	return r->cancelled;
 }
 
-static const char *hsink_ctype(const struct sink *s)
+static int hsink_generic_headers(struct sink *s, const char **hdrs,
+				 int room)
 {
+	if (room < 1)
+		return 0;
 	switch (s->cfg.encoding) {
 	case ENC_JSON_ARRAY:
-		return "Content-Type: application/json";
+		hdrs[0] = "Content-Type: application/json";
+		break;
 	case ENC_MSGPACK:
-		return "Content-Type: application/msgpack";
+		hdrs[0] = "Content-Type: application/msgpack";
+		break;
 	default:
-		return "Content-Type: application/x-ndjson";
+		hdrs[0] = "Content-Type: application/x-ndjson";
+		break;
 	}
+	return 1;
+}
+
+static const struct hsink_proto hsink_protos[] = {
+	{ SINK_HTTP, hsink_encode_records, hsink_generic_headers, NULL },
+};
+
+static const struct hsink_proto *hsink_proto_for(enum cfg_sink_type t)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(hsink_protos) / sizeof(hsink_protos[0]); i++)
+		if (hsink_protos[i].type == t)
+			return &hsink_protos[i];
+	return NULL;
 }
 
 static int hsink_send_part(struct sink *s, struct http_batch *hb)
@@ -254,7 +298,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	uint32_t rc_hdr;
 	int n = 0, i, rc;
 
-	rc = hsink_encode_records(s, b, p->lo, p->hi, &b->out);
+	rc = hs->proto->encode(s, b, p->lo, p->hi, &b->out);
 	if (rc < 0)
 		return rc;
 	payload = &b->out;
@@ -264,7 +308,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 			return rc;
 		payload = &hb->body;
 	}
-	hb->hdrs[n++] = hsink_ctype(s);
+	n += hs->proto->headers(s, hb->hdrs + n, HSINK_PROTO_HDRS);
 	if (s->cfg.compression == COMP_GZIP)
 		hb->hdrs[n++] = "Content-Encoding: gzip";
 	rc_hdr = pol_retry_count(&p->pb);
@@ -566,6 +610,8 @@ static void hsink_done(void *arg, const struct http_result *r)
 		hb->waiting = 1;
 		return;
 	}
+	if (hs->proto->classify)
+		hs->proto->classify(s, r, &o);
 	pol_on_response(&hs->pol, &s->cfg, &p->pb, &o, hsink_now_ms(),
 			hsink_rand(), &res);
 	http_cause(r, cause, sizeof(cause));
@@ -703,6 +749,13 @@ static int hsink_open(struct sink *s)
 	hs = calloc(1, sizeof(*hs));
 	if (!hs)
 		return -ENOMEM;
+	hs->proto = hsink_proto_for(s->cfg.type);
+	if (!hs->proto) {
+		log_error("sink %s: no HTTP protocol for type %s", s->cfg.name,
+			  cfg_sink_type_name(s->cfg.type));
+		free(hs);
+		return -ENOTSUP;
+	}
 	s->impl = hs;
 	pol_sink_init(&hs->pol, s->cfg.name);
 	env_reader_init(&hs->er);

@@ -503,6 +503,21 @@ static void t_response_body(void)
 	teardown();
 }
 
+/* tests/fake_upstream.py checks itself (scripts, content rules, actions,
+ * decoding) against a child server of its own */
+static void t_upstream_selftest(void)
+{
+	char buf[512], cmd[700];
+	const char *path = up_script_path(buf, sizeof(buf));
+	int rc;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(path);
+	snprintf(cmd, sizeof(cmd), "python3 '%s' --selftest >/dev/null",
+		 path);
+	rc = system(cmd);
+	CU_ASSERT(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+}
+
 /* http_excerpt, byte by byte */
 static void t_excerpt(void)
 {
@@ -881,6 +896,7 @@ static int add_http(void)
 	    !CU_add_test(s, "conn_reset", t_conn_reset) ||
 	    !CU_add_test(s, "response_body", t_response_body) ||
 	    !CU_add_test(s, "excerpt", t_excerpt) ||
+	    !CU_add_test(s, "upstream_selftest", t_upstream_selftest) ||
 	    !CU_add_test(s, "hang_timeout", t_hang_timeout) ||
 	    !CU_add_test(s, "connect_refused", t_connect_refused) ||
 	    !CU_add_test(s, "connect_timeout", t_connect_timeout) ||
