@@ -156,7 +156,8 @@ enum {
 	SK_BACKOFF_MAX, SK_BACKOFF_JITTER, SK_MAX_RETRIES,
 	SK_MAX_BACKOFF_DURATION, SK_RETRY_AFTER_MAX,
 	SK_MAX_RATE_LIMIT_DURATION, SK_ON_RATE_LIMIT,
-	SK_SETTINGS_URL, SK_SERVICE_NAME, SK_CLIENT_REPORT_INTERVAL,
+	SK_SETTINGS_URL, SK_SETTINGS_INTERVAL, SK_SERVICE_NAME,
+	SK_CLIENT_REPORT_INTERVAL,
 	SK_N
 };
 
@@ -218,6 +219,9 @@ static const struct cfg_key cfg_skeys[SK_N] = {
 	/* protocol keys (broker/proto_*.c) */
 	[SK_SETTINGS_URL] = { .name = "settings_url", .kind = K_URL,
 		SF(settings_url), .types = TY(SINK_SEGMENT) },
+	[SK_SETTINGS_INTERVAL] = { .name = "settings_interval", .kind = K_DUR,
+		SF(settings_interval_ms), .min = 1000, .max = 24 * HOUR_MS,
+		.types = TY(SINK_SEGMENT) },
 	[SK_SERVICE_NAME] = { .name = "service_name", .kind = K_STR,
 		SF(service_name), .types = TY(SINK_OTLP) },
 	[SK_CLIENT_REPORT_INTERVAL] = { .name = "client_report_interval",
@@ -547,6 +551,7 @@ static void cfg_sink_init(struct cfg_sink *s, const char *name,
 	s->retry_after_max_ms = 300 * SEC_MS;
 	s->max_rate_limit_duration_ms = 30 * MIN_MS;
 	s->client_report_interval_ms = 30 * SEC_MS;
+	s->settings_interval_ms = 5 * MIN_MS;
 	cfg_sink_type_defaults(s, true, true);
 }
 

@@ -26,7 +26,6 @@
 #include "log.h"
 #include "proto.h"
 
-#define SEG_SETTINGS_EVERY_NS (300ull * 1000000000ull)
 #define SEG_SETTINGS_RETRY_NS (30ull * 1000000000ull)
 #define SEG_SETTINGS_MAX      (1u << 20)
 
@@ -301,6 +300,10 @@ static void seg_settings_done(void *arg, const struct http_result *r)
 			 "settings", p->sink_name, r->status ?
 			 "bad status" : r->error);
 		g->next_fetch = log_mono_ns() + SEG_SETTINGS_RETRY_NS;
+		if (g->next_fetch > log_mono_ns() +
+		    p->cfg->settings_interval_ms * 1000000ull)
+			g->next_fetch = log_mono_ns() +
+				p->cfg->settings_interval_ms * 1000000ull;
 		return;
 	}
 	rc = proto_segment_settings((const char *)g->resp.p, g->resp.len,
@@ -336,7 +339,7 @@ static uint64_t seg_tick(struct proto *p, uint64_t now)
 		return UINT64_MAX;
 	if (g->req || now < g->next_fetch)
 		return g->req ? UINT64_MAX : g->next_fetch;
-	g->next_fetch = now + SEG_SETTINGS_EVERY_NS;
+	g->next_fetch = now + p->cfg->settings_interval_ms * 1000000ull;
 	buf_reset(&g->resp);
 	post.url = p->cfg->settings_url;
 	post.get = 1;
