@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "testutil.h"
 #include "brokertest.h"
@@ -469,6 +470,100 @@ static void test_sentry_categories(void)
 	bt_cleanup(&t);
 }
 
+/* ---- otlp, decoded by the OpenTelemetry project's code ------------------ */
+
+/* tests/node with its packages installed (tools/install-deps), or NULL */
+static const char *node_dir(void)
+{
+	static char dir[600];
+	char exe[700];
+	ssize_t n = readlink("/proc/self/exe", exe, 500);
+	char *sl;
+	int i;
+
+	if (access("tests/node/node_modules/.installed", R_OK) == 0)
+		return "tests/node";
+	if (n <= 0)
+		return NULL;
+	exe[n] = 0;
+	for (i = 0; i < 3 && (sl = strrchr(exe, '/')); i++)
+		*sl = 0;
+	snprintf(dir, sizeof(dir), "%.500s/tests/node", exe);
+	snprintf(exe, sizeof(exe), "%.600s/node_modules/.installed", dir);
+	return access(exe, R_OK) == 0 ? dir : NULL;
+}
+
+static void test_otlp_decoder(void)
+{
+	static const char *const types[] = { "log" };
+	const char *nd = node_dir();
+	char conf[1024], cmd[1400], tmp[300], line[1 << 16];
+	json_t *reqs, *r, *res;
+	struct obx_stats g;
+	struct bt t;
+	FILE *f;
+	size_t i;
+
+	if (!nd || system("node --version >/dev/null 2>&1") != 0) {
+		printf("\n    SKIPPED: node or tests/node/node_modules missing "
+		       "(tools/install-deps installs them with npm)");
+		return;
+	}
+	snprintf(conf, sizeof(conf), "[sink otel]\ntype = otlp\nurl = %s\n"
+		 "service_name = test-svc\nflush_interval = 50ms\n"
+		 "batch_max_events = 50\n", up_base());
+	CU_ASSERT_EQUAL_FATAL(up_reset(), 0);
+	CU_ASSERT_FATAL(bt_init(&t, "otlp", NULL, conf) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	emit_from(&t, "otel", 4, 50, types, 1, 0);
+	CU_ASSERT_EQUAL(wait_settled(&t, "otel", 200, 10000), 0);
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	CU_ASSERT_EQUAL(sink_of(g_sp, "otel")->c.delivered_events, 200);
+	reqs = up_requests(0, 1);
+	CU_ASSERT_FATAL(reqs != NULL);
+	/* every captured body, one JSON string a line, to the decoder */
+	snprintf(tmp, sizeof(tmp), "%s/bodies.jsonl", t.dir);
+	f = fopen(tmp, "w");
+	CU_ASSERT_FATAL(f != NULL);
+	json_array_foreach(reqs, i, r) {
+		CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(r,
+					"path")), "/v1/logs");
+		json_dumpf(json_object_get(r, "body"), f, JSON_ENCODE_ANY);
+		fputc('\n', f);
+	}
+	fclose(f);
+	json_decref(reqs);
+	snprintf(cmd, sizeof(cmd), "node '%s/otlp-decode.js' < '%s'", nd,
+		 tmp);
+	f = popen(cmd, "r");
+	CU_ASSERT_FATAL(f != NULL);
+	if (!fgets(line, sizeof(line), f))
+		line[0] = 0;
+	CU_ASSERT_EQUAL(pclose(f), 0);
+	res = json_loads(line, 0, NULL);
+	CU_ASSERT_FATAL(res != NULL);
+	CU_ASSERT(json_is_true(json_object_get(res, "ok")));
+	if (!json_is_true(json_object_get(res, "ok")))
+		printf("\n    decoder: %.300s", line);
+	/* every event once, with its own log.record.uid */
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(res, "records")),
+			200);
+	{
+		json_t *u = json_object_get(res, "uids"), *seen = json_object();
+
+		json_array_foreach(u, i, r)
+			json_object_set(seen, json_string_value(r), r);
+		CU_ASSERT_EQUAL(json_object_size(seen), 200);
+		json_decref(seen);
+	}
+	printf("\n    OpenTelemetry's ExportLogsServiceRequest decoded %lld "
+	       "log records", (long long)json_integer_value(
+		       json_object_get(res, "records")));
+	json_decref(res);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("upstreams", suite_init, suite_clean);
@@ -476,7 +571,8 @@ static int add_suites(void)
 	if (!s ||
 	    !CU_add_test(s, "segment_batches", test_segment_batches) ||
 	    !CU_add_test(s, "segment_settings", test_segment_settings) ||
-	    !CU_add_test(s, "sentry_categories", test_sentry_categories))
+	    !CU_add_test(s, "sentry_categories", test_sentry_categories) ||
+	    !CU_add_test(s, "otlp_decoder", test_otlp_decoder))
 		return -1;
 	return 0;
 }
