@@ -28,6 +28,7 @@
 #include "testutil.h"
 #include "brokertest.h"
 #include "outbox.h"
+#include "spotlight.h"
 #include "upstream.h"
 
 static struct obx_sink_page *g_sp;
@@ -564,6 +565,74 @@ static void test_otlp_decoder(void)
 	bt_cleanup(&t);
 }
 
+/* ---- sentry into Spotlight (a real envelope receiver) --------------------- */
+
+/* event_id of an item payload (object or JSON text), or NULL */
+static const char *sp_item_id(json_t *payload, json_t **tmp)
+{
+	*tmp = NULL;
+	if (json_is_string(payload)) {
+		*tmp = json_loads(json_string_value(payload), 0, NULL);
+		payload = *tmp;
+	}
+	return json_string_value(json_object_get(payload, "event_id"));
+}
+
+static void test_spotlight(void)
+{
+	static const char *const types[] = { "error" };
+	const char *why = NULL;
+	char conf[1024];
+	json_t *envs, *env, *seen;
+	struct obx_stats g;
+	struct bt t;
+	size_t i, dup = 0, n_env = 0;
+
+	if (sp_start(&why) < 0) {
+		printf("\n    SKIPPED: Spotlight not available: %s", why);
+		return;
+	}
+	snprintf(conf, sizeof(conf), "[sink sentry]\ntype = sentry\n"
+		 "dsn = http://pubkey@127.0.0.1:%d/1\nflush_interval = 20ms\n",
+		 sp_port());
+	CU_ASSERT_FATAL(bt_init(&t, "spot", NULL, conf) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	/* 4 producers x 25 events (Spotlight keeps the last 500) */
+	emit_from(&t, "sentry", 4, 25, types, 1, 0);
+	CU_ASSERT_EQUAL(wait_settled(&t, "sentry", 100, 20000), 0);
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	CU_ASSERT_EQUAL(sink_of(g_sp, "sentry")->c.delivered_events, 100);
+	envs = sp_envelopes();
+	seen = json_object();
+	json_array_foreach(envs, i, env) {
+		json_t *items = json_array_get(env, 1), *it;
+		size_t k;
+
+		n_env++;
+		json_array_foreach(items, k, it) {
+			json_t *tmp;
+			const char *id = sp_item_id(json_array_get(it, 1), &tmp);
+
+			if (id) {
+				if (json_object_get(seen, id))
+					dup++;
+				json_object_set_new(seen, id, json_true());
+			}
+			json_decref(tmp);
+		}
+	}
+	printf("\n    Spotlight parsed %zu envelopes, %zu distinct event ids, "
+	       "%zu duplicates", n_env, json_object_size(seen), dup);
+	CU_ASSERT_EQUAL(n_env, 100);
+	CU_ASSERT_EQUAL(json_object_size(seen), 100);
+	CU_ASSERT_EQUAL(dup, 0);
+	json_decref(seen);
+	json_decref(envs);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+	sp_stop();
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("upstreams", suite_init, suite_clean);
@@ -572,7 +641,8 @@ static int add_suites(void)
 	    !CU_add_test(s, "segment_batches", test_segment_batches) ||
 	    !CU_add_test(s, "segment_settings", test_segment_settings) ||
 	    !CU_add_test(s, "sentry_categories", test_sentry_categories) ||
-	    !CU_add_test(s, "otlp_decoder", test_otlp_decoder))
+	    !CU_add_test(s, "otlp_decoder", test_otlp_decoder) ||
+	    !CU_add_test(s, "spotlight", test_spotlight))
 		return -1;
 	return 0;
 }
