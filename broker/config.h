@@ -43,6 +43,10 @@ struct cfg_sink {
 	char *write_key;                 /* segment (credential) */
 	char *dsn;                       /* sentry (credential) */
 	char *token_file;                /* token source for 401/511 refresh */
+	char *settings_url;              /* segment: CDN settings (optional) */
+	uint64_t settings_interval_ms;   /* segment: refetch every 5m */
+	char *service_name;              /* otlp: service.name ("outbox") */
+	uint64_t client_report_interval_ms; /* sentry: 30s, 0 = never */
 	char *headers[CFG_MAX_HEADERS];  /* "Name: value", key header = ... */
 	int nheaders;
 	enum cfg_encoding encoding;      /* http: ndjson | json | msgpack */
