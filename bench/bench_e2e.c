@@ -147,18 +147,6 @@ static int e2e_start_broker(struct e2e_run *r)
 	return -1;
 }
 
-static int e2e_body(char *body, int me, uint64_t s, int size)
-{
-	int n = snprintf(body, 65536, "{\"p\":%d,\"s\":%llu,\"pad\":\"", me,
-			 (unsigned long long)s);
-
-	while (n < size - 2)
-		body[n++] = 'x';
-	body[n++] = '"';
-	body[n++] = '}';
-	return n;
-}
-
 static int e2e_emit(struct e2e_shared *sh, obx_t *h, int sink, int me,
 		    const char *body, int n)
 {
@@ -195,7 +183,7 @@ static void e2e_paced(struct e2e_shared *sh, obx_t *h, int sink, int me,
 
 	for (s = 0; !atomic_load(&sh->stop); s++) {
 		e2e_sleep_until(next);
-		n = e2e_body(body, me, s, o->size);
+		n = bench_body(body, me, s, o->size);
 		t0 = bench_now();
 		if (e2e_emit(sh, h, sink, me, body, n) < 0)
 			_exit(atomic_load(&sh->stop) ? 0 : 4);
@@ -248,7 +236,7 @@ static void e2e_producer(struct e2e_shared *sh, const char *shm, int me,
 	while (o->rate <= 0 && !atomic_load(&sh->stop)) {
 		t0 = bench_now();
 		for (j = 0; j < 32; j++, s++) {
-			n = e2e_body(body, me, s, o->size);
+			n = bench_body(body, me, s, o->size);
 			if (e2e_emit(sh, h, sink, me, body, n) < 0) {
 				atomic_store(&sh->emitted[me], s);
 				_exit(atomic_load(&sh->stop) ? 0 : 4);

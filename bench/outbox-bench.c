@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "bench.h"
+#include "compress.h"
 
 static unsigned bench_idx(uint64_t v)
 {
@@ -70,6 +71,47 @@ double bench_hist_mean(const struct bench_hist *h)
 	return h->n ? (double)h->sum / (double)h->n : 0;
 }
 
+int bench_body(char *body, int me, uint64_t s, int size)
+{
+	int n = snprintf(body, 65536, "{\"p\":%d,\"s\":%llu,\"pad\":\"", me,
+			 (unsigned long long)s);
+
+	while (n < size - 2)
+		body[n++] = 'x';
+	body[n++] = '"';
+	body[n++] = '}';
+	return n;
+}
+
+int bench_line(char *out, const char *sink, uint64_t run, int me,
+	       uint64_t s, uint64_t ts, const char *body, int blen)
+{
+	int n = snprintf(out, 200, "{\"id\":\"%016llx%016llx\",\"sink\":"
+			 "\"%s\",\"type\":\"bench\",\"ts\":%llu,\"body\":",
+			 (unsigned long long)run,
+			 (unsigned long long)((uint64_t)me << 40 | s), sink,
+			 (unsigned long long)ts);
+
+	memcpy(out + n, body, (size_t)blen);
+	n += blen;
+	memcpy(out + n, "}\n", 2);
+	return n + 2;
+}
+
+int bench_comp_parse(const char *s, enum cfg_compression *out)
+{
+	static const enum cfg_compression all[] = { COMP_GZIP, COMP_ZSTD,
+						    COMP_NONE };
+	unsigned i;
+
+	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		if (!strcmp(s, comp_name(all[i]))) {
+			*out = all[i];
+			return 0;
+		}
+	return -1;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -79,7 +121,9 @@ static void usage(void)
 		"                         [--outage S [--outage-at T]] [--verify]"
 		" [--json]\n"
 		"       outbox-bench sink [--load] [--conns C] [--events E]"
-		" [--json] ...\n");
+		" [--json] ...\n"
+		"       outbox-bench compress [--events E] [--size B]"
+		" [--reps R] [--level L] [--json]\n");
 }
 
 int main(int argc, char **argv)
@@ -94,6 +138,8 @@ int main(int argc, char **argv)
 		return bench_e2e(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "sink"))
 		return bench_sink(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "compress"))
+		return bench_compress(argc - 2, argv + 2);
 	usage();
 	return 2;
 }
