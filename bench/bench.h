@@ -44,6 +44,12 @@ static inline double bench_ru_s(const struct rusage *ru)
 /* utime + stime of pid (all threads) in seconds, and VmHWM in KiB */
 void bench_proc(pid_t pid, double *cpu_s, uint64_t *hwm_kb);
 
+/* clock_nanosleep to an absolute CLOCK_MONOTONIC time, through EINTR */
+void bench_sleep_until(uint64_t t);
+/* CPU us per wake-up of np processes sleeping to absolute deadlines
+ * `rate` times a second for `secs`: the pacing's own cost per event */
+double bench_pace_cost(int np, double rate, double secs);
+
 /* The producers' JSON body {"p":P,"s":S,"pad":"xx..."} of `size` bytes
  * (>= 64) into body (65536 bytes); its length. */
 int bench_body(char *body, int me, uint64_t s, int size);
