@@ -136,7 +136,8 @@ static int e2e_start_broker(struct e2e_run *r)
 		execl(e2e_outboxd(), "outboxd", "-c", r->conf, (char *)NULL);
 		_exit(127);
 	}
-	for (i = 0; i < 500; i++) {
+	/* 30 s: a broker under valgrind (callgrind profiles) takes ~10 s */
+	for (i = 0; i < 3000; i++) {
 		if (seg_attach(&s, r->shm, why, sizeof(why)) == 0) {
 			uint32_t pid = atomic_load(&s.cons->broker_pid);
 
