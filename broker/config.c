@@ -75,7 +75,8 @@ static const char *const cfg_full_names[] = {
 	"drop-newest", "drop-oldest", NULL };
 static const char *const cfg_enc_names[] = {
 	"ndjson", "json", "msgpack", NULL };
-static const char *const cfg_comp_names[] = { "gzip", "none", NULL };
+static const char *const cfg_comp_names[] = { "gzip", "none", "zstd",
+	NULL };
 static const char *const cfg_rl_names[] = { "hold", "drop-category", NULL };
 static const char *const cfg_action_names[] = {
 	"retry", "drop", "split", "reauth", NULL };

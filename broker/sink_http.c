@@ -24,16 +24,15 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "broker.h"
+#include "compress.h"
 #include "http.h"
 #include "json.h"
 #include "policy.h"
 #include "proto.h"
 
 #define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
-#define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
@@ -68,8 +67,7 @@ struct http_sink {
 	/* outage bookkeeping for the recovery line */
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
-	z_stream z;                  /* gzip, reset per body */
-	int z_ready;
+	struct comp *comp;           /* NULL: compression = none */
 	struct log_rl rl;
 	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
 	struct sink_batch *enc_batch;/* the batch being encoded */
@@ -172,37 +170,6 @@ static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 	return rc;
 }
 
-/* gzip in one pass into out (the raw body stays in b->out). One deflate
- * stream per sink, reset per body: deflateInit2() allocates and clears
- * ~270 KB, which at a thousand requests a second is real work. */
-static int hsink_gzip(struct http_sink *hs, const struct buf *in,
-		      struct buf *out)
-{
-	z_stream *z = &hs->z;
-	int rc;
-
-	if (!hs->z_ready) {
-		memset(z, 0, sizeof(*z));
-		if (deflateInit2(z, HTTP_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8,
-				 Z_DEFAULT_STRATEGY) != Z_OK)
-			return -ENOMEM;
-		hs->z_ready = 1;
-	} else if (deflateReset(z) != Z_OK) {
-		return -EIO;
-	}
-	buf_reset(out);
-	rc = buf_reserve(out, deflateBound(z, in->len) + 32);
-	if (rc < 0)
-		return rc;
-	z->next_in = in->p;
-	z->avail_in = (uInt)in->len;
-	z->next_out = out->p;
-	z->avail_out = (uInt)(out->cap);
-	rc = deflate(z, Z_FINISH);
-	out->len = z->total_out;
-	return rc == Z_STREAM_END ? 0 : -EIO;
-}
-
 /* ---- sending --------------------------------------------------------------- */
 
 static void hsink_done(void *arg, const struct http_result *r);
@@ -264,8 +231,8 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	if (rc < 0)
 		return rc;
 	payload = &b->out;
-	if (s->cfg.compression == COMP_GZIP) {
-		rc = hsink_gzip(hs, &b->out, &hb->body);
+	if (hs->comp) {
+		rc = comp_body(hs->comp, b->out.p, b->out.len, &hb->body);
 		if (rc < 0)
 			return rc;
 		payload = &hb->body;
@@ -275,8 +242,8 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 			hb->hdrs[n++] = hs->proto->hdrs[i];
 	else
 		hb->hdrs[n++] = hsink_ctype(s);
-	if (s->cfg.compression == COMP_GZIP)
-		hb->hdrs[n++] = "Content-Encoding: gzip";
+	if (hs->comp)
+		hb->hdrs[n++] = comp_header(s->cfg.compression);
 	rc_hdr = pol_retry_count(&p->pb);
 	if (rc_hdr) {
 		snprintf(hb->retry_hdr, sizeof(hb->retry_hdr),
@@ -686,6 +653,7 @@ static void hsink_close(struct sink *s);
 
 static int hsink_open(struct sink *s)
 {
+	struct comp *comp = NULL;
 	struct http_sink *hs;
 	int i, rc;
 
@@ -697,9 +665,20 @@ static int hsink_open(struct sink *s)
 			return -errno;
 		}
 	}
+	if (s->cfg.compression != COMP_NONE &&
+	    !(comp = comp_new(s->cfg.compression, 0))) {
+		int err = errno;
+
+		log_error("sink %s: %s compressor: %s", s->cfg.name,
+			  comp_name(s->cfg.compression), strerror(err));
+		return -err;
+	}
 	hs = calloc(1, sizeof(*hs));
-	if (!hs)
+	if (!hs) {
+		comp_free(comp);
 		return -ENOMEM;
+	}
+	hs->comp = comp;
 	s->impl = hs;
 	pol_sink_init(&hs->pol, s->cfg.name);
 	env_reader_init(&hs->er);
@@ -734,8 +713,7 @@ static void hsink_close(struct sink *s)
 		free(hs->hb[i].gone);
 	}
 	proto_free(hs->proto);
-	if (hs->z_ready)
-		deflateEnd(&hs->z);
+	comp_free(hs->comp);
 	env_reader_fini(&hs->er);
 	json_line_cache_free(&hs->jc);
 	free(hs->token);

@@ -898,8 +898,8 @@ static const struct {
 	  4, "backoff_max 5s is less than backoff_base 10s" },
 	{ "[sink a]\ntype = discard\nflush_interval = 5\n", 3,
 	  "flush_interval: unit missing" },
-	{ "[sink a]\ntype = discard\ncompression = zstd\n", 3,
-	  "one of: gzip, none" },
+	{ "[sink a]\ntype = discard\ncompression = brotli\n", 3,
+	  "one of: gzip, none, zstd" },
 	{ "[sink a]\ntype = discard\nencoding = xml\n", 3,
 	  "one of: ndjson, json, msgpack" },
 	{ "[sink a]\ntype = discard\non_rate_limit = panic\n", 3,
@@ -1178,6 +1178,7 @@ static const char rich_config[] =
 	"type = otlp\n"
 	"url = http://127.0.0.1:4318/v1/logs\n"
 	"encoding = msgpack\n"
+	"compression = zstd\n"
 	"max_retries = 4294967295\n"
 	"batch_max_bytes = 18446744073709551615\n";
 
@@ -1233,6 +1234,8 @@ static void test_round_trip_rich(void)
 	CU_ASSERT_EQUAL(t.c.sinks[1].on_rate_limit, RL_HOLD);
 	CU_ASSERT_EQUAL(t.c.sinks[3].batch_max_bytes, UINT64_MAX);
 	CU_ASSERT_EQUAL(t.c.sinks[3].max_retries, 4294967295u);
+	CU_ASSERT_EQUAL(t.c.sinks[3].compression, COMP_ZSTD);
+	CU_ASSERT_EQUAL(t.c.sinks[0].compression, COMP_NONE);
 
 	check_round_trip(&t.c);
 
