@@ -63,8 +63,9 @@ struct http_req {
 	struct curl_slist *hdrs;	/* this request's headers */
 	http_done_fn done;
 	void *arg;
+	struct buf *resp;		/* the caller's, or NULL: discarded */
 	uint64_t start_ns;
-	struct http_resp resp;		/* what the current response said */
+	struct http_resp got;		/* what the current response said */
 	char err[CURL_ERROR_SIZE];
 };
 
@@ -304,7 +305,7 @@ static size_t http_header_cb(char *buf, size_t size, size_t nitems,
 	struct http_req *r = userdata;
 	size_t len = size * nitems;
 
-	http_resp_header(&r->resp, buf, len);
+	http_resp_header(&r->got, buf, len);
 	return len;
 }
 
@@ -313,7 +314,10 @@ static size_t http_body_cb(char *buf, size_t size, size_t nmemb,
 {
 	struct http_req *r = userdata;
 
-	http_resp_body(&r->resp, buf, size * nmemb);
+	http_resp_body(&r->got, buf, size * nmemb);
+	/* a short count fails the transfer: a body over the cap */
+	if (r->resp && buf_add(r->resp, buf, size * nmemb) < 0)
+		return 0;
 	return size * nmemb;
 }
 
@@ -379,6 +383,7 @@ static void http_req_put(struct http *h, struct http_req *r)
 	r->hdrs = NULL;
 	r->done = NULL;
 	r->arg = NULL;
+	r->resp = NULL;
 	r->state = HTTP_REQ_IDLE;
 	r->prev = NULL;
 	r->next = h->idle;
@@ -444,14 +449,14 @@ static void http_finish(struct http *h, struct http_req *r, CURLcode rc,
 					  &res.os_errno);
 		/* an interim 1xx alone is no response */
 		res.status = code >= 200 && code <= 999 ? (int)code : 0;
-		memcpy(res.retry_after, r->resp.retry_after,
+		memcpy(res.retry_after, r->got.retry_after,
 		       sizeof(res.retry_after));
-		res.n_retry_after = r->resp.n_retry_after;
-		memcpy(res.sentry_limits, r->resp.sentry_limits,
+		res.n_retry_after = r->got.n_retry_after;
+		memcpy(res.sentry_limits, r->got.sentry_limits,
 		       sizeof(res.sentry_limits));
-		res.n_sentry_limits = r->resp.n_sentry_limits;
-		res.body = r->resp.body;
-		res.body_len = r->resp.body_len;
+		res.n_sentry_limits = r->got.n_sentry_limits;
+		res.body = r->got.body;
+		res.body_len = r->got.body_len;
 	} else {
 		res.total_s = (double)(http_now_ns() - r->start_ns) / 1e9;
 	}
@@ -697,11 +702,17 @@ static int http_req_setup(struct http_req *r, const struct http_post *p)
 	int rc = 0;
 
 	rc |= curl_easy_setopt(e, CURLOPT_URL, p->url);
-	rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-			       (curl_off_t)p->len);
-	/* never NULL: curl would then read the body from stdin */
-	rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS,
-			       p->body ? p->body : (const void *)"");
+	if (p->get) {
+		rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+	} else {
+		/* a slot that did a GET: back to POST */
+		rc |= curl_easy_setopt(e, CURLOPT_POST, 1L);
+		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+				       (curl_off_t)p->len);
+		/* never NULL: curl would then read the body from stdin */
+		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS,
+				       p->body ? p->body : (const void *)"");
+	}
 	rc |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
 	/* Several requests to a new HTTPS host wait for the first
 	 * connection's ALPN (known once TLS is up) to learn whether it
@@ -741,9 +752,10 @@ int http_post(struct http *h, const struct http_post *p, http_done_fn done,
 	if (ret < 0)
 		goto fail;
 	r->err[0] = '\0';
-	http_resp_reset(&r->resp);
+	http_resp_reset(&r->got);
 	r->done = done;
 	r->arg = arg;
+	r->resp = p->resp;
 	r->start_ns = http_now_ns();
 	/* sets curl's timer to 0: the loop's next http_tick() starts it */
 	mc = curl_multi_add_handle(h->multi, r->easy);

@@ -33,18 +33,19 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "broker.h"
+#include "compress.h"
 #include "http.h"
 #include "json.h"
 #include "policy.h"
+#include "proto.h"
 
 #define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
-#define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
 #define HSINK_CAUSE_MAX  256     /* "HTTP 503: <body excerpt>", curl text */
 #define HSINK_RETRY_NS   100000000ull /* a post that failed locally */
-#define HSINK_PROTO_HDRS 4       /* headers a protocol may add */
+#define HSINK_DROP_INVALID POL_R_COUNT /* rl_drop[]: a protocol's invalid */
+#define HSINK_DROP_REASONS (POL_R_COUNT + 1)
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
@@ -60,34 +61,18 @@ struct http_batch {
 	int waiting;                 /* for the gate (retry, or closed) */
 	struct buf body;
 	char retry_hdr[40];
-	const char *hdrs[CFG_MAX_HEADERS + HSINK_PROTO_HDRS + 8];
+	const char *hdrs[CFG_MAX_HEADERS + PROTO_MAX_HDRS + 8];
 	uint64_t next_id;
 	uint32_t bisect_left;        /* bisections this batch may still cost */
-};
-
-struct http_sink;
-
-/* What a protocol adds to this engine. The generic `http` sink is one;
- * segment, sentry and otlp are meant to be others (a row in hsink_protos
- * and their sink type mapped to sink_http_ops): batching, the policy,
- * retries, splits, logging and counters stay here. */
-struct hsink_proto {
-	enum cfg_sink_type type;
-	/* The body for records [lo, hi) of b, into out (reset first). */
-	int (*encode)(struct sink *s, struct sink_batch *b, uint32_t lo,
-		      uint32_t hi, struct buf *out);
-	/* Its own headers ("Name: value": Content-Type, auth...) into
-	 * hdrs, at most room; how many. */
-	int (*headers)(struct sink *s, const char **hdrs, int room);
-	/* Optional. The outcome the policy reads, once http.c's result is
-	 * in *o (e.g. a 200 whose body reports rejected items, a
-	 * protocol's own rate-limit header). */
-	void (*classify)(struct sink *s, const struct http_result *r,
-			 struct pol_outcome *o);
+	/* protocol sinks (proto.h) */
+	uint8_t *gone;               /* per record: dropped by the protocol */
+	uint32_t gone_cap;
+	uint32_t req_taken;          /* records the request in flight covers */
+	int64_t held_until;          /* policy (monotonic) ms: held by a
+	                              * category limit */
 };
 
 struct http_sink {
-	const struct hsink_proto *proto;
 	struct pol_sink pol;
 	struct env_reader er;
 	struct json_line_cache jc;
@@ -101,10 +86,12 @@ struct http_sink {
 	enum pol_state pub_state;    /* policy state last published */
 	int64_t pub_until;           /* and its window, monotonic ms */
 	int64_t pub_cat_until[OBX_MAX_CATS];
-	z_stream z;                  /* gzip, reset per body */
-	int z_ready;
+	struct comp *comp;           /* NULL: compression = none */
 	struct log_rl rl;            /* token_file trouble */
-	struct log_rl rl_drop[POL_R_COUNT]; /* drop lines, one per reason */
+	/* drop lines, one limiter per reason (and one for invalid) */
+	struct log_rl rl_drop[HSINK_DROP_REASONS];
+	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
+	struct sink_batch *enc_batch;/* the batch being encoded */
 };
 
 /* the policy's clock: windows and budgets are durations, CLOCK_MONOTONIC */
@@ -170,7 +157,6 @@ static void hsink_load_token(struct sink *s)
 
 /* ---- encoding ------------------------------------------------------------ */
 
-/* the generic sink: ndjson, a JSON array, or the msgpack envelopes */
 static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 			       uint32_t lo, uint32_t hi, struct buf *out)
 {
@@ -214,37 +200,6 @@ static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 	return rc;
 }
 
-/* gzip in one pass into out (the raw body stays in b->out). One deflate
- * stream per sink, reset per body: deflateInit2() allocates and clears
- * ~270 KB, which at a thousand requests a second is real work. */
-static int hsink_gzip(struct http_sink *hs, const struct buf *in,
-		      struct buf *out)
-{
-	z_stream *z = &hs->z;
-	int rc;
-
-	if (!hs->z_ready) {
-		memset(z, 0, sizeof(*z));
-		if (deflateInit2(z, HTTP_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8,
-				 Z_DEFAULT_STRATEGY) != Z_OK)
-			return -ENOMEM;
-		hs->z_ready = 1;
-	} else if (deflateReset(z) != Z_OK) {
-		return -EIO;
-	}
-	buf_reset(out);
-	rc = buf_reserve(out, deflateBound(z, in->len) + 32);
-	if (rc < 0)
-		return rc;
-	z->next_in = in->p;
-	z->avail_in = (uInt)in->len;
-	z->next_out = out->p;
-	z->avail_out = (uInt)(out->cap);
-	rc = deflate(z, Z_FINISH);
-	out->len = z->total_out;
-	return rc == Z_STREAM_END ? 0 : -EIO;
-}
-
 /* ---- sending --------------------------------------------------------------- */
 
 static void hsink_done(void *arg, const struct http_result *r);
@@ -255,37 +210,47 @@ static bool hsink_cancelled(const struct http_result *r)
 	return r->cancelled;
 }
 
-static int hsink_generic_headers(struct sink *s, const char **hdrs,
-				 int room)
+static const char *hsink_ctype(const struct sink *s)
 {
-	if (room < 1)
-		return 0;
 	switch (s->cfg.encoding) {
 	case ENC_JSON_ARRAY:
-		hdrs[0] = "Content-Type: application/json";
-		break;
+		return "Content-Type: application/json";
 	case ENC_MSGPACK:
-		hdrs[0] = "Content-Type: application/msgpack";
-		break;
+		return "Content-Type: application/msgpack";
 	default:
-		hdrs[0] = "Content-Type: application/x-ndjson";
-		break;
+		return "Content-Type: application/x-ndjson";
 	}
-	return 1;
 }
-
-static const struct hsink_proto hsink_protos[] = {
-	{ SINK_HTTP, hsink_encode_records, hsink_generic_headers, NULL },
-};
-
-static const struct hsink_proto *hsink_proto_for(enum cfg_sink_type t)
+/* A protocol's request for the part at the top: 0 (encoded: b->out),
+ * 1 (nothing to send: every record left was dropped, the part is done),
+ * -EAGAIN (held by a category limit until hb->held_until), -errno. */
+static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
 {
-	size_t i;
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	struct proto_req q;
+	int rc;
 
-	for (i = 0; i < sizeof(hsink_protos) / sizeof(hsink_protos[0]); i++)
-		if (hsink_protos[i].type == t)
-			return &hsink_protos[i];
-	return NULL;
+	hs->enc_batch = b;
+	/* the protocol's clock is the wall (its timestamps); its limits
+	 * are the policy's monotonic ones, converted (hsink_cat_until) */
+	hs->proto->now_ms = (int64_t)(log_real_ns() / 1000000ull);
+	rc = hs->proto->ops->encode(hs->proto, b->sb.recs, hb->gone, p->lo,
+				    p->hi, &b->out, &q);
+	hs->enc_batch = NULL;
+	if (rc == -EAGAIN)
+		hb->held_until = q.held_until_ms - log_wall_offset_ms();
+	if (rc < 0)
+		return rc;
+	hb->req_taken = q.taken;
+	if (!q.sent) {
+		p->lo += q.taken;
+		return 1;
+	}
+	/* a 413 on one event drops it (too_large) rather than splitting */
+	p->pb.nevents = q.sent;
+	return 0;
 }
 
 static int hsink_send_part(struct sink *s, struct http_batch *hb)
@@ -298,19 +263,24 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	uint32_t rc_hdr;
 	int n = 0, i, rc;
 
-	rc = hs->proto->encode(s, b, p->lo, p->hi, &b->out);
+	/* a protocol's body was encoded by hsink_try() */
+	rc = hs->proto ? 0 : hsink_encode_records(s, b, p->lo, p->hi, &b->out);
 	if (rc < 0)
 		return rc;
 	payload = &b->out;
-	if (s->cfg.compression == COMP_GZIP) {
-		rc = hsink_gzip(hs, &b->out, &hb->body);
+	if (hs->comp) {
+		rc = comp_body(hs->comp, b->out.p, b->out.len, &hb->body);
 		if (rc < 0)
 			return rc;
 		payload = &hb->body;
 	}
-	n += hs->proto->headers(s, hb->hdrs + n, HSINK_PROTO_HDRS);
-	if (s->cfg.compression == COMP_GZIP)
-		hb->hdrs[n++] = "Content-Encoding: gzip";
+	if (hs->proto)
+		for (i = 0; hs->proto->hdrs[i]; i++)
+			hb->hdrs[n++] = hs->proto->hdrs[i];
+	else
+		hb->hdrs[n++] = hsink_ctype(s);
+	if (hs->comp)
+		hb->hdrs[n++] = comp_header(s->cfg.compression);
 	rc_hdr = pol_retry_count(&p->pb);
 	if (rc_hdr) {
 		snprintf(hb->retry_hdr, sizeof(hb->retry_hdr),
@@ -323,7 +293,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		hb->hdrs[n++] = s->cfg.headers[i];
 	hb->hdrs[n] = NULL;
 	post = (struct http_post){
-		.url = s->cfg.url,
+		.url = hs->proto ? hs->proto->url : s->cfg.url,
 		.body = payload->p,
 		.len = payload->len,
 		.headers = hb->hdrs,
@@ -366,6 +336,9 @@ static void hsink_publish_state(struct sink *s)
 	s->state = (uint32_t)shown;
 	s->until_ns = shown != POL_OK ? hsink_wall_ns(until) : 0;
 	for (i = 0; i < p->ncats && i < (int)OBX_MAX_CATS; i++) {
+		/* an expired category is not limited: not published */
+		if (p->cats[i].until_ms <= hsink_now_ms())
+			continue;
 		if (strncmp(s->cats[ncats], p->cats[i].name, OBX_CAT_MAX) ||
 		    hs->pub_cat_until[ncats] != p->cats[i].until_ms)
 			changed = 1;
@@ -411,6 +384,20 @@ static void hsink_count_drop(struct sink *s, enum pol_reason r, uint32_t n)
  * on with the next; hsink_try() ends the batch when no part is left. */
 static void hsink_pop(struct sink *s, struct http_batch *hb)
 {
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+
+	if (hs->proto) {
+		/* a protocol's request covers [lo, lo + req_taken): the
+		 * rest of the part goes next, as a fresh request */
+		p->lo += hb->req_taken;
+		hb->req_taken = 0;
+		if (p->lo < p->hi) {
+			pol_batch_init(&p->pb, hb->next_id++, p->hi - p->lo);
+			hsink_try(s, hb, hsink_now_ms());
+			return;
+		}
+	}
 	hb->nparts--;
 	hsink_try(s, hb, hsink_now_ms());
 }
@@ -421,14 +408,33 @@ static void hsink_drop_top(struct sink *s, struct http_batch *hb,
 			   enum pol_reason why, const char *detail)
 {
 	struct http_sink *hs = s->impl;
-	const struct http_part *p = &hb->part[hb->nparts - 1];
-	uint32_t n = p->hi - p->lo;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	uint32_t n = p->hi - p->lo, i;
 
+	if (hs->proto && hb->req_taken) {
+		/* the request's records not dropped by the protocol */
+		uint32_t end = p->lo + hb->req_taken;
+
+		if (hs->proto->ops->lost)
+			hs->proto->ops->lost(hs->proto, hb->b->sb.recs,
+					     hb->gone, p->lo, hb->req_taken,
+					     why);
+		for (n = 0, i = p->lo; i < end; i++)
+			n += !hb->gone[i];
+	}
 	hsink_count_drop(s, why, n);
 	hb->b->dropped += n;
 	log_rl_n(&hs->rl_drop[why], n, LOG_WARN,
 		 "sink %s: dropped %u events (%s%s%s)", s->cfg.name, n,
 		 pol_reason_name(why), detail ? ", " : "", detail ? detail : "");
+	if (hs->proto && hb->req_taken) {
+		p->lo += hb->req_taken;
+		hb->req_taken = 0;
+		if (p->lo < p->hi) {
+			pol_batch_init(&p->pb, hb->next_id++, p->hi - p->lo);
+			return;
+		}
+	}
 	hb->nparts--;
 }
 
@@ -441,7 +447,7 @@ static uint64_t hsink_flush_drops(struct sink *s, uint64_t now, int force)
 	uint64_t next = UINT64_MAX, lines, n;
 	int r;
 
-	for (r = 0; r < POL_R_COUNT; r++) {
+	for (r = 0; r < HSINK_DROP_REASONS; r++) {
 		uint64_t due = log_rl_due(&hs->rl_drop[r]);
 
 		if (!due)
@@ -455,6 +461,7 @@ static uint64_t hsink_flush_drops(struct sink *s, uint64_t now, int force)
 				 "were not logged one by one", s->cfg.name,
 				 (unsigned long long)lines,
 				 (unsigned long long)n,
+				 r == HSINK_DROP_INVALID ? "invalid" :
 				 pol_reason_name((enum pol_reason)r));
 	}
 	return next;
@@ -596,6 +603,10 @@ static void hsink_done(void *arg, const struct http_result *r)
 		.sentry_limits = r->sentry_limits,
 		.n_sentry_limits = r->n_sentry_limits,
 		.wall_ms = (int64_t)(log_real_ns() / 1000000ull),
+		.proto_cls = hs->proto && hs->proto->ops->classify &&
+			     r->status > 0 ?
+			     hs->proto->ops->classify(hs->proto, r->status) + 1 :
+			     0,
 	};
 	struct pol_result res;
 	char cause[HSINK_CAUSE_MAX];
@@ -610,8 +621,6 @@ static void hsink_done(void *arg, const struct http_result *r)
 		hb->waiting = 1;
 		return;
 	}
-	if (hs->proto->classify)
-		hs->proto->classify(s, r, &o);
 	pol_on_response(&hs->pol, &s->cfg, &p->pb, &o, hsink_now_ms(),
 			hsink_rand(), &res);
 	http_cause(r, cause, sizeof(cause));
@@ -707,6 +716,27 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 			hsink_drop_top(s, hb, why, NULL);
 			continue;
 		}
+		if (hs->proto) {
+			int rc;
+
+			/* every attempt is encoded again: categories limited
+			 * meanwhile are filtered, "gone" records stay gone */
+			hb->req_taken = 0;
+			rc = hsink_proto_encode(s, hb);
+			if (rc == 1) {
+				/* all dropped by the protocol: resolved */
+				if (p->lo >= p->hi)
+					hb->nparts--;
+				continue;
+			}
+			if (rc < 0) {
+				if (rc != -EAGAIN)
+					hb->held_until = now + 1000;
+				hb->waiting = 1;
+				return 0;
+			}
+			hb->held_until = 0;
+		}
 		if (pol_begin(&hs->pol, &s->cfg, &p->pb, hs->requests_out,
 			      now) < 0) {
 			hb->waiting = 1;
@@ -733,10 +763,88 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 
 /* ---- sink_ops ---------------------------------------------------------------- */
 
+/* ---- protocol hooks (proto.h) ---------------------------------------------- */
+
+/* Until when category cat is limited (a whole-sink limit covers all), in
+ * the protocol's wall-clock ms like its `now`; the policy's windows are
+ * monotonic, converted with the one held offset. */
+static int64_t hsink_cat_until(void *arg, const char *cat, int64_t wall_now)
+{
+	struct sink *s = arg;
+	struct http_sink *hs = s->impl;
+	int64_t off = log_wall_offset_ms(), now = wall_now - off;
+	int i;
+
+	if (hs->pol.state == POL_RATE_LIMITED && hs->pol.until_ms > now)
+		return hs->pol.until_ms + off;
+	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)
+		if (hs->pol.cats[i].until_ms > now &&
+		    !strncmp(hs->pol.cats[i].name, cat, POL_CAT_MAX))
+			return hs->pol.cats[i].until_ms + off;
+	return 0;
+}
+
+/* a record the protocol dropped: its counter, once (proto.h) */
+static void hsink_proto_drop(void *arg, enum proto_drop why, const char *cat,
+			     uint32_t n)
+{
+	struct sink *s = arg;
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hs->enc_batch;
+
+	if (!b)
+		return;
+	switch (why) {
+	case PROTO_DROP_INVALID:
+		b->dropped_invalid += n;        /* counted by the engine */
+		break;
+	case PROTO_DROP_TOO_LARGE:
+		s->c.dropped_too_large += n;
+		b->dropped += n;
+		break;
+	case PROTO_DROP_RATE_LIMITED:
+		s->c.dropped_rate_limited += n;
+		b->dropped += n;
+		break;
+	default:
+		return;
+	}
+	/* one limiter per reason, as for the engine's own drops */
+	log_rl_n(&hs->rl_drop[why == PROTO_DROP_INVALID ? HSINK_DROP_INVALID :
+			      why == PROTO_DROP_TOO_LARGE ? POL_R_TOO_LARGE :
+			      POL_R_RATE_LIMITED], n, LOG_WARN,
+		 "sink %s: dropped %u events (%s%s%s)", s->cfg.name, n,
+		 why == PROTO_DROP_INVALID ? "invalid" :
+		 why == PROTO_DROP_TOO_LARGE ? "too_large" : "rate_limited",
+		 cat ? ", category " : "", cat ? cat : "");
+}
+
+static int hsink_proto_open(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	const struct proto_ops *po = proto_for(s->cfg.type);
+
+	if (!po)
+		return 0;
+	hs->proto = proto_new(po, &s->cfg, s->b->http);
+	if (!hs->proto) {
+		log_error("sink %s: cannot set up the %s protocol: %s",
+			  s->cfg.name, po->name, strerror(errno));
+		return -errno;
+	}
+	hs->proto->cat_until = hsink_cat_until;
+	hs->proto->drop = hsink_proto_drop;
+	hs->proto->arg = s;
+	return 0;
+}
+
+static void hsink_close(struct sink *s);
+
 static int hsink_open(struct sink *s)
 {
+	struct comp *comp = NULL;
 	struct http_sink *hs;
-	int i;
+	int i, rc;
 
 	if (!s->b->http) {
 		s->b->http = http_new(&s->b->rx);
@@ -746,26 +854,35 @@ static int hsink_open(struct sink *s)
 			return -errno;
 		}
 	}
-	hs = calloc(1, sizeof(*hs));
-	if (!hs)
-		return -ENOMEM;
-	hs->proto = hsink_proto_for(s->cfg.type);
-	if (!hs->proto) {
-		log_error("sink %s: no HTTP protocol for type %s", s->cfg.name,
-			  cfg_sink_type_name(s->cfg.type));
-		free(hs);
-		return -ENOTSUP;
+	if (s->cfg.compression != COMP_NONE &&
+	    !(comp = comp_new(s->cfg.compression, 0))) {
+		int err = errno;
+
+		log_error("sink %s: %s compressor: %s", s->cfg.name,
+			  comp_name(s->cfg.compression), strerror(err));
+		return -err;
 	}
+	hs = calloc(1, sizeof(*hs));
+	if (!hs) {
+		comp_free(comp);
+		return -ENOMEM;
+	}
+	hs->comp = comp;
 	s->impl = hs;
 	pol_sink_init(&hs->pol, s->cfg.name);
 	env_reader_init(&hs->er);
 	json_line_cache_init(&hs->jc);
 	hs->rl = (struct log_rl)LOG_RL_INIT(60);
-	for (i = 0; i < POL_R_COUNT; i++)
+	for (i = 0; i < HSINK_DROP_REASONS; i++)
 		hs->rl_drop[i] = (struct log_rl)LOG_RL_INIT(60);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		buf_init(&hs->hb[i].body, 0);
 	hsink_load_token(s);
+	rc = hsink_proto_open(s);
+	if (rc < 0) {
+		hsink_close(s);
+		return rc;
+	}
 	persist_restore_sink(&s->b->persist, &hs->pol);
 	pol_sink_clamp(&hs->pol, &s->cfg, hsink_now_ms());
 	hsink_publish_state(s);
@@ -801,9 +918,10 @@ static void hsink_close(struct sink *s)
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
 		buf_free(&hs->hb[i].body);
+		free(hs->hb[i].gone);
 	}
-	if (hs->z_ready)
-		deflateEnd(&hs->z);
+	proto_free(hs->proto);
+	comp_free(hs->comp);
 	env_reader_fini(&hs->er);
 	json_line_cache_free(&hs->jc);
 	free(hs->token);
@@ -825,6 +943,7 @@ static uint32_t hsink_bisect_budget(uint32_t n)
 
 static int hsink_send(struct sink *s, struct sink_batch *b)
 {
+	struct http_sink *hs = s->impl;
 	struct http_batch *hb = hsink_hb(s, b);
 
 	if (hb->b != b) {
@@ -835,6 +954,21 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 		hb->part[0].hi = b->n;
 		hb->next_id = b->first_seq << 8;
 		hb->bisect_left = hsink_bisect_budget(b->n);
+		if (hs->proto) {
+			if (hb->gone_cap < b->n) {
+				uint8_t *g = realloc(hb->gone, b->n);
+
+				if (!g) {
+					hb->b = NULL;
+					return -ENOMEM;
+				}
+				hb->gone = g;
+				hb->gone_cap = b->n;
+			}
+			memset(hb->gone, 0, b->n);
+			hb->req_taken = 0;
+			hb->held_until = 0;
+		}
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
 				      b->first_seq, b->end_seq,
@@ -872,6 +1006,7 @@ static int hsink_can_start(const struct sink *s)
 		return 0;
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		if (hs->hb[i].b && hs->hb[i].waiting &&
+		    !hs->hb[i].held_until &&
 		    !hsink_benched_hb(&hs->hb[i], g))
 			return 0;
 	return 1;
@@ -962,6 +1097,8 @@ static void hsink_send_waiting(struct sink *s, int64_t now)
 				return;
 			if (!hb->b || !hb->waiting || hb->req)
 				continue;	/* done meanwhile */
+			if (hb->held_until > now)
+				continue;	/* a category limit holds it */
 			if (g == POL_GATE_PROBE && pass == 0 &&
 			    pol_probe_suspect(&hb->part[hb->nparts - 1].pb))
 				continue;
@@ -992,11 +1129,21 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 
 		if (!hb->b || !hb->waiting)
 			continue;
+		/* held by a category limit (a protocol's), or an isolated
+		 * part's own schedule: a time of its own */
+		if (hb->held_until > wall) {
+			own = hb->held_until < own ? hb->held_until : own;
+			continue;
+		}
 		waiting = 1;
-		/* an isolated part's own schedule */
 		if (hsink_ready_at(hb) > wall && hsink_ready_at(hb) < own)
 			own = hsink_ready_at(hb);
 	}
+	/* categories: republished when one expires */
+	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)
+		if (hs->pol.cats[i].until_ms > wall &&
+		    hs->pol.cats[i].until_ms < own)
+			own = hs->pol.cats[i].until_ms;
 	/* an outage restored from the state file: its counts start here */
 	if (hs->pol.outage_start_ms && !hs->outage_base)
 		hsink_outage_base(s);
@@ -1007,6 +1154,11 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 	next = over < next ? over : next;
 	if (own != INT64_MAX && hsink_at(now, wall, own) < next)
 		next = hsink_at(now, wall, own);
+	if (hs->proto && hs->proto->ops->tick) {
+		uint64_t t = hs->proto->ops->tick(hs->proto, now);
+
+		next = t < next ? t : next;
+	}
 	/* The gate: at the end of a window (the probe; or, with nothing to
 	 * send, the state to show becomes ok). An open gate with a part
 	 * still waiting that could go means a local failure to post: look
@@ -1069,7 +1221,8 @@ static int hsink_parked(const struct sink *s)
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
 		const struct http_batch *hb = &hs->hb[i];
 
-		if (hb->b && (!hb->waiting || hsink_ready_at(hb) <= now))
+		if (hb->b && (!hb->waiting || (hsink_ready_at(hb) <= now &&
+						hb->held_until <= now)))
 			return 0;
 	}
 	return 1;
