@@ -719,6 +719,51 @@ static void test_ops_make_install(void)
 	sh("rm -rf %s", dir);
 }
 
+/* Every key outboxd knows is in outbox.ini(5): the keys come from
+ * --print-config (the parser's own table), with a network sink so that
+ * its keys print too. */
+static void test_ops_man_ini_keys(void)
+{
+	char conf[] = "/tmp/obxman-XXXXXX", *man, *out, *p, key[80];
+	size_t len, mlen;
+	int fd, keys = 0;
+
+	fd = mkstemp(conf);
+	CU_ASSERT_FATAL(fd >= 0);
+	dprintf(fd, "[broker]\nmetrics_listen = 127.0.0.1:0\n[sink api]\n"
+		"type = http\nurl = http://127.0.0.1:1/\ntoken_file = /x\n"
+		"header = X-A: b\n");
+	close(fd);
+	CU_ASSERT_EQUAL(sh("%s --print-config -c %s > %s.out",
+			   bt_bin("outboxd"), conf, conf), 0);
+	snprintf(key, sizeof(key), "%s.out", conf);
+	out = tu_read_file(key, &len);
+	man = tu_read_file("docs/man/outbox.ini.5.scd", &mlen);
+	CU_ASSERT_FATAL(out && man);
+	for (p = out; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+		char want[96];
+		int n = (int)strcspn(p, " =\n");
+
+		if (*p == '#' || *p == '[' || *p == '\n' || !strstr(p, " = ") ||
+		    n >= (int)sizeof(key))
+			continue;
+		snprintf(key, sizeof(key), "%.*s", n, p);
+		if (!strncmp(key, "status.", 7))
+			snprintf(key, sizeof(key), "status.");
+		snprintf(want, sizeof(want), "*%s", key);
+		if (!strstr(man, want))
+			fprintf(stderr, "outbox.ini(5) lacks '%s'\n", key);
+		CU_ASSERT(strstr(man, want) != NULL);
+		keys++;
+	}
+	CU_ASSERT(keys >= 30);
+	free(out);
+	free(man);
+	unlink(conf);
+	snprintf(key, sizeof(key), "%s.out", conf);
+	unlink(key);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("ops", NULL, NULL);
@@ -734,7 +779,8 @@ static int add_suites(void)
 	    !CU_add_test(s, "ops_health_stopping", test_ops_health_stopping) ||
 	    !CU_add_test(s, "ops_metrics_reload", test_ops_metrics_reload) ||
 	    !CU_add_test(s, "ops_top_tmux", test_ops_top_tmux) ||
-	    !CU_add_test(s, "ops_make_install", test_ops_make_install))
+	    !CU_add_test(s, "ops_make_install", test_ops_make_install) ||
+	    !CU_add_test(s, "ops_man_ini_keys", test_ops_man_ini_keys))
 		return -1;
 	return 0;
 }
