@@ -712,6 +712,10 @@ static void test_ops_make_install(void)
 	CU_ASSERT_EQUAL(sh("cd %s && printf '#include <outbox.h>\\n"
 			   "int main(void) { obx_t *h = obx_open(\"obx-none\");"
 			   " return h != 0; }\\n' > w.c && cc w.c -o w "
+			   /* a library built by `make check` needs the
+			    * sanitizer runtimes linked in */
+			   "$(nm -D opt/outbox/lib/liboutbox.so.1 | grep -q "
+			   "__asan_init && echo -fsanitize=address,undefined) "
 			   "$(PKG_CONFIG_SYSROOT_DIR=%s PKG_CONFIG_PATH=%s/opt/"
 			   "outbox/lib/pkgconfig pkg-config --cflags --libs "
 			   "outbox) >&2 && LD_LIBRARY_PATH=%s/opt/outbox/lib "
