@@ -134,6 +134,24 @@ static int wait_sink(struct bt *t, const char *name, uint64_t deliv,
 	return 0;
 }
 
+/* Waits until the sink is in state st; 1 when it was within ms. */
+static int wait_state(struct bt *t, const char *name, uint32_t st, int ms)
+{
+	static struct obx_sink_page sp;
+	struct obx_stats g;
+	uint64_t end = tu_now_ns() + (uint64_t)ms * 1000000ull;
+
+	do {
+		const struct obx_sink_shm *k;
+
+		if (bt_stats(t, &g, &sp) == 0 && (k = find_sink(&sp, name)) &&
+		    k->state == st)
+			return 1;
+		usleep(20000);
+	} while (tu_now_ns() < end);
+	return 0;
+}
+
 /* GET (or another method) on 127.0.0.1:port: HTTP status, 0 when no
  * connection; the body into out. */
 static long http_get_at(const char *host, int port, const char *path,
@@ -454,6 +472,8 @@ static void test_ops_metrics_scrape(void)
 	CU_ASSERT_EQUAL(emit_n(t.shm, "api", 7), 7);
 	CU_ASSERT(wait_sink(&t, "default", 300, 0, 5000));
 	CU_ASSERT(wait_sink(&t, "api", 0, 7, 5000));
+	/* its first attempt (connection refused) puts it in backoff */
+	CU_ASSERT(wait_state(&t, "api", OBX_SINK_BACKOFF, 5000));
 	/* the pages are published every 100 ms: let the last one land */
 	usleep(300000);
 	CU_ASSERT_EQUAL(sh("/usr/bin/python3 tests/prom_check.py "
