@@ -711,7 +711,10 @@ static void test_ops_make_install(void)
 	CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
 	/* a prefix outside pkg-config's system directories, so that what it
 	 * prints really points into the staging tree */
-	CU_ASSERT_FATAL(sh("make -s install NO_DEPS=1 BUILD=%s "
+	/* not the variables of a make that runs this test (the Debian
+	 * build passes LIBDIR= and SBINDIR= down through MAKEFLAGS) */
+	CU_ASSERT_FATAL(sh("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+			   "make -s install NO_DEPS=1 BUILD=%s "
 			   "PREFIX=/opt/outbox DESTDIR=%s >&2",
 			   build && *build ? build : "build", dir) == 0);
 	for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
