@@ -711,11 +711,15 @@ static void test_ops_make_install(void)
 	CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
 	/* a prefix outside pkg-config's system directories, so that what it
 	 * prints really points into the staging tree */
-	/* not the variables of a make that runs this test (the Debian
-	 * build passes LIBDIR= and SBINDIR= down through MAKEFLAGS) */
+	/* every directory on the command line: a make that runs this test
+	 * (the Debian build's, with LIBDIR= and SBINDIR=) exports its own
+	 * to the environment and through MAKEFLAGS */
 	CU_ASSERT_FATAL(sh("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
 			   "make -s install NO_DEPS=1 BUILD=%s "
-			   "PREFIX=/opt/outbox DESTDIR=%s >&2",
+			   "PREFIX=/opt/outbox BINDIR=/opt/outbox/bin "
+			   "SBINDIR=/opt/outbox/bin LIBDIR=/opt/outbox/lib "
+			   "INCLUDEDIR=/opt/outbox/include "
+			   "MANDIR=/opt/outbox/share/man DESTDIR=%s >&2",
 			   build && *build ? build : "build", dir) == 0);
 	for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
 		struct stat st;
