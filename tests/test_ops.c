@@ -763,7 +763,13 @@ static void test_ops_man_ini_keys(void)
 	CU_ASSERT_FATAL(fd >= 0);
 	dprintf(fd, "[broker]\nmetrics_listen = 127.0.0.1:0\n[sink api]\n"
 		"type = http\nurl = http://127.0.0.1:1/\ntoken_file = /x\n"
-		"header = X-A: b\n");
+		"header = X-A: b\n"
+		"[sink seg]\ntype = segment\nwrite_key = k\n"
+		"settings_url = http://127.0.0.1:1/s\n"
+		"[sink sen]\ntype = sentry\n"
+		"dsn = https://k@127.0.0.1/1\n"
+		"[sink otl]\ntype = otlp\nurl = http://127.0.0.1:1/v1/logs\n"
+		"service_name = x\n");
 	close(fd);
 	CU_ASSERT_EQUAL(sh("%s --print-config -c %s > %s.out",
 			   bt_bin("outboxd"), conf, conf), 0);
