@@ -40,6 +40,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 import sentry_sdk  # noqa: E402
 
 
+CAPTURED = [0]                         # events this worker captured
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"      # keep-alive, as load tools use it
     server_version = "outbox-prefork-demo"
@@ -60,6 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/health":
             return self.reply(200, "ok\n")
+        CAPTURED[0] += 1
         if path == "/error":
             try:
                 raise RuntimeError("demo error in worker %d" % os.getpid())
@@ -96,8 +100,18 @@ def init_sentry(args):
         sentry_sdk.init(dsn=args.dsn, traces_sample_rate=1.0)
 
 
+def worker_exit(*_):
+    # a graceful stop: what the SDK still queues gets its chance (the
+    # outbox transport has nothing queued), then one line for bench.py
+    sentry_sdk.flush(timeout=5)
+    sys.stderr.write("worker %d: captured %d events\n"
+                     % (os.getpid(), CAPTURED[0]))
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def worker(server, args):
-    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    signal.signal(signal.SIGTERM, worker_exit)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     init_sentry(args)
     try:
