@@ -331,16 +331,29 @@ int main(void) {
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("/nonexistent/liboutbox.so", r.stderr)
         self.assertIn("OUTBOX_LIB", r.stderr)
-        # without OUTBOX_LIB: the linker's search (LD_LIBRARY_PATH)
-        env = dict(os.environ, PYTHONPATH=os.path.join(obxtest.ROOT,
-                                                       "python"),
-                   LD_LIBRARY_PATH=obxtest.BUILD)
-        env.pop("OUTBOX_LIB")
-        r = subprocess.run([sys.executable, "-c",
-                            "import outbox; print(outbox.load_library().path)"],
-                           env=env, capture_output=True, text=True)
+        # without OUTBOX_LIB: the linker's search, where LD_LIBRARY_PATH
+        # comes before any installed copy (ld.so.cache); the soname first
+        d = tempfile.mkdtemp(prefix="obxpy-ld-")
+        try:
+            os.symlink(os.path.join(obxtest.BUILD, "liboutbox.so"),
+                       os.path.join(d, "liboutbox.so.1"))
+            env = dict(os.environ, PYTHONPATH=os.path.join(obxtest.ROOT,
+                                                           "python"),
+                       LD_LIBRARY_PATH=d)
+            env.pop("OUTBOX_LIB")
+            code = ("import outbox, os\n"
+                    "print(outbox.load_library().path)\n"
+                    "print(set(os.path.realpath(l.split()[-1]) for l in "
+                    "open('/proc/self/maps') if 'liboutbox' in l))\n")
+            r = subprocess.run([sys.executable, "-c", code], env=env,
+                               capture_output=True, text=True)
+        finally:
+            shutil.rmtree(d)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.strip(), "liboutbox.so")
+        name, mapped = r.stdout.strip().split("\n")
+        self.assertEqual(name, "liboutbox.so.1")
+        self.assertEqual(mapped, repr({os.path.realpath(
+            os.path.join(obxtest.BUILD, "liboutbox.so"))}))
 
 
 class InstallTest(unittest.TestCase):
