@@ -75,7 +75,8 @@ static const char *const cfg_full_names[] = {
 	"drop-newest", "drop-oldest", NULL };
 static const char *const cfg_enc_names[] = {
 	"ndjson", "json", "msgpack", NULL };
-static const char *const cfg_comp_names[] = { "gzip", "none", NULL };
+static const char *const cfg_comp_names[] = { "gzip", "none", "zstd",
+	NULL };
 static const char *const cfg_rl_names[] = { "hold", "drop-category", NULL };
 static const char *const cfg_action_names[] = {
 	"retry", "drop", "split", "reauth", NULL };
@@ -156,6 +157,8 @@ enum {
 	SK_BACKOFF_MAX, SK_BACKOFF_JITTER, SK_MAX_RETRIES,
 	SK_MAX_BACKOFF_DURATION, SK_RETRY_AFTER_MAX,
 	SK_MAX_RATE_LIMIT_DURATION, SK_ON_RATE_LIMIT,
+	SK_SETTINGS_URL, SK_SETTINGS_INTERVAL, SK_SERVICE_NAME,
+	SK_CLIENT_REPORT_INTERVAL,
 	SK_N
 };
 
@@ -214,6 +217,17 @@ static const struct cfg_key cfg_skeys[SK_N] = {
 		.max = U64_MAX },
 	[SK_ON_RATE_LIMIT] = { .name = "on_rate_limit", .kind = K_ENUM,
 		SF(on_rate_limit), .names = cfg_rl_names },
+	/* protocol keys (broker/proto_*.c) */
+	[SK_SETTINGS_URL] = { .name = "settings_url", .kind = K_URL,
+		SF(settings_url), .types = TY(SINK_SEGMENT) },
+	[SK_SETTINGS_INTERVAL] = { .name = "settings_interval", .kind = K_DUR,
+		SF(settings_interval_ms), .min = 1000, .max = 24 * HOUR_MS,
+		.types = TY(SINK_SEGMENT) },
+	[SK_SERVICE_NAME] = { .name = "service_name", .kind = K_STR,
+		SF(service_name), .types = TY(SINK_OTLP) },
+	[SK_CLIENT_REPORT_INTERVAL] = { .name = "client_report_interval",
+		.kind = K_DUR, SF(client_report_interval_ms), .min = 0,
+		.max = HOUR_MS, .types = TY(SINK_SENTRY) },
 };
 
 enum cfg_sect { SECT_NONE, SECT_BROKER, SECT_SINK, SECT_BAD };
@@ -537,6 +551,8 @@ static void cfg_sink_init(struct cfg_sink *s, const char *name,
 	s->max_backoff_duration_ms = 12 * HOUR_MS;
 	s->retry_after_max_ms = 300 * SEC_MS;
 	s->max_rate_limit_duration_ms = 30 * MIN_MS;
+	s->client_report_interval_ms = 30 * SEC_MS;
+	s->settings_interval_ms = 5 * MIN_MS;
 	cfg_sink_type_defaults(s, true, true);
 }
 
@@ -575,6 +591,8 @@ static void cfg_sink_free(struct cfg_sink *s)
 	cfg_str_free(&s->write_key);
 	cfg_str_free(&s->dsn);
 	cfg_str_free(&s->token_file);
+	cfg_str_free(&s->settings_url);
+	cfg_str_free(&s->service_name);
 	for (i = 0; i < s->nheaders; i++)
 		cfg_str_free(&s->headers[i]);
 	s->nheaders = 0;
@@ -1455,8 +1473,9 @@ static void cfg_check_sink(struct cfg_ctx *x, int i)
 				cfg_skeys[k].name, cfg_sink_type_name(s->type));
 	/* a key given with a bad value was reported already */
 	cfg_need(x, s, s->type != SINK_FILE || l[SK_PATH], "path");
-	cfg_need(x, s, !(s->type == SINK_HTTP || s->type == SINK_OTLP ||
-			 s->type == SINK_SEGMENT) || l[SK_URL], "url");
+	/* segment has a default url (api.segment.io) */
+	cfg_need(x, s, !(s->type == SINK_HTTP || s->type == SINK_OTLP) ||
+		 l[SK_URL], "url");
 	cfg_need(x, s, s->type != SINK_SEGMENT || l[SK_WRITE_KEY],
 		 "write_key");
 	cfg_need(x, s, s->type != SINK_SENTRY || l[SK_DSN] || l[SK_URL],
@@ -1687,7 +1706,8 @@ static void cfg_print_sink(FILE *out, const struct cfg_sink *s)
 
 	fprintf(out, "\n[sink %s]\n", s->name);
 	for (k = 0; k < SK_N; k++)
-		cfg_print_key(out, &cfg_skeys[k], s);
+		if (!cfg_skeys[k].types || (cfg_skeys[k].types & TY(s->type)))
+			cfg_print_key(out, &cfg_skeys[k], s);
 	for (k = 0; k < s->nstatus; k++)
 		fprintf(out, "status.%d = %s\n", s->status[k].code,
 			(unsigned)s->status[k].action < 4 ?

@@ -24,7 +24,7 @@ enum cfg_sink_type { SINK_FILE, SINK_DISCARD, SINK_HTTP, SINK_SEGMENT,
 enum cfg_durability { DUR_NONE, DUR_WRITE, DUR_FDATASYNC };
 enum cfg_spool_full { SPOOL_DROP_NEWEST, SPOOL_DROP_OLDEST };
 enum cfg_encoding { ENC_NDJSON, ENC_JSON_ARRAY, ENC_MSGPACK };
-enum cfg_compression { COMP_GZIP, COMP_NONE };
+enum cfg_compression { COMP_GZIP, COMP_NONE, COMP_ZSTD };
 enum cfg_on_rate_limit { RL_HOLD, RL_DROP_CATEGORY };
 enum cfg_status_action { ST_RETRY, ST_DROP, ST_SPLIT, ST_REAUTH };
 enum cfg_log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -43,6 +43,10 @@ struct cfg_sink {
 	char *write_key;                 /* segment (credential) */
 	char *dsn;                       /* sentry (credential) */
 	char *token_file;                /* token source for 401/511 refresh */
+	char *settings_url;              /* segment: CDN settings (optional) */
+	uint64_t settings_interval_ms;   /* segment: refetch every 5m */
+	char *service_name;              /* otlp: service.name ("outbox") */
+	uint64_t client_report_interval_ms; /* sentry: 30s, 0 = never */
 	char *headers[CFG_MAX_HEADERS];  /* "Name: value", key header = ... */
 	int nheaders;
 	enum cfg_encoding encoding;      /* http: ndjson | json | msgpack */
@@ -53,7 +57,7 @@ struct cfg_sink {
 	uint32_t max_inflight;           /* 4 */
 	uint64_t connect_timeout_ms;     /* 2000 */
 	uint64_t timeout_ms;             /* 15000 */
-	enum cfg_compression compression;/* gzip */
+	enum cfg_compression compression;/* gzip | none | zstd */
 	uint64_t backoff_base_ms;        /* 500 */
 	uint64_t backoff_max_ms;         /* 60000 */
 	uint32_t backoff_jitter_pct;     /* 10 ("10%") */

@@ -803,8 +803,10 @@ static const struct {
 	  "duplicate key 'type'" },
 	{ "[sink api]\ntype = segment\nurl = https://api.segment.io/v1/b\n",
 	  1, "sink 'api': type segment needs write_key" },
-	{ "[sink api]\ntype = segment\nwrite_key = k\n", 1,
-	  "sink 'api': type segment needs url" },
+	{ "[sink api]\ntype = segment\nwrite_key = k\nsettings_url = x\n",
+	  4, "settings_url: 'x' is not an http:// or https:// URL" },
+	{ "[sink api]\ntype = http\nurl = http://h/\nservice_name = s\n",
+	  4, "service_name does not apply to a http sink" },
 	{ "# c\n[sink x]\nbatch_max_events = 5\n", 2,
 	  "sink 'x': missing type" },
 	{ "[sink h]\ntype = http\n", 1, "type http needs url" },
@@ -896,8 +898,8 @@ static const struct {
 	  4, "backoff_max 5s is less than backoff_base 10s" },
 	{ "[sink a]\ntype = discard\nflush_interval = 5\n", 3,
 	  "flush_interval: unit missing" },
-	{ "[sink a]\ntype = discard\ncompression = zstd\n", 3,
-	  "one of: gzip, none" },
+	{ "[sink a]\ntype = discard\ncompression = brotli\n", 3,
+	  "one of: gzip, none, zstd" },
 	{ "[sink a]\ntype = discard\nencoding = xml\n", 3,
 	  "one of: ndjson, json, msgpack" },
 	{ "[sink a]\ntype = discard\non_rate_limit = panic\n", 3,
@@ -1176,6 +1178,7 @@ static const char rich_config[] =
 	"type = otlp\n"
 	"url = http://127.0.0.1:4318/v1/logs\n"
 	"encoding = msgpack\n"
+	"compression = zstd\n"
 	"max_retries = 4294967295\n"
 	"batch_max_bytes = 18446744073709551615\n";
 
@@ -1231,6 +1234,8 @@ static void test_round_trip_rich(void)
 	CU_ASSERT_EQUAL(t.c.sinks[1].on_rate_limit, RL_HOLD);
 	CU_ASSERT_EQUAL(t.c.sinks[3].batch_max_bytes, UINT64_MAX);
 	CU_ASSERT_EQUAL(t.c.sinks[3].max_retries, 4294967295u);
+	CU_ASSERT_EQUAL(t.c.sinks[3].compression, COMP_ZSTD);
+	CU_ASSERT_EQUAL(t.c.sinks[0].compression, COMP_NONE);
 
 	check_round_trip(&t.c);
 
