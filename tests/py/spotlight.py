@@ -1,13 +1,12 @@
 """spotlight.py - Sentry's Spotlight sidecar as a real envelope receiver
-for the Python tests, plus a fault injector to put in front of it.
+for the Python tests (the Python side of tests/spotlight.{c,h}), plus a
+fault injector to put in front of it.
 
-Spotlight (@spotlightjs/spotlight 4.11.8 from npm, with hono pinned to
-4.12.27: later hono releases make 4.11.8 answer 500 to everything, see
-shared/research/seed-behaviours-and-suites.md section 2b) is installed
-once into $OBX_SPOTLIGHT_DIR (default ~/.cache/outbox-spotlight) with npm,
-started on a kernel-chosen port (-p 0) with NODE_ENV unset (so it sends no
-telemetry of its own), and read back through GET /stream (server-sent
-events replaying its buffer: 500 envelopes at most).
+Spotlight is the one tests/node pins (@spotlightjs/spotlight with hono
+held at the release that works with it; tools/install-deps runs `npm ci`
+there). It is started on a kernel-chosen port (-p 0) with NODE_ENV unset
+(so it sends no telemetry of its own) and read back through GET /stream
+(server-sent events replaying its buffer: 500 envelopes at most).
 
 Spotlight always answers 200; FaultProxy answers scripted statuses (429
 with X-Sentry-Rate-Limits...) and forwards the rest to it.
@@ -18,48 +17,25 @@ import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
 
-VERSION = "4.11.8"
-HONO = "4.12.27"
-
-
-def install_dir():
-    return os.environ.get("OBX_SPOTLIGHT_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "outbox-spotlight")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def binary():
-    return os.path.join(install_dir(), "node_modules", ".bin", "spotlight")
+    return os.path.join(ROOT, "tests", "node", "node_modules", ".bin",
+                        "spotlight")
 
 
 def unavailable():
-    """Why Spotlight cannot be had here (None when it can)."""
-    if os.path.exists(binary()):
-        return None
-    if not shutil.which("npm") or not shutil.which("node"):
-        return ("node/npm not found: Spotlight (@spotlightjs/spotlight "
-                "from npm) cannot be installed")
+    """Why Spotlight cannot run here (None when it can)."""
+    if not os.path.exists(binary()):
+        return ("Spotlight is not installed in tests/node (tools/install-deps"
+                " runs `npm ci` there; npm was missing or failed)")
     return None
-
-
-def ensure_installed():
-    if os.path.exists(binary()):
-        return binary()
-    d = install_dir()
-    os.makedirs(d, exist_ok=True)
-    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund",
-                        "--loglevel=error", "--prefix", d,
-                        "@spotlightjs/spotlight@" + VERSION,
-                        "hono@" + HONO], capture_output=True, text=True,
-                       timeout=600)
-    if r.returncode != 0 or not os.path.exists(binary()):
-        raise AssertionError("npm install of Spotlight failed:\n%s%s"
-                             % (r.stdout, r.stderr))
-    return binary()
 
 
 class Spotlight(object):
@@ -67,7 +43,7 @@ class Spotlight(object):
     def __init__(self):
         env = dict(os.environ)
         env.pop("NODE_ENV", None)
-        self.proc = subprocess.Popen([ensure_installed(), "-p", "0"],
+        self.proc = subprocess.Popen([binary(), "-p", "0"],
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=env,
                                      text=True)
