@@ -12,7 +12,8 @@ Scenarios:
   hung     the receiver is SIGSTOPped for --outage s from a third into
            the run: connections are accepted, nothing answers
   refused  the receiver is killed for --outage s (connection refused),
-           then started again on the same port
+           then started again on the same port; the reported outage
+           runs until it answers again (node takes a few seconds)
 
 Per run: requests/s and latency percentiles (wrk --latency), events the
 workers captured (= requests answered), envelopes Spotlight received
@@ -54,26 +55,29 @@ class StreamCounter(object):
         self.t.start()
 
     def run(self):
+        last_id = None
         while not self.stop:
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.port,
                                                timeout=5)
-                c.request("GET", "/stream")
+                hdrs = {"Last-Event-ID": last_id} if last_id else {}
+                c.request("GET", "/stream", headers=hdrs)
                 r = c.getresponse()
+                # no read timeout: a stopped receiver just blocks the read
+                # (a timeout would leave the response unusable)
+                c.sock.settimeout(None)
                 buf = b""
                 while not self.stop:
-                    try:
-                        chunk = r.fp.read1(65536)
-                    except OSError:
-                        continue          # timeout: the receiver is stopped
+                    chunk = r.fp.read1(65536)
                     if not chunk:
-                        break
+                        break             # the receiver went away
                     buf += chunk
                     while b"\n\n" in buf:
                         ev, buf = buf.split(b"\n\n", 1)
                         for ln in ev.split(b"\n"):
                             if ln.startswith(b"id:"):
                                 i = ln[3:].strip()
+                                last_id = i.decode()
                                 if i not in self.ids:
                                     self.ids.add(i)
                                     self.n += 1
@@ -163,16 +167,21 @@ def run(mode, scenario, args):
     srv.send_signal(signal.SIGTERM)
     _, err = srv.communicate(timeout=60)
     captured = sum(int(n) for n in re.findall(r"captured (\d+) events", err))
+    t_end = time.monotonic()
     if mode == "outbox":
+        # everything the workers emitted is delivered (or dropped, counted)
         try:
-            b.wait_quiet(res["requests"], sink="sentry", timeout=120)
+            obxtest.wait_for(lambda: (lambda st: st["sinks"]["sentry"][
+                "queued_events"] == 0 and st["emitted"] > 0)(b.stat()),
+                600, step=0.2, what="the spool to drain")
         except AssertionError:
             pass
     received = counter.quiet()
+    drain = time.monotonic() - t_end
     counter.stop = True
     st = b.stat()
     res.update(mode=mode, scenario=scenario, outage_s=outage,
-               received=received, captured=captured,
+               received=received, captured=captured, drain_s=drain,
                broker={k: st["sinks"]["sentry"].get(k) for k in (
                    "delivered_events", "requests", "network_errors",
                    "retries", "dropped")},
@@ -195,6 +204,13 @@ def restart_spotlight(port):
                               stderr=subprocess.DEVNULL, env=env)
     s.port = port
     s.url = "http://127.0.0.1:%d" % port
+
+    def healthy():
+        try:
+            return s._request("GET", "/health", timeout=1)[0] == 200
+        except OSError:
+            return False
+    obxtest.wait_for(healthy, 60, step=0.1, what="Spotlight restarted")
     return s
 
 
@@ -220,12 +236,12 @@ def main():
             else:
                 print("%-7s %-7s rps %7.1f  p50 %7.2f ms  p99 %8.2f ms  "
                       "captured %6d  received %6d  lost %6d  outage %s  "
-                      "broker %s" % (
+                      "drain %.0fs  broker %s" % (
                           scenario, mode, r["rps"], r["p50_ms"] or -1,
                           r["p99_ms"] or -1, r["captured"], r["received"],
                           r["captured"] - r["received"],
                           "%.1fs" % r["outage_s"] if r["outage_s"] else "-",
-                          r["broker"] if mode == "outbox" else "-"),
+                          r["drain_s"], r["broker"] if mode == "outbox" else "-"),
                       flush=True)
 
 
