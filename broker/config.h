@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #define CFG_MAX_SINKS     64
@@ -85,6 +86,7 @@ struct cfg {
 	uint64_t shutdown_timeout_ms;    /* 5000 */
 	enum cfg_log_level log_level;    /* info */
 	uint64_t segment_size;           /* spool segment file size, 16M */
+	char *metrics_listen;            /* ADDR:PORT of /metrics, NULL: off */
 	struct cfg_sink sinks[CFG_MAX_SINKS];
 	int nsinks;                      /* "default" always exists */
 };
@@ -100,7 +102,8 @@ void cfg_default(struct cfg *c);
  * file cannot be read (message printed too). A config without a sink
  * named "default" gets the built-in default file sink. Warns on err
  * ("FILE: warning: ...") when the file holds a credential (write_key, dsn,
- * an Authorization header) and is group- or world-readable. */
+ * an Authorization header) and is world-readable, or group-readable by a
+ * group other than root. */
 int cfg_load(struct cfg *c, const char *path, FILE *err);
 
 /* Writes the effective configuration as INI that cfg_load() reads back
@@ -123,6 +126,12 @@ int cfg_parse_size(const char *s, uint64_t *out);
 int cfg_parse_duration_ms(const char *s, uint64_t *out);
 
 const char *cfg_sink_type_name(enum cfg_sink_type t);
+
+/* metrics_listen: "ADDR:PORT" with a numeric IPv4 address or a [IPv6]
+ * one, port 0..65535 (0: the kernel picks). Fills *ss and *len when not
+ * NULL. 0 or -EINVAL. */
+int cfg_parse_listen(const char *s, struct sockaddr_storage *ss,
+		     socklen_t *len);
 
 /* Replaces a string field (spool_dir, a sink's path, url, ...) with a copy
  * of s (NULL clears it): 0 or -ENOMEM. cfg_default() points spool_dir and

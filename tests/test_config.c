@@ -44,6 +44,8 @@ static int suite_clean(void)
 	return rmdir(g_dir);
 }
 
+static gid_t g_gid = (gid_t)-1;         /* t_write(): chown to it */
+
 static void t_write(const char *path, const char *text, size_t len,
 		    mode_t mode)
 {
@@ -53,6 +55,8 @@ static void t_write(const char *path, const char *text, size_t len,
 	CU_ASSERT_EQUAL(fwrite(text, 1, len, f), len);
 	fclose(f);
 	CU_ASSERT_EQUAL(chmod(path, mode), 0);
+	if (g_gid != (gid_t)-1)
+		CU_ASSERT_EQUAL(chown(path, (uid_t)-1, g_gid), 0);
 }
 
 static void t_newpath(char *buf, size_t len)
@@ -1077,33 +1081,44 @@ static void test_credential_warning(void)
 		const char *text;
 		mode_t mode;
 		bool warn;
+		bool root_group;        /* else the file's group is gid 1 */
 	} cases[] = {
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0644, true },
+		  "write_key = secret\n", 0644, true, false },
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0600, false },
+		  "write_key = secret\n", 0600, false, false },
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0640, true },
+		  "write_key = secret\n", 0640, true, false },
+		/* group root reading it is no exposure (the packaged
+		 * /etc/outbox/outbox.ini is outbox:root 0640) */
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0604, true },
+		  "write_key = secret\n", 0640, false, true },
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0400, false },
+		  "write_key = secret\n", 0604, true, false },
+		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
+		  "write_key = secret\n", 0400, false, false },
 		{ "[sink e]\ntype = sentry\n"
-		  "dsn = https://pub@o1.ingest.sentry.io/42\n", 0644, true },
+		  "dsn = https://pub@o1.ingest.sentry.io/42\n", 0644, true, false },
 		{ "[sink h]\ntype = http\nurl = https://h.example/\n"
-		  "header = authorization: Bearer t\n", 0644, true },
+		  "header = authorization: Bearer t\n", 0644, true, false },
 		{ "[sink h]\ntype = http\nurl = https://h.example/\n"
-		  "header = Authorization: Bearer t\n", 0600, false },
+		  "header = Authorization: Bearer t\n", 0600, false, false },
 		{ "[sink h]\ntype = http\nurl = https://h.example/\n"
-		  "header = X-Trace: 1\n", 0644, false },
-		{ "[broker]\nlog_level = debug\n", 0666, false },
+		  "header = X-Trace: 1\n", 0644, false, false },
+		{ "[broker]\nlog_level = debug\n", 0666, false, false },
 	};
 	struct tload t;
 	size_t i;
 
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* chown needs root (the tests run as root in CI) */
+		if (geteuid() != 0 && (cases[i].mode & 040))
+			continue;
+		g_gid = geteuid() != 0 ? (gid_t)-1 :
+			cases[i].root_group ? 0 : 1;
 		CU_ASSERT_EQUAL(t_load_mode(&t, cases[i].text, cases[i].mode),
 				0);
+		g_gid = (gid_t)-1;
 		CU_ASSERT_EQUAL(t_warned(&t), cases[i].warn);
 		/* the warning is the only output, and never shows the key */
 		CU_ASSERT_EQUAL(t_lines(&t), cases[i].warn ? 1 : 0);
