@@ -30,6 +30,17 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import outbox  # noqa: E402,F401  (the binding under test, from python/)
 
 
+def stop_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL after `timeout` s; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def bin_path(name):
     return os.path.join(BUILD, name)
 
@@ -201,11 +212,5 @@ class FakeUpstream(object):
         return self._call("GET", "/_admin/stats")
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc.stdout.close()

@@ -21,6 +21,8 @@ import subprocess
 import threading
 import time
 
+import obxtest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
@@ -118,13 +120,7 @@ class Spotlight(object):
         return out
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        obxtest.stop_process(self.proc)
 
 
 class FaultProxy(object):
