@@ -375,7 +375,9 @@ class InstallTest(unittest.TestCase):
             r = subprocess.run([os.path.join(env_dir, "bin", "pip"),
                                 "install", "--no-index",
                                 "--no-build-isolation", src],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True,
+                               env=dict(os.environ,
+                                        PIP_DISABLE_PIP_VERSION_CHECK="1"))
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             b = obxtest.Broker("inst").start()
             code = ("import outbox, outbox.sentry, sys\n"
