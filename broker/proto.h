@@ -53,12 +53,22 @@ enum proto_drop {
 	PROTO_DROP_SENT,          /* not a drop: in a delivered request */
 };
 
+#define PROTO_REQ_CATS     4
+
 /* one request's encoding */
 struct proto_req {
 	uint32_t taken;           /* records [lo, lo + taken) it covers */
 	uint32_t sent;            /* of those, in the body */
 	int64_t held_until_ms;    /* -EAGAIN: when a held record may go */
+	/* the data categories the body carries (sentry), so the policy can
+	 * tell a refusal the category limits explain (pol_outcome.req_cats);
+	 * ncats <= 0: not known (more than PROTO_REQ_CATS: -1) */
+	int ncats;
+	char cats[PROTO_REQ_CATS][PROTO_CAT_MAX];
 };
+
+/* Notes category cat in q (once); too many: q's categories not known. */
+void proto_req_cat(struct proto_req *q, const char *cat);
 
 struct proto;
 

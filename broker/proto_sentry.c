@@ -236,7 +236,8 @@ static int sentry_next_item(const char *s, size_t n, struct sentry_item *it)
  * end of a limit that holds it (hold mode), else 0. Returns items kept
  * (-EINVAL when it cannot be parsed: then it is forwarded untouched). */
 static int sentry_filter_env(struct proto *p, const char *s, size_t n,
-			     int64_t *held_until, int *stripped)
+			     int64_t *held_until, int *stripped,
+			     struct proto_req *q)
 {
 	struct sentry *y = p->priv;
 	struct sentry_item it;
@@ -264,6 +265,7 @@ static int sentry_filter_env(struct proto *p, const char *s, size_t n,
 			sentry_count(p, "ratelimit_backoff", cat, 1);
 			(*stripped)++;
 		} else {
+			proto_req_cat(q, cat);
 			if (buf_add(&y->env, s + off, it.total) < 0)
 				return -ENOMEM;
 			if (it.total == 0 || s[off + it.total - 1] != '\n')
@@ -393,7 +395,8 @@ static void sentry_gone(struct proto *p, uint8_t *gone, uint32_t i,
 /* Tries record i: 1 = its envelope is in out, 0 = dropped (gone), or
  * held (*held_until set). */
 static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
-		      uint32_t i, struct buf *out, int64_t *held_until)
+		      uint32_t i, struct buf *out, int64_t *held_until,
+		      struct proto_req *q)
 {
 	struct sentry *y = p->priv;
 	struct env_view v;
@@ -409,8 +412,11 @@ static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
 	}
 	if (v.type_len == 8 && !memcmp(v.type, "envelope", 8) &&
 	    v.body_kind != ENV_BODY_MSGPACK) {
-		int stripped, kept = sentry_filter_env(p, v.body, v.body_len,
-						       held_until, &stripped);
+		int stripped, kept;
+
+		q->ncats = 0;
+		kept = sentry_filter_env(p, v.body, v.body_len, held_until,
+					 &stripped, q);
 
 		if (*held_until)
 			return 0;
@@ -430,6 +436,8 @@ static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
 				    "default");
 			return 0;
 		}
+		if (kept < 0)
+			q->ncats = 0;   /* unparsed: what it carries is not known */
 		rc = kept > 0 ? buf_add(out, y->env.p, y->env.len) :
 		     buf_add(out, v.body, v.body_len);   /* unparsed: as is */
 		if (rc == 0 && out->len && out->p[out->len - 1] != '\n')
@@ -453,6 +461,8 @@ static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
 		return 0;
 	}
 	rc = sentry_wrap(p, &v, inj, out);
+	q->ncats = 0;
+	proto_req_cat(q, cat);
 	return rc < 0 ? rc : 1;
 }
 
@@ -467,10 +477,11 @@ static int sentry_encode(struct proto *p, struct spool_rec *r, uint8_t *gone,
 	buf_reset(out);
 	q->taken = q->sent = 0;
 	q->held_until_ms = 0;
+	q->ncats = 0;
 	for (i = lo; i < hi; i++) {
 		if (gone[i])
 			continue;
-		rc = sentry_try(p, r, gone, i, out, &held);
+		rc = sentry_try(p, r, gone, i, out, &held, q);
 		if (rc < 0)
 			return rc;
 		if (held) {

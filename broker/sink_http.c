@@ -70,6 +70,8 @@ struct http_batch {
 	uint32_t req_taken;          /* records the request in flight covers */
 	int64_t held_until;          /* policy (monotonic) ms: held by a
 	                              * category limit */
+	struct proto_req enc;        /* the request in flight: its
+	                              * categories, for the policy */
 };
 
 struct http_sink {
@@ -243,6 +245,7 @@ static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
 		hb->held_until = q.held_until_ms - log_wall_offset_ms();
 	if (rc < 0)
 		return rc;
+	hb->enc = q;
 	hb->req_taken = q.taken;
 	if (!q.sent) {
 		p->lo += q.taken;
@@ -608,9 +611,17 @@ static void hsink_done(void *arg, const struct http_result *r)
 			     hs->proto->ops->classify(hs->proto, r->status) + 1 :
 			     0,
 	};
+	const char *cats[PROTO_REQ_CATS];
 	struct pol_result res;
 	char cause[HSINK_CAUSE_MAX];
+	int i;
 
+	/* what the request carried: a category limit that covers all of
+	 * it explains a refusal (policy.h) */
+	for (i = 0; hs->proto && i < hb->enc.ncats; i++)
+		cats[i] = hb->enc.cats[i];
+	o.req_cats = cats;
+	o.n_req_cats = hs->proto && hb->enc.ncats > 0 ? hb->enc.ncats : 0;
 	hb->req = NULL;
 	hs->requests_out--;
 	hsink_count_status(s, r);

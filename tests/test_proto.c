@@ -558,6 +558,8 @@ static void test_sentry_golden(void)
 	/* one envelope per request */
 	body = enc(p, &R, 0, &q, &rc);
 	CU_ASSERT(rc == 0 && q.taken == 1 && q.sent == 1);
+	/* what it carries, for the policy: an error */
+	CU_ASSERT(q.ncats == 1 && !strcmp(q.cats[0], "error"));
 	EXPECT_STR(body, "{\"event_id\":\"11111111111111110000000000000100\","
 		   "\"sent_at\":\"2026-11-01T12:00:01.000Z\"}\n"
 		   "{\"type\":\"event\",\"length\":119}\n"
@@ -570,16 +572,34 @@ static void test_sentry_golden(void)
 		   "{\"type\":\"transaction\",\"length\":76}\n"
 		   "{\"timestamp\":\"2026-11-01T12:00:00.123Z\","
 		   "\"event_id\":\"own\",\"transaction\":\"/x\"}\n");
-	/* an `envelope` record: forwarded as is */
+	CU_ASSERT(q.ncats == 1 && !strcmp(q.cats[0], "transaction"));
+	/* an `envelope` record: forwarded as is; it carries its items'
+	 * categories */
 	body = enc(p, &R, 2, &q, &rc);
 	EXPECT_STR(body, fwd);
+	CU_ASSERT(q.ncats == 2 && !strcmp(q.cats[0], "error") &&
+		  !strcmp(q.cats[1], "session"));
 	body = enc(p, &R, 3, &q, &rc);
+	CU_ASSERT(q.ncats == 1 && !strcmp(q.cats[0], "log_item"));
 	EXPECT_STR(body, "{\"sent_at\":\"2026-11-01T12:00:01.000Z\"}\n"
 		   "{\"type\":\"log\",\"length\":25,\"item_count\":1,"
 		   "\"content_type\":\"application/vnd.sentry.items.log+json\"}"
 		   "\n{\"items\":[{\"body\":\"hi\"}]}\n");
 	proto_free(p);
 	recs_free(&R);
+	/* categories noted once each; more than PROTO_REQ_CATS: not known */
+	memset(&q, 0, sizeof(q));
+	proto_req_cat(&q, "error");
+	proto_req_cat(&q, "error");
+	CU_ASSERT_EQUAL(q.ncats, 1);
+	proto_req_cat(&q, "session");
+	proto_req_cat(&q, "attachment");
+	proto_req_cat(&q, "span");
+	CU_ASSERT_EQUAL(q.ncats, 4);
+	proto_req_cat(&q, "profile");
+	CU_ASSERT_EQUAL(q.ncats, -1);
+	proto_req_cat(&q, "error");
+	CU_ASSERT_EQUAL(q.ncats, -1);
 }
 
 static void test_sentry_limits(void)
