@@ -130,6 +130,9 @@ const struct mx_ctr mx_sink[] = {
 	  "reason", "spool_error", SINK_DROPPED_HELP),
 	K(unknown_routed, 0, MX_INFO, "sink_events_unknown_routed_total",
 	  NULL, NULL, "Events for unknown sinks routed to this sink."),
+	K(held_events, 1, MX_INFO, "sink_events_held", NULL, NULL,
+	  "Events of a rate-limited category held for later (on_rate_limit "
+	  "= hold), part of the queued events."),
 };
 const size_t mx_nsink = NELEM(mx_sink);
 

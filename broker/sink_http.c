@@ -72,6 +72,8 @@ struct http_batch {
 	                              * category limit */
 	struct proto_req enc;        /* the request in flight: its
 	                              * categories, for the policy */
+	int64_t held_since;          /* policy ms: its records were first
+	                              * held (max_rate_limit_duration), 0 */
 };
 
 struct http_sink {
@@ -94,6 +96,8 @@ struct http_sink {
 	struct log_rl rl_drop[HSINK_DROP_REASONS];
 	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
 	struct sink_batch *enc_batch;/* the batch being encoded */
+	uint8_t *held;               /* sink_batch_aside()'s flags */
+	uint32_t held_cap;
 };
 
 /* the policy's clock: windows and budgets are durations, CLOCK_MONOTONIC */
@@ -709,6 +713,76 @@ static int64_t hsink_ready_at(const struct http_batch *hb)
 	return t;
 }
 
+enum { HSINK_HELD_KEPT = 1, HSINK_HELD_DROPPED, HSINK_HELD_ASIDE };
+
+/* Every record left in the part at the top is held by a category limit
+ * (until hb->held_until; sentry, on_rate_limit = hold). Held longer than
+ * max_rate_limit_duration since they were first held: dropped
+ * (rate_limited, per category in the client report), DROPPED. Otherwise,
+ * when nothing else of the batch is left, they are set aside
+ * (sink_batch_aside): they wait in the spool, not in memory, and the
+ * batch's slot goes to the categories that flow - so a limited category
+ * under load never stops the others, whatever max_inflight: ASIDE.
+ * Else (other parts left, or past the bounds of the asides) the batch
+ * keeps them in memory, waiting: KEPT (it does not stop new batches). */
+/* Were the part's records held longer than max_rate_limit_duration (0:
+ * not at all)? Then they are dropped (rate_limited) rather than sent or
+ * held again, as a held batch is (pol_batch_check). */
+static bool hsink_held_expired(struct sink *s, struct http_batch *hb,
+			       int64_t now)
+{
+	struct http_part *p = &hb->part[hb->nparts - 1];
+
+	if (!hb->held_since ||
+	    (s->cfg.max_rate_limit_duration_ms &&
+	     now - hb->held_since <=
+	     (int64_t)s->cfg.max_rate_limit_duration_ms))
+		return false;
+	hb->req_taken = p->hi - p->lo;
+	hsink_drop_top(s, hb, POL_R_RATE_LIMITED,
+		       "held past max_rate_limit_duration");
+	return true;
+}
+
+static int hsink_held(struct sink *s, struct http_batch *hb, int64_t now)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	uint64_t due;
+	uint32_t i;
+
+	if (!hb->held_since)
+		hb->held_since = now;
+	if (hsink_held_expired(s, hb, now))
+		return HSINK_HELD_DROPPED;
+	if (hb->nparts != 1 || p->hi != b->n)
+		return HSINK_HELD_KEPT;
+	if (hs->held_cap < b->n) {
+		uint8_t *h = realloc(hs->held, b->n);
+
+		if (!h)
+			return HSINK_HELD_KEPT;
+		hs->held = h;
+		hs->held_cap = b->n;
+	}
+	for (i = 0; i < b->n; i++)
+		hs->held[i] = i >= p->lo && !hb->gone[i];
+	due = hb->held_until > now ? (uint64_t)hb->held_until * 1000000ull :
+	      log_mono_ns() + 1000000ull;
+	if (sink_batch_aside(b, hs->held, due,
+			     (uint64_t)hb->held_since * 1000000ull) < 0)
+		return HSINK_HELD_KEPT;
+	/* the batch is gone from memory; its slot is free */
+	hb->b = NULL;
+	hb->nparts = 0;
+	hb->waiting = 0;
+	hb->held_until = 0;
+	hb->held_since = 0;
+	hb->req_taken = 0;
+	return HSINK_HELD_ASIDE;
+}
+
 static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 {
 	struct http_sink *hs = s->impl;
@@ -730,6 +804,9 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 		if (hs->proto) {
 			int rc;
 
+			/* records that were held: not past their time */
+			if (hsink_held_expired(s, hb, now))
+				continue;
 			/* every attempt is encoded again: categories limited
 			 * meanwhile are filtered, "gone" records stay gone */
 			hb->req_taken = 0;
@@ -740,9 +817,16 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 					hb->nparts--;
 				continue;
 			}
-			if (rc < 0) {
-				if (rc != -EAGAIN)
-					hb->held_until = now + 1000;
+			if (rc == -EAGAIN) {
+				rc = hsink_held(s, hb, now);
+				if (rc == HSINK_HELD_DROPPED)
+					continue;
+				if (rc == HSINK_HELD_ASIDE)
+					return 1;
+			} else if (rc < 0) {
+				hb->held_until = now + 1000;
+			}
+			if (rc < 0 || rc == HSINK_HELD_KEPT) {
 				hb->waiting = 1;
 				return 0;
 			}
@@ -932,6 +1016,7 @@ static void hsink_close(struct sink *s)
 		free(hs->hb[i].gone);
 	}
 	proto_free(hs->proto);
+	free(hs->held);
 	comp_free(hs->comp);
 	env_reader_fini(&hs->er);
 	json_line_cache_free(&hs->jc);
@@ -979,6 +1064,9 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 			memset(hb->gone, 0, b->n);
 			hb->req_taken = 0;
 			hb->held_until = 0;
+			/* records set aside before: since when */
+			hb->held_since = b->held_since ?
+				(int64_t)(b->held_since / 1000000ull) : 0;
 		}
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
@@ -1149,6 +1237,19 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 		waiting = 1;
 		if (hsink_ready_at(hb) > wall && hsink_ready_at(hb) < own)
 			own = hsink_ready_at(hb);
+	}
+	/* held for a category: set aside in the spool, or in memory */
+	s->c.held_events = s->aside_events;
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+		const struct http_part *p;
+		uint32_t k;
+
+		if (!hb->b || !hb->waiting || !hb->held_until || !hb->nparts)
+			continue;
+		p = &hb->part[hb->nparts - 1];
+		for (k = p->lo; k < p->hi; k++)
+			s->c.held_events += !hb->gone[k];
 	}
 	/* categories: republished when one expires */
 	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)

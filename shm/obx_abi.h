@@ -215,7 +215,10 @@ struct obx_sink_counters {
 	 * requests = 2xx + 3xx + 4xx + 5xx + other + network_errors +
 	 * cancelled + those in flight */
 	uint64_t responses_3xx, responses_other, requests_cancelled;
-	uint64_t reserved[8];
+	/* also taken from reserved: events of a rate-limited category
+	 * held (on_rate_limit = hold), a part of queued_events (a gauge) */
+	uint64_t held_events;
+	uint64_t reserved[7];
 };
 
 struct obx_sink_shm {
