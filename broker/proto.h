@@ -23,6 +23,9 @@
  *                               response (rejected, expired...): Sentry
  *                               counts them for its client reports
  *   tick(now)                   periodic work (Segment's CDN settings)
+ *   accepted(body)              records a 2xx answer still rejected
+ *                               (OTLP partial success): dropped
+ *                               `rejected` by the engine
  *
  * Records are msgpack envelopes (shm/envelope.h) as spooled.
  */
@@ -95,7 +98,16 @@ struct proto_ops {
 		     const uint8_t *gone, uint32_t lo, uint32_t n, int reason);
 	/* Optional. Periodic work; the next mono ns it wants. */
 	uint64_t (*tick)(struct proto *p, uint64_t now);
+	/* Optional. The body of a 2xx answer to a request that carried
+	 * `sent` records (at most PROTO_ANSWER_MAX bytes kept; cut past
+	 * that): how many of them the upstream says it rejected all the
+	 * same (OTLP partial success), 0 when none. why: its message, made
+	 * log-safe ("" when none). */
+	uint32_t (*accepted)(struct proto *p, const char *body, size_t len,
+			     uint32_t sent, char *why, size_t whylen);
 };
+
+#define PROTO_ANSWER_MAX   65536
 
 struct proto {
 	const struct proto_ops *ops;

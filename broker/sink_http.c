@@ -74,6 +74,8 @@ struct http_batch {
 	                              * categories, for the policy */
 	int64_t held_since;          /* policy ms: its records were first
 	                              * held (max_rate_limit_duration), 0 */
+	struct buf answer;           /* the response body, for a protocol
+	                              * that reads 2xx answers */
 };
 
 struct http_sink {
@@ -92,6 +94,7 @@ struct http_sink {
 	int64_t pub_cat_until[OBX_MAX_CATS];
 	struct comp *comp;           /* NULL: compression = none */
 	struct log_rl rl;            /* token_file trouble */
+	struct log_rl rl_warn;       /* warnings in accepted answers */
 	/* drop lines, one limiter per reason (and one for invalid) */
 	struct log_rl rl_drop[HSINK_DROP_REASONS];
 	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
@@ -307,6 +310,13 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		.connect_timeout_ms = s->cfg.connect_timeout_ms,
 		.timeout_ms = s->cfg.timeout_ms,
 	};
+	if (hs->proto && hs->proto->ops->accepted) {
+		/* the answer is read (partial success): kept up to its
+		 * cap, never a failure for its size */
+		buf_reset(&hb->answer);
+		post.resp = &hb->answer;
+		post.resp_cut = 1;
+	}
 	rc = http_post(s->b->http, &post, hsink_done, hb, &hb->req);
 	if (rc < 0)
 		return rc;
@@ -594,6 +604,36 @@ static void hsink_retry_top(struct sink *s, struct http_batch *hb)
 	s->b->persist.batches_dirty = 1;
 }
 
+/* An accepted request whose answer rejects some of its records all the
+ * same (OTLP partial success): those are dropped `rejected`, counted and
+ * logged (rate limited); the batch does not count them delivered. */
+static void hsink_rejected(struct sink *s, struct http_batch *hb,
+			   int status)
+{
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	char why[HSINK_CAUSE_MAX];
+	uint32_t n;
+
+	if (!hs->proto || !hs->proto->ops->accepted || status < 200 ||
+	    status > 299)
+		return;
+	n = hs->proto->ops->accepted(hs->proto, (const char *)hb->answer.p,
+				     hb->answer.len, p->pb.nevents, why,
+				     sizeof(why));
+	if (n) {
+		hsink_count_drop(s, POL_R_REJECTED, n);
+		hb->b->dropped += n;
+		log_rl_n(&hs->rl_drop[POL_R_REJECTED], n, LOG_WARN,
+			 "sink %s: dropped %u events (rejected, partial "
+			 "success: %s)", s->cfg.name, n,
+			 why[0] ? why : "no message");
+	} else if (why[0]) {
+		log_rl(&hs->rl_warn, LOG_WARN, "sink %s: accepted with a "
+		       "warning: %s", s->cfg.name, why);
+	}
+}
+
 static void hsink_done(void *arg, const struct http_result *r)
 {
 	struct http_batch *hb = arg;
@@ -645,6 +685,7 @@ static void hsink_done(void *arg, const struct http_result *r)
 	hsink_log(s, &res, cause);
 	switch (res.verdict) {
 	case POL_V_DELIVERED:
+		hsink_rejected(s, hb, r->status);
 		hsink_pop(s, hb);
 		break;
 	case POL_V_DROP:
@@ -968,10 +1009,13 @@ static int hsink_open(struct sink *s)
 	env_reader_init(&hs->er);
 	json_line_cache_init(&hs->jc);
 	hs->rl = (struct log_rl)LOG_RL_INIT(60);
+	hs->rl_warn = (struct log_rl)LOG_RL_INIT(60);
 	for (i = 0; i < HSINK_DROP_REASONS; i++)
 		hs->rl_drop[i] = (struct log_rl)LOG_RL_INIT(60);
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
 		buf_init(&hs->hb[i].body, 0);
+		buf_init(&hs->hb[i].answer, PROTO_ANSWER_MAX);
+	}
 	hsink_load_token(s);
 	rc = hsink_proto_open(s);
 	if (rc < 0) {
@@ -1013,6 +1057,7 @@ static void hsink_close(struct sink *s)
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
 		buf_free(&hs->hb[i].body);
+		buf_free(&hs->hb[i].answer);
 		free(hs->hb[i].gone);
 	}
 	proto_free(hs->proto);

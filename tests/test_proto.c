@@ -763,6 +763,58 @@ static void test_otlp_golden(void)
 	recs_free(&R);
 }
 
+/* OTLP partial success: how many of the records a 200 still rejected */
+static void test_otlp_partial(void)
+{
+	static const struct {
+		const char *body;
+		uint32_t sent, rejected;
+		const char *why;
+	} rows[] = {
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"3\","
+		  "\"errorMessage\":\"bad attr\\nvalue\"}}", 10, 3,
+		  "bad attr value" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":4}}", 10, 4,
+		  "" },
+		{ "{\"partial_success\":{\"rejected_log_records\":\"2\"}}",
+		  10, 2, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"99\"}}", 5,
+		  5, "" },                          /* never more than sent */
+		{ "{\"partialSuccess\":{\"errorMessage\":\"slow down\"}}",
+		  5, 0, "slow down" },              /* a warning */
+		{ "{\"partialSuccess\":{}}", 5, 0, "" },
+		{ "{}", 5, 0, "" },
+		{ "", 5, 0, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"-2\"}}", 5,
+		  0, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"7x\"}}", 9,
+		  0, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"3\"", 9, 0,
+		  "" },                             /* cut: not read */
+		{ "\x0a\x02\x08\x03", 9, 0, "" },     /* protobuf: not read */
+	};
+	struct cfg_sink c;
+	struct eng e;
+	struct proto *p;
+	char why[256];
+	size_t i;
+
+	sink_cfg(&c, SINK_OTLP);
+	c.url = "http://127.0.0.1:4318";
+	p = mk_proto(&proto_otlp_ops, &c, &e);
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		uint32_t n = p->ops->accepted(p, rows[i].body,
+					      strlen(rows[i].body),
+					      rows[i].sent, why, sizeof(why));
+
+		if (n != rows[i].rejected || strcmp(why, rows[i].why))
+			fprintf(stderr, "row %zu: %u '%s'\n", i, n, why);
+		CU_ASSERT_EQUAL(n, rows[i].rejected);
+		CU_ASSERT_STRING_EQUAL(why, rows[i].why);
+	}
+	proto_free(p);
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static int add_json(void)
@@ -790,7 +842,8 @@ static int add_proto(void)
 	    !CU_add_test(s, "sentry_dsn", test_sentry_dsn) ||
 	    !CU_add_test(s, "sentry_golden", test_sentry_golden) ||
 	    !CU_add_test(s, "sentry_limits", test_sentry_limits) ||
-	    !CU_add_test(s, "otlp_golden", test_otlp_golden))
+	    !CU_add_test(s, "otlp_golden", test_otlp_golden) ||
+	    !CU_add_test(s, "otlp_partial", test_otlp_partial))
 		return -1;
 	return 0;
 }

@@ -19,6 +19,10 @@
  *                     transactions flow during the window, the errors
  *                     wait in the spool (more than fit in the batches in
  *                     memory) and are delivered after it, each once
+ *   otlp_decoder      the otlp sink's bodies decoded by OpenTelemetry's
+ *                     own code
+ *   otlp_partial      a 200 with partialSuccess.rejectedLogRecords: those
+ *                     records dropped `rejected`, the rest delivered
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -776,6 +780,44 @@ static void test_otlp_decoder(void)
 	bt_cleanup(&t);
 }
 
+/* OTLP partial success: a 200 whose answer says 2 of the 10 log records
+ * were rejected - 8 delivered, 2 dropped `rejected`, logged once. */
+static void test_otlp_partial(void)
+{
+	static const char *const types[] = { "log" };
+	char conf[1024];
+	const struct obx_sink_shm *ss;
+	struct obx_stats g;
+	uint64_t deliv, queued, drops;
+	struct bt t;
+
+	snprintf(conf, sizeof(conf), "[sink otel]\ntype = otlp\nurl = %s\n"
+		 "flush_interval = 200ms\nbatch_max_events = 10\n", up_base());
+	CU_ASSERT_EQUAL_FATAL(up_reset(), 0);
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\":[{\"status\":200,"
+		"\"body\":\"{\\\"partialSuccess\\\":{\\\"rejectedLogRecords\\\":"
+		"\\\"2\\\",\\\"errorMessage\\\":\\\"2 records had no body\\\"}}\"}],"
+		"\"then\":{\"status\":200}}"), 0);
+	CU_ASSERT_FATAL(bt_init(&t, "otlppart", NULL, conf) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	emit_from(&t, "otel", 1, 10, types, 1, 0);
+	CU_ASSERT_EQUAL(wait_settled(&t, "otel", 10, 10000), 0);
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	ss = sink_of(g_sp, "otel");
+	printf("\n    a 200 rejecting 2 of 10: %llu delivered, %llu dropped "
+	       "rejected", (unsigned long long)ss->c.delivered_events,
+	       (unsigned long long)ss->c.dropped_rejected);
+	CU_ASSERT_EQUAL(ss->c.responses_2xx, 1);
+	CU_ASSERT_EQUAL(ss->c.delivered_events, 8);
+	CU_ASSERT_EQUAL(ss->c.dropped_rejected, 2);
+	drops = bt_sum_dropped(&g, g_sp, &deliv, &queued);
+	CU_ASSERT_EQUAL(g.emitted, deliv + drops + queued);
+	CU_ASSERT_EQUAL(log_count(&t, "dropped 2 events (rejected, partial "
+				  "success: 2 records had no body)"), 1);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+}
+
 /* ---- sentry into Spotlight (a real envelope receiver) --------------------- */
 
 /* event_id of an item payload (object or JSON text), or NULL */
@@ -856,6 +898,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "sentry_hold_expired",
 			 test_sentry_hold_expired) ||
 	    !CU_add_test(s, "otlp_decoder", test_otlp_decoder) ||
+	    !CU_add_test(s, "otlp_partial", test_otlp_partial) ||
 	    !CU_add_test(s, "spotlight", test_spotlight))
 		return -1;
 	return 0;
