@@ -201,6 +201,54 @@ static void test_json_depth(void)
 	msgpack_sbuffer_destroy(&sb);
 }
 
+/* A map key that is a map whose key is a map...: each level's key is
+ * the JSON text of the one inside, escaped again, so the text doubled
+ * with every level (found by fuzz_proto: a 64-level body made gigabytes
+ * from a few hundred bytes). Container keys nest JSON_W_MAX_KEY_NEST
+ * deep at most; deeper is invalid, at once. */
+static void test_json_key_nest(void)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_unpacked up;
+	struct json_w w;
+	struct buf out;
+	json_t *j;
+	int i, levels;
+
+	for (levels = 1; levels <= 20; levels += 19) {
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		/* {{{..."k\"": 1} : 1} : 1} */
+		for (i = 0; i < levels; i++)
+			msgpack_pack_map(&pk, 1);
+		pk_s(&pk, "k\"\\");
+		for (i = 0; i < levels; i++)
+			msgpack_pack_int(&pk, 1);
+		msgpack_unpacked_init(&up);
+		CU_ASSERT_FATAL(msgpack_unpack_next(&up, sb.data, sb.size,
+						    NULL) ==
+				MSGPACK_UNPACK_SUCCESS);
+		/* one level down: an ordinary map key holding a map */
+		json_w_init(&w);
+		buf_init(&out, 1 << 20);
+		if (levels == 1) {
+			CU_ASSERT_EQUAL(json_w_mp(&w, &up.data, &out), 0);
+		} else {
+			CU_ASSERT_EQUAL(json_w_mp(&w, &up.data, &out),
+					-EINVAL);
+			CU_ASSERT_EQUAL(out.len, 0);
+		}
+		j = json_from_msgpack(&up.data);
+		CU_ASSERT(levels == 1 ? j != NULL : j == NULL);
+		json_decref(j);
+		buf_free(&out);
+		json_w_fini(&w);
+		msgpack_unpacked_destroy(&up);
+		msgpack_sbuffer_destroy(&sb);
+	}
+}
+
 /* ---- envelopes and a protocol instance -------------------------------- */
 
 #define TS_NS 1793534400123000000ull      /* 2026-11-01T12:00:00.123Z */
@@ -826,7 +874,8 @@ static int add_json(void)
 	    !CU_add_test(s, "json_floats", test_json_floats) ||
 	    !CU_add_test(s, "json_strings", test_json_strings) ||
 	    !CU_add_test(s, "json_bin_keys", test_json_bin_keys) ||
-	    !CU_add_test(s, "json_depth", test_json_depth))
+	    !CU_add_test(s, "json_depth", test_json_depth) ||
+	    !CU_add_test(s, "json_key_nest", test_json_key_nest))
 		return -1;
 	return 0;
 }
