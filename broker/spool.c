@@ -1,94 +1,11 @@
 /* spool.c - the durable spool: per sink, append-only segment files of
  * CRC-framed records, written and read with io_uring (see spool.h).
  *
- * On-disk format (version 1)
- * ==========================
- *
- * All integers are little-endian. CRCs are CRC-32C (Castagnoli,
- * reflected polynomial 0x82f63b78, init and final xor 0xffffffff, as in
- * iSCSI / ext4: crc32c("123456789") = 0xe3069283); spool_crc32c().
- *
- * <spool_dir>/                      mode 0700
- *   <sink>/                         mode 0700, one per sink
- *     seg-<first seq, 16 hex>.obx   segment files, mode 0600
- *     checkpoint                    acknowledged watermark (msgpack)
- *     checkpoint.tmp                transient (atomic replace), removed
- *                                   at open
- *
- * Segment file = 96-byte header, then frames back to back.
- *
- *   header (96 bytes)
- *     0   u32  magic      0x5358424f ("OBXS" on disk)
- *     4   u16  version    1
- *     6   u16  hdr_len    96 (frames start here)
- *     8   u64  first_seq  seq of the first record; equals the file name
- *     16  u64  created    CLOCK_REALTIME ns at creation (drop-oldest age)
- *     24  char sink[48]   sink name, NUL-padded; must equal the directory
- *     72  u8   zero[20]   reserved, written as 0
- *     92  u32  crc        crc32c of bytes 0..91
- *
- *   frame (8-byte aligned; 24-byte header + payload + zero padding)
- *     0   u32  magic      0x5258424f ("OBXR" on disk)
- *     4   u32  len        payload bytes (<= 1 GiB)
- *     8   u64  seq        record sequence number (per sink, from 1)
- *     16  u32  crc        crc32c over bytes 4..15 (len, seq), then the
- *                         payload (one running crc)
- *     20  u32  hcrc       crc32c of bytes 0..19: lets a scan reject a
- *                         false magic or a damaged len without reading
- *                         len bytes
- *     24  payload[len], then 0..7 zero bytes up to a multiple of 8
- *   frame size = 24 + round_up(len, 8). Within a file seqs strictly
- *   increase and are consecutive unless records were lost.
- *
- * Checkpoint = one msgpack map (written to checkpoint.tmp, fsync, rename
- * over checkpoint, fsync of the sink directory):
- *     {"version": 1, "sink": "<name>", "acked": u64, "next_seq": u64,
- *      "crc": u32}
- *   acked: every seq < acked is done. next_seq: one past the last record
- *   made durable (per the durability setting) when it was written; new
- *   seqs start at max(next_seq, last seq found + 1). crc = crc32c of
- *   acked (u64 LE), next_seq (u64 LE) and the sink name bytes. Unknown
- *   keys are ignored (forward compatible); a missing key, another
- *   version, another sink or a bad crc make the checkpoint "corrupt".
- *
- * Recovery (spool_open, synchronous)
- * ==================================
- * - Names other than seg-<16 lowercase hex>.obx / checkpoint /
- *   checkpoint.tmp are foreign: counted, logged, left alone. So is a
- *   segment-named file whose header is bad (magic, version, crc, name or
- *   first seq mismatch), except a file shorter than the header and
- *   newer than every valid segment: that is a crash during segment
- *   creation, it holds no record and is removed. If a foreign file ever takes the name of a
- *   segment we need to create, it is renamed to "<name>.damaged" first.
- * - Every segment is scanned in seq order, every frame checked (magic,
- *   hcrc, len within the file, seq increasing, crc). At a bad frame the
- *   scan steps forward 8 bytes at a time until a valid frame: the records
- *   in between are lost, counted as corrupt by the seq gap, and marked
- *   done so the watermark passes them.
- *   Seq gaps between segments count the same way (only seqs >= acked
- *   count: the rest were delivered).
- * - Damage with no valid frame after it, in the newest segment, is a
- *   torn tail: ftruncate + fsync there (truncated_bytes). It is not
- *   counted corrupt by itself: a torn write never completed, so its
- *   records were never acknowledged to the ring and are drained again;
- *   records that had been durable are counted by the checkpoint gap
- *   below. In an older segment the file is not modified; its lost seqs
- *   show as the gap to the next segment.
- * - Lost records are counted exactly, by seq: damaged bytes that cost
- *   no seq (garbage between or after frames) are logged, not counted.
- * - Checkpoint valid: seqs in [acked, first seq found) and in [last seq
- *   found + 1, next_seq) were durable and are gone (nothing is ever
- *   deleted before a checkpoint past it is durable): counted corrupt.
- * - Checkpoint missing or corrupt: acked = the first seq found (deliver
- *   everything present: duplicates possible, no loss), and a fresh
- *   checkpoint is written.
- * - A sparse index (seq -> file offset, one entry per 128 KiB of frames
- *   and after every damaged region) is built per segment, so reads never
- *   rescan and RAM is ~16 bytes per 128 KiB of backlog.
- * - Segments whose records are all below a durable checkpoint are
- *   deleted (a crash between checkpoint and unlink leaves them).
- * No content can make spool_open fail: only real I/O errors on the sink
- * directory itself (EACCES, ENOTDIR, EMFILE...) do.
+ * The on-disk format (segment headers, frames, checkpoint) and the
+ * recovery rules are described at the top of spool_format.c, which also
+ * holds the codec, the frame scanner and the offline tools. This file is
+ * the io_uring side: appends, flushes, reads, acknowledgements,
+ * checkpoints, deletion, and spool_open's recovery built on the scanner.
  *
  * Ordering of acknowledgement vs. deletion
  * ========================================
@@ -136,12 +53,9 @@
 #define _GNU_SOURCE
 #include "spool.h"
 
-#include <dirent.h>
-#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <msgpack.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -151,22 +65,10 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <pthread.h>
-#if defined(__x86_64__)
-#include <nmmintrin.h>
-#endif
 
-#define SEG_MAGIC		0x5358424fu	/* "OBXS" */
-#define FRAME_MAGIC		0x5258424fu	/* "OBXR" */
-#define SEG_VERSION		1
-#define SEG_HDR			96u
-#define SEG_NAME_OFF		24
-#define SEG_NAME_LEN		48
-#define SEG_CRC_OFF		92
-#define FRAME_HDR		24u
-#define FRAME_LEN_MAX		(1u << 30)
+#include "spool_format.h"
+
 #define IDX_GRAN		(128u * 1024)
-#define CKPT_VERSION		1
 #define CKPT_MAX		4096
 #define CKPT_INTERVAL_NS	100000000ull	/* 100 ms */
 #define CKPT_RETRY_NS		1000000000ull	/* after a failure */
@@ -176,13 +78,11 @@
 #define BLK_MIN			(4u * 1024)
 #define READ_MIN		(64u * 1024)
 #define READ_MAX		(16u << 20)
-#define SCAN_BUF		(1u << 20)
 #define RUN_MAX_BLKS		512		/* iovecs per writev */
 #define CLOSE_WAIT_NS		(30ull * 1000000000ull)
 #define LOG_DAMAGE_MAX		20		/* damage lines per open */
-#define SEG_FNAME_LEN		24		/* "seg-" 16 hex ".obx" */
-#define CKPT_NAME		"checkpoint"
-#define CKPT_TMP		"checkpoint.tmp"
+
+_Static_assert(SPF_NAME_MAX == CFG_NAME_MAX, "sink name limits differ");
 
 #define container_of(p, T, m) ((T *)((char *)(p) - offsetof(T, m)))
 
@@ -205,7 +105,7 @@ struct seg {
 	uint32_t refs;			/* disk reads in flight */
 	uint32_t busy;			/* writes / syncs in flight */
 	uint32_t live;			/* blocks not B_DONE */
-	uint8_t hdr[SEG_HDR];
+	uint8_t hdr[SPF_SEG_HDR];
 };
 
 struct blk {
@@ -301,7 +201,8 @@ struct spool {
 	int ck_pending, ck_err, ck_fd;
 	uint64_t ck_acked, ck_next, ck_last_ns;
 	uint64_t ck_next_durable;	/* next_seq in the durable one */
-	msgpack_sbuffer ck_buf;
+	uint8_t ck_buf[CKPT_MAX];
+	uint32_t ck_len;
 
 	struct spool_stats st;
 	uint32_t log_damage;
@@ -335,53 +236,6 @@ struct spool_set {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static inline void put16(uint8_t *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, 2);
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static inline void put64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static inline uint16_t get16(const uint8_t *p)
-{
-	uint16_t v;
-
-	memcpy(&v, p, 2);
-	return le16toh(v);
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
-static inline uint64_t get64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-
-static inline uint64_t frame_len(uint32_t len)
-{
-	return FRAME_HDR + (((uint64_t)len + 7) & ~7ull);
-}
-
 static inline uint64_t min64(uint64_t a, uint64_t b)
 {
 	return a < b ? a : b;
@@ -406,95 +260,6 @@ static void ns_to_ts(struct __kernel_timespec *ts, uint64_t ns)
 	ts->tv_nsec = (long long)(ns % 1000000000ull);
 }
 
-/* ---- CRC-32C ----------------------------------------------------------
- *
- * Castagnoli, reflected polynomial 0x82f63b78, initial value and final
- * xor 0xffffffff (iSCSI, ext4, btrfs): crc32c("123456789") = 0xe3069283.
- * Chosen over zlib's crc32() for speed: the SSE4.2 instruction does a
- * 256-byte record in ~30 ns where zlib takes ~250 ns, and every record
- * is summed once on append. Other CPUs use slicing-by-8 tables.
- */
-
-static uint32_t crc32c_tab[8][256];
-static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
-
-static void crc32c_init(void)
-{
-	uint32_t i, j, c;
-
-	for (i = 0; i < 256; i++) {
-		c = i;
-		for (j = 0; j < 8; j++)
-			c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-		crc32c_tab[0][i] = c;
-	}
-	for (i = 0; i < 256; i++)
-		for (j = 1; j < 8; j++)
-			crc32c_tab[j][i] = (crc32c_tab[j - 1][i] >> 8) ^
-					   crc32c_tab[0][crc32c_tab[j - 1][i] & 0xff];
-}
-
-uint32_t spool_crc32c_sw(uint32_t crc, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-	uint32_t x = ~crc;
-
-	pthread_once(&crc32c_once, crc32c_init);
-	while (n >= 8) {
-		uint32_t lo = x ^ get32(p), hi = get32(p + 4);
-
-		x = crc32c_tab[7][lo & 0xff] ^ crc32c_tab[6][(lo >> 8) & 0xff] ^
-		    crc32c_tab[5][(lo >> 16) & 0xff] ^ crc32c_tab[4][lo >> 24] ^
-		    crc32c_tab[3][hi & 0xff] ^ crc32c_tab[2][(hi >> 8) & 0xff] ^
-		    crc32c_tab[1][(hi >> 16) & 0xff] ^ crc32c_tab[0][hi >> 24];
-		p += 8;
-		n -= 8;
-	}
-	while (n--)
-		x = (x >> 8) ^ crc32c_tab[0][(x ^ *p++) & 0xff];
-	return ~x;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-	uint64_t x = ~crc;
-
-	while (n >= 8) {
-		uint64_t v;
-
-		memcpy(&v, p, 8);
-		x = _mm_crc32_u64(x, v);
-		p += 8;
-		n -= 8;
-	}
-	while (n--)
-		x = _mm_crc32_u8((uint32_t)x, *p++);
-	return ~(uint32_t)x;
-}
-
-uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t n)
-{
-	static int hw = -1;
-
-	if (hw < 0)
-		hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-	return hw ? crc32c_hw(crc, buf, n) : spool_crc32c_sw(crc, buf, n);
-}
-#else
-uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t n)
-{
-	return spool_crc32c_sw(crc, buf, n);
-}
-#endif
-
-static inline uint32_t crc_of(uint32_t crc, const void *p, size_t n)
-{
-	return spool_crc32c(crc, p, n);
-}
-
 static void sp_log(const struct spool_set *set, int level, const char *fmt,
 		   ...) __attribute__((format(printf, 3, 4)));
 
@@ -510,435 +275,6 @@ static void sp_log(const struct spool_set *set, int level, const char *fmt,
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	set->o.log(set->o.log_arg, level, msg);
-}
-
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t r = pread(fd, (char *)buf + got, len - got,
-				  (off_t)(off + got));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (int)(got == len ? 0 : -ENODATA);
-}
-
-static int write_full(int fd, const void *buf, size_t len)
-{
-	size_t put = 0;
-
-	while (put < len) {
-		ssize_t r = write(fd, (const char *)buf + put, len - put);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		put += (size_t)r;
-	}
-	return 0;
-}
-
-/* ---- formats ---------------------------------------------------------- */
-
-static void seg_hdr_build(uint8_t *h, const char *sink, uint64_t first,
-			  uint64_t created)
-{
-	memset(h, 0, SEG_HDR);
-	put32(h, SEG_MAGIC);
-	put16(h + 4, SEG_VERSION);
-	put16(h + 6, SEG_HDR);
-	put64(h + 8, first);
-	put64(h + 16, created);
-	memcpy(h + SEG_NAME_OFF, sink, strnlen(sink, SEG_NAME_LEN - 1));
-	put32(h + SEG_CRC_OFF, crc_of(0, h, SEG_CRC_OFF));
-}
-
-/* 0 when the header is ours; sink NULL accepts any sink name (the sink
- * is then returned in sink_out when given). */
-static int seg_hdr_check(const uint8_t *h, const char *sink, uint64_t *first,
-			 uint64_t *created, char *sink_out)
-{
-	char name[SEG_NAME_LEN + 1];
-
-	if (get32(h) != SEG_MAGIC || get16(h + 4) != SEG_VERSION ||
-	    get16(h + 6) != SEG_HDR ||
-	    get32(h + SEG_CRC_OFF) != crc_of(0, h, SEG_CRC_OFF))
-		return -EINVAL;
-	memcpy(name, h + SEG_NAME_OFF, SEG_NAME_LEN);
-	name[SEG_NAME_LEN] = 0;
-	if (sink && strcmp(name, sink) != 0)
-		return -EINVAL;
-	if (sink_out)
-		strcpy(sink_out, name);
-	*first = get64(h + 8);
-	if (created)
-		*created = get64(h + 16);
-	return 0;
-}
-
-static void frame_build(uint8_t *p, uint64_t seq, const void *rec,
-			uint32_t len)
-{
-	uint64_t flen = frame_len(len);
-	uint32_t crc;
-
-	put32(p, FRAME_MAGIC);
-	put32(p + 4, len);
-	put64(p + 8, seq);
-	memcpy(p + FRAME_HDR, rec, len);
-	memset(p + FRAME_HDR + len, 0, flen - FRAME_HDR - len);
-	crc = crc_of(0, p + 4, 12);
-	crc = crc_of(crc, rec, len);
-	put32(p + 16, crc);
-	put32(p + 20, crc_of(0, p, 20));
-}
-
-/* The header alone: magic and hcrc. */
-static bool frame_hdr_ok(const uint8_t *h, uint32_t *len, uint64_t *seq)
-{
-	if (get32(h) != FRAME_MAGIC || get32(h + 20) != crc_of(0, h, 20))
-		return false;
-	*len = get32(h + 4);
-	*seq = get64(h + 8);
-	return *len <= FRAME_LEN_MAX;
-}
-
-static bool frame_crc_ok(const uint8_t *p, uint32_t len)
-{
-	uint32_t crc = crc_of(0, p + 4, 12);
-
-	return crc_of(crc, p + FRAME_HDR, len) == get32(p + 16);
-}
-
-/* "seg-<16 lowercase hex>.obx" -> first seq */
-static bool seg_name_parse(const char *name, uint64_t *first)
-{
-	uint64_t v = 0;
-	int i;
-
-	if (strlen(name) != SEG_FNAME_LEN || strncmp(name, "seg-", 4) ||
-	    strcmp(name + 20, ".obx"))
-		return false;
-	for (i = 4; i < 20; i++) {
-		char c = name[i];
-
-		if (c >= '0' && c <= '9')
-			v = v << 4 | (uint64_t)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v = v << 4 | (uint64_t)(c - 'a' + 10);
-		else
-			return false;
-	}
-	*first = v;
-	return true;
-}
-
-static void seg_name(char *buf, size_t len, uint64_t first)
-{
-	snprintf(buf, len, "seg-%016" PRIx64 ".obx", first);
-}
-
-static bool sink_name_ok(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	return n > 0 && n < CFG_NAME_MAX && strcmp(s, ".") &&
-	       strcmp(s, "..") && !strchr(s, '/');
-}
-
-/* ---- checkpoint file -------------------------------------------------- */
-
-static uint32_t ck_crc(const char *sink, uint64_t acked, uint64_t next)
-{
-	uint8_t b[16];
-
-	put64(b, acked);
-	put64(b + 8, next);
-	return crc_of(crc_of(0, b, 16), sink, strlen(sink));
-}
-
-static int ck_pack(msgpack_sbuffer *sb, const char *sink, uint64_t acked,
-		   uint64_t next)
-{
-	msgpack_packer pk;
-
-	msgpack_sbuffer_clear(sb);
-	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-	if (msgpack_pack_map(&pk, 5) ||
-	    msgpack_pack_str(&pk, 7) || msgpack_pack_str_body(&pk, "version", 7) ||
-	    msgpack_pack_uint32(&pk, CKPT_VERSION) ||
-	    msgpack_pack_str(&pk, 4) || msgpack_pack_str_body(&pk, "sink", 4) ||
-	    msgpack_pack_str(&pk, strlen(sink)) ||
-	    msgpack_pack_str_body(&pk, sink, strlen(sink)) ||
-	    msgpack_pack_str(&pk, 5) || msgpack_pack_str_body(&pk, "acked", 5) ||
-	    msgpack_pack_uint64(&pk, acked) ||
-	    msgpack_pack_str(&pk, 8) ||
-	    msgpack_pack_str_body(&pk, "next_seq", 8) ||
-	    msgpack_pack_uint64(&pk, next) ||
-	    msgpack_pack_str(&pk, 3) || msgpack_pack_str_body(&pk, "crc", 3) ||
-	    msgpack_pack_uint32(&pk, ck_crc(sink, acked, next)))
-		return -ENOMEM;
-	return 0;
-}
-
-static bool mp_key(const msgpack_object *k, const char *s)
-{
-	size_t n = strlen(s);
-
-	return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-	       !memcmp(k->via.str.ptr, s, n);
-}
-
-/* 1 valid, 0 missing, -1 corrupt (or unreadable). */
-static int ck_load(int dfd, const char *sink, uint64_t *acked, uint64_t *next)
-{
-	char buf[CKPT_MAX];
-	msgpack_unpacked u;
-	uint64_t a = 0, nx = 0, ver = 0, crc = 0;
-	int have = 0, fd, ret = -1;
-	ssize_t n;
-	uint32_t i;
-
-	fd = openat(dfd, CKPT_NAME, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
-	if (n <= 0 || n == (ssize_t)sizeof(buf))
-		return -1;
-	msgpack_unpacked_init(&u);
-	if (msgpack_unpack_next(&u, buf, (size_t)n, NULL) !=
-	    MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP)
-		goto out;
-	for (i = 0; i < u.data.via.map.size; i++) {
-		const msgpack_object *k = &u.data.via.map.ptr[i].key;
-		const msgpack_object *v = &u.data.via.map.ptr[i].val;
-
-		if (mp_key(k, "sink")) {
-			if (v->type != MSGPACK_OBJECT_STR ||
-			    v->via.str.size != strlen(sink) ||
-			    memcmp(v->via.str.ptr, sink, strlen(sink)))
-				goto out;
-			have |= 1;
-			continue;
-		}
-		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-			continue;
-		if (mp_key(k, "version"))
-			ver = v->via.u64, have |= 2;
-		else if (mp_key(k, "acked"))
-			a = v->via.u64, have |= 4;
-		else if (mp_key(k, "next_seq"))
-			nx = v->via.u64, have |= 8;
-		else if (mp_key(k, "crc"))
-			crc = v->via.u64, have |= 16;
-	}
-	if (have == 31 && ver == CKPT_VERSION &&
-	    crc == ck_crc(sink, a, nx)) {
-		*acked = a;
-		*next = nx;
-		ret = 1;
-	}
-out:
-	msgpack_unpacked_destroy(&u);
-	return ret;
-}
-
-/* Synchronous atomic replace: tmp, fsync, rename, fsync dir. */
-static int ck_write_sync(int dfd, const char *sink, uint64_t acked,
-			 uint64_t next)
-{
-	msgpack_sbuffer sb;
-	int fd, ret;
-
-	msgpack_sbuffer_init(&sb);
-	ret = ck_pack(&sb, sink, acked, next);
-	if (ret)
-		goto out;
-	fd = openat(dfd, CKPT_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-		    0600);
-	if (fd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	ret = write_full(fd, sb.data, sb.size);
-	if (!ret && fsync(fd) < 0)
-		ret = -errno;
-	close(fd);
-	if (!ret && renameat(dfd, CKPT_TMP, dfd, CKPT_NAME) < 0)
-		ret = -errno;
-	if (!ret && fsync(dfd) < 0)
-		ret = -errno;
-out:
-	msgpack_sbuffer_destroy(&sb);
-	return ret;
-}
-
-/* ---- scanning a segment file (recovery, verify, dump) ---------------- */
-
-struct scan {
-	int fd;
-	uint64_t size;
-	uint8_t *buf;
-	size_t cap;
-	uint64_t boff;
-	size_t blen;
-	int err;
-};
-
-enum { FR_OK, FR_BAD, FR_TRUNC, FR_BADCRC, FR_IOERR };
-
-/* Pointer to file bytes [off, off + len), or NULL (past EOF, I/O error
- * in s->err, or no memory). The window grows to hold a whole frame. */
-static const uint8_t *scan_at(struct scan *s, uint64_t off, size_t len)
-{
-	size_t want, got = 0;
-
-	if (off > s->size || len > s->size - off)
-		return NULL;
-	if (s->blen && off >= s->boff && off + len <= s->boff + s->blen)
-		return s->buf + (off - s->boff);
-	if (len > s->cap) {
-		size_t ncap = (len + 65535) & ~(size_t)65535;
-		uint8_t *nb = realloc(s->buf, ncap);
-
-		if (!nb) {
-			s->err = -ENOMEM;
-			return NULL;
-		}
-		s->buf = nb;
-		s->cap = ncap;
-	}
-	want = (size_t)min64(s->cap, s->size - off);
-	s->blen = 0;
-	while (got < want) {
-		ssize_t r = pread(s->fd, s->buf + got, want - got,
-				  (off_t)(off + got));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			s->err = -errno;
-			return NULL;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	s->boff = off;
-	s->blen = got;
-	if (got < len) {
-		s->err = -EIO;		/* the file shrank under us */
-		return NULL;
-	}
-	return s->buf;
-}
-
-static int frame_at(struct scan *s, uint64_t off, uint64_t min_seq,
-		    uint64_t *seq, uint32_t *len, const uint8_t **payload)
-{
-	const uint8_t *h = scan_at(s, off, FRAME_HDR);
-	uint64_t flen;
-
-	if (!h)
-		return s->err ? FR_IOERR : FR_TRUNC;
-	if (!frame_hdr_ok(h, len, seq) || *seq < min_seq)
-		return FR_BAD;
-	flen = frame_len(*len);
-	if (flen > s->size - off)
-		return FR_TRUNC;
-	h = scan_at(s, off, flen);
-	if (!h)
-		return s->err ? FR_IOERR : FR_TRUNC;
-	if (!frame_crc_ok(h, *len))
-		return FR_BADCRC;
-	*payload = h + FRAME_HDR;
-	return FR_OK;
-}
-
-struct scan_cb {
-	void (*frame)(void *ctx, uint64_t off, uint64_t seq,
-		      const uint8_t *payload, uint32_t len);
-	void (*damage)(void *ctx, uint64_t off, uint64_t end);
-};
-
-struct scan_res {
-	uint64_t nrec;
-	uint64_t last_seq;		/* 0: none */
-	uint64_t tail_off;		/* trailing damage starts (size: none) */
-	bool tail_bitrot;		/* ... with a whole frame, bad crc */
-	int err;			/* I/O error: scan stopped at tail_off */
-};
-
-static void seg_scan(int fd, uint64_t size, uint64_t first,
-		     const struct scan_cb *cb, void *ctx, struct scan_res *r)
-{
-	struct scan s = { .fd = fd, .size = size };
-	uint64_t off = SEG_HDR, min_seq = first, seq, o;
-	const uint8_t *pl;
-	uint32_t len;
-	int rc;
-
-	memset(r, 0, sizeof(*r));
-	s.cap = SCAN_BUF;
-	s.buf = malloc(s.cap);
-	if (!s.buf) {
-		r->err = -ENOMEM;
-		r->tail_off = off;
-		return;
-	}
-	while (off < size) {
-		rc = frame_at(&s, off, min_seq, &seq, &len, &pl);
-		if (rc == FR_IOERR)
-			goto ioerr;
-		if (rc == FR_OK) {
-			if (cb && cb->frame)
-				cb->frame(ctx, off, seq, pl, len);
-			r->nrec++;
-			r->last_seq = seq;
-			min_seq = seq + 1;
-			off += frame_len(len);
-			continue;
-		}
-		/* damaged at off: look for the next valid frame */
-		r->tail_bitrot = rc == FR_BADCRC;
-		for (o = off + 8; o + FRAME_HDR <= size; o += 8) {
-			int rc2 = frame_at(&s, o, min_seq, &seq, &len, &pl);
-
-			if (rc2 == FR_OK)
-				break;
-			if (rc2 == FR_IOERR) {
-				off = o;
-				goto ioerr;
-			}
-		}
-		if (o + FRAME_HDR > size) {
-			r->tail_off = off;
-			goto out;
-		}
-		r->tail_bitrot = false;
-		if (cb && cb->damage)
-			cb->damage(ctx, off, o);
-		off = o;
-	}
-	r->tail_off = size;
-	r->tail_bitrot = false;
-	goto out;
-ioerr:
-	r->err = s.err ? s.err : -EIO;
-	r->tail_off = off;
-	r->tail_bitrot = false;
-out:
-	free(s.buf);
 }
 
 /* ---- segments --------------------------------------------------------- */
@@ -966,7 +302,7 @@ static uint64_t seg_idx_find(const struct seg *s, uint64_t seq)
 	uint32_t lo = 0, hi = s->nidx;
 
 	if (!s->nidx || s->idx[0].seq >= seq)
-		return s->nidx ? s->idx[0].off : SEG_HDR;
+		return s->nidx ? s->idx[0].off : SPF_SEG_HDR;
 	while (hi - lo > 1) {
 		uint32_t mid = lo + (hi - lo) / 2;
 
@@ -1065,7 +401,7 @@ static int seg_open_fd(struct spool *sp, struct seg *s)
 
 	if (s->fd >= 0)
 		return 0;
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	s->fd = openat(sp->dfd, name, O_RDONLY | O_CLOEXEC);
 	return s->fd < 0 ? -errno : 0;
 }
@@ -1102,7 +438,7 @@ static int seg_create(struct spool *sp)
 	s = seg_alloc(sp->next_seq);
 	if (!s)
 		return -ENOMEM;
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
 		    0600);
 	if (fd < 0 && errno == EEXIST && seg_move_aside(sp, name) == 0)
@@ -1115,8 +451,8 @@ static int seg_create(struct spool *sp)
 	}
 	s->fd = fd;
 	s->created_ns = now_ns(CLOCK_REALTIME);
-	s->size = SEG_HDR;
-	seg_hdr_build(s->hdr, sp->name, s->first, s->created_ns);
+	s->size = SPF_SEG_HDR;
+	spf_seg_hdr_build(s->hdr, sp->name, s->first, s->created_ns);
 	ret = segs_push(sp, s);
 	if (ret) {
 		close(fd);
@@ -1126,8 +462,8 @@ static int seg_create(struct spool *sp)
 	}
 	sp->active = s;
 	sp->dir_dirty = true;
-	sp->bytes += SEG_HDR;
-	sp->set->bytes += SEG_HDR;
+	sp->bytes += SPF_SEG_HDR;
+	sp->set->bytes += SPF_SEG_HDR;
 	if (old)
 		seg_maybe_close(sp, old);
 	return 0;
@@ -1350,7 +686,7 @@ static void ck_op_fn(struct rx_op *op, int res, uint32_t flags)
 		sp->ck_err = res;
 	/* the first op is the write: a short one is an error */
 	if (c == &sp->ck_ops[0] && res >= 0 &&
-	    (size_t)res != sp->ck_buf.size && !sp->ck_err)
+	    (uint32_t)res != sp->ck_len && !sp->ck_err)
 		sp->ck_err = -EIO;
 	if (--sp->ck_pending)
 		return;
@@ -1380,14 +716,17 @@ static void ck_start(struct spool *sp)
 {
 	struct rx *rx = sp->set->rx;
 	struct io_uring_sqe *sqe;
-	int i;
+	int i, ret;
 
 	sp->ck_dirty = false;
 	sp->ck_acked = sp->acked;
 	sp->ck_next = ck_next_seq(sp);
-	if (ck_pack(&sp->ck_buf, sp->name, sp->ck_acked, sp->ck_next))
+	ret = spf_ck_encode(sp->ck_buf, sizeof(sp->ck_buf), sp->name,
+			    sp->ck_acked, sp->ck_next);
+	if (ret < 0)
 		goto fail;
-	sp->ck_fd = openat(sp->dfd, CKPT_TMP,
+	sp->ck_len = (uint32_t)ret;
+	sp->ck_fd = openat(sp->dfd, SPF_CKPT_TMP,
 			   O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (sp->ck_fd < 0)
 		goto fail;
@@ -1399,14 +738,13 @@ static void ck_start(struct spool *sp)
 		sp->ck_ops[i].sp = sp;
 	}
 	sqe = rx_sqe(rx, &sp->ck_ops[0].op);
-	io_uring_prep_write(sqe, sp->ck_fd, sp->ck_buf.data,
-			    (unsigned)sp->ck_buf.size, 0);
+	io_uring_prep_write(sqe, sp->ck_fd, sp->ck_buf, sp->ck_len, 0);
 	sqe->flags |= IOSQE_IO_LINK;
 	sqe = rx_sqe(rx, &sp->ck_ops[1].op);
 	io_uring_prep_fsync(sqe, sp->ck_fd, 0);
 	sqe->flags |= IOSQE_IO_LINK;
 	sqe = rx_sqe(rx, &sp->ck_ops[2].op);
-	io_uring_prep_renameat(sqe, sp->dfd, CKPT_TMP, sp->dfd, CKPT_NAME, 0);
+	io_uring_prep_renameat(sqe, sp->dfd, SPF_CKPT_TMP, sp->dfd, SPF_CKPT_NAME, 0);
 	sqe->flags |= IOSQE_IO_LINK;
 	sqe = rx_sqe(rx, &sp->ck_ops[3].op);
 	io_uring_prep_fsync(sqe, sp->dfd, 0);
@@ -1432,7 +770,7 @@ static void seg_remove(struct spool *sp, uint32_t i, bool unlink)
 	/* its blocks are written and at the front: free them first */
 	while (sp->bhead && sp->bhead->seg == s)
 		blk_free_head(sp);
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	if (unlink && unlinkat(sp->dfd, name, 0) < 0 && errno != ENOENT)
 		sp_log(sp->set, LOG_WARN, "spool %s: cannot delete %s: %s",
 		       sp->name, name, strerror(errno));
@@ -1487,7 +825,7 @@ static void sp_gc(struct spool *sp)
 			sp->doomed[j++] = sp->doomed[i];
 			continue;
 		}
-		seg_name(name, sizeof(name), sp->doomed[i].a);
+		spf_seg_name(name, sizeof(name), sp->doomed[i].a);
 		if (unlinkat(sp->dfd, name, 0) < 0 && errno != ENOENT)
 			sp_log(sp->set, LOG_WARN, "spool %s: cannot delete "
 			       "%s: %s", sp->name, name, strerror(errno));
@@ -1559,7 +897,7 @@ static int cap_make_room(struct spool *sp, uint64_t need)
 int spool_append(struct spool *sp, const void *rec, uint32_t len)
 {
 	struct spool_set *set = sp->set;
-	uint64_t flen = frame_len(len), seq, off;
+	uint64_t flen = spf_frame_len(len), seq, off;
 	struct seg *s = sp->active;
 	struct blk *b;
 	bool roll;
@@ -1573,7 +911,7 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 		return -EAGAIN;		/* back-pressure: flush first */
 	roll = !s || s->sealed || s->end != sp->next_seq ||
 	       (s->size + flen > set->o.segment_size && s->end > s->first);
-	if (cap_make_room(sp, flen + (roll ? SEG_HDR : 0))) {
+	if (cap_make_room(sp, flen + (roll ? SPF_SEG_HDR : 0))) {
 		sp->st.dropped_full++;
 		return -ENOSPC;
 	}
@@ -1598,7 +936,7 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 	}
 	seq = sp->next_seq++;
 	off = s->size;
-	frame_build(b->data + b->len, seq, rec, len);
+	spf_frame_build(b->data + b->len, seq, rec, len);
 	if (!b->len)
 		b->first_seq = seq;
 	b->len += (uint32_t)flen;
@@ -1716,7 +1054,7 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 			n++;
 		}
 		b = x;
-		hdr = first->file_off == SEG_HDR;
+		hdr = first->file_off == SPF_SEG_HDR;
 		w = calloc(1, sizeof(*w) + 2 * (n + 1) * sizeof(struct iovec));
 		if (!w)
 			return nops;	/* stays pending; the next flush */
@@ -1729,8 +1067,8 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 		w->off = hdr ? 0 : first->file_off;
 		if (hdr) {
 			w->iov[k].iov_base = first->seg->hdr;
-			w->iov[k].iov_len = SEG_HDR;
-			w->total += SEG_HDR;
+			w->iov[k].iov_len = SPF_SEG_HDR;
+			w->total += SPF_SEG_HDR;
 			k++;
 		}
 		for (x = first; x != b; x = x->next) {
@@ -2055,10 +1393,11 @@ static int mem_read(struct spool *sp, uint64_t from, uint64_t limit,
 
 		if (k->end_seq <= from)
 			continue;
-		for (p = 0; p < k->len; p += (uint32_t)frame_len(get32(k->data + p + 4))) {
+		for (p = 0; p < k->len;
+		     p += (uint32_t)spf_frame_len(spf_get32(k->data + p + 4))) {
 			const uint8_t *h = k->data + p;
-			uint32_t len = get32(h + 4);
-			uint64_t seq = get64(h + 8);
+			uint32_t len = spf_get32(h + 4);
+			uint64_t seq = spf_get64(h + 8);
 
 			if (seq < from)
 				continue;
@@ -2068,7 +1407,7 @@ static int mem_read(struct spool *sp, uint64_t from, uint64_t limit,
 			if (batch_reserve_recs(b, b->n + 1) ||
 			    batch_reserve_buf(b, b->buf_len + len))
 				return -ENOMEM;
-			memcpy(b->buf + b->buf_len, h + FRAME_HDR, len);
+			memcpy(b->buf + b->buf_len, h + SPF_FRAME_HDR, len);
 			b->recs[b->n].seq = seq;
 			b->recs[b->n].len = len;
 			b->recs[b->n].data = (const uint8_t *)(uintptr_t)b->buf_len;
@@ -2160,10 +1499,10 @@ static uint32_t rd_window(const struct rd *r, const struct seg *s,
 {
 	uint64_t per = 1024, w;
 
-	if (s->end > s->first && s->size > SEG_HDR)
-		per = (s->size - SEG_HDR) / (s->end - s->first) + 1;
-	w = min64(r->max_bytes + (uint64_t)r->max_events * (FRAME_HDR + 8),
-		  (uint64_t)r->max_events * per * 5 / 4) + 2 * FRAME_HDR;
+	if (s->end > s->first && s->size > SPF_SEG_HDR)
+		per = (s->size - SPF_SEG_HDR) / (s->end - s->first) + 1;
+	w = min64(r->max_bytes + (uint64_t)r->max_events * (SPF_FRAME_HDR + 8),
+		  (uint64_t)r->max_events * per * 5 / 4) + 2 * SPF_FRAME_HDR;
 	if (!exact)
 		w += IDX_GRAN;
 	return (uint32_t)min64(max64(w, READ_MIN), READ_MAX);
@@ -2178,7 +1517,7 @@ static uint64_t rd_drop_missing(struct spool *sp, struct seg *s,
 	uint64_t to = max64(n ? n->first : s->end, from + 1);
 	char name[32];
 
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	sp_log(sp->set, LOG_ERROR, "spool %s: %s disappeared", sp->name,
 	       name);
 	rd_lost(sp, from, to);
@@ -2225,7 +1564,7 @@ static int rd_locate(struct rd *r)
 		exact = s == sp->hint_seg && r->from == sp->hint_seq;
 		r->off = exact ? sp->hint_off : seg_idx_find(s, r->from);
 		end = seg_read_end(sp, s);
-		if (r->off + FRAME_HDR > end) {
+		if (r->off + SPF_FRAME_HDR > end) {
 			struct seg *n = segs_next(sp, s);
 			uint64_t to = n ? min64(n->first, limit) : limit;
 
@@ -2292,17 +1631,17 @@ static int rd_parse(struct rd *r, uint32_t got)
 	bool to_mem = false;
 
 	b->n = 0;
-	while ((uint64_t)p + FRAME_HDR <= got) {
+	while ((uint64_t)p + SPF_FRAME_HDR <= got) {
 		const uint8_t *h = b->buf + p;
 		uint64_t seq, flen;
 		uint32_t len;
 
-		if (!frame_hdr_ok(h, &len, &seq) || seq <= prev ||
+		if (!spf_frame_hdr_ok(h, &len, &seq) || seq <= prev ||
 		    seq < r->seg->first) {
 			p += 8;
 			continue;
 		}
-		flen = frame_len(len);
+		flen = spf_frame_len(len);
 		if (p + flen > got) {
 			if (r->off + p + flen > seg_end) {
 				p += 8;
@@ -2318,7 +1657,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 			need = (uint32_t)flen;	/* a bigger window */
 			break;
 		}
-		if (!frame_crc_ok(h, len)) {
+		if (!spf_frame_crc_ok(h, len)) {
 			p += 8;
 			continue;
 		}
@@ -2339,7 +1678,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 			return -ENOMEM;
 		b->recs[b->n].seq = seq;
 		b->recs[b->n].len = len;
-		b->recs[b->n].data = b->buf + p + FRAME_HDR;
+		b->recs[b->n].data = b->buf + p + SPF_FRAME_HDR;
 		b->n++;
 		bytes += len;
 		r->expect = seq + 1;
@@ -2358,7 +1697,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 		r->len = (uint32_t)min64(max64(need, r->len), seg_end - r->off);
 		return rd_submit(r);
 	}
-	if (r->off + got >= seg_end || got < FRAME_HDR) {
+	if (r->off + got >= seg_end || got < SPF_FRAME_HDR) {
 		/* this segment has nothing more at or after from */
 		struct seg *n = segs_next(sp, r->seg);
 		uint64_t to = n ? min64(n->first, limit) : limit;
@@ -2368,7 +1707,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 		return RD_NEXT;
 	}
 	/* nothing whole in this window yet: slide it (p > 0 here, since
-	 * the loop ran over at least FRAME_HDR bytes) */
+	 * the loop ran over at least SPF_FRAME_HDR bytes) */
 	r->off += p;
 	r->len = (uint32_t)min64(rd_window(r, r->seg, true), seg_end - r->off);
 	return RD_SLIDE;
@@ -2526,7 +1865,7 @@ int spool_sync_ack(struct spool *sp)
 	if (sp->durable_acked == sp->acked && !sp->ck_dirty &&
 	    sp->ck_next_durable == ck_next_seq(sp))
 		return 0;
-	ret = ck_write_sync(sp->dfd, sp->name, sp->acked, ck_next_seq(sp));
+	ret = spf_ck_write_sync(sp->dfd, sp->name, sp->acked, ck_next_seq(sp));
 	if (ret) {
 		sp->st.write_errors++;
 		return ret;
@@ -2587,7 +1926,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *st)
 		if (s->end <= sp->acked)
 			continue;
 		if (s->first >= sp->acked)
-			qb += s->size - SEG_HDR;
+			qb += s->size - SPF_SEG_HDR;
 		else
 			qb += s->size - seg_idx_find(s, sp->acked);
 	}
@@ -2675,13 +2014,13 @@ struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 	set->o.dir = set->dir;
 	if (!set->o.segment_size)
 		set->o.segment_size = DEF_SEGMENT;
-	if (set->o.segment_size < SEG_HDR + FRAME_HDR + 8)
-		set->o.segment_size = SEG_HDR + FRAME_HDR + 8;
+	if (set->o.segment_size < SPF_SEG_HDR + SPF_FRAME_HDR + 8)
+		set->o.segment_size = SPF_SEG_HDR + SPF_FRAME_HDR + 8;
 	if (!set->o.tail_buffer)
 		set->o.tail_buffer = DEF_TAIL;
 	/* a record must fit a segment with its header and padding */
-	set->max_payload = min64((set->o.segment_size - SEG_HDR - FRAME_HDR) &
-				 ~7ull, FRAME_LEN_MAX);
+	set->max_payload = min64((set->o.segment_size - SPF_SEG_HDR - SPF_FRAME_HDR) &
+				 ~7ull, SPF_FRAME_LEN_MAX);
 	return set;
 }
 
@@ -2719,10 +2058,10 @@ void spool_set_free(struct spool_set *set)
 
 struct rec_seg {
 	uint64_t first;
-	char name[SEG_FNAME_LEN + 1];
+	char name[SPF_SEG_FNAME_LEN + 1];
 	uint8_t state;			/* rec_check() */
 	uint64_t size, created;
-	uint8_t hdr[SEG_HDR];
+	uint8_t hdr[SPF_SEG_HDR];
 };
 
 struct rec_ctx {
@@ -2783,87 +2122,23 @@ static void rec_damage(void *ctx, uint64_t off, uint64_t end)
 
 	c->damaged = true;
 	c->after_damage = true;
-	seg_name(name, sizeof(name), c->seg->first);
+	spf_seg_name(name, sizeof(name), c->seg->first);
 	if (sp->log_damage++ < LOG_DAMAGE_MAX)
 		sp_log(sp->set, LOG_WARN, "spool %s: %s: damaged bytes "
 		       "%" PRIu64 "..%" PRIu64 " skipped", sp->name, name,
 		       off, end);
 }
 
-struct seg_file {
-	char name[256];
-	uint64_t first;
-	bool is_seg;
-};
-
-static int seg_file_cmp(const void *a, const void *b)
-{
-	const struct seg_file *x = a, *y = b;
-
-	if (x->is_seg != y->is_seg)
-		return x->is_seg ? -1 : 1;
-	if (x->is_seg)
-		return x->first < y->first ? -1 : x->first > y->first;
-	return strcmp(x->name, y->name);
-}
-
-/* Every file of a sink directory but the checkpoint: segments first, in
- * order, then the others by name. Used by recovery and by the offline
- * tools (ls, verify, dump). */
-static int list_files(int dfd, struct seg_file **out, int *nout)
-{
-	struct seg_file *v = NULL;
-	int n = 0, cap = 0, fd;
-	struct dirent *de;
-	DIR *d;
-
-	fd = dup(dfd);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-		    !strcmp(de->d_name, CKPT_NAME))
-			continue;
-		if (n == cap) {
-			int ncap = cap ? cap * 2 : 16;
-			struct seg_file *nv = realloc(v, (size_t)ncap *
-						      sizeof(*nv));
-
-			if (!nv) {
-				free(v);
-				closedir(d);
-				return -ENOMEM;
-			}
-			v = nv;
-			cap = ncap;
-		}
-		snprintf(v[n].name, sizeof(v[n].name), "%s", de->d_name);
-		v[n].is_seg = seg_name_parse(de->d_name, &v[n].first);
-		n++;
-	}
-	closedir(d);
-	if (n)
-		qsort(v, (size_t)n, sizeof(*v), seg_file_cmp);
-	*out = v;
-	*nout = n;
-	return 0;
-}
-
 /* Lists the sink directory: our segments (sorted), foreign files counted
  * and logged; stale checkpoint.tmp removed. */
 static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
 {
-	struct seg_file *f;
+	struct spf_file *f;
 	struct rec_seg *v;
 	uint32_t n = 0;
 	int nf, i, rc;
 
-	rc = list_files(sp->dfd, &f, &nf);
+	rc = spf_list_files(sp->dfd, &f, &nf);
 	if (rc)
 		return rc;
 	v = calloc(nf ? (size_t)nf : 1, sizeof(*v));
@@ -2873,8 +2148,8 @@ static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
 	}
 	/* segments come first, already in order */
 	for (i = 0; i < nf; i++) {
-		if (!strcmp(f[i].name, CKPT_TMP)) {
-			unlinkat(sp->dfd, CKPT_TMP, 0);
+		if (!strcmp(f[i].name, SPF_CKPT_TMP)) {
+			unlinkat(sp->dfd, SPF_CKPT_TMP, 0);
 		} else if (!f[i].is_seg) {
 			sp->st.foreign++;
 			sp_log(sp->set, LOG_WARN, "spool %s: ignoring foreign "
@@ -2898,7 +2173,7 @@ static void rec_truncate(struct spool *sp, struct seg *s, int fd,
 {
 	char name[32];
 
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	if (ftruncate(fd, (off_t)at) < 0 || fsync(fd) < 0) {
 		sp_log(sp->set, LOG_WARN, "spool %s: %s: cannot truncate the "
 		       "torn tail at %" PRIu64 ": %s", sp->name, name, at,
@@ -2933,13 +2208,13 @@ static int rec_check(struct spool *sp, struct rec_seg *rs)
 		why = strerror(errno);
 	else if (!S_ISREG(st.st_mode))
 		why = "not a regular file";
-	else if ((uint64_t)st.st_size < SEG_HDR) {
+	else if ((uint64_t)st.st_size < SPF_SEG_HDR) {
 		close(fd);
 		rs->size = (uint64_t)st.st_size;
 		return 2;
-	} else if (read_full(fd, rs->hdr, SEG_HDR, 0) ||
-		   seg_hdr_check(rs->hdr, sp->name, &first, &rs->created,
-				 NULL) || first != rs->first)
+	} else if (spf_read_full(fd, rs->hdr, SPF_SEG_HDR, 0) ||
+		   spf_seg_hdr_check(rs->hdr, sp->name, &first, &rs->created,
+				     NULL) || first != rs->first)
 		why = "not a segment of this sink (bad header)";
 	if (fd >= 0)
 		close(fd);
@@ -2956,7 +2231,7 @@ static int rec_check(struct spool *sp, struct rec_seg *rs)
 static int rec_one(struct spool *sp, struct rec_ctx *c,
 		   const struct rec_seg *rs, bool newest)
 {
-	struct scan_res r;
+	struct spf_scan_res r;
 	struct stat st;
 	struct seg *s;
 	int fd, ret;
@@ -2981,13 +2256,13 @@ static int rec_one(struct spool *sp, struct rec_ctx *c,
 		close(fd);
 		return -ENOMEM;
 	}
-	memcpy(s->hdr, rs->hdr, SEG_HDR);
+	memcpy(s->hdr, rs->hdr, SPF_SEG_HDR);
 	s->created_ns = rs->created;
 	s->size = (uint64_t)st.st_size;
 	c->seg = s;
 	c->after_damage = false;
-	seg_scan(fd, s->size, s->first,
-		 &(struct scan_cb){ rec_frame, rec_damage }, c, &r);
+	spf_seg_scan(fd, s->size, s->first,
+		     &(struct spf_scan_cb){ rec_frame, rec_damage }, c, &r);
 	if (r.err) {
 		sp_log(sp->set, LOG_ERROR, "spool %s: %s: read error at %"
 		       PRIu64 ": %s (rest of the file skipped)", sp->name,
@@ -3077,7 +2352,7 @@ static int sp_recover(struct spool *sp)
 	uint32_t n = 0, i;
 	int ck, ret;
 
-	ck = ck_load(sp->dfd, sp->name, &ck_acked, &ck_next);
+	ck = spf_ck_load(sp->dfd, sp->name, &ck_acked, &ck_next);
 	if (ck < 0)
 		sp_log(sp->set, LOG_WARN, "spool %s: checkpoint is corrupt: "
 		       "delivering everything in the spool again", sp->name);
@@ -3146,8 +2421,8 @@ static int sp_recover(struct spool *sp)
 			seg_maybe_close(sp, last);
 	}
 	if (ck <= 0 || ck_acked != sp->acked || ck_next != sp->next_seq) {
-		int r2 = ck_write_sync(sp->dfd, sp->name, sp->acked,
-				       sp->next_seq);
+		int r2 = spf_ck_write_sync(sp->dfd, sp->name, sp->acked,
+					   sp->next_seq);
 
 		if (r2)
 			sp_log(sp->set, LOG_WARN, "spool %s: cannot write the "
@@ -3179,7 +2454,6 @@ static void sp_free_mem(struct spool *sp)
 	free(sp->segs);
 	free(sp->rng);
 	free(sp->doomed);
-	msgpack_sbuffer_destroy(&sp->ck_buf);
 	if (sp->ck_fd >= 0)
 		close(sp->ck_fd);
 	if (sp->dfd >= 0)
@@ -3192,7 +2466,7 @@ struct spool *spool_open(struct spool_set *set, const char *sink)
 	struct spool *sp;
 	int ret, pfd;
 
-	if (!sink_name_ok(sink)) {
+	if (!spf_sink_name_ok(sink)) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -3207,7 +2481,6 @@ struct spool *spool_open(struct spool_set *set, const char *sink)
 	sp->set = set;
 	sp->dfd = -1;
 	sp->ck_fd = -1;
-	msgpack_sbuffer_init(&sp->ck_buf);
 	strcpy(sp->name, sink);
 	sp->blk_size = min64(max64(set->o.tail_buffer / 4, BLK_MIN), BLK_MAX);
 	pfd = open(set->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -3286,317 +2559,4 @@ void spool_close(struct spool *sp)
 	spool_sync_ack(sp);
 	set->bytes -= sp->bytes;
 	sp_free_mem(sp);
-}
-
-/* ---- offline: ls / verify / dump ---------------------------------------- */
-
-typedef int (*sink_fn)(const char *dir, const char *sink, int dfd,
-		       FILE *out, void *ctx);
-
-/* Calls fn for every sink directory (or only the one named); other
- * entries are reported (report) and counted as problems (count). */
-static int for_each_sink(const char *dir, const char *only, sink_fn fn,
-			 FILE *out, void *ctx, bool report, bool count)
-{
-	struct dirent **names = NULL;
-	int n, i, total = 0, ret = 0;
-
-	n = scandir(dir, &names, NULL, alphasort);
-	if (n < 0)
-		return -errno;
-	for (i = 0; i < n; i++) {
-		const char *name = names[i]->d_name;
-		char path[4096];
-		struct stat st;
-		int dfd, r;
-
-		if (name[0] == '.' || (only && strcmp(only, name)))
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, name);
-		if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-			if (!only && report)
-				fprintf(out, "foreign file %s (not a sink "
-					"directory)\n", path);
-			if (!only && count)
-				total++;
-			continue;
-		}
-		dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd < 0) {
-			ret = -errno;
-			fprintf(out, "%s: %s\n", path, strerror(errno));
-			continue;
-		}
-		r = fn(dir, name, dfd, out, ctx);
-		close(dfd);
-		if (r < 0)
-			ret = r;
-		else
-			total += r;
-	}
-	for (i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	return ret < 0 && !total ? ret : total;
-}
-
-/* Opens a segment read-only and checks its header: fd or -1 (why in
- * *why). */
-static int seg_open_check(int dfd, const struct seg_file *f, const char *sink,
-			  uint64_t *size, uint64_t *created, const char **why)
-{
-	uint8_t hdr[SEG_HDR];
-	uint64_t first;
-	struct stat st;
-	int fd;
-
-	*why = NULL;
-	fd = openat(dfd, f->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		*why = strerror(errno);
-		return -1;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		*why = "not a regular file";
-	else if ((uint64_t)st.st_size < SEG_HDR)
-		*why = "shorter than a segment header";
-	else if (read_full(fd, hdr, SEG_HDR, 0) ||
-		 seg_hdr_check(hdr, sink, &first, created, NULL))
-		*why = "bad segment header";
-	else if (first != f->first)
-		*why = "header and file name disagree";
-	if (*why) {
-		close(fd);
-		return -1;
-	}
-	*size = (uint64_t)st.st_size;
-	return fd;
-}
-
-static void fmt_time(char *buf, size_t len, uint64_t ns)
-{
-	time_t t = (time_t)(ns / 1000000000ull);
-	struct tm tm;
-
-	if (!gmtime_r(&t, &tm) || !strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm))
-		snprintf(buf, len, "?");
-}
-
-static int ls_sink(const char *dir, const char *sink, int dfd, FILE *out,
-		   void *ctx)
-{
-	struct seg_file *v = NULL;
-	uint64_t acked = 0, next = 0, total = 0;
-	int n = 0, i, ck, nseg = 0, ret;
-
-	ret = list_files(dfd, &v, &n);
-	if (ret)
-		return ret;
-	for (i = 0; i < n; i++) {
-		struct stat st;
-
-		if (v[i].is_seg && !fstatat(dfd, v[i].name, &st, 0)) {
-			total += (uint64_t)st.st_size;
-			nseg++;
-		}
-	}
-	ck = ck_load(dfd, sink, &acked, &next);
-	fprintf(out, "%s: %d segments, %" PRIu64 " bytes, ", sink, nseg, total);
-	if (ck > 0)
-		fprintf(out, "checkpoint acked=%" PRIu64 " next_seq=%" PRIu64
-			"\n", acked, next);
-	else
-		fprintf(out, "checkpoint %s\n", ck ? "corrupt" : "missing");
-	for (i = 0; i < n; i++) {
-		uint64_t size = 0, created = 0;
-		const char *why = NULL;
-		char when[64];
-		int fd;
-
-		if (!v[i].is_seg) {
-			fprintf(out, "  %-28s foreign (ignored)\n", v[i].name);
-			continue;
-		}
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0) {
-			fprintf(out, "  %-28s %s\n", v[i].name, why);
-			continue;
-		}
-		close(fd);
-		fmt_time(when, sizeof(when), created);
-		fprintf(out, "  %-28s first=%" PRIu64 " bytes=%" PRIu64
-			" created=%s\n", v[i].name, v[i].first, size, when);
-	}
-	free(v);
-	return 0;
-}
-
-int spool_ls(const char *dir, FILE *out)
-{
-	int ret = for_each_sink(dir, NULL, ls_sink, out, NULL, true, false);
-
-	return ret < 0 ? ret : 0;
-}
-
-struct verify_ctx {
-	FILE *out;
-	const char *sink;
-	const char *file;
-	uint64_t expect;
-	int problems;
-};
-
-static void ver_frame(void *ctx, uint64_t off, uint64_t seq,
-		      const uint8_t *payload, uint32_t len)
-{
-	struct verify_ctx *c = ctx;
-
-	if (c->expect && seq != c->expect) {
-		fprintf(c->out, "%s/%s: seqs %" PRIu64 "..%" PRIu64
-			" missing (before offset %" PRIu64 ")\n", c->sink,
-			c->file, c->expect, seq - 1, off);
-		c->problems++;
-	}
-	c->expect = seq + 1;
-}
-
-static void ver_damage(void *ctx, uint64_t off, uint64_t end)
-{
-	struct verify_ctx *c = ctx;
-
-	fprintf(c->out, "%s/%s: damaged bytes %" PRIu64 "..%" PRIu64 "\n",
-		c->sink, c->file, off, end);
-	c->problems++;
-}
-
-static int verify_sink(const char *dir, const char *sink, int dfd, FILE *out,
-		       void *ctx)
-{
-	struct verify_ctx c = { .out = out, .sink = sink };
-	struct seg_file *v = NULL;
-	uint64_t acked, next, nrec = 0;
-	int n = 0, i, ck, ret;
-
-	ret = list_files(dfd, &v, &n);
-	if (ret)
-		return ret;
-	ck = ck_load(dfd, sink, &acked, &next);
-	if (ck < 0) {
-		fprintf(out, "%s/checkpoint: corrupt\n", sink);
-		c.problems++;
-	}
-	for (i = 0; i < n; i++) {
-		uint64_t size = 0, created;
-		const char *why;
-		struct scan_res r;
-		int fd;
-
-		c.file = v[i].name;
-		if (!v[i].is_seg) {
-			fprintf(out, "%s/%s: foreign file\n", sink, v[i].name);
-			c.problems++;
-			continue;
-		}
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0) {
-			fprintf(out, "%s/%s: %s\n", sink, v[i].name, why);
-			c.problems++;
-			continue;
-		}
-		seg_scan(fd, size, v[i].first,
-			 &(struct scan_cb){ ver_frame, ver_damage }, &c, &r);
-		close(fd);
-		nrec += r.nrec;
-		if (r.err) {
-			fprintf(out, "%s/%s: read error at %" PRIu64 ": %s\n",
-				sink, v[i].name, r.tail_off, strerror(-r.err));
-			c.problems++;
-		} else if (r.tail_off < size) {
-			fprintf(out, "%s/%s: torn or damaged tail: %" PRIu64
-				" bytes at offset %" PRIu64 "\n", sink,
-				v[i].name, size - r.tail_off, r.tail_off);
-			c.problems++;
-		}
-	}
-	fprintf(out, "%s: %" PRIu64 " records, %d problems\n", sink, nrec,
-		c.problems);
-	free(v);
-	return c.problems;
-}
-
-int spool_verify(const char *dir, FILE *out)
-{
-	return for_each_sink(dir, NULL, verify_sink, out, NULL, true, true);
-}
-
-struct dump_ctx {
-	FILE *out;
-	const char *sink;
-	void (*fmt)(FILE *out, const uint8_t *p, uint32_t n);
-};
-
-static void dump_frame(void *ctx, uint64_t off, uint64_t seq,
-		       const uint8_t *payload, uint32_t len)
-{
-	struct dump_ctx *c = ctx;
-	uint32_t i;
-
-	fprintf(c->out, "%s %" PRIu64 " %u ", c->sink, seq, len);
-	if (c->fmt) {
-		c->fmt(c->out, payload, len);
-	} else {
-		for (i = 0; i < len; i++)
-			fprintf(c->out, "%02x", payload[i]);
-	}
-	fputc('\n', c->out);
-}
-
-static int dump_sink(const char *dir, const char *sink, int dfd, FILE *out,
-		     void *ctx)
-{
-	struct dump_ctx c = { .out = out, .sink = sink,
-			      .fmt = ((struct dump_ctx *)ctx)->fmt };
-	struct seg_file *v = NULL;
-	int n = 0, i, ret;
-
-	ret = list_files(dfd, &v, &n);
-	if (ret)
-		return ret;
-	for (i = 0; i < n; i++) {
-		uint64_t size, created;
-		const char *why;
-		struct scan_res r;
-		int fd;
-
-		if (!v[i].is_seg)
-			continue;
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0)
-			continue;
-		seg_scan(fd, size, v[i].first,
-			 &(struct scan_cb){ dump_frame, NULL }, &c, &r);
-		close(fd);
-	}
-	free(v);
-	return 0;
-}
-
-int spool_dump(const char *dir, const char *sink, FILE *out,
-	       void (*fmt_payload)(FILE *out, const uint8_t *p, uint32_t n))
-{
-	struct dump_ctx c = { .fmt = fmt_payload };
-	struct stat st;
-	int ret;
-
-	if (sink) {
-		char path[4096];
-
-		snprintf(path, sizeof(path), "%s/%s", dir, sink);
-		if (stat(path, &st) < 0)
-			return -errno;
-		if (!S_ISDIR(st.st_mode))
-			return -ENOTDIR;
-	}
-	ret = for_each_sink(dir, sink, dump_sink, out, &c, false, false);
-	return ret < 0 ? ret : 0;
 }

@@ -3,8 +3,8 @@
  *
  * Layout: <spool_dir>/<sink>/ (mode 0700), segment files
  * "seg-<first seq, 16 hex>.obx" (0600), and "checkpoint" (msgpack,
- * atomic replace) holding the acknowledged watermark. Formats in
- * docs/DESIGN.md ("Spool").
+ * atomic replace) holding the acknowledged watermark. The format is
+ * spool_format.h / spool_format.c (which also has the offline tools).
  *
  * Sequence numbers: every record of a sink gets the next seq (u64, from
  * 1, never reused; continues across restarts). acked = every seq < acked
@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include "reactor.h"
 #include "config.h"
+#include "spool_format.h"
 
 struct spool_set;   /* every sink: shared cap, flush, counters */
 struct spool;       /* one sink */
@@ -171,22 +172,7 @@ uint64_t spool_visible(const struct spool *sp);
 int spool_set_stalled(const struct spool_set *set);
 const char *spool_name(const struct spool *sp);
 
-/* CRC-32C of the on-disk format (chainable: pass the previous value, 0
- * to start); hardware (SSE4.2) when the CPU has it. _sw: the portable
- * table version, for tests. */
-uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
-uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n);
-
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);
 void spool_set_get_stats(const struct spool_set *set, struct spool_stats *st);
-
-/* Offline inspection for the CLI (no broker needed). Print to out;
- * return 0, or the number of problems found (verify), or -errno. */
-int spool_ls(const char *dir, FILE *out);
-int spool_verify(const char *dir, FILE *out);
-/* One line per record: "<sink> <seq> <len> <payload as JSON or hex>";
- * fmt_payload may be NULL (hex). */
-int spool_dump(const char *dir, const char *sink, FILE *out,
-	       void (*fmt_payload)(FILE *out, const uint8_t *p, uint32_t n));
 
 #endif

@@ -35,7 +35,7 @@
 #include "json.h"
 #include "segment.h"
 #include "slots.h"
-#include "spool.h"
+#include "spool_format.h"
 
 #define EXIT_USAGE       2
 #define DEFAULT_SHM      "outbox"
