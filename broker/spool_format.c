@@ -715,8 +715,20 @@ int spf_list_files(int dfd, struct spf_file **out, int *nout)
 typedef int (*sink_fn)(const char *dir, const char *sink, int dfd,
 		       FILE *out, void *ctx);
 
-/* Calls fn for every sink directory (or only the one named); other
- * entries are reported (report) and counted as problems (count). */
+/* The broker's own files at the top of spool_dir, next to the sink
+ * directories: the delivery state (persist.c) and the temp file it is
+ * replaced through ("<name>.tmp.XXXXXX", left behind by a crash). */
+static bool top_file_known(const char *name)
+{
+	size_t n = strlen(SPF_DELIVERY_STATE);
+
+	return !strncmp(name, SPF_DELIVERY_STATE, n) &&
+	       (!name[n] || !strncmp(name + n, ".tmp.", 5));
+}
+
+/* Calls fn for every sink directory (or only the one named); the
+ * broker's own files are skipped, other entries are reported (report)
+ * and counted as problems (count). */
 static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 			 FILE *out, void *ctx, bool report, bool count)
 {
@@ -732,7 +744,8 @@ static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 		struct stat st;
 		int dfd, r;
 
-		if (name[0] == '.' || (only && strcmp(only, name)))
+		if (name[0] == '.' || (only && strcmp(only, name)) ||
+		    (!only && top_file_known(name)))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, name);
 		if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {

@@ -28,6 +28,9 @@
 #define SPF_NAME_MAX		48	/* sink name incl. NUL */
 #define SPF_CKPT_NAME		"checkpoint"
 #define SPF_CKPT_TMP		"checkpoint.tmp"
+/* <spool_dir>/delivery-state: the delivery policy's file (persist.h
+ * PERSIST_FILE), next to the sink directories; not a sink */
+#define SPF_DELIVERY_STATE	"delivery-state"
 
 /* ---- little-endian access ------------------------------------------- */
 
