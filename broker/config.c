@@ -1188,6 +1188,12 @@ static void cfg_sink_section(struct cfg_ctx *x, const char *p, const char *e)
 		}
 	memcpy(name, p, (size_t)(e - p));
 	name[e - p] = '\0';
+	/* the spool keeps each sink in <spool_dir>/<name>/ */
+	if (!strcmp(name, ".") || !strcmp(name, "..")) {
+		cfg_err(x, x->lineno, "sink name '%s' is reserved (it names a "
+			"directory of the spool)", name);
+		return;
+	}
 	i = cfg_sink_find(c, name);
 	if (i >= 0) {
 		cfg_err(x, x->lineno, "duplicate sink '%s' (first at line %d)",

@@ -744,7 +744,8 @@ static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 		struct stat st;
 		int dfd, r;
 
-		if (name[0] == '.' || (only && strcmp(only, name)) ||
+		if (!strcmp(name, ".") || !strcmp(name, "..") ||
+		    (only && strcmp(only, name)) ||
 		    (!only && top_file_known(name)))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, name);

@@ -1701,6 +1701,12 @@ static void t_offline_tools(void)
 	CU_ASSERT_EQUAL(append_n(sp, 5, 4), 0);
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
 	spool_close(sp);
+	/* a name the config accepts (dots are name characters) */
+	sp = spool_open(set, ".c");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(append_n(sp, 2, 4), 0);
+	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	spool_close(sp);
 	spool_set_free(set);
 
 	mf = open_memstream(&out, &outlen);
@@ -1708,6 +1714,7 @@ static void t_offline_tools(void)
 	fclose(mf);
 	CU_ASSERT_PTR_NOT_NULL(strstr(out, "a: 50 records, 0 problems"));
 	CU_ASSERT_PTR_NOT_NULL(strstr(out, "b: 5 records, 0 problems"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, ".c: 2 records, 0 problems"));
 	free(out);
 
 	mf = open_memstream(&out, &outlen);
@@ -1733,7 +1740,7 @@ static void t_offline_tools(void)
 	lines = 0;
 	for (p = out; (p = strchr(p, '\n')); p++)
 		lines++;
-	CU_ASSERT_EQUAL(lines, 55);
+	CU_ASSERT_EQUAL(lines, 57);
 	CU_ASSERT_PTR_NOT_NULL(strstr(out, "a 50 "));
 	free(out);
 	CU_ASSERT_EQUAL(spool_dump(dir, "nosuch", stdout, NULL), -ENOENT);
