@@ -508,7 +508,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (print) {
-		cfg_print(&b->cfg, stdout);
+		cfg_print_redacted(&b->cfg, stdout);
 		return 0;
 	}
 	log_set_level(b->cfg.log_level);

@@ -284,6 +284,48 @@ static void test_second_broker_and_check(void)
 	bt_cleanup(&t);
 }
 
+/* --print-config shows the effective configuration, never a credential:
+ * write_key, the DSN key, URL passwords, query values, header values. */
+static void test_print_config_redacts(void)
+{
+	static const char *const secrets[] = {
+		"wk-s3cret", "dsnkey0123", "hunter2", "qk-999", "tok-abc",
+		"bearer-xyz", "dd-key-777",
+	};
+	char cmd[1024], out[8192];
+	struct bt t;
+	size_t i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "printcfg", NULL,
+		"[sink seg]\ntype = segment\n"
+		"url = https://api.segment.io/v1/batch\nwrite_key = wk-s3cret\n"
+		"[sink sen]\ntype = sentry\n"
+		"dsn = https://dsnkey0123@o1.ingest.sentry.io/42\n"
+		"[sink h]\ntype = http\n"
+		"url = https://bob:hunter2@collector.example/v1?api_key=qk-999"
+		"&token=tok-abc#frag\n"
+		"header = Authorization: Bearer bearer-xyz\n"
+		"header = DD-API-KEY: dd-key-777\n"
+		"header = Content-Type: application/x-ndjson\n") == 0);
+	snprintf(cmd, sizeof(cmd), "%s --print-config -c %s 2>&1",
+		 bt_bin("outboxd"), t.conf);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	for (i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+		CU_ASSERT_PTR_NULL(strstr(out, secrets[i]));
+		if (strstr(out, secrets[i]))
+			printf("\n    printed in clear: %s\n", secrets[i]);
+	}
+	/* what is not a credential is still shown */
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "https://api.segment.io/v1/batch"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "@o1.ingest.sentry.io/42"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "https://bob:"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "@collector.example/v1?api_key="));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "header = Authorization: "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out,
+		"header = Content-Type: application/x-ndjson"));
+	bt_cleanup(&t);
+}
+
 static int log_has(struct bt *t, const char *what)
 {
 	char cmd[600], out[16];
@@ -455,6 +497,8 @@ static int add_suites(void)
 		return -1;
 	CU_add_test(s, "second broker refuses; --check errors",
 		    test_second_broker_and_check);
+	CU_add_test(s, "--print-config redacts credentials",
+		    test_print_config_redacts);
 	CU_add_test(s, "routing, msgpack bodies, invalid records",
 		    test_routing_and_formats);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",
