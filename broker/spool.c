@@ -215,6 +215,7 @@ struct spool_set {
 	struct rx *rx;
 	struct spool_set_opts o;
 	char *dir;
+	int dfd;			/* spool_dir, checked at open */
 	struct spool *sinks;
 	uint64_t bytes;
 	bool stalled;
@@ -402,7 +403,7 @@ static int seg_open_fd(struct spool *sp, struct seg *s)
 	if (s->fd >= 0)
 		return 0;
 	spf_seg_name(name, sizeof(name), s->first);
-	s->fd = openat(sp->dfd, name, O_RDONLY | O_CLOEXEC);
+	s->fd = openat(sp->dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	return s->fd < 0 ? -errno : 0;
 }
 
@@ -439,11 +440,11 @@ static int seg_create(struct spool *sp)
 	if (!s)
 		return -ENOMEM;
 	spf_seg_name(name, sizeof(name), s->first);
-	fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-		    0600);
+	fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW |
+		    O_CLOEXEC, 0600);
 	if (fd < 0 && errno == EEXIST && seg_move_aside(sp, name) == 0)
-		fd = openat(sp->dfd, name,
-			    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL |
+			    O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		ret = -errno;
 		seg_free(s);
@@ -726,10 +727,11 @@ static void ck_start(struct spool *sp)
 	if (ret < 0)
 		goto fail;
 	sp->ck_len = (uint32_t)ret;
-	sp->ck_fd = openat(sp->dfd, SPF_CKPT_TMP,
-			   O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (sp->ck_fd < 0)
+	sp->ck_fd = spf_tmp_create(sp->dfd, SPF_CKPT_TMP);
+	if (sp->ck_fd < 0) {
+		sp->ck_fd = -1;
 		goto fail;
+	}
 	/* the chain must not be split by a submit inside rx_sqe() */
 	if (io_uring_sq_space_left(&rx->ring) < 4)
 		rx_submit(rx);
@@ -1981,23 +1983,151 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
+/* ---- directories we trust ----------------------------------------------
+ *
+ * The spool directory and every sink directory must be a directory (not
+ * a symlink, not a file), owned by our euid, with no group or other bits
+ * (0700): anything else may have been made or prepared by someone else
+ * (a symlink planted where we write, files we would adopt). Such an
+ * entry is never used: it is renamed to "<name>~aside" (".1", ".2"...
+ * when taken; '~' is not a sink-name character, so no sink can collide),
+ * logged, and a fresh 0700 directory is made in its place. */
+
+static int dir_move_aside(int pfd, const char *name, char *to, size_t tolen)
+{
+	int i;
+
+	for (i = 0; i < 100; i++) {
+		if (i)
+			snprintf(to, tolen, "%s" SPF_ASIDE ".%d", name, i);
+		else
+			snprintf(to, tolen, "%s" SPF_ASIDE, name);
+		if (renameat2(pfd, name, pfd, to, RENAME_NOREPLACE) == 0)
+			return 0;
+		if (errno != EEXIST)
+			return -errno;
+	}
+	return -EEXIST;
+}
+
+/* Why the directory open at fd (or the failed open, err) is not ours to
+ * use; NULL when it is. */
+static const char *dir_untrusted(int fd, int err, char *buf, size_t len)
+{
+	struct stat st;
+
+	if (fd < 0)
+		return err == ELOOP ? "a symbolic link" : "not a directory";
+	if (fstat(fd, &st) < 0)
+		return strerror(errno);
+	if (st.st_uid != geteuid()) {
+		snprintf(buf, len, "owned by uid %u, not by us (uid %u)",
+			 (unsigned)st.st_uid, (unsigned)geteuid());
+		return buf;
+	}
+	if (st.st_mode & 077) {
+		snprintf(buf, len, "mode %04o, wider than 0700",
+			 (unsigned)(st.st_mode & 07777));
+		return buf;
+	}
+	return NULL;
+}
+
+/* Opens (creating it 0700 when missing) the directory `name` in pfd,
+ * moving an untrusted entry of that name aside first. fd or -errno. */
+static int dir_open_trusted(const struct spool_set *set, int pfd,
+			    const char *name, const char *label)
+{
+	char why_buf[96], to[300];
+	const char *why;
+	int attempt, fd, ret;
+
+	for (attempt = 0; attempt < 3; attempt++) {
+		fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			    O_CLOEXEC);
+		if (fd < 0 && errno == ENOENT) {
+			if (mkdirat(pfd, name, 0700) < 0 && errno != EEXIST)
+				return -errno;
+			continue;
+		}
+		if (fd < 0 && errno != ENOTDIR && errno != ELOOP)
+			return -errno;
+		why = dir_untrusted(fd, errno, why_buf, sizeof(why_buf));
+		if (!why)
+			return fd;
+		if (fd >= 0)
+			close(fd);
+		ret = dir_move_aside(pfd, name, to, sizeof(to));
+		if (ret) {
+			sp_log(set, LOG_ERROR, "spool: %s is %s and cannot be "
+			       "moved aside: %s", label, why, strerror(-ret));
+			return -EPERM;
+		}
+		sp_log(set, LOG_WARN, "spool: %s was %s: moved aside to %s "
+		       "(nothing in it is used), made a new one", label, why,
+		       to);
+	}
+	return -EAGAIN;		/* someone keeps re-creating it */
+}
+
+/* spool_dir: the components above it are created (0700) when missing
+ * and taken as they are (the operator chose the path); the last one is
+ * opened with dir_open_trusted(). */
+static int spool_dir_open(const struct spool_set *set, const char *path)
+{
+	char buf[4096], why_buf[96];
+	const char *parent, *name, *why;
+	char *slash;
+	size_t n = strlen(path);
+	int pfd, fd, ret;
+
+	if (n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, path, n + 1);
+	while (n > 1 && buf[n - 1] == '/')
+		buf[--n] = '\0';
+	slash = strrchr(buf, '/');
+	if (!slash) {
+		parent = ".";
+		name = buf;
+	} else if (slash == buf) {
+		parent = "/";
+		name = buf + 1;
+	} else {
+		*slash = '\0';
+		parent = buf;
+		name = slash + 1;
+	}
+	if (!*name || !strcmp(name, ".") || !strcmp(name, "..")) {
+		/* "." or "/": nothing to move aside; use it only if ours */
+		fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		why = dir_untrusted(fd, 0, why_buf, sizeof(why_buf));
+		if (!why)
+			return fd;
+		close(fd);
+		sp_log(set, LOG_ERROR, "spool: %s is %s; refusing it", path,
+		       why);
+		return -EPERM;
+	}
+	if (parent != buf || (ret = mkdir_p(parent, 0700)) == 0) {
+		pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		ret = pfd < 0 ? -errno : 0;
+	}
+	if (ret)
+		return ret;
+	fd = dir_open_trusted(set, pfd, name, path);
+	close(pfd);
+	return fd;
+}
+
 struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 {
 	struct spool_set *set;
-	struct stat st;
-	int ret;
 
 	if (!rx || !o || !o->dir || !*o->dir) {
 		errno = EINVAL;
-		return NULL;
-	}
-	ret = mkdir_p(o->dir, 0700);
-	if (!ret && stat(o->dir, &st) < 0)
-		ret = -errno;
-	if (!ret && !S_ISDIR(st.st_mode))
-		ret = -ENOTDIR;
-	if (ret) {
-		errno = -ret;
 		return NULL;
 	}
 	set = calloc(1, sizeof(*set));
@@ -2012,6 +2142,15 @@ struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 		return NULL;
 	}
 	set->o.dir = set->dir;
+	set->dfd = spool_dir_open(set, set->dir);
+	if (set->dfd < 0) {
+		int e = -set->dfd;
+
+		free(set->dir);
+		free(set);
+		errno = e;
+		return NULL;
+	}
 	if (!set->o.segment_size)
 		set->o.segment_size = DEF_SEGMENT;
 	if (set->o.segment_size < SPF_SEG_HDR + SPF_FRAME_HDR + 8)
@@ -2019,8 +2158,8 @@ struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 	if (!set->o.tail_buffer)
 		set->o.tail_buffer = DEF_TAIL;
 	/* a record must fit a segment with its header and padding */
-	set->max_payload = min64((set->o.segment_size - SPF_SEG_HDR - SPF_FRAME_HDR) &
-				 ~7ull, SPF_FRAME_LEN_MAX);
+	set->max_payload = min64((set->o.segment_size - SPF_SEG_HDR -
+				  SPF_FRAME_HDR) & ~7ull, SPF_FRAME_LEN_MAX);
 	return set;
 }
 
@@ -2050,6 +2189,7 @@ void spool_set_free(struct spool_set *set)
 			break;
 	if (!set_idle(set))
 		return;		/* ops still point at us: leak, never UAF */
+	close(set->dfd);
 	free(set->dir);
 	free(set);
 }
@@ -2208,6 +2348,8 @@ static int rec_check(struct spool *sp, struct rec_seg *rs)
 		why = strerror(errno);
 	else if (!S_ISREG(st.st_mode))
 		why = "not a regular file";
+	else if (st.st_uid != geteuid())
+		why = "owned by another user";
 	else if ((uint64_t)st.st_size < SPF_SEG_HDR) {
 		close(fd);
 		rs->size = (uint64_t)st.st_size;
@@ -2464,7 +2606,8 @@ static void sp_free_mem(struct spool *sp)
 struct spool *spool_open(struct spool_set *set, const char *sink)
 {
 	struct spool *sp;
-	int ret, pfd;
+	char label[4096 + SPF_NAME_MAX];
+	int ret;
 
 	if (!spf_sink_name_ok(sink)) {
 		errno = EINVAL;
@@ -2483,19 +2626,9 @@ struct spool *spool_open(struct spool_set *set, const char *sink)
 	sp->ck_fd = -1;
 	strcpy(sp->name, sink);
 	sp->blk_size = min64(max64(set->o.tail_buffer / 4, BLK_MIN), BLK_MAX);
-	pfd = open(set->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (pfd < 0) {
-		ret = -errno;
-		goto fail;
-	}
-	if (mkdirat(pfd, sink, 0700) < 0 && errno != EEXIST) {
-		ret = -errno;
-		close(pfd);
-		goto fail;
-	}
-	sp->dfd = openat(pfd, sink, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	ret = sp->dfd < 0 ? -errno : 0;
-	close(pfd);
+	snprintf(label, sizeof(label), "%s/%s", set->dir, sink);
+	sp->dfd = dir_open_trusted(set, set->dfd, sink, label);
+	ret = sp->dfd < 0 ? sp->dfd : 0;
 	if (ret)
 		goto fail;
 	ret = sp_recover(sp);

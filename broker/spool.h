@@ -77,7 +77,10 @@ struct spool_stats {
 	uint64_t mem_bytes;             /* RAM held: blocks, index, state */
 };
 
-/* NULL + errno. Creates dir (0700) if needed. */
+/* NULL + errno. Creates dir (0700) if needed; a dir that is not ours
+ * (another uid, mode wider than 0700, a symlink, a file) is moved aside
+ * to "<dir>~aside" (logged) and a new one made. spool_open() does the
+ * same for the sink's directory. */
 struct spool_set *spool_set_new(struct rx *rx,
 				const struct spool_set_opts *o);
 /* Flushes nothing: call spool_set_flush and wait for it first. */

@@ -413,7 +413,7 @@ int spf_ck_load(int dfd, const char *sink, uint64_t *acked, uint64_t *next)
 	ssize_t n;
 	uint32_t i;
 
-	fd = openat(dfd, SPF_CKPT_NAME, O_RDONLY | O_CLOEXEC);
+	fd = openat(dfd, SPF_CKPT_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -1;
 	n = read(fd, buf, sizeof(buf));
@@ -476,6 +476,19 @@ int spf_ck_encode(uint8_t *buf, size_t cap, const char *sink,
 	return ret;
 }
 
+int spf_tmp_create(int dfd, const char *name)
+{
+	int fd;
+
+	/* whatever is there (a stale one, or a symlink someone planted) is
+	 * removed, never opened: unlink does not follow a symlink */
+	if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
+		return -errno;
+	fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+		    O_CLOEXEC, 0600);
+	return fd < 0 ? -errno : fd;
+}
+
 /* Synchronous atomic replace: tmp, fsync, rename, fsync dir. */
 int spf_ck_write_sync(int dfd, const char *sink, uint64_t acked,
 		      uint64_t next)
@@ -487,10 +500,9 @@ int spf_ck_write_sync(int dfd, const char *sink, uint64_t acked,
 	ret = ck_pack(&sb, sink, acked, next);
 	if (ret)
 		goto out;
-	fd = openat(dfd, SPF_CKPT_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-		    0600);
+	fd = spf_tmp_create(dfd, SPF_CKPT_TMP);
 	if (fd < 0) {
-		ret = -errno;
+		ret = fd;
 		goto out;
 	}
 	ret = spf_write_full(fd, sb.data, sb.size);
@@ -749,7 +761,17 @@ static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 		    (!only && top_file_known(name)))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, name);
-		if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		if (!only && strstr(name, SPF_ASIDE)) {
+			/* the broker did not trust it: nothing in it is
+			 * used, someone should look */
+			if (report)
+				fprintf(out, "moved aside %s (untrusted, not "
+					"used by the broker)\n", path);
+			if (count)
+				total++;
+			continue;
+		}
+		if (lstat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
 			if (!only && report)
 				fprintf(out, "foreign file %s (not a sink "
 					"directory)\n", path);
@@ -757,7 +779,8 @@ static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 				total++;
 			continue;
 		}
-		dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			   O_CLOEXEC);
 		if (dfd < 0) {
 			ret = -errno;
 			fprintf(out, "%s: %s\n", path, strerror(errno));
@@ -1029,7 +1052,7 @@ int spool_dump(const char *dir, const char *sink, FILE *out,
 		char path[4096];
 
 		snprintf(path, sizeof(path), "%s/%s", dir, sink);
-		if (stat(path, &st) < 0)
+		if (lstat(path, &st) < 0)
 			return -errno;
 		if (!S_ISDIR(st.st_mode))
 			return -ENOTDIR;

@@ -31,6 +31,9 @@
 /* <spool_dir>/delivery-state: the delivery policy's file (persist.h
  * PERSIST_FILE), next to the sink directories; not a sink */
 #define SPF_DELIVERY_STATE	"delivery-state"
+/* suffix of an untrusted directory (or a file where a directory
+ * belongs) that the broker moved aside: "<name>~aside[.N]" */
+#define SPF_ASIDE		"~aside"
 
 /* ---- little-endian access ------------------------------------------- */
 
@@ -119,6 +122,10 @@ bool spf_sink_name_ok(const char *s);
 /* pread until len bytes: 0, -errno, or -ENODATA at a short file. */
 int spf_read_full(int fd, void *buf, size_t len, uint64_t off);
 int spf_write_full(int fd, const void *buf, size_t len);
+/* Creates a temp file `name` in dfd for an atomic replace: whatever has
+ * that name is unlinked first, the new one is made O_EXCL|O_NOFOLLOW,
+ * mode 0600. fd or -errno. */
+int spf_tmp_create(int dfd, const char *name);
 
 /* ---- checkpoint -------------------------------------------------------- */
 

@@ -326,6 +326,47 @@ static void test_print_config_redacts(void)
 	bt_cleanup(&t);
 }
 
+/* Start-up never stops on a spool_dir that is a regular file: it is
+ * moved aside (logged) and the spool made; events flow. */
+static void test_spool_dir_is_a_file(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	char path[400];
+	struct obx_stats g;
+	struct bt t;
+	obx_t *h;
+	FILE *f;
+	int i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "spoolfile", NULL, NULL) == 0);
+	f = fopen(t.spool, "w");
+	CU_ASSERT_FATAL(f != NULL);
+	fputs("precious\n", f);
+	fclose(f);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < 10; i++)
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", "{\"a\":1}", 7,
+					 OBX_BODY_JSON), 0);
+	obx_close(h);
+	for (i = 0; i < 100; i++) {
+		usleep(50000);
+		if (bt_stats(&t, &g, sp) == 0 &&
+		    sp->sink[0].c.delivered_events == 10)
+			break;
+	}
+	CU_ASSERT_EQUAL(sp->sink[0].c.delivered_events, 10);
+	snprintf(path, sizeof(path), "%s~aside", t.spool);
+	f = fopen(path, "r");
+	CU_ASSERT_PTR_NOT_NULL(f);
+	if (f)
+		fclose(f);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 static int log_has(struct bt *t, const char *what)
 {
 	char cmd[600], out[16];
@@ -499,6 +540,8 @@ static int add_suites(void)
 		    test_second_broker_and_check);
 	CU_add_test(s, "--print-config redacts credentials",
 		    test_print_config_redacts);
+	CU_add_test(s, "spool_dir is a regular file: moved aside",
+		    test_spool_dir_is_a_file);
 	CU_add_test(s, "routing, msgpack bodies, invalid records",
 		    test_routing_and_formats);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",

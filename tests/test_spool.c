@@ -644,6 +644,14 @@ static void t_foreign_files(void)
 	CU_ASSERT_EQUAL(spit(path, junk, 100), 0);
 	snprintf(path, sizeof(path), "%s/somedir", sdir);
 	CU_ASSERT_EQUAL(mkdir(path, 0700), 0);
+	/* a segment name that is a symlink: never followed */
+	{
+		char tgt[600];
+
+		seg_path(tgt, sizeof(tgt), dir, "g", 1);
+		seg_path(path, sizeof(path), dir, "g", 300);
+		CU_ASSERT_EQUAL(symlink(tgt, path), 0);
+	}
 	/* a segment name with a bad header, exactly where the next
 	 * segment will be created (seq 11) */
 	seg_path(p2, sizeof(p2), dir, "g", 11);
@@ -671,8 +679,8 @@ static void t_foreign_files(void)
 	sp = spool_open(set, "g");
 	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
 	spool_get_stats(sp, &st);
-	CU_ASSERT_EQUAL(st.foreign, 5);
-	CU_ASSERT(g_log_warn >= 5);
+	CU_ASSERT_EQUAL(st.foreign, 6);
+	CU_ASSERT(g_log_warn >= 6);
 	CU_ASSERT_EQUAL(st.recovered, 10);
 	CU_ASSERT_EQUAL(st.corrupt, 0);
 	CU_ASSERT_EQUAL(spool_next_seq(sp), 11);
@@ -1936,6 +1944,162 @@ static void t_cap_cycles_delivered(void)
 	spool_set_free(set);
 }
 
+/* ---- hostile directories --------------------------------------------- */
+
+static bool is_dir_0700_ours(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
+	       st.st_uid == geteuid() && (st.st_mode & 07777) == 0700;
+}
+
+static bool file_is(const char *path, const char *content)
+{
+	size_t len;
+	char *b = tu_read_file(path, &len);
+	bool ok = b && len == strlen(content) && !memcmp(b, content, len);
+
+	free(b);
+	return ok;
+}
+
+/* Appends, acknowledges and checkpoints: everything that writes. */
+static void exercise(struct spool_set *set, struct spool *sp)
+{
+	CU_ASSERT_EQUAL(append_n(sp, 10, 0), 0);
+	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	spool_ack(sp, spool_acked(sp), 5);
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
+}
+
+/* Opens set and sink, expecting at least one warning (a directory
+ * moved aside). */
+static struct spool *open_warned(const struct spool_set_opts *o,
+				 const char *sink, struct spool_set **set)
+{
+	struct spool *sp;
+
+	g_log_warn = 0;
+	*set = spool_set_new(&g_rx, o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(*set);
+	sp = spool_open(*set, sink);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT(g_log_warn >= 1);
+	return sp;
+}
+
+/* A spool directory someone else made (another uid, mode 0777), a sink
+ * directory with a wider mode, a symlink planted where the checkpoint
+ * is written: never adopted, never followed. Each untrusted directory is
+ * moved aside (kept for the operator, logged) and a fresh 0700 one made.
+ * As root the directories are chown'ed to nobody; otherwise only the
+ * mode is wrong. */
+static void t_hostile_dirs(void)
+{
+	char dir[256], sdir[300], victim[300], link[400], aside[300];
+	char aside2[400], target[400];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp;
+	bool root = geteuid() == 0;
+
+	new_dir(dir, sizeof(dir), "hostile");
+	snprintf(victim, sizeof(victim), "%s-victim", dir);
+	CU_ASSERT_EQUAL_FATAL(spit(victim, "precious", 8), 0);
+	snprintf(sdir, sizeof(sdir), "%s/h", dir);
+	snprintf(link, sizeof(link), "%s/checkpoint.tmp", sdir);
+	snprintf(aside, sizeof(aside), "%s~aside", dir);
+
+	/* 1: the whole spool dir is someone else's, 0777 */
+	CU_ASSERT_EQUAL_FATAL(mkdir(dir, 0777), 0);
+	CU_ASSERT_EQUAL_FATAL(mkdir(sdir, 0777), 0);
+	chmod(dir, 0777);
+	chmod(sdir, 0777);
+	CU_ASSERT_EQUAL(symlink(victim, link), 0);
+	if (root) {
+		CU_ASSERT_EQUAL(lchown(link, 65534, 65534), 0);
+		CU_ASSERT_EQUAL(chown(sdir, 65534, 65534), 0);
+		CU_ASSERT_EQUAL(chown(dir, 65534, 65534), 0);
+	}
+	o = opts(dir);
+	sp = open_warned(&o, "h", &set);
+	CU_ASSERT(is_dir_0700_ours(dir));
+	CU_ASSERT(is_dir_0700_ours(sdir));
+	/* kept aside, untouched */
+	snprintf(aside2, sizeof(aside2), "%s/h/checkpoint.tmp", aside);
+	CU_ASSERT(readlink(aside2, target, sizeof(target)) > 0);
+	/* the attacker plants the symlink again while we run (as in a
+	 * directory they could write): the checkpoint must not follow it */
+	unlink(link);
+	CU_ASSERT_EQUAL(symlink(victim, link), 0);
+	exercise(set, sp);
+	CU_ASSERT(file_is(victim, "precious"));
+	spool_close(sp);
+	spool_set_free(set);
+	CU_ASSERT(file_is(victim, "precious"));
+
+	/* 2: our spool dir, but the sink dir's mode is wider than 0700 */
+	chmod(sdir, 0755);
+	sp = open_warned(&o, "h", &set);
+	CU_ASSERT(is_dir_0700_ours(sdir));
+	snprintf(aside2, sizeof(aside2), "%s/h~aside", dir);
+	CU_ASSERT(lstat(aside2, &(struct stat){ 0 }) == 0);
+	spool_close(sp);
+	spool_set_free(set);
+
+	/* 3: the spool dir is a symlink to somebody's directory */
+	rm_rf(dir);
+	rm_rf(aside);
+	snprintf(aside2, sizeof(aside2), "%s-target", dir);
+	CU_ASSERT_EQUAL(mkdir(aside2, 0700), 0);
+	CU_ASSERT_EQUAL(symlink(aside2, dir), 0);
+	set = spool_set_new(&g_rx, &o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	sp = spool_open(set, "h");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	exercise(set, sp);
+	spool_close(sp);
+	spool_set_free(set);
+	CU_ASSERT(is_dir_0700_ours(dir));		/* not a symlink now */
+	CU_ASSERT_EQUAL(count_files(aside2, ""), 2);	/* . and .. only */
+	rm_rf(dir);
+	rm_rf(aside);
+	rm_rf(aside2);
+	unlink(victim);
+}
+
+/* Start-up never stops because spool_dir or <spool_dir>/<sink> is a
+ * regular file (a typo, a botched restore): it is moved aside, logged,
+ * and the spool made. */
+static void t_dirs_are_files(void)
+{
+	char dir[256], sdir[300], aside[320];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp;
+
+	new_dir(dir, sizeof(dir), "isfile");
+	CU_ASSERT_EQUAL_FATAL(spit(dir, "not a dir", 9), 0);
+	o = opts(dir);
+	g_log_warn = 0;
+	set = spool_set_new(&g_rx, &o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	CU_ASSERT(g_log_warn >= 1);
+	snprintf(aside, sizeof(aside), "%s~aside", dir);
+	CU_ASSERT(file_is(aside, "not a dir"));
+	snprintf(sdir, sizeof(sdir), "%s/s", dir);
+	CU_ASSERT_EQUAL_FATAL(spit(sdir, "nor this", 8), 0);
+	sp = spool_open(set, "s");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	exercise(set, sp);
+	CU_ASSERT(is_dir_0700_ours(sdir));
+	snprintf(aside, sizeof(aside), "%s/s~aside", dir);
+	CU_ASSERT(file_is(aside, "nor this"));
+	spool_close(sp);
+	spool_set_free(set);
+}
+
 static int suite_init(void)
 {
 	if (!mkdtemp(g_root))
@@ -1977,7 +2141,9 @@ static int add_spool(void)
 	    !CU_add_test(s, "random_damage", t_random_damage) ||
 	    !CU_add_test(s, "sigkill", t_sigkill) ||
 	    !CU_add_test(s, "offline_tools", t_offline_tools) ||
-	    !CU_add_test(s, "bounded_memory", t_bounded_memory))
+	    !CU_add_test(s, "bounded_memory", t_bounded_memory) ||
+	    !CU_add_test(s, "hostile_dirs", t_hostile_dirs) ||
+	    !CU_add_test(s, "dirs_are_files", t_dirs_are_files))
 		return -1;
 	return 0;
 }
