@@ -2196,10 +2196,12 @@ void spool_set_free(struct spool_set *set)
 
 /* ---- open / recovery -------------------------------------------------- */
 
+enum { REC_FOREIGN, REC_SEG, REC_SHORT, REC_HDR_DAMAGED };
+
 struct rec_seg {
 	uint64_t first;
 	char name[SPF_SEG_FNAME_LEN + 1];
-	uint8_t state;			/* rec_check() */
+	uint8_t state;			/* rec_check(): REC_* */
 	uint64_t size, created;
 	uint8_t hdr[SPF_SEG_HDR];
 };
@@ -2331,48 +2333,44 @@ static void rec_truncate(struct spool *sp, struct seg *s, int fd,
 	s->size = at;
 }
 
-/* Pass 1 for one file: 1 = a segment of this sink (header in rs),
- * 0 = foreign (counted, logged, left alone), 2 = shorter than a header
- * (decided by the caller). */
+/* Pass 1 for one file: REC_SEG (header in rs), REC_HDR_DAMAGED (its
+ * frames are scanned anyway), REC_FOREIGN (counted, logged, left alone)
+ * or REC_SHORT (shorter than a header: decided by the caller). */
+
 static int rec_check(struct spool *sp, struct rec_seg *rs)
 {
-	const char *why = NULL;
-	uint64_t first;
-	struct stat st;
+	struct spf_seg_info si;
 	int fd;
 
-	fd = openat(sp->dfd, rs->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		why = strerror(errno);
-	else if (fstat(fd, &st) < 0)
-		why = strerror(errno);
-	else if (!S_ISREG(st.st_mode))
-		why = "not a regular file";
-	else if (st.st_uid != geteuid())
-		why = "owned by another user";
-	else if ((uint64_t)st.st_size < SPF_SEG_HDR) {
-		close(fd);
-		rs->size = (uint64_t)st.st_size;
-		return 2;
-	} else if (spf_read_full(fd, rs->hdr, SPF_SEG_HDR, 0) ||
-		   spf_seg_hdr_check(rs->hdr, sp->name, &first, &rs->created,
-				     NULL) || first != rs->first)
-		why = "not a segment of this sink (bad header)";
+	fd = spf_seg_open(sp->dfd, rs->name, rs->first, sp->name,
+			  O_RDONLY | SPF_OPEN_OWNER, &si);
 	if (fd >= 0)
 		close(fd);
-	if (why) {
+	rs->size = si.size;
+	rs->created = si.created;
+	memcpy(rs->hdr, si.hdr, SPF_SEG_HDR);
+	switch (si.state) {
+	case SPF_SEG_OK:
+		return REC_SEG;
+	case SPF_SEG_HDR_DAMAGED:
+		return REC_HDR_DAMAGED;
+	case SPF_SEG_SHORT:
+		return REC_SHORT;
+	default:
 		sp->st.foreign++;
 		sp_log(sp->set, LOG_WARN, "spool %s: ignoring '%s': %s",
-		       sp->name, rs->name, why);
-		return 0;
+		       sp->name, rs->name, si.why);
+		return REC_FOREIGN;
 	}
-	return 1;
 }
 
-/* Pass 2 for one valid segment: scan, index, torn tail. */
+/* Pass 2 for one valid segment: scan, index, torn tail. A segment with
+ * a damaged header is sealed (never appended to); if no frame of it is
+ * valid either, it is foreign after all. */
 static int rec_one(struct spool *sp, struct rec_ctx *c,
 		   const struct rec_seg *rs, bool newest)
 {
+	bool hdr_damaged = rs->state == REC_HDR_DAMAGED;
 	struct spf_scan_res r;
 	struct stat st;
 	struct seg *s;
@@ -2405,6 +2403,21 @@ static int rec_one(struct spool *sp, struct rec_ctx *c,
 	c->after_damage = false;
 	spf_seg_scan(fd, s->size, s->first,
 		     &(struct spf_scan_cb){ rec_frame, rec_damage }, c, &r);
+	if (hdr_damaged && !r.nrec) {
+		sp->st.foreign++;
+		sp_log(sp->set, LOG_WARN, "spool %s: ignoring '%s': damaged "
+		       "segment header and no valid record", sp->name,
+		       rs->name);
+		close(fd);
+		seg_free(s);
+		return 0;
+	}
+	if (hdr_damaged) {
+		s->sealed = true;
+		sp_log(sp->set, LOG_WARN, "spool %s: %s: damaged segment "
+		       "header; %" PRIu64 " records recovered from its frames",
+		       sp->name, rs->name, r.nrec);
+	}
 	if (r.err) {
 		sp_log(sp->set, LOG_ERROR, "spool %s: %s: read error at %"
 		       PRIu64 ": %s (rest of the file skipped)", sp->name,
@@ -2440,8 +2453,8 @@ static int rec_one(struct spool *sp, struct rec_ctx *c,
 }
 
 /* Header pass over every segment-named file, then the scan of the valid
- * ones in seq order; the newest valid one is the only one that can have
- * a torn tail. A file shorter than a header after the newest valid
+ * ones (and of those with a damaged header) in seq order; the newest
+ * intact one is the only one whose torn tail is cut. A file shorter than a header after the newest valid
  * segment is a crash during creation: it holds nothing and goes. */
 static int rec_files(struct spool *sp, struct rec_ctx *c,
 		     struct rec_seg *list, uint32_t n)
@@ -2453,14 +2466,14 @@ static int rec_files(struct spool *sp, struct rec_ctx *c,
 
 	for (i = 0; i < n; i++) {
 		list[i].state = (uint8_t)rec_check(sp, &list[i]);
-		if (list[i].state == 1) {
+		if (list[i].state == REC_SEG) {
 			last_first = list[i].first;
 			last = i;
 			have = true;
 		}
 	}
 	for (i = 0; i < n; i++) {
-		if (list[i].state != 2)
+		if (list[i].state != REC_SHORT)
 			continue;
 		if (!have || list[i].first > last_first) {
 			sp->st.truncated_bytes += list[i].size;
@@ -2477,8 +2490,11 @@ static int rec_files(struct spool *sp, struct rec_ctx *c,
 		}
 	}
 	for (i = 0; i < n; i++) {
-		if (list[i].state != 1)
+		if (list[i].state != REC_SEG &&
+		    list[i].state != REC_HDR_DAMAGED)
 			continue;
+		/* only an intact newest segment may have its torn tail cut
+		 * and take appends */
 		ret = rec_one(sp, c, &list[i], have && i == last);
 		if (ret < 0)
 			return ret;

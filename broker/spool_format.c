@@ -58,12 +58,18 @@
  * ==================================
  * - Names other than seg-<16 lowercase hex>.obx / checkpoint /
  *   checkpoint.tmp are foreign: counted, logged, left alone. So is a
- *   segment-named file whose header is bad (magic, version, crc, name or
- *   first seq mismatch), except a file shorter than the header and
- *   newer than every valid segment: that is a crash during segment
- *   creation, it holds no record and is removed. If a foreign file ever
- *   takes the name of a segment we need to create, it is renamed to
- *   "<name>.damaged" first.
+ *   segment-named file that is not a regular file of ours, or whose
+ *   intact header names another sink or another first seq, except a
+ *   file shorter than the header and newer than every valid segment:
+ *   that is a crash during segment creation, it holds no record and is
+ *   removed. If a foreign file ever takes the name of a segment we need
+ *   to create, it is renamed to "<name>.damaged" first.
+ * - A damaged header (bad magic, version, length or crc: bit rot) costs
+ *   no record: each frame has its own crc and the name gives the first
+ *   seq, so the file is scanned like any segment, sealed (never
+ *   appended to; its tail is never cut), counted in spool_bytes and
+ *   deleted once delivered. Only if no frame of it is valid is it
+ *   foreign.
  * - Every segment is scanned in seq order, every frame checked (magic,
  *   hcrc, len within the file, seq increasing, crc). At a bad frame the
  *   scan steps forward 8 bytes at a time until a valid frame: the records
@@ -267,8 +273,6 @@ void spf_seg_hdr_build(uint8_t *h, const char *sink, uint64_t first,
 	spf_put32(h + SEG_CRC_OFF, crc_of(0, h, SEG_CRC_OFF));
 }
 
-/* 0 when the header is ours; sink NULL accepts any sink name (the sink
- * is then returned in sink_out when given). */
 int spf_seg_hdr_check(const uint8_t *h, const char *sink, uint64_t *first,
 		      uint64_t *created, char *sink_out)
 {
@@ -277,7 +281,7 @@ int spf_seg_hdr_check(const uint8_t *h, const char *sink, uint64_t *first,
 	if (spf_get32(h) != SEG_MAGIC || spf_get16(h + 4) != SEG_VERSION ||
 	    spf_get16(h + 6) != SPF_SEG_HDR ||
 	    spf_get32(h + SEG_CRC_OFF) != crc_of(0, h, SEG_CRC_OFF))
-		return -EINVAL;
+		return -EBADMSG;
 	memcpy(name, h + SEG_NAME_OFF, SEG_NAME_LEN);
 	name[SEG_NAME_LEN] = 0;
 	if (sink && strcmp(name, sink) != 0)
@@ -664,6 +668,63 @@ out:
 }
 
 
+int spf_seg_open(int dfd, const char *name, uint64_t first, const char *sink,
+		 int flags, struct spf_seg_info *si)
+{
+	uint64_t hfirst;
+	struct stat st;
+	int fd, rc;
+
+	memset(si, 0, sizeof(*si));
+	si->state = SPF_SEG_FOREIGN;
+	fd = openat(dfd, name, (flags & O_ACCMODE) | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		si->why = strerror(errno);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		si->why = "not a regular file";
+		goto out;
+	}
+	si->size = (uint64_t)st.st_size;
+	if ((flags & SPF_OPEN_OWNER) && st.st_uid != geteuid()) {
+		si->why = "owned by another user";
+		goto out;
+	}
+	if (si->size < SPF_SEG_HDR) {
+		si->state = SPF_SEG_SHORT;
+		si->why = "shorter than a segment header";
+		goto out;
+	}
+	if (spf_read_full(fd, si->hdr, SPF_SEG_HDR, 0)) {
+		si->why = "unreadable header";
+		goto out;
+	}
+	rc = spf_seg_hdr_check(si->hdr, sink, &hfirst, &si->created, NULL);
+	if (rc == -EBADMSG) {
+		/* bit rot in 96 bytes must not cost the records behind
+		 * them: each frame has its own crc, the name its first seq */
+		si->state = SPF_SEG_HDR_DAMAGED;
+		si->why = "damaged segment header";
+		si->created = (uint64_t)st.st_mtim.tv_sec * 1000000000ull +
+			      (uint64_t)st.st_mtim.tv_nsec;
+		return fd;
+	}
+	if (rc) {
+		si->why = "a segment of another sink";
+		goto out;
+	}
+	if (hfirst != first) {
+		si->why = "header and file name disagree";
+		goto out;
+	}
+	si->state = SPF_SEG_OK;
+	return fd;
+out:
+	close(fd);
+	return -1;
+}
+
 static int seg_file_cmp(const void *a, const void *b)
 {
 	const struct spf_file *x = a, *y = b;
@@ -799,39 +860,6 @@ static int for_each_sink(const char *dir, const char *only, sink_fn fn,
 	return ret < 0 && !total ? ret : total;
 }
 
-/* Opens a segment read-only and checks its header: fd or -1 (why in
- * *why). */
-static int seg_open_check(int dfd, const struct spf_file *f, const char *sink,
-			  uint64_t *size, uint64_t *created, const char **why)
-{
-	uint8_t hdr[SPF_SEG_HDR];
-	uint64_t first;
-	struct stat st;
-	int fd;
-
-	*why = NULL;
-	fd = openat(dfd, f->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		*why = strerror(errno);
-		return -1;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		*why = "not a regular file";
-	else if ((uint64_t)st.st_size < SPF_SEG_HDR)
-		*why = "shorter than a segment header";
-	else if (spf_read_full(fd, hdr, SPF_SEG_HDR, 0) ||
-		 spf_seg_hdr_check(hdr, sink, &first, created, NULL))
-		*why = "bad segment header";
-	else if (first != f->first)
-		*why = "header and file name disagree";
-	if (*why) {
-		close(fd);
-		return -1;
-	}
-	*size = (uint64_t)st.st_size;
-	return fd;
-}
-
 static void fmt_time(char *buf, size_t len, uint64_t ns)
 {
 	time_t t = (time_t)(ns / 1000000000ull);
@@ -867,8 +895,7 @@ static int ls_sink(const char *dir, const char *sink, int dfd, FILE *out,
 	else
 		fprintf(out, "checkpoint %s\n", ck ? "corrupt" : "missing");
 	for (i = 0; i < n; i++) {
-		uint64_t size = 0, created = 0;
-		const char *why = NULL;
+		struct spf_seg_info si;
 		char when[64];
 		int fd;
 
@@ -876,15 +903,19 @@ static int ls_sink(const char *dir, const char *sink, int dfd, FILE *out,
 			fprintf(out, "  %-28s foreign (ignored)\n", v[i].name);
 			continue;
 		}
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
+		fd = spf_seg_open(dfd, v[i].name, v[i].first, sink, O_RDONLY,
+				  &si);
 		if (fd < 0) {
-			fprintf(out, "  %-28s %s\n", v[i].name, why);
+			fprintf(out, "  %-28s %s\n", v[i].name, si.why);
 			continue;
 		}
 		close(fd);
-		fmt_time(when, sizeof(when), created);
+		fmt_time(when, sizeof(when), si.created);
 		fprintf(out, "  %-28s first=%" PRIu64 " bytes=%" PRIu64
-			" created=%s\n", v[i].name, v[i].first, size, when);
+			" %s=%s%s\n", v[i].name, v[i].first, si.size,
+			si.state == SPF_SEG_OK ? "created" : "modified", when,
+			si.state == SPF_SEG_OK ? "" :
+			" (header damaged, records readable)");
 	}
 	free(v);
 	return 0;
@@ -945,9 +976,9 @@ static int verify_sink(const char *dir, const char *sink, int dfd, FILE *out,
 		c.problems++;
 	}
 	for (i = 0; i < n; i++) {
-		uint64_t size = 0, created;
-		const char *why;
+		struct spf_seg_info si;
 		struct spf_scan_res r;
+		uint64_t size;
 		int fd;
 
 		c.file = v[i].name;
@@ -956,12 +987,16 @@ static int verify_sink(const char *dir, const char *sink, int dfd, FILE *out,
 			c.problems++;
 			continue;
 		}
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0) {
-			fprintf(out, "%s/%s: %s\n", sink, v[i].name, why);
+		fd = spf_seg_open(dfd, v[i].name, v[i].first, sink, O_RDONLY,
+				  &si);
+		if (fd < 0 || si.state != SPF_SEG_OK) {
+			fprintf(out, "%s/%s: %s%s\n", sink, v[i].name, si.why,
+				fd < 0 ? "" : " (its frames are scanned)");
 			c.problems++;
-			continue;
 		}
+		if (fd < 0)
+			continue;
+		size = si.size;
 		spf_seg_scan(fd, size, v[i].first,
 			     &(struct spf_scan_cb){ ver_frame, ver_damage }, &c,
 			     &r);
@@ -1023,17 +1058,17 @@ static int dump_sink(const char *dir, const char *sink, int dfd, FILE *out,
 	if (ret)
 		return ret;
 	for (i = 0; i < n; i++) {
-		uint64_t size, created;
-		const char *why;
+		struct spf_seg_info si;
 		struct spf_scan_res r;
 		int fd;
 
 		if (!v[i].is_seg)
 			continue;
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
+		fd = spf_seg_open(dfd, v[i].name, v[i].first, sink, O_RDONLY,
+				  &si);
 		if (fd < 0)
 			continue;
-		spf_seg_scan(fd, size, v[i].first,
+		spf_seg_scan(fd, si.size, v[i].first,
 			     &(struct spf_scan_cb){ dump_frame, NULL }, &c, &r);
 		close(fd);
 	}

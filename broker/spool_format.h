@@ -98,7 +98,9 @@ uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n);
 void spf_seg_hdr_build(uint8_t *h, const char *sink, uint64_t first,
 		       uint64_t created);
 /* 0 when the header is ours; sink NULL accepts any sink name (returned
- * in sink_out, SPF_NAME_MAX + 1 bytes, when given). -EINVAL otherwise. */
+ * in sink_out, SPF_NAME_MAX + 1 bytes, when given). -EBADMSG when the
+ * header is damaged (magic, version, length, crc), -EINVAL when it is
+ * intact but another sink's. */
 int spf_seg_hdr_check(const uint8_t *h, const char *sink, uint64_t *first,
 		      uint64_t *created, char *sink_out);
 
@@ -161,6 +163,33 @@ struct spf_scan_res {
 void spf_seg_scan(int fd, uint64_t size, uint64_t first,
 		  const struct spf_scan_cb *cb, void *ctx,
 		  struct spf_scan_res *r);
+
+/* What a segment-named file is. */
+enum spf_seg_state {
+	SPF_SEG_OK,		/* header ours, its first seq = the name's */
+	SPF_SEG_HDR_DAMAGED,	/* header damaged: its frames are scanned
+				 * anyway, the first seq taken from the name */
+	SPF_SEG_SHORT,		/* shorter than a header */
+	SPF_SEG_FOREIGN,	/* not a segment of this sink (why says) */
+};
+
+struct spf_seg_info {
+	enum spf_seg_state state;
+	const char *why;		/* NULL when OK */
+	uint64_t size;
+	uint64_t created;		/* header; mtime when it is damaged */
+	uint8_t hdr[SPF_SEG_HDR];
+};
+
+/* flags: O_RDONLY or O_RDWR, plus SPF_OPEN_OWNER: a file of another uid
+ * is foreign (the broker; the offline tools may run as anyone). */
+#define SPF_OPEN_OWNER		0x40000000
+
+/* Opens a segment-named file (O_NOFOLLOW) and classifies it: the fd
+ * for SPF_SEG_OK and SPF_SEG_HDR_DAMAGED (the caller closes it), -1
+ * otherwise (si->state and si->why say why). */
+int spf_seg_open(int dfd, const char *name, uint64_t first, const char *sink,
+		 int flags, struct spf_seg_info *si);
 
 /* ---- a sink directory ------------------------------------------------- */
 

@@ -1944,6 +1944,81 @@ static void t_cap_cycles_delivered(void)
 	spool_set_free(set);
 }
 
+/* One flipped byte in a segment header costs no record: the name gives
+ * the first seq, the frames (each with its own CRC) are scanned anyway,
+ * the file counts in spool_bytes and is deleted once delivered. A file
+ * with an intact header of another sink stays foreign. */
+static void t_damaged_header(void)
+{
+	char dir[256], path[512], *out = NULL;
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool_stats st;
+	struct readall ra = { 0 };
+	struct spool *sp;
+	size_t outlen = 0;
+	uint64_t bytes;
+	FILE *mf;
+	int fd;
+
+	new_dir(dir, sizeof(dir), "hdrflip");
+	o = opts(dir);
+	o.segment_size = 4096;		/* several segments */
+	set = spool_set_new(&g_rx, &o);
+	sp = spool_open(set, "d");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(append_n(sp, 150, 40), 0);	/* 64-byte frames */
+	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	spool_get_stats(sp, &st);
+	bytes = st.bytes;
+	spool_close(sp);
+	spool_set_free(set);
+
+	/* the first segment holds seqs 1..62: flip a byte of its sink name
+	 * (inside the header crc) */
+	seg_path(path, sizeof(path), dir, "d", 1);
+	fd = open(path, O_RDWR);
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT_EQUAL(pwrite(fd, "X", 1, 24), 1);
+	close(fd);
+
+	mf = open_memstream(&out, &outlen);
+	CU_ASSERT_EQUAL(spool_verify(dir, mf), 1);	/* the header */
+	fclose(mf);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "d: 150 records, 1 problems"));
+	free(out);
+
+	g_log_warn = 0;
+	set = spool_set_new(&g_rx, &o);
+	sp = spool_open(set, "d");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT(g_log_warn >= 1);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.recovered, 150);
+	CU_ASSERT_EQUAL(st.corrupt, 0);
+	CU_ASSERT_EQUAL(st.foreign, 0);
+	CU_ASSERT_EQUAL(st.bytes, bytes);
+	CU_ASSERT_EQUAL(spool_next_seq(sp), 151);
+	CU_ASSERT_EQUAL(read_all(sp, 0, 40, &ra), 0);
+	CU_ASSERT_EQUAL(ra.n, 150);
+	CU_ASSERT_EQUAL(ra.first, 1);
+	CU_ASSERT_EQUAL(ra.bad, 0);
+	/* never appended to: new records go to a new segment */
+	CU_ASSERT_EQUAL(append_n(sp, 5, 40), 0);
+	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	CU_ASSERT_EQUAL(read_all(sp, 0, 40, &ra), 0);
+	CU_ASSERT_EQUAL(ra.n, 155);
+	CU_ASSERT_EQUAL(ra.bad, 0);
+	/* delivered: the damaged file goes like any other */
+	spool_ack(sp, 1, 155);
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
+	CU_ASSERT_EQUAL(file_size(path), -1);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.queued_events, 0);
+	spool_close(sp);
+	spool_set_free(set);
+}
+
 /* ---- hostile directories --------------------------------------------- */
 
 static bool is_dir_0700_ours(const char *path)
@@ -2142,6 +2217,7 @@ static int add_spool(void)
 	    !CU_add_test(s, "sigkill", t_sigkill) ||
 	    !CU_add_test(s, "offline_tools", t_offline_tools) ||
 	    !CU_add_test(s, "bounded_memory", t_bounded_memory) ||
+	    !CU_add_test(s, "damaged_header", t_damaged_header) ||
 	    !CU_add_test(s, "hostile_dirs", t_hostile_dirs) ||
 	    !CU_add_test(s, "dirs_are_files", t_dirs_are_files))
 		return -1;
