@@ -353,6 +353,8 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 					 b->dropped;
 	s->c.dropped_invalid += b->dropped_invalid;
 	s->c.delivered_batches++;
+	/* the checkpoint that records this ack carries these counters */
+	stats_sink_acked(s);
 	b->busy = 0;
 	s->inflight--;
 	s->c.inflight = s->inflight;

@@ -62,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,9 +70,11 @@
 #include "spool_format.h"
 
 #define IDX_GRAN		(128u * 1024)
-#define CKPT_MAX		4096
-#define CKPT_INTERVAL_NS	100000000ull	/* 100 ms */
 #define CKPT_RETRY_NS		1000000000ull	/* after a failure */
+#define RESERVE_MIN		(256ull << 10)
+#define RESERVE_MAX		(64ull << 20)
+#define STATVFS_NS		100000000ull	/* re-measure a full disk */
+#define LOG_RL_NS		10000000000ull	/* one line per 10 s per kind */
 #define DEF_SEGMENT		(16ull << 20)
 #define DEF_TAIL		(1ull << 20)
 #define BLK_MAX			(64u * 1024)
@@ -161,6 +164,9 @@ struct ckop {
 	struct spool *sp;
 };
 
+/* rate-limited log lines, per kind */
+enum { RL_WRITE, RL_FULL, RL_CKPT, RL_N };
+
 struct spool {
 	struct spool *next;
 	struct spool_set *set;
@@ -186,6 +192,9 @@ struct spool {
 	struct range *doomed;		/* dropped segments [first, end):
 					 * unlinked after a checkpoint */
 	uint32_t ndoomed, doomed_cap;
+	uint64_t read_hwm;		/* one past the last record read */
+	uint64_t resend_end;		/* a previous broker read up to here */
+	uint64_t flush_end;		/* next_seq when the flush started */
 
 	uint64_t bytes;			/* sum of segment sizes */
 	uint64_t pending;		/* bytes in B_PENDING blocks */
@@ -193,23 +202,33 @@ struct spool {
 	uint64_t done_mem;		/* capacity of B_DONE blocks */
 	uint32_t inflight;		/* io_uring ops referencing us */
 	bool dir_dirty;
+	bool wr_nospace;		/* a write of this flush hit ENOSPC */
 
-	struct ckop ck_ops[4];
-	struct rx_op ck_timer;
+	/* checkpoint: ck_fd stays open; ck_kick starts a write from the
+	 * reactor, ck_timer retries after a failure */
+	struct ckop ck_ops[2];
+	struct rx_op ck_kick, ck_timer;
 	struct __kernel_timespec ck_ts;
-	bool ck_inflight, ck_timer_armed, ck_dirty;
+	bool ck_inflight, ck_kicked, ck_timer_armed, ck_dirty;
 	int ck_pending, ck_err, ck_fd;
-	uint64_t ck_acked, ck_next, ck_last_ns;
+	uint64_t ck_gen;
 	uint64_t ck_next_durable;	/* next_seq in the durable one */
-	uint8_t ck_buf[CKPT_MAX];
+	struct spf_ckpt ck;		/* the one being written */
+	uint8_t *ck_slot;		/* SPF_CK_SLOT bytes */
 	uint32_t ck_len;
+	uint64_t base[SPF_CK_BASE_MAX];	/* the owner's counters */
+	uint32_t nbase, nbase_loaded;
+	uint64_t base_loaded[SPF_CK_BASE_MAX];
+	uint64_t epoch[3];		/* corrupt, dropped_full, redelivered
+					 * when the ring was new */
 
 	struct spool_stats st;
 	uint32_t log_damage;
 	bool closing;
 };
 
-enum fl_phase { FL_IDLE, FL_WRITE, FL_WAIT, FL_SYNC, FL_FINISH };
+enum fl_phase { FL_IDLE, FL_WRITE, FL_JOURNAL, FL_WAIT, FL_SYNC,
+		FL_FINISH };
 
 struct spool_set {
 	struct rx *rx;
@@ -220,19 +239,36 @@ struct spool_set {
 	uint64_t bytes;
 	bool stalled;
 	uint64_t max_payload;
-
-	uint32_t none_inflight;		/* durability=none writes */
-	bool none_err;
 	uint64_t last_sync_ns;
+
+	/* free space: measured at every flush and when full, minus what
+	 * was appended since */
+	uint64_t disk_free, reserve, statvfs_ns;
+
+	/* drain journal: the one being written, and the one found at open
+	 * (its cut information is used by the spool_open()s of start-up,
+	 * until the first flush) */
+	int jr_fd;
+	uint64_t jr_gen;
+	struct spf_journal *jr, *jr_loaded;
+	bool jr_cut_ok, jr_want;
+	uint8_t *jr_slot;
+	uint32_t jr_len;
+	struct rx_op jr_op;
 
 	enum fl_phase fl_phase;
 	int fl_inflight, fl_err;
+	bool fl_nospace;
 	void (*fl_done)(void *arg, int err);
 	void *fl_arg;
 	struct rx_op fl_nop, fl_timer;
 	struct __kernel_timespec fl_ts;
 	bool fl_timer_armed, closing;
 	uint32_t inflight;		/* set-level ops (nop, timer) */
+
+	struct {
+		uint64_t next_ns, suppressed;
+	} rl[RL_N];
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -276,6 +312,34 @@ static void sp_log(const struct spool_set *set, int level, const char *fmt,
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	set->o.log(set->o.log_arg, level, msg);
+}
+
+static void sp_log_rl(struct spool_set *set, int kind, int level,
+		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* At most one line per kind every 10 s; the next one says how many
+ * were left out. */
+static void sp_log_rl(struct spool_set *set, int kind, int level,
+		      const char *fmt, ...)
+{
+	uint64_t now = now_ns(CLOCK_MONOTONIC);
+	char msg[448];
+	va_list ap;
+
+	if (now < set->rl[kind].next_ns) {
+		set->rl[kind].suppressed++;
+		return;
+	}
+	set->rl[kind].next_ns = now + LOG_RL_NS;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (set->rl[kind].suppressed)
+		sp_log(set, level, "%s (%" PRIu64 " similar lines in the last "
+		       "10 s not shown)", msg, set->rl[kind].suppressed);
+	else
+		sp_log(set, level, "%s", msg);
+	set->rl[kind].suppressed = 0;
 }
 
 /* ---- segments --------------------------------------------------------- */
@@ -568,6 +632,26 @@ static uint64_t rng_count_open(const struct spool *sp, uint64_t a,
 	return n;
 }
 
+/* Is seq done (below the watermark or in a done range)? */
+static bool rng_done(const struct spool *sp, uint64_t seq)
+{
+	uint32_t lo = 0, hi = sp->nrng;
+
+	if (seq < sp->acked)
+		return true;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (sp->rng[mid].b <= seq)
+			lo = mid + 1;
+		else if (sp->rng[mid].a > seq)
+			hi = mid;
+		else
+			return true;
+	}
+	return false;
+}
+
 /* Marks [a, b) done; returns how many seqs were newly done. */
 static uint64_t rng_add(struct spool *sp, uint64_t a, uint64_t b)
 {
@@ -620,7 +704,17 @@ static uint64_t rng_add(struct spool *sp, uint64_t a, uint64_t b)
 	return newly;
 }
 
-/* ---- checkpoint, asynchronous ----------------------------------------- */
+/* ---- checkpoint ---------------------------------------------------------
+ *
+ * Written after every acknowledgement, back to back: while one is being
+ * written, later acks mark it dirty and the next write covers them all.
+ * A write overwrites the older slot of the preallocated checkpoint file
+ * (one pwrite; linked to an fdatasync when durability = fdatasync), so it
+ * never needs new disk space. It is started from a NOP completion, never
+ * inside spool_ack(): the owner updates its counters (spool_set_base) in
+ * the same turn as the ack, so a checkpoint always pairs a done-set with
+ * the counters that go with it. Segments are deleted once a checkpoint
+ * covering them is written (durable, with fdatasync). */
 
 static void sp_gc(struct spool *sp);
 static void ck_start(struct spool *sp);
@@ -628,6 +722,74 @@ static void ck_start(struct spool *sp);
 static bool sp_closing(const struct spool *sp)
 {
 	return sp->closing || sp->set->closing;
+}
+
+static uint64_t ck_next_seq(const struct spool *sp)
+{
+	return max64(sp->visible, sp->acked);
+}
+
+/* The state a checkpoint records, now. */
+static void ck_snapshot(const struct spool *sp, struct spf_ckpt *ck)
+{
+	uint32_t i;
+
+	ck->version = 2;
+	ck->acked = sp->acked;
+	ck->next_seq = ck_next_seq(sp);
+	ck->sent = max64(max64(sp->read_hwm, sp->resend_end), sp->acked);
+	/* more ranges than fit: the rest is delivered again after a
+	 * crash (counted twice then; never lost) */
+	ck->nranges = min64(sp->nrng, SPF_CK_RANGES_MAX);
+	for (i = 0; i < ck->nranges; i++) {
+		ck->ranges[i].a = sp->rng[i].a;
+		ck->ranges[i].b = sp->rng[i].b;
+	}
+	ck->corrupt = sp->st.corrupt;
+	ck->dropped_full = sp->st.dropped_full;
+	ck->redelivered = sp->st.redelivered;
+	ck->ring_id = sp->set->o.ring_id;
+	memcpy(ck->epoch, sp->epoch, sizeof(ck->epoch));
+	ck->nbase = sp->nbase;
+	memcpy(ck->base, sp->base, sizeof(ck->base));
+}
+
+/* Synchronous: the current state into the file (created when there is
+ * none yet), fdatasync'ed. Start-up, close, spool_sync_ack(). */
+static int ck_write_now(struct spool *sp)
+{
+	int ret = 0;
+
+	ck_snapshot(sp, &sp->ck);
+	sp->ck.gen = sp->ck_gen + 1;
+	if (sp->ck_fd < 0) {
+		sp->ck.gen = 1;
+		ret = spf_ck_create(sp->dfd, sp->name, &sp->ck);
+		if (ret >= 0) {
+			sp->ck_fd = ret;
+			ret = 0;
+		}
+	} else {
+		size_t n = spf_ck_encode(sp->ck_slot, sp->name, &sp->ck);
+		ssize_t w = n ? pwrite(sp->ck_fd, sp->ck_slot, n, (off_t)
+				       ((sp->ck.gen & 1) * SPF_CK_SLOT)) : -1;
+
+		if (!n)
+			ret = -EOVERFLOW;
+		else if (w != (ssize_t)n)
+			ret = w < 0 ? -errno : -EIO;
+		else if (fdatasync(sp->ck_fd) < 0)
+			ret = -errno;
+	}
+	if (ret) {
+		sp->st.write_errors++;
+		return ret;
+	}
+	sp->ck_gen = sp->ck.gen;
+	sp->ck_next_durable = sp->ck.next_seq;
+	sp->durable_acked = max64(sp->durable_acked, sp->ck.acked);
+	sp->ck_dirty = false;
+	return 0;
 }
 
 static void ck_timer_fn(struct rx_op *op, int res, uint32_t flags)
@@ -656,25 +818,33 @@ static void ck_arm(struct spool *sp, uint64_t delay_ns)
 	sp->inflight++;
 }
 
-/* Checkpoints at most every 100 ms; later acks ride on the timer. */
-static void ck_schedule(struct spool *sp)
+static void ck_kick_fn(struct rx_op *op, int res, uint32_t flags)
 {
-	uint64_t now, due;
+	struct spool *sp = container_of(op, struct spool, ck_kick);
 
-	sp->ck_dirty = true;
-	if (sp->ck_inflight || sp->ck_timer_armed || sp_closing(sp))
-		return;
-	now = now_ns(CLOCK_MONOTONIC);
-	due = sp->ck_last_ns + CKPT_INTERVAL_NS;
-	if (now >= due)
+	sp->inflight--;
+	sp->ck_kicked = false;
+	if (sp_closing(sp) || sp->ck_timer_armed)
+		return;		/* closing; or a failure waits for its retry */
+	if (sp->ck_dirty && !sp->ck_inflight)
 		ck_start(sp);
-	else
-		ck_arm(sp, due - now);
 }
 
-static uint64_t ck_next_seq(const struct spool *sp)
+/* Something to checkpoint: the next write starts from the reactor, as
+ * soon as none is in flight. */
+static void ck_schedule(struct spool *sp)
 {
-	return max64(sp->visible, sp->acked);
+	struct io_uring_sqe *sqe;
+
+	sp->ck_dirty = true;
+	if (sp->ck_inflight || sp->ck_kicked || sp->ck_timer_armed ||
+	    sp_closing(sp))
+		return;
+	sp->ck_kick.fn = ck_kick_fn;
+	sqe = rx_sqe(sp->set->rx, &sp->ck_kick);
+	io_uring_prep_nop(sqe);
+	sp->ck_kicked = true;
+	sp->inflight++;
 }
 
 static void ck_op_fn(struct rx_op *op, int res, uint32_t flags)
@@ -691,75 +861,71 @@ static void ck_op_fn(struct rx_op *op, int res, uint32_t flags)
 		sp->ck_err = -EIO;
 	if (--sp->ck_pending)
 		return;
-	close(sp->ck_fd);
-	sp->ck_fd = -1;
 	sp->ck_inflight = false;
-	sp->ck_last_ns = now_ns(CLOCK_MONOTONIC);
 	if (sp->ck_err) {
 		sp->st.write_errors++;
-		sp_log(sp->set, LOG_WARN, "spool %s: checkpoint failed: %s",
-		       sp->name, strerror(-sp->ck_err));
+		sp_log_rl(sp->set, RL_CKPT, LOG_WARN, "spool %s: checkpoint "
+			  "failed: %s (retried every second)", sp->name,
+			  strerror(-sp->ck_err));
 		sp->ck_dirty = true;
 		ck_arm(sp, CKPT_RETRY_NS);
 		return;
 	}
-	sp->durable_acked = max64(sp->durable_acked, sp->ck_acked);
-	sp->ck_next_durable = sp->ck_next;
+	sp->ck_gen = sp->ck.gen;
+	sp->durable_acked = max64(sp->durable_acked, sp->ck.acked);
+	sp->ck_next_durable = sp->ck.next_seq;
 	sp_gc(sp);
 	if (sp->ck_dirty)
 		ck_schedule(sp);
 }
 
-/* tmp write -> fsync -> rename -> fsync(dir), one linked chain: a link
- * fails the rest (-ECANCELED) when any step fails, so the rename never
- * runs before the data is on disk. */
+/* The older slot, with one pwrite (-> fdatasync: linked, so the sync
+ * covers it). */
 static void ck_start(struct spool *sp)
 {
 	struct rx *rx = sp->set->rx;
 	struct io_uring_sqe *sqe;
-	int i, ret;
+	bool sync = sp->set->o.durability == DUR_FDATASYNC;
+	int i;
 
-	sp->ck_dirty = false;
-	sp->ck_acked = sp->acked;
-	sp->ck_next = ck_next_seq(sp);
-	ret = spf_ck_encode(sp->ck_buf, sizeof(sp->ck_buf), sp->name,
-			    sp->ck_acked, sp->ck_next);
-	if (ret < 0)
-		goto fail;
-	sp->ck_len = (uint32_t)ret;
-	sp->ck_fd = spf_tmp_create(sp->dfd, SPF_CKPT_TMP);
 	if (sp->ck_fd < 0) {
-		sp->ck_fd = -1;
-		goto fail;
+		/* the file could not be made at open (disk full then):
+		 * try again; that one write needs the space */
+		if (ck_write_now(sp) == 0)
+			sp_gc(sp);
+		else
+			ck_arm(sp, CKPT_RETRY_NS);
+		return;
+	}
+	sp->ck_dirty = false;
+	ck_snapshot(sp, &sp->ck);
+	sp->ck.gen = sp->ck_gen + 1;
+	sp->ck_len = (uint32_t)spf_ck_encode(sp->ck_slot, sp->name, &sp->ck);
+	if (!sp->ck_len) {
+		sp->st.write_errors++;
+		sp->ck_dirty = true;
+		ck_arm(sp, CKPT_RETRY_NS);
+		return;
 	}
 	/* the chain must not be split by a submit inside rx_sqe() */
-	if (io_uring_sq_space_left(&rx->ring) < 4)
+	if (io_uring_sq_space_left(&rx->ring) < 2)
 		rx_submit(rx);
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < 2; i++) {
 		sp->ck_ops[i].op.fn = ck_op_fn;
 		sp->ck_ops[i].sp = sp;
 	}
 	sqe = rx_sqe(rx, &sp->ck_ops[0].op);
-	io_uring_prep_write(sqe, sp->ck_fd, sp->ck_buf, sp->ck_len, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = rx_sqe(rx, &sp->ck_ops[1].op);
-	io_uring_prep_fsync(sqe, sp->ck_fd, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = rx_sqe(rx, &sp->ck_ops[2].op);
-	io_uring_prep_renameat(sqe, sp->dfd, SPF_CKPT_TMP, sp->dfd, SPF_CKPT_NAME, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = rx_sqe(rx, &sp->ck_ops[3].op);
-	io_uring_prep_fsync(sqe, sp->dfd, 0);
-	sp->ck_pending = 4;
+	io_uring_prep_write(sqe, sp->ck_fd, sp->ck_slot, sp->ck_len,
+			    (sp->ck.gen & 1) * SPF_CK_SLOT);
+	if (sync) {
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = rx_sqe(rx, &sp->ck_ops[1].op);
+		io_uring_prep_fsync(sqe, sp->ck_fd, IORING_FSYNC_DATASYNC);
+	}
+	sp->ck_pending = sync ? 2 : 1;
 	sp->ck_err = 0;
 	sp->ck_inflight = true;
-	sp->inflight += 4;
-	return;
-fail:
-	sp->st.write_errors++;
-	sp->ck_dirty = true;
-	sp->ck_last_ns = now_ns(CLOCK_MONOTONIC);
-	ck_arm(sp, CKPT_RETRY_NS);
+	sp->inflight += (uint32_t)sp->ck_pending;
 }
 
 /* ---- deleting segments ------------------------------------------------ */
@@ -835,15 +1001,59 @@ static void sp_gc(struct spool *sp)
 	sp->ndoomed = j;
 }
 
-/* ---- cap --------------------------------------------------------------- */
+/* ---- room: spool_max and the disk -------------------------------------
+ *
+ * Two limits, one policy: spool_max (bytes of all sinks' segments and
+ * tail buffers) and the file system's free space minus a reserve
+ * (measured with fstatvfs at every flush and, while short, at most every
+ * 100 ms; appends in between are subtracted). Whichever is hit, spool_full
+ * applies: drop-newest refuses the append (refused_full), drop-oldest
+ * deletes the oldest idle segment of any sink (its undelivered records
+ * dropped_full) until the record fits. Deleting needs no space: the
+ * checkpoint that must precede the unlink overwrites a preallocated
+ * slot. */
+
+static void disk_measure(struct spool_set *set)
+{
+	const struct spool *sp;
+	uint64_t unwritten = 0, fs, freeb;
+	struct statvfs vs;
+
+	set->statvfs_ns = now_ns(CLOCK_MONOTONIC);
+	if (fstatvfs(set->dfd, &vs) < 0) {
+		set->disk_free = UINT64_MAX;	/* unknown: spool_max only */
+		return;
+	}
+	fs = (uint64_t)vs.f_blocks * vs.f_frsize;
+	if (!set->reserve)
+		set->reserve = set->o.disk_reserve ? set->o.disk_reserve :
+			min64(min64(max64(fs / 64, RESERVE_MIN), RESERVE_MAX),
+			      fs / 8);
+	/* what is appended and not written yet will take space too */
+	for (sp = set->sinks; sp; sp = sp->next)
+		unwritten += sp->unwritten;
+	freeb = (uint64_t)vs.f_bavail * vs.f_frsize;
+	set->disk_free = freeb > unwritten ? freeb - unwritten : 0;
+}
+
+/* Would `need` more bytes eat into the reserve? */
+static bool disk_short(struct spool_set *set, uint64_t need)
+{
+	if (set->disk_free >= set->reserve + need)
+		return false;
+	/* space may have come back since the last look */
+	if (now_ns(CLOCK_MONOTONIC) - set->statvfs_ns >= STATVFS_NS)
+		disk_measure(set);
+	return set->disk_free < set->reserve + need;
+}
 
 /* drop-oldest: the oldest (by creation time) first segment of any sink
- * that is neither written nor read. */
-static int cap_drop_oldest(struct spool_set *set)
+ * that is neither written nor read. Its size, or 0 when there is none. */
+static uint64_t drop_oldest(struct spool_set *set, const char *why)
 {
 	struct spool *sp, *vsp = NULL;
 	struct seg *v = NULL;
-	uint64_t lost;
+	uint64_t lost, size;
 
 	for (sp = set->sinks; sp; sp = sp->next) {
 		struct seg *s;
@@ -859,15 +1069,16 @@ static int cap_drop_oldest(struct spool_set *set)
 		}
 	}
 	if (!v)
-		return -ENOSPC;
+		return 0;
 	sp = vsp;
+	size = v->size;
 	lost = rng_count_open(sp, v->first, v->end);
 	sp->st.dropped_full += lost;
-	sp_log(set, LOG_WARN,
-	       "spool %s: spool_max reached, deleted the oldest segment "
-	       "(seqs %" PRIu64 "..%" PRIu64 ", %" PRIu64 " undelivered "
-	       "records dropped)", sp->name, v->first,
-	       v->end > v->first ? v->end - 1 : v->first, lost);
+	sp_log_rl(set, RL_FULL, LOG_WARN,
+		  "spool %s: %s, deleted the oldest segment (seqs %" PRIu64
+		  "..%" PRIu64 ", %" PRIu64 " undelivered records dropped)",
+		  sp->name, why, v->first,
+		  v->end > v->first ? v->end - 1 : v->first, lost);
 	/* everything up to the next segment is gone: the watermark moves */
 	rng_add(sp, sp->acked, sp->nsegs > 1 ? sp->segs[1]->first : v->end);
 	/* out of the accounting now; the file goes once a checkpoint past
@@ -876,22 +1087,50 @@ static int cap_drop_oldest(struct spool_set *set)
 	seg_remove(sp, 0, !doom_add(sp, v->first, v->end));
 	blk_trim(sp);
 	ck_schedule(sp);
-	return 0;
+	return size;
 }
 
-static int cap_make_room(struct spool *sp, uint64_t need)
+/* 0 when `need` bytes fit (after drop-oldest made room), else -ENOSPC
+ * and *why. */
+static int room_make(struct spool *sp, uint64_t need, const char **why)
+{
+	struct spool_set *set = sp->set;
+	uint64_t freed;
+
+	for (;;) {
+		bool disk = false;
+
+		if (set->o.max_bytes && set->bytes + need > set->o.max_bytes)
+			*why = "spool_max reached";
+		else if ((disk = disk_short(set, need)))
+			*why = "disk full";
+		else
+			return 0;
+		if (set->o.full != SPOOL_DROP_OLDEST)
+			return -ENOSPC;
+		freed = drop_oldest(set, *why);
+		if (!freed)
+			return -ENOSPC;
+		if (disk)	/* unlinked once its checkpoint is written */
+			set->disk_free += freed;
+	}
+}
+
+/* An append refused for lack of room: counted, logged (rate-limited). */
+static int sp_refuse(struct spool *sp, const char *why)
 {
 	struct spool_set *set = sp->set;
 
-	if (!set->o.max_bytes)
-		return 0;
-	while (set->bytes + need > set->o.max_bytes) {
-		if (set->o.full != SPOOL_DROP_OLDEST)
-			return -ENOSPC;
-		if (cap_drop_oldest(set))
-			return -ENOSPC;
-	}
-	return 0;
+	sp->st.refused_full++;
+	if (!strcmp(why, "disk full"))
+		sp_log_rl(set, RL_FULL, LOG_WARN, "spool %s: disk full (%"
+			  PRIu64 " bytes free, %" PRIu64 " kept in reserve): "
+			  "new events are dropped (dropped_spool_full)",
+			  sp->name, set->disk_free, set->reserve);
+	else
+		sp_log_rl(set, RL_FULL, LOG_WARN, "spool %s: %s: new events "
+			  "are dropped (dropped_spool_full)", sp->name, why);
+	return -ENOSPC;
 }
 
 /* ---- append ------------------------------------------------------------ */
@@ -899,8 +1138,9 @@ static int cap_make_room(struct spool *sp, uint64_t need)
 int spool_append(struct spool *sp, const void *rec, uint32_t len)
 {
 	struct spool_set *set = sp->set;
-	uint64_t flen = spf_frame_len(len), seq, off;
+	uint64_t flen = spf_frame_len(len), seq, off, need;
 	struct seg *s = sp->active;
+	const char *why;
 	struct blk *b;
 	bool roll;
 	int ret;
@@ -913,18 +1153,21 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 		return -EAGAIN;		/* back-pressure: flush first */
 	roll = !s || s->sealed || s->end != sp->next_seq ||
 	       (s->size + flen > set->o.segment_size && s->end > s->first);
-	if (cap_make_room(sp, flen + (roll ? SPF_SEG_HDR : 0))) {
-		sp->st.dropped_full++;
-		return -ENOSPC;
-	}
+	need = flen + (roll ? SPF_SEG_HDR : 0);
+	if (room_make(sp, need, &why))
+		return sp_refuse(sp, why);
 	if (roll) {
 		ret = seg_create(sp);
+		if (ret == -ENOSPC || ret == -EDQUOT) {
+			disk_measure(set);
+			return sp_refuse(sp, "disk full");
+		}
 		if (ret) {
 			sp->st.write_errors++;
 			set->stalled = true;
-			sp_log(set, LOG_ERROR,
-			       "spool %s: cannot create a segment: %s",
-			       sp->name, strerror(-ret));
+			sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool %s: cannot "
+				  "create a segment: %s", sp->name,
+				  strerror(-ret));
 			return -EAGAIN;
 		}
 		s = sp->active;
@@ -951,13 +1194,27 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 	set->bytes += flen;
 	sp->pending += flen;
 	sp->unwritten += flen;
+	set->disk_free = set->disk_free > need ? set->disk_free - need : 0;
 	return 0;
 }
 
-/* ---- flush: writes ----------------------------------------------------- */
+/* ---- flush: writes -----------------------------------------------------
+ *
+ * Phases: FL_WRITE (one writev per run of pending blocks) -> FL_JOURNAL
+ * (with a mark: the drain journal's older slot, one pwrite) -> FL_WAIT /
+ * FL_SYNC (fdatasync only: at most one per sync_interval) -> FL_FINISH
+ * (the callback, from a NOP completion). A write that fails for lack of
+ * space does not fail the flush: sp_rewind() drops what could not be
+ * written, so the ring moves on; any other error does (data kept,
+ * appends stalled, retried by the next flush). */
 
 static void fl_writes_done(struct spool_set *set);
 static void fl_finish(struct spool_set *set, int err);
+
+static bool err_nospace(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT;
+}
 
 static void wop_submit(struct spool_set *set, struct wop *w)
 {
@@ -1000,9 +1257,17 @@ static void wop_fn(struct rx_op *op, int res, uint32_t flags)
 	if (res < 0) {
 		st = B_PENDING;
 		sp->st.write_errors++;
-		set->stalled = true;
-		sp_log(set, LOG_ERROR, "spool %s: write failed: %s "
-		       "(kept in memory, retried)", sp->name, strerror(-res));
+		if (err_nospace(res)) {
+			sp->wr_nospace = true;
+			set->fl_nospace = true;
+		} else {
+			set->stalled = true;
+			if (!set->fl_err)
+				set->fl_err = res;
+			sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool %s: write "
+				  "failed: %s (kept in memory, retried)",
+				  sp->name, strerror(-res));
+		}
 	} else {
 		st = set->o.durability == DUR_FDATASYNC ? B_UNSYNCED : B_DONE;
 	}
@@ -1010,27 +1275,15 @@ static void wop_fn(struct rx_op *op, int res, uint32_t flags)
 		blk_set_state(sp, b, st);
 	w->seg->busy--;
 	sp->inflight--;
-	if (w->attached) {
-		if (res < 0 && !set->fl_err)
-			set->fl_err = res;
-		if (--set->fl_inflight == 0 && set->fl_phase == FL_WRITE)
-			fl_writes_done(set);
-	} else {
-		if (res < 0)
-			set->none_err = true;
-		if (--set->none_inflight == 0) {
-			if (!set->none_err)
-				set->stalled = false;
-			set->none_err = false;
-		}
-	}
+	if (--set->fl_inflight == 0 && set->fl_phase == FL_WRITE)
+		fl_writes_done(set);
 	seg_maybe_close(sp, w->seg);
 	blk_trim(sp);
 	free(w);
 }
 
 /* One writev per run of pending blocks of one segment. */
-static int sp_submit_writes(struct spool *sp, bool attached)
+static int sp_submit_writes(struct spool *sp)
 {
 	struct spool_set *set = sp->set;
 	struct blk *b = sp->bhead;
@@ -1065,7 +1318,6 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 		w->seg = first->seg;
 		w->first = first;
 		w->nblk = n;
-		w->attached = attached;
 		w->off = hdr ? 0 : first->file_off;
 		if (hdr) {
 			w->iov[k].iov_base = first->seg->hdr;
@@ -1084,14 +1336,158 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 		w->cur = w->iov + k;
 		w->seg->busy++;
 		sp->inflight++;
-		if (attached)
-			set->fl_inflight++;
-		else
-			set->none_inflight++;
+		set->fl_inflight++;
 		wop_submit(set, w);
 		nops++;
 	}
 	return nops;
+}
+
+/* ---- flush: no space left ------------------------------------------------ */
+
+/* Cuts segment s back to `off` bytes (the frames before stay). */
+static void seg_cut(struct spool *sp, struct seg *s, uint64_t off,
+		    uint64_t end)
+{
+	char name[32];
+	int fd = s->fd;
+
+	spf_seg_name(name, sizeof(name), s->first);
+	if (fd < 0)
+		fd = openat(sp->dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	/* ftruncate never needs space; if it fails the garbage stays and
+	 * the next open skips it */
+	if (fd < 0 || ftruncate(fd, (off_t)off) < 0)
+		sp_log(sp->set, LOG_WARN, "spool %s: cannot cut %s back to %"
+		       PRIu64 " bytes: %s", sp->name, name, off,
+		       strerror(errno));
+	if (fd >= 0 && fd != s->fd)
+		close(fd);
+	sp->bytes -= s->size - off;
+	sp->set->bytes -= s->size - off;
+	s->size = off;
+	s->end = end;
+	while (s->nidx && s->idx[s->nidx - 1].off >= off)
+		s->nidx--;
+	s->idx_last = s->nidx ? s->idx[s->nidx - 1].off : 0;
+	s->sealed = true;
+}
+
+/* A write of this flush failed with ENOSPC/EDQUOT (someone else took the
+ * space the reserve kept): every record of the sink from the first one
+ * not written on is dropped (dropped_full, marked done), its segment is
+ * cut back and sealed, segments made for them are deleted. The newest
+ * records go (the disk is full: as drop-newest would have refused them),
+ * the ring moves on, nothing half written stays. No write of the set is
+ * in flight here. */
+static void sp_rewind(struct spool *sp)
+{
+	struct blk *b, *prev = NULL, *first;
+	uint64_t from, lost, cut_off;
+	struct seg *cut_seg;
+	uint32_t i;
+
+	for (first = sp->bhead; first && first->state != B_PENDING;
+	     first = first->next)
+		prev = first;
+	if (!first)
+		return;
+	from = first->first_seq;
+	cut_seg = first->seg;
+	cut_off = first->file_off;
+	/* the blocks from first on leave (written ones after it too: they
+	 * are newer, and no reader got them - visible stops at first) */
+	if (prev)
+		prev->next = NULL;
+	else
+		sp->bhead = NULL;
+	sp->btail = prev;
+	for (b = first; b;) {
+		struct blk *n = b->next;
+
+		if (b->state == B_PENDING)
+			sp->pending -= b->len;
+		if (b->state == B_DONE) {
+			sp->done_mem -= b->cap;
+		} else {
+			sp->unwritten -= b->len;
+			b->seg->live--;
+		}
+		free(b);
+		b = n;
+	}
+	for (i = sp->nsegs; i-- > 0;) {
+		struct seg *s = sp->segs[i];
+
+		if (s->first >= from)
+			seg_remove(sp, i, true);	/* nothing of it left */
+		else if (s == cut_seg)
+			seg_cut(sp, s, cut_off, from);
+	}
+	sp->active = NULL;	/* the next append starts a new segment */
+	lost = rng_count_open(sp, from, sp->next_seq);
+	sp->st.dropped_full += lost;
+	rng_add(sp, from, sp->next_seq);
+	sp_log_rl(sp->set, RL_WRITE, LOG_ERROR, "spool %s: disk full: %"
+		  PRIu64 " records whose write failed were dropped "
+		  "(dropped_spool_full)", sp->name, lost);
+	ck_schedule(sp);
+}
+
+/* ---- flush: the drain journal ---------------------------------------- */
+
+static void fl_sync_phase(struct spool_set *set);
+
+static void jr_fn(struct rx_op *op, int res, uint32_t flags)
+{
+	struct spool_set *set = container_of(op, struct spool_set, jr_op);
+
+	set->inflight--;
+	if (res != (int)set->jr_len) {
+		int err = res < 0 ? res : -EIO;
+
+		set->stalled = true;
+		sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool: drain journal "
+			  "write failed: %s (retried)", strerror(-err));
+		fl_finish(set, err);
+		return;
+	}
+	set->jr_gen = set->jr->gen;
+	fl_sync_phase(set);
+}
+
+/* The older slot of the journal: where the ring stands, now that every
+ * write of this flush completed. */
+static void jr_submit(struct spool_set *set)
+{
+	struct io_uring_sqe *sqe;
+
+	set->fl_phase = FL_JOURNAL;
+	set->jr->gen = set->jr_gen + 1;
+	set->jr_len = (uint32_t)spf_jr_encode(set->jr_slot, set->jr);
+	if (set->jr_fd < 0 && set->jr_len) {
+		/* none yet (the disk was full at open): made now */
+		int fd = spf_slot_file_create(set->dfd, SPF_JOURNAL_NAME,
+					      SPF_JOURNAL_TMP, SPF_JR_SLOT,
+					      set->jr_slot, set->jr_len);
+
+		if (fd >= 0) {
+			set->jr_fd = fd;
+			set->jr_gen = set->jr->gen;
+			fl_sync_phase(set);
+			return;
+		}
+		set->jr_len = 0;
+	}
+	if (!set->jr_len) {
+		fl_finish(set, set->jr_fd < 0 ? -ENOSPC : -EOVERFLOW);
+		return;
+	}
+	set->jr_op.fn = jr_fn;
+	sqe = rx_sqe(set->rx, &set->jr_op);
+	io_uring_prep_write(sqe, set->jr_fd, set->jr_slot, set->jr_len,
+			    (set->jr->gen & 1) * SPF_JR_SLOT);
+	set->inflight++;
 }
 
 /* ---- flush: fdatasync and completion ------------------------------------ */
@@ -1108,8 +1504,9 @@ static void sop_fn(struct rx_op *op, int res, uint32_t flags)
 		set->stalled = true;
 		if (!set->fl_err)
 			set->fl_err = res;
-		sp_log(set, LOG_ERROR, "spool %s: fdatasync failed: %s "
-		       "(data rewritten)", sp->name, strerror(-res));
+		sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool %s: fdatasync "
+			  "failed: %s (data rewritten)", sp->name,
+			  strerror(-res));
 	}
 	if (!o->seg) {
 		if (res < 0)
@@ -1207,19 +1604,16 @@ static bool set_needs_sync(const struct spool_set *set)
 	return false;
 }
 
-static void fl_writes_done(struct spool_set *set)
+/* After the writes (and the journal): fdatasync when asked, at most one
+ * per sync_interval. */
+static void fl_sync_phase(struct spool_set *set)
 {
 	uint64_t now, due;
 
-	if (set->fl_err) {
-		fl_finish(set, set->fl_err);
-		return;
-	}
 	if (set->o.durability != DUR_FDATASYNC || !set_needs_sync(set)) {
 		fl_finish(set, 0);
 		return;
 	}
-	/* at most one fdatasync per sync_interval: wait for the slot */
 	now = now_ns(CLOCK_MONOTONIC);
 	due = set->last_sync_ns + set->o.sync_interval_ms * 1000000ull;
 	if (set->last_sync_ns && now < due) {
@@ -1235,6 +1629,28 @@ static void fl_writes_done(struct spool_set *set)
 		return;
 	}
 	fl_sync_submit(set);
+}
+
+static void fl_writes_done(struct spool_set *set)
+{
+	struct spool *sp;
+
+	if (set->fl_nospace) {
+		for (sp = set->sinks; sp; sp = sp->next)
+			if (sp->wr_nospace)
+				sp_rewind(sp);
+		set->fl_nospace = false;
+		disk_measure(set);
+	}
+	if (set->fl_err) {
+		fl_finish(set, set->fl_err);
+		return;
+	}
+	if (set->jr_want) {
+		jr_submit(set);
+		return;
+	}
+	fl_sync_phase(set);
 }
 
 /* A sink's readable end: everything before the first block that is not
@@ -1258,14 +1674,10 @@ static void fl_nop_fn(struct rx_op *op, int res, uint32_t flags)
 	struct spool *sp;
 
 	set->inflight--;
-	if (set->o.durability != DUR_NONE) {
-		for (sp = set->sinks; sp; sp = sp->next)
-			sp_update_visible(sp);
-		if (!err)
-			set->stalled = false;
-	} else {
-		err = 0;	/* the data is in memory: that is "none" */
-	}
+	for (sp = set->sinks; sp; sp = sp->next)
+		sp_update_visible(sp);
+	if (!err)
+		set->stalled = false;
 	set->fl_phase = FL_IDLE;
 	set->fl_done = NULL;
 	if (done && !set->closing)
@@ -1286,8 +1698,30 @@ static void fl_finish(struct spool_set *set, int err)
 	set->inflight++;
 }
 
-int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
-		    void *arg)
+/* The journal entry for this flush: the mark, and each sink's end. */
+static void jr_prepare(struct spool_set *set, const struct spool_mark *m)
+{
+	struct spf_journal *j = set->jr;
+	struct spool *sp;
+
+	j->ring_id = m->ring_id;
+	j->ring_pos = m->ring_pos;
+	j->blob_len = (uint32_t)min64(m->blob_len, SPF_JR_BLOB_MAX);
+	if (m->blob && j->blob_len)
+		memcpy(j->blob, m->blob, j->blob_len);
+	j->nsinks = 0;
+	for (sp = set->sinks; sp && j->nsinks < SPF_JR_SINKS_MAX;
+	     sp = sp->next) {
+		snprintf(j->sinks[j->nsinks].name,
+			 sizeof(j->sinks[j->nsinks].name), "%s", sp->name);
+		j->sinks[j->nsinks].end_seq = sp->next_seq;
+		j->nsinks++;
+	}
+}
+
+int spool_set_flush_mark(struct spool_set *set,
+			 void (*done)(void *arg, int err), void *arg,
+			 const struct spool_mark *m)
 {
 	struct spool *sp;
 
@@ -1297,24 +1731,41 @@ int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
 	set->fl_arg = arg;
 	set->fl_err = 0;
 	set->fl_inflight = 0;
-	if (set->o.durability == DUR_NONE) {
-		for (sp = set->sinks; sp; sp = sp->next) {
-			sp_submit_writes(sp, false);
-			sp->visible = sp->next_seq;
-		}
-		/* nothing failed is left unwritten (e.g. a segment that
-		 * could not be created): appends may try again */
-		if (!set->none_inflight)
-			set->stalled = false;
-		fl_finish(set, 0);
-		return 0;
-	}
+	set->fl_nospace = false;
+	set->jr_want = m && set->jr;
+	if (set->jr_want)
+		jr_prepare(set, m);
+	/* from now on the journal found at open describes history: the
+	 * spools opened later (a reload) are not cut by it */
+	set->jr_cut_ok = false;
+	disk_measure(set);
 	set->fl_phase = FL_WRITE;
-	for (sp = set->sinks; sp; sp = sp->next)
-		sp_submit_writes(sp, true);
+	for (sp = set->sinks; sp; sp = sp->next) {
+		sp->wr_nospace = false;
+		sp_submit_writes(sp);
+	}
 	if (!set->fl_inflight)
 		fl_writes_done(set);
 	return 0;
+}
+
+int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
+		    void *arg)
+{
+	return spool_set_flush_mark(set, done, arg, NULL);
+}
+
+int spool_set_loaded_mark(const struct spool_set *set, struct spool_mark *m)
+{
+	const struct spf_journal *j = set->jr_loaded;
+
+	if (!j)
+		return 0;
+	m->ring_id = j->ring_id;
+	m->ring_pos = j->ring_pos;
+	m->blob = j->blob;
+	m->blob_len = j->blob_len;
+	return 1;
 }
 
 uint64_t spool_set_pending(const struct spool_set *set)
@@ -1401,7 +1852,9 @@ static int mem_read(struct spool *sp, uint64_t from, uint64_t limit,
 			uint32_t len = spf_get32(h + 4);
 			uint64_t seq = spf_get64(h + 8);
 
-			if (seq < from)
+			/* done ones (a range acknowledged before a
+			 * restart) are not handed out again */
+			if (seq < from || rng_done(sp, seq))
 				continue;
 			if (seq >= limit || b->n >= max_events ||
 			    (b->n && bytes + len > max_bytes))
@@ -1422,6 +1875,8 @@ out:
 	for (i = 0; i < b->n; i++)
 		b->recs[i].data = b->buf + (uintptr_t)b->recs[i].data;
 	b->next = b->n ? b->recs[b->n - 1].seq + 1 : max64(from, b->next);
+	if (b->n)
+		sp->read_hwm = max64(sp->read_hwm, b->next);
 	sp->st.reads_mem++;
 	return 0;
 }
@@ -1476,10 +1931,12 @@ static void rd_finish(struct rd *r, int err)
 	sp->inflight--;
 	if (err)
 		r->b->n = 0;
-	if (r->b->n)
+	if (r->b->n) {
 		r->b->next = r->b->recs[r->b->n - 1].seq + 1;
-	else
+		sp->read_hwm = max64(sp->read_hwm, r->b->next);
+	} else {
 		r->b->next = max64(r->b->next, r->from);
+	}
 	if (!err && r->b->n && r->seg && r->end_off) {
 		/* the next sequential read starts right here */
 		sp->hint_seg = r->seg;
@@ -1672,6 +2129,14 @@ static int rd_parse(struct rd *r, uint32_t got)
 			to_mem = true;
 			break;
 		}
+		if (rng_done(sp, seq)) {
+			/* acknowledged before a restart: not again */
+			if (seq > r->expect)
+				rd_lost(sp, r->expect, seq);
+			r->expect = seq + 1;
+			p += (uint32_t)flen;
+			continue;
+		}
 		if (b->n >= r->max_events || (b->n && bytes + len > r->max_bytes))
 			break;
 		if (seq > r->expect)
@@ -1830,17 +2295,42 @@ uint64_t spool_ack_n(struct spool *sp, uint64_t first, uint64_t n)
 	if (first + n < first)
 		n = UINT64_MAX - first;
 	end = min64(first + n, sp->next_seq);
+	/* below what a previous broker had read: sent again after its
+	 * crash (it had not checkpointed them done) */
+	if (first < sp->resend_end)
+		sp->st.redelivered += rng_count_open(sp, first,
+						     min64(end, sp->resend_end));
 	newly = rng_add(sp, first, end);
-	if (sp->acked != old) {
+	if (sp->acked != old)
 		blk_trim(sp);
+	if (newly)
 		ck_schedule(sp);
-	}
 	return newly;
 }
 
 void spool_ack(struct spool *sp, uint64_t first, uint64_t n)
 {
 	spool_ack_n(sp, first, n);
+}
+
+void spool_set_base(struct spool *sp, const uint64_t *v, uint32_t n)
+{
+	n = (uint32_t)min64(n, SPF_CK_BASE_MAX);
+	memcpy(sp->base, v, n * sizeof(*v));
+	sp->nbase = n;
+}
+
+uint64_t spool_refused(const struct spool *sp)
+{
+	return sp->st.refused_full;
+}
+
+uint32_t spool_base(const struct spool *sp, uint64_t *v, uint32_t max)
+{
+	uint32_t n = (uint32_t)min64(sp->nbase_loaded, max);
+
+	memcpy(v, sp->base_loaded, n * sizeof(*v));
+	return n;
 }
 
 static void sp_wait(struct spool *sp, bool (*cond)(const struct spool *sp))
@@ -1864,18 +2354,12 @@ int spool_sync_ack(struct spool *sp)
 	sp_wait(sp, ck_idle);
 	if (sp->ck_inflight)
 		return -ETIMEDOUT;
-	if (sp->durable_acked == sp->acked && !sp->ck_dirty &&
-	    sp->ck_next_durable == ck_next_seq(sp))
+	if (sp->ck_fd >= 0 && sp->durable_acked == sp->acked &&
+	    !sp->ck_dirty && sp->ck_next_durable == ck_next_seq(sp))
 		return 0;
-	ret = spf_ck_write_sync(sp->dfd, sp->name, sp->acked, ck_next_seq(sp));
-	if (ret) {
-		sp->st.write_errors++;
+	ret = ck_write_now(sp);
+	if (ret)
 		return ret;
-	}
-	sp->ck_next_durable = ck_next_seq(sp);
-	sp->ck_dirty = false;
-	sp->ck_last_ns = now_ns(CLOCK_MONOTONIC);
-	sp->durable_acked = sp->acked;
 	sp_gc(sp);
 	return 0;
 }
@@ -1909,6 +2393,10 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *st)
 	uint32_t i;
 
 	*st = sp->st;
+	/* the totals since the ring's counters started */
+	st->corrupt -= min64(sp->epoch[0], st->corrupt);
+	st->dropped_full -= min64(sp->epoch[1], st->dropped_full);
+	st->redelivered -= min64(sp->epoch[2], st->redelivered);
 	st->mem_bytes = sizeof(*sp) + sp->segs_cap * sizeof(*sp->segs) +
 			sp->rng_cap * sizeof(*sp->rng);
 	for (b = sp->bhead; b; b = b->next)
@@ -1918,6 +2406,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *st)
 				 sp->segs[i]->idx_cap * sizeof(struct idx_ent);
 	st->bytes = sp->bytes;
 	st->segments = sp->nsegs;
+	st->disk_free = sp->set->disk_free;
 	st->queued_events = sp->next_seq - sp->acked;
 	for (i = 0; i < sp->nrng; i++)
 		st->queued_events -= sp->rng[i].b - sp->rng[i].a;
@@ -1952,12 +2441,16 @@ void spool_set_get_stats(const struct spool_set *set, struct spool_stats *st)
 		st->corrupt += s.corrupt;
 		st->truncated_bytes += s.truncated_bytes;
 		st->dropped_full += s.dropped_full;
+		st->refused_full += s.refused_full;
+		st->redelivered += s.redelivered;
+		st->cut_records += s.cut_records;
 		st->write_errors += s.write_errors;
 		st->foreign += s.foreign;
 		st->reads_mem += s.reads_mem;
 		st->reads_disk += s.reads_disk;
 		st->mem_bytes += s.mem_bytes;
 	}
+	st->disk_free = set->disk_free;
 }
 
 /* ---- set ------------------------------------------------------------------ */
@@ -2122,6 +2615,55 @@ static int spool_dir_open(const struct spool_set *set, const char *path)
 	return fd;
 }
 
+/* The drain journal: the one a previous broker left (kept for the
+ * spool_open()s of start-up and the owner's counters), and the file
+ * made ready for this one's flushes (created when missing or unusable,
+ * with what was found, so a crash before the first flush loses
+ * nothing). 0, or -ENOMEM. */
+static int jr_open(struct spool_set *set)
+{
+	struct spf_journal *found;
+	int rc;
+
+	set->jr_fd = -1;
+	set->jr = calloc(1, sizeof(*set->jr));
+	set->jr_slot = calloc(1, SPF_JR_SLOT);
+	found = calloc(1, sizeof(*found));
+	if (!set->jr || !set->jr_slot || !found) {
+		free(found);
+		return -ENOMEM;
+	}
+	rc = spf_jr_load(set->dfd, found);
+	if (rc < 0)
+		sp_log(set, LOG_WARN, "spool: %s/%s is damaged; ignored (the "
+		       "ring is drained again from its head)", set->dir,
+		       SPF_JOURNAL_NAME);
+	if (rc > 0) {
+		set->jr_loaded = found;
+		set->jr_gen = found->gen;
+		set->jr_cut_ok = set->o.ring_id &&
+				 found->ring_id == set->o.ring_id;
+		*set->jr = *found;
+	} else {
+		free(found);
+	}
+	set->jr_fd = spf_slot_file_open(set->dfd, SPF_JOURNAL_NAME,
+					SPF_JR_SLOT);
+	if (set->jr_fd < 0) {
+		size_t n;
+
+		set->jr->gen = set->jr_gen + 1;
+		n = spf_jr_encode(set->jr_slot, set->jr);
+		set->jr_fd = n ? spf_slot_file_create(set->dfd,
+				SPF_JOURNAL_NAME, SPF_JOURNAL_TMP, SPF_JR_SLOT,
+				set->jr_slot, n) : -EOVERFLOW;
+		if (set->jr_fd >= 0)
+			set->jr_gen = set->jr->gen;
+		/* else: made by the first flush (disk full now) */
+	}
+	return 0;
+}
+
 struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 {
 	struct spool_set *set;
@@ -2160,6 +2702,12 @@ struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 	/* a record must fit a segment with its header and padding */
 	set->max_payload = min64((set->o.segment_size - SPF_SEG_HDR -
 				  SPF_FRAME_HDR) & ~7ull, SPF_FRAME_LEN_MAX);
+	if (jr_open(set) < 0) {
+		spool_set_free(set);
+		errno = ENOMEM;
+		return NULL;
+	}
+	disk_measure(set);
 	return set;
 }
 
@@ -2189,6 +2737,11 @@ void spool_set_free(struct spool_set *set)
 			break;
 	if (!set_idle(set))
 		return;		/* ops still point at us: leak, never UAF */
+	if (set->jr_fd >= 0)
+		close(set->jr_fd);
+	free(set->jr);
+	free(set->jr_loaded);
+	free(set->jr_slot);
 	close(set->dfd);
 	free(set->dir);
 	free(set);
@@ -2213,6 +2766,11 @@ struct rec_ctx {
 	bool damaged;
 	bool after_damage;
 	uint64_t ck_acked;		/* count recovered from here */
+	uint64_t cut_seq;		/* frames from here: a flush the
+					 * previous broker did not finish
+					 * (0: no cut) */
+	uint64_t cut_first, cut_off;	/* where the first of them is */
+	uint64_t cut_n;
 	struct range *gaps;		/* lost seqs; a == b: 1 damaged */
 	uint32_t ngaps, gaps_cap;
 	bool oom;
@@ -2242,6 +2800,15 @@ static void rec_frame(void *ctx, uint64_t off, uint64_t seq,
 	struct rec_ctx *c = ctx;
 	struct seg *s = c->seg;
 
+	if (c->cut_seq && seq >= c->cut_seq) {
+		/* written by the flush that did not finish: still in the
+		 * ring, drained again; cut below */
+		if (!c->cut_n++) {
+			c->cut_first = s->first;
+			c->cut_off = off;
+		}
+		return;
+	}
 	/* lost records are counted by their seqs, exactly: damaged bytes
 	 * that cost no seq (garbage between frames) count nothing */
 	if (c->expect && seq > c->expect)
@@ -2502,25 +3069,135 @@ static int rec_files(struct spool *sp, struct rec_ctx *c,
 	return 0;
 }
 
+/* The drain journal of start-up names this sink: records from its end
+ * on were written by a flush the previous broker did not finish (the
+ * ring still has them). 0 when there is nothing to cut. */
+static uint64_t rec_cut_seq(const struct spool *sp, const struct spf_ckpt *ck,
+			    int ckv)
+{
+	const struct spool_set *set = sp->set;
+	uint32_t i;
+
+	if (!set->jr_cut_ok || !set->jr_loaded)
+		return 0;
+	for (i = 0; i < set->jr_loaded->nsinks; i++) {
+		uint64_t end = set->jr_loaded->sinks[i].end_seq;
+
+		if (strcmp(set->jr_loaded->sinks[i].name, sp->name))
+			continue;
+		/* never below what a checkpoint already counted on */
+		if (ckv > 0)
+			end = max64(end, max64(ck->acked, ck->next_seq));
+		return max64(end, 1);
+	}
+	return 0;
+}
+
+/* Cuts what rec_frame() set aside: segments made by the unfinished
+ * flush go, the one it continued is cut back at its first record. */
+static void rec_apply_cut(struct spool *sp, const struct rec_ctx *c)
+{
+	uint32_t i;
+
+	if (!c->cut_n)
+		return;
+	for (i = sp->nsegs; i-- > 0;) {
+		struct seg *s = sp->segs[i];
+
+		if (s->first >= c->cut_seq)
+			seg_remove(sp, i, true);
+		else if (s->first == c->cut_first)
+			seg_cut(sp, s, c->cut_off, s->end);
+	}
+	sp->st.cut_records = c->cut_n;
+	sp_log(sp->set, LOG_INFO, "spool %s: cut %" PRIu64 " records written "
+	       "by a flush the previous broker did not finish (they are still "
+	       "in the ring and are drained again)", sp->name, c->cut_n);
+}
+
+/* durability = fdatasync: what a killed broker wrote but had not synced
+ * yet may now only be here (the ring has let it go): synced before
+ * anything else. */
+static void rec_sync_recent(struct spool *sp, uint64_t durable_next)
+{
+	uint32_t i;
+
+	if (sp->set->o.durability != DUR_FDATASYNC)
+		return;
+	for (i = 0; i < sp->nsegs; i++) {
+		struct seg *s = sp->segs[i];
+		char name[32];
+		int fd;
+
+		if (s->end <= durable_next)
+			continue;
+		spf_seg_name(name, sizeof(name), s->first);
+		fd = s->fd >= 0 ? s->fd : openat(sp->dfd, name, O_RDONLY |
+						  O_CLOEXEC | O_NOFOLLOW);
+		if (fd >= 0 && fdatasync(fd) < 0)
+			sp->st.write_errors++;
+		if (fd >= 0 && fd != s->fd)
+			close(fd);
+	}
+	if (fsync(sp->dfd) < 0)
+		sp->st.write_errors++;
+}
+
+/* The checkpoint's totals and counters come back with its done-set.
+ * Counters are of one ring (its shm segment): for another ring (a new
+ * one after a reboot, counting from zero like the ring's own) the
+ * owner's counters are not handed back and this spool's totals count
+ * from here. */
+static void rec_take_ckpt(struct spool *sp, const struct spf_ckpt *ck)
+{
+	bool same = ck->ring_id == sp->set->o.ring_id;
+	uint32_t i;
+
+	sp->acked = ck->acked;
+	for (i = 0; i < ck->nranges; i++)
+		rng_add(sp, ck->ranges[i].a, ck->ranges[i].b);
+	sp->st.corrupt = ck->corrupt;
+	sp->st.dropped_full = ck->dropped_full;
+	sp->st.redelivered = ck->redelivered;
+	sp->resend_end = ck->sent > ck->acked ? ck->sent : 0;
+	if (same) {
+		memcpy(sp->epoch, ck->epoch, sizeof(sp->epoch));
+		sp->nbase_loaded = ck->nbase;
+		memcpy(sp->base_loaded, ck->base, sizeof(ck->base));
+		/* until the owner says otherwise, checkpoints carry them */
+		sp->nbase = ck->nbase;
+		memcpy(sp->base, ck->base, sizeof(ck->base));
+	} else {
+		sp->epoch[0] = ck->corrupt;
+		sp->epoch[1] = ck->dropped_full;
+		sp->epoch[2] = ck->redelivered;
+	}
+}
+
 static int sp_recover(struct spool *sp)
 {
 	struct rec_ctx c = { .sp = sp };
-	uint64_t ck_acked = 0, ck_next = 0, first_found = 0;
+	struct spf_ckpt *ck = &sp->ck;
+	uint64_t ck_acked, ck_next, first_found = 0;
 	struct rec_seg *list = NULL;
 	uint32_t n = 0, i;
-	int ck, ret;
+	int ckv, ret;
 
-	ck = spf_ck_load(sp->dfd, sp->name, &ck_acked, &ck_next);
-	if (ck < 0)
+	ckv = spf_ck_load(sp->dfd, sp->name, ck);
+	if (ckv < 0)
 		sp_log(sp->set, LOG_WARN, "spool %s: checkpoint is corrupt: "
 		       "delivering everything in the spool again", sp->name);
-	c.ck_acked = ck > 0 ? ck_acked : 0;
+	ck_acked = ckv > 0 ? ck->acked : 0;
+	ck_next = ckv > 0 ? ck->next_seq : 0;
+	c.ck_acked = ck_acked;
+	c.cut_seq = rec_cut_seq(sp, ck, ckv);
 	ret = rec_list(sp, &list, &n);
 	if (ret)
 		return ret;
 	ret = rec_files(sp, &c, list, n);
 	if (ret < 0)
 		goto out;
+	rec_apply_cut(sp, &c);
 	for (i = 0; i < sp->nsegs; i++)
 		if (sp->segs[i]->end > sp->segs[i]->first) {
 			first_found = sp->segs[i]->first;
@@ -2535,7 +3212,7 @@ static int sp_recover(struct spool *sp)
 	if (sp->nsegs)
 		sp->next_seq = max64(sp->next_seq,
 				     sp->segs[sp->nsegs - 1]->end);
-	if (ck > 0) {
+	if (ckv > 0) {
 		/* durable once (the checkpoint said so), not here now */
 		uint64_t from = c.expect ? c.expect : ck_acked;
 
@@ -2543,12 +3220,13 @@ static int sp_recover(struct spool *sp)
 			rec_gap(&c, from, ck_next);
 		sp->next_seq = max64(sp->next_seq, max64(ck_next, ck_acked));
 	}
-	/* acked: from the checkpoint. Seqs in [acked, first found) were
-	 * deleted only if a checkpoint past them was durable first (acks
-	 * and drop-oldest alike), so they are lost: counted. Without a
-	 * checkpoint: the first seq found, everything is delivered again. */
-	if (ck > 0) {
-		sp->acked = ck_acked;
+	/* acked and the done ranges: from the checkpoint. Seqs in [acked,
+	 * first found) were deleted only if a checkpoint past them was
+	 * durable first (acks and drop-oldest alike), so they are lost:
+	 * counted. Without a checkpoint: the first seq found, everything
+	 * is delivered again. */
+	if (ckv > 0) {
+		rec_take_ckpt(sp, ck);
 		if (first_found > ck_acked)
 			rec_gap(&c, ck_acked, first_found);
 	} else {
@@ -2578,19 +3256,21 @@ static int sp_recover(struct spool *sp)
 		if (last->fd >= 0 && sp->active != last)
 			seg_maybe_close(sp, last);
 	}
-	if (ck <= 0 || ck_acked != sp->acked || ck_next != sp->next_seq) {
-		int r2 = spf_ck_write_sync(sp->dfd, sp->name, sp->acked,
-					   sp->next_seq);
-
-		if (r2)
-			sp_log(sp->set, LOG_WARN, "spool %s: cannot write the "
-			       "checkpoint: %s", sp->name, strerror(-r2));
-		else
-			ck = 1;
-		ck_next = sp->next_seq;
+	rec_sync_recent(sp, ckv > 0 ? ck_next : 0);
+	/* the file is reused when it is a version 2 one of ours; a missing,
+	 * corrupt or version 1 checkpoint is replaced by a new file */
+	if (ckv > 0 && ck->version == 2) {
+		sp->ck_fd = spf_slot_file_open(sp->dfd, SPF_CKPT_NAME,
+					       SPF_CK_SLOT);
+		sp->ck_gen = ck->gen;
+		if (sp->ck_fd < 0)
+			sp->ck_fd = -1;
 	}
-	sp->ck_next_durable = ck > 0 ? ck_next : 0;
-	sp->durable_acked = ck > 0 ? sp->acked : 0;
+	ret = ck_write_now(sp);
+	if (ret)
+		sp_log(sp->set, LOG_WARN, "spool %s: cannot write the "
+		       "checkpoint: %s (retried)", sp->name, strerror(-ret));
+	ret = 0;
 	sp_gc(sp);
 	if (sp->log_damage > LOG_DAMAGE_MAX)
 		sp_log(sp->set, LOG_WARN, "spool %s: %u damaged regions in all",
@@ -2612,6 +3292,7 @@ static void sp_free_mem(struct spool *sp)
 	free(sp->segs);
 	free(sp->rng);
 	free(sp->doomed);
+	free(sp->ck_slot);
 	if (sp->ck_fd >= 0)
 		close(sp->ck_fd);
 	if (sp->dfd >= 0)
@@ -2640,6 +3321,11 @@ struct spool *spool_open(struct spool_set *set, const char *sink)
 	sp->set = set;
 	sp->dfd = -1;
 	sp->ck_fd = -1;
+	sp->ck_slot = calloc(1, SPF_CK_SLOT);
+	if (!sp->ck_slot) {
+		free(sp);
+		return NULL;
+	}
 	strcpy(sp->name, sink);
 	sp->blk_size = min64(max64(set->o.tail_buffer / 4, BLK_MIN), BLK_MAX);
 	snprintf(label, sizeof(label), "%s/%s", set->dir, sink);

@@ -4,19 +4,20 @@
  * and `outbox spool` both use it; the recovery rules below are applied
  * by spool.c (spool_open), with the scanner from here.
  *
- * On-disk format (version 1)
- * ==========================
+ * On-disk format (segments version 1, checkpoint version 2)
+ * ==========================================================
  *
  * All integers are little-endian. CRCs are CRC-32C (Castagnoli,
  * reflected polynomial 0x82f63b78, init and final xor 0xffffffff, as in
  * iSCSI / ext4: crc32c("123456789") = 0xe3069283); spool_crc32c().
  *
  * <spool_dir>/                      mode 0700
+ *   drain-state                     drain journal (two-slot file, below)
+ *   delivery-state                  the delivery policy's (persist.c)
  *   <sink>/                         mode 0700, one per sink
  *     seg-<first seq, 16 hex>.obx   segment files, mode 0600
- *     checkpoint                    acknowledged watermark (msgpack)
- *     checkpoint.tmp                transient (atomic replace), removed
- *                                   at open
+ *     checkpoint                    acknowledged state (two-slot file)
+ *     checkpoint.tmp                transient (creation), removed at open
  *
  * Segment file = 96-byte header, then frames back to back.
  *
@@ -43,16 +44,39 @@
  *   frame size = 24 + round_up(len, 8). Within a file seqs strictly
  *   increase and are consecutive unless records were lost.
  *
- * Checkpoint = one msgpack map (written to checkpoint.tmp, fsync, rename
- * over checkpoint, fsync of the sink directory):
- *     {"version": 1, "sink": "<name>", "acked": u64, "next_seq": u64,
- *      "crc": u32}
- *   acked: every seq < acked is done. next_seq: one past the last record
- *   made durable (per the durability setting) when it was written; new
- *   seqs start at max(next_seq, last seq found + 1). crc = crc32c of
- *   acked (u64 LE), next_seq (u64 LE) and the sink name bytes. Unknown
- *   keys are ignored (forward compatible); a missing key, another
- *   version, another sink or a bad crc make the checkpoint "corrupt".
+ * Two-slot files (checkpoint, drain-state): 2 x slot_size bytes, made
+ * once at full size (tmp O_EXCL|O_NOFOLLOW, fsync, rename, fsync dir),
+ * then updated by overwriting the OLDER slot with one pwrite: never any
+ * new disk space, and a torn write leaves the other slot intact.
+ *   slot: 0 u32 magic, 4 u16 version (2), 6 u16 0, 8 u64 gen,
+ *         16 u32 len, 20 u32 crc32c(bytes 0..19, payload), 24 payload
+ *   The valid slot with the highest gen wins.
+ *
+ * Checkpoint: magic "OBXK", 8 KiB slots, payload one msgpack map
+ *     {"sink", "acked", "next_seq", "sent", "ranges": [[a, b]...],
+ *      "corrupt", "dropped_full", "redelivered", "ring_id",
+ *      "epoch": [3 x u64], "base": [u64...]}
+ *   acked: every seq < acked is done; ranges: done seqs above it (at
+ *   most 256). next_seq: one past the last record made durable (per the
+ *   durability setting) when it was written; new seqs start at
+ *   max(next_seq, last seq found + 1). sent: one past the last record
+ *   read for delivery (re-sends below it are counted redelivered).
+ *   corrupt, dropped_full, redelivered: the spool's totals; ring_id and
+ *   epoch: the shm segment the counters are of and those totals when it
+ *   was new; base: the owner's counters. Unknown keys are ignored; a
+ *   missing sink/acked/next_seq, another sink or bad values make a slot
+ *   invalid; no valid slot = "corrupt".
+ *   Version 1 (still read, replaced at open): the whole file one map
+ *   {"version": 1, "sink", "acked", "next_seq", "crc"}, crc = crc32c of
+ *   acked (u64 LE), next_seq (u64 LE) and the sink name bytes.
+ *
+ * Drain journal: magic "OBXJ", 16 KiB slots, payload
+ *     {"ring_id", "ring_pos", "sinks": [[name, end_seq]...],
+ *      "counters": bin}
+ *   written by each flush once its writes completed, before the ring is
+ *   released: ring records before ring_pos (of the shm segment
+ *   ring_id) are in the spool or were dropped and counted in counters;
+ *   each sink's records from end_seq on belong to a later flush.
  *
  * Recovery (spool_open, synchronous)
  * ==================================
@@ -91,7 +115,13 @@
  *   deleted before a checkpoint past it is durable): counted corrupt.
  * - Checkpoint missing or corrupt: acked = the first seq found (deliver
  *   everything present: duplicates possible, no loss), and a fresh
- *   checkpoint is written.
+ *   checkpoint is written. Its done ranges are done again (not read).
+ * - Drain journal of the same ring, naming this sink: records from
+ *   max(end_seq, checkpoint acked, next_seq) on were written by a flush
+ *   that did not finish (still in the ring): cut (segments made for them
+ *   deleted, the one they continued cut back and sealed), cut_records.
+ * - durability = fdatasync: segments past the checkpoint's next_seq are
+ *   fdatasync'ed (what a killed broker had not synced yet).
  * - A sparse index (seq -> file offset, one entry per 128 KiB of frames
  *   and after every damaged region) is built per segment, so reads never
  *   rescan and RAM is ~16 bytes per 128 KiB of backlog.
@@ -123,7 +153,6 @@
 #define SEG_NAME_OFF		24
 #define SEG_NAME_LEN		48
 #define SEG_CRC_OFF		92
-#define CKPT_VERSION		1
 #define CKPT_MAX		4096
 #define SCAN_BUF		(1u << 20)
 
@@ -364,122 +393,6 @@ bool spf_sink_name_ok(const char *s)
 	       strcmp(s, "..") && !strchr(s, '/');
 }
 
-/* ---- checkpoint file -------------------------------------------------- */
-
-static uint32_t ck_crc(const char *sink, uint64_t acked, uint64_t next)
-{
-	uint8_t b[16];
-
-	spf_put64(b, acked);
-	spf_put64(b + 8, next);
-	return crc_of(crc_of(0, b, 16), sink, strlen(sink));
-}
-
-static int ck_pack(msgpack_sbuffer *sb, const char *sink, uint64_t acked,
-		   uint64_t next)
-{
-	msgpack_packer pk;
-
-	msgpack_sbuffer_clear(sb);
-	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-	if (msgpack_pack_map(&pk, 5) ||
-	    msgpack_pack_str(&pk, 7) || msgpack_pack_str_body(&pk, "version", 7) ||
-	    msgpack_pack_uint32(&pk, CKPT_VERSION) ||
-	    msgpack_pack_str(&pk, 4) || msgpack_pack_str_body(&pk, "sink", 4) ||
-	    msgpack_pack_str(&pk, strlen(sink)) ||
-	    msgpack_pack_str_body(&pk, sink, strlen(sink)) ||
-	    msgpack_pack_str(&pk, 5) || msgpack_pack_str_body(&pk, "acked", 5) ||
-	    msgpack_pack_uint64(&pk, acked) ||
-	    msgpack_pack_str(&pk, 8) ||
-	    msgpack_pack_str_body(&pk, "next_seq", 8) ||
-	    msgpack_pack_uint64(&pk, next) ||
-	    msgpack_pack_str(&pk, 3) || msgpack_pack_str_body(&pk, "crc", 3) ||
-	    msgpack_pack_uint32(&pk, ck_crc(sink, acked, next)))
-		return -ENOMEM;
-	return 0;
-}
-
-static bool mp_key(const msgpack_object *k, const char *s)
-{
-	size_t n = strlen(s);
-
-	return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-	       !memcmp(k->via.str.ptr, s, n);
-}
-
-/* 1 valid, 0 missing, -1 corrupt (or unreadable). */
-int spf_ck_load(int dfd, const char *sink, uint64_t *acked, uint64_t *next)
-{
-	char buf[CKPT_MAX];
-	msgpack_unpacked u;
-	uint64_t a = 0, nx = 0, ver = 0, crc = 0;
-	int have = 0, fd, ret = -1;
-	ssize_t n;
-	uint32_t i;
-
-	fd = openat(dfd, SPF_CKPT_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
-	if (n <= 0 || n == (ssize_t)sizeof(buf))
-		return -1;
-	msgpack_unpacked_init(&u);
-	if (msgpack_unpack_next(&u, buf, (size_t)n, NULL) !=
-	    MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP)
-		goto out;
-	for (i = 0; i < u.data.via.map.size; i++) {
-		const msgpack_object *k = &u.data.via.map.ptr[i].key;
-		const msgpack_object *v = &u.data.via.map.ptr[i].val;
-
-		if (mp_key(k, "sink")) {
-			if (v->type != MSGPACK_OBJECT_STR ||
-			    v->via.str.size != strlen(sink) ||
-			    memcmp(v->via.str.ptr, sink, strlen(sink)))
-				goto out;
-			have |= 1;
-			continue;
-		}
-		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-			continue;
-		if (mp_key(k, "version"))
-			ver = v->via.u64, have |= 2;
-		else if (mp_key(k, "acked"))
-			a = v->via.u64, have |= 4;
-		else if (mp_key(k, "next_seq"))
-			nx = v->via.u64, have |= 8;
-		else if (mp_key(k, "crc"))
-			crc = v->via.u64, have |= 16;
-	}
-	if (have == 31 && ver == CKPT_VERSION &&
-	    crc == ck_crc(sink, a, nx)) {
-		*acked = a;
-		*next = nx;
-		ret = 1;
-	}
-out:
-	msgpack_unpacked_destroy(&u);
-	return ret;
-}
-
-int spf_ck_encode(uint8_t *buf, size_t cap, const char *sink,
-		  uint64_t acked, uint64_t next)
-{
-	msgpack_sbuffer sb;
-	int ret;
-
-	msgpack_sbuffer_init(&sb);
-	ret = ck_pack(&sb, sink, acked, next);
-	if (!ret && sb.size > cap)
-		ret = -ENOSPC;
-	if (!ret) {
-		memcpy(buf, sb.data, sb.size);
-		ret = (int)sb.size;
-	}
-	msgpack_sbuffer_destroy(&sb);
-	return ret;
-}
-
 int spf_tmp_create(int dfd, const char *name)
 {
 	int fd;
@@ -493,33 +406,573 @@ int spf_tmp_create(int dfd, const char *name)
 	return fd < 0 ? -errno : fd;
 }
 
-/* Synchronous atomic replace: tmp, fsync, rename, fsync dir. */
-int spf_ck_write_sync(int dfd, const char *sink, uint64_t acked,
-		      uint64_t next)
+/* ---- two-slot files ---------------------------------------------------
+ *
+ * A small state file that is rewritten in place and must never need new
+ * disk space (a full disk must not stop acknowledgements): created once
+ * at its full size (two slots, written out, fsync, rename), then each
+ * update overwrites the OLDER slot with a pwrite. A torn write damages
+ * at most that slot; the other still holds the previous state. */
+
+#define SLOT_HDR		24u
+#define SLOT_VERSION		2
+
+size_t spf_slot_pack(uint8_t *slot, size_t slot_size, uint32_t magic,
+		     uint64_t gen, const void *payload, size_t len)
 {
-	msgpack_sbuffer sb;
+	uint32_t crc;
+
+	if (len > slot_size - SLOT_HDR)
+		return 0;
+	spf_put32(slot, magic);
+	spf_put16(slot + 4, SLOT_VERSION);
+	spf_put16(slot + 6, 0);
+	spf_put64(slot + 8, gen);
+	spf_put32(slot + 16, (uint32_t)len);
+	memcpy(slot + SLOT_HDR, payload, len);
+	crc = crc_of(0, slot, 20);
+	spf_put32(slot + 20, crc_of(crc, payload, len));
+	return SLOT_HDR + len;
+}
+
+int spf_slot_pick(const uint8_t *file, size_t file_len, size_t slot_size,
+		  uint32_t magic, const uint8_t **payload, size_t *len,
+		  uint64_t *gen)
+{
+	int i, best = -1;
+
+	for (i = 0; i < 2; i++) {
+		const uint8_t *p = file + (size_t)i * slot_size;
+		uint32_t n, crc;
+		uint64_t g;
+
+		if ((size_t)(i + 1) * slot_size > file_len ||
+		    spf_get32(p) != magic || spf_get16(p + 4) != SLOT_VERSION)
+			continue;
+		n = spf_get32(p + 16);
+		if (n > slot_size - SLOT_HDR)
+			continue;
+		crc = crc_of(crc_of(0, p, 20), p + SLOT_HDR, n);
+		if (crc != spf_get32(p + 20))
+			continue;
+		g = spf_get64(p + 8);
+		if (best >= 0 && g <= *gen)
+			continue;
+		best = i;
+		*gen = g;
+		*payload = p + SLOT_HDR;
+		*len = n;
+	}
+	return best;
+}
+
+int spf_slot_file_create(int dfd, const char *name, const char *tmp,
+			 size_t slot_size, const uint8_t *slot0, size_t len0)
+{
+	uint8_t *img = calloc(2, slot_size);
 	int fd, ret;
 
-	msgpack_sbuffer_init(&sb);
-	ret = ck_pack(&sb, sink, acked, next);
-	if (ret)
-		goto out;
-	fd = spf_tmp_create(dfd, SPF_CKPT_TMP);
+	if (!img)
+		return -ENOMEM;
+	memcpy(img, slot0, len0);
+	fd = spf_tmp_create(dfd, tmp);
 	if (fd < 0) {
-		ret = fd;
-		goto out;
+		free(img);
+		return fd;
 	}
-	ret = spf_write_full(fd, sb.data, sb.size);
+	ret = spf_write_full(fd, img, 2 * slot_size);
+	free(img);
 	if (!ret && fsync(fd) < 0)
 		ret = -errno;
-	close(fd);
-	if (!ret && renameat(dfd, SPF_CKPT_TMP, dfd, SPF_CKPT_NAME) < 0)
+	if (!ret && renameat(dfd, tmp, dfd, name) < 0)
 		ret = -errno;
 	if (!ret && fsync(dfd) < 0)
 		ret = -errno;
+	if (ret) {
+		close(fd);
+		unlinkat(dfd, tmp, 0);
+		return ret;
+	}
+	return fd;
+}
+
+int spf_slot_file_open(int dfd, const char *name, size_t slot_size)
+{
+	struct stat st;
+	int fd = openat(dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    st.st_uid != geteuid() || (uint64_t)st.st_size != 2 * slot_size) {
+		close(fd);
+		return -EBADF;
+	}
+	return fd;
+}
+
+/* Reads a whole small file (at most cap bytes): its length or -errno
+ * (-ENOENT when missing, -EFBIG when longer than cap). */
+static ssize_t read_small(int dfd, const char *name, uint8_t *buf,
+			  size_t cap)
+{
+	struct stat st;
+	ssize_t n;
+	int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return -EINVAL;
+	}
+	if ((uint64_t)st.st_size > cap) {
+		close(fd);
+		return -EFBIG;
+	}
+	n = spf_read_full(fd, buf, (size_t)st.st_size, 0) ? -EIO :
+	    (ssize_t)st.st_size;
+	close(fd);
+	return n;
+}
+
+/* ---- msgpack helpers ------------------------------------------------- */
+
+static bool mp_key(const msgpack_object *k, const char *s)
+{
+	size_t n = strlen(s);
+
+	return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+	       !memcmp(k->via.str.ptr, s, n);
+}
+
+static bool mp_str_eq(const msgpack_object *v, const char *s)
+{
+	size_t n = strlen(s);
+
+	return v->type == MSGPACK_OBJECT_STR && v->via.str.size == n &&
+	       !memcmp(v->via.str.ptr, s, n);
+}
+
+static bool mp_u64(const msgpack_object *v, uint64_t *out)
+{
+	if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+		return false;
+	*out = v->via.u64;
+	return true;
+}
+
+/* Calls kv() for every key/value of the map buf holds: 0, or -1 when buf
+ * is not one map or kv() said no. */
+static int mp_map_walk(const uint8_t *buf, size_t n,
+		       bool (*kv)(void *ctx, const msgpack_object *k,
+				  const msgpack_object *v), void *ctx)
+{
+	msgpack_unpacked u;
+	int ret = -1;
+	uint32_t i;
+
+	msgpack_unpacked_init(&u);
+	if (msgpack_unpack_next(&u, (const char *)buf, n, NULL) !=
+	    MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP)
+		goto out;
+	for (i = 0; i < u.data.via.map.size; i++)
+		if (!kv(ctx, &u.data.via.map.ptr[i].key,
+			&u.data.via.map.ptr[i].val))
+			goto out;
+	ret = 0;
 out:
-	msgpack_sbuffer_destroy(&sb);
+	msgpack_unpacked_destroy(&u);
 	return ret;
+}
+
+static void mp_pack_key(msgpack_packer *pk, const char *k)
+{
+	msgpack_pack_str(pk, strlen(k));
+	msgpack_pack_str_body(pk, k, strlen(k));
+}
+
+static void mp_pack_kv(msgpack_packer *pk, const char *k, uint64_t v)
+{
+	mp_pack_key(pk, k);
+	msgpack_pack_uint64(pk, v);
+}
+
+/* ---- checkpoint ---------------------------------------------------------
+ *
+ * Version 2: a two-slot file (magic "OBXK"), each slot a msgpack map
+ *   {"sink", "acked", "next_seq", "sent", "ranges": [[a, b]...],
+ *    "corrupt", "dropped_full", "redelivered", "ring_id",
+ *    "epoch": [corrupt, dropped_full, redelivered], "base": [u64...]}
+ * Version 1 (a bare msgpack map {version, sink, acked, next_seq, crc},
+ * replaced through checkpoint.tmp) is still read, and replaced by a
+ * version 2 file at the next open. */
+
+#define CK_MAGIC		0x4b58424fu	/* "OBXK" */
+
+static uint32_t ck1_crc(const char *sink, uint64_t acked, uint64_t next)
+{
+	uint8_t b[16];
+
+	spf_put64(b, acked);
+	spf_put64(b + 8, next);
+	return crc_of(crc_of(0, b, 16), sink, strlen(sink));
+}
+
+struct ck_walk {
+	struct spf_ckpt *ck;
+	const char *sink;
+	int have;
+	uint64_t ver, crc;
+};
+
+static bool ck1_kv(void *ctx, const msgpack_object *k,
+		   const msgpack_object *v)
+{
+	struct ck_walk *w = ctx;
+
+	if (mp_key(k, "sink")) {
+		if (!mp_str_eq(v, w->sink))
+			return false;
+		w->have |= 1;
+	} else if (mp_key(k, "version") && mp_u64(v, &w->ver)) {
+		w->have |= 2;
+	} else if (mp_key(k, "acked") && mp_u64(v, &w->ck->acked)) {
+		w->have |= 4;
+	} else if (mp_key(k, "next_seq") && mp_u64(v, &w->ck->next_seq)) {
+		w->have |= 8;
+	} else if (mp_key(k, "crc") && mp_u64(v, &w->crc)) {
+		w->have |= 16;
+	}
+	return true;
+}
+
+/* The version 1 file: 1 valid, -1 corrupt. */
+static int ck1_parse(const uint8_t *buf, size_t n, const char *sink,
+		     struct spf_ckpt *ck)
+{
+	struct ck_walk w = { .ck = ck, .sink = sink };
+
+	memset(ck, 0, sizeof(*ck));
+	ck->version = 1;
+	if (mp_map_walk(buf, n, ck1_kv, &w) || w.have != 31 || w.ver != 1 ||
+	    w.crc != ck1_crc(sink, ck->acked, ck->next_seq))
+		return -1;
+	return 1;
+}
+
+static bool ck_ranges(const msgpack_object *v, struct spf_ckpt *ck)
+{
+	uint32_t i;
+
+	if (v->type != MSGPACK_OBJECT_ARRAY)
+		return false;
+	for (i = 0; i < v->via.array.size && ck->nranges < SPF_CK_RANGES_MAX;
+	     i++) {
+		const msgpack_object *r = &v->via.array.ptr[i];
+		uint64_t a, b;
+
+		if (r->type != MSGPACK_OBJECT_ARRAY || r->via.array.size != 2 ||
+		    !mp_u64(&r->via.array.ptr[0], &a) ||
+		    !mp_u64(&r->via.array.ptr[1], &b) || a >= b)
+			return false;
+		ck->ranges[ck->nranges].a = a;
+		ck->ranges[ck->nranges].b = b;
+		ck->nranges++;
+	}
+	return true;
+}
+
+/* An array of u64 into out (at most max kept): its length, or -1. */
+static int mp_u64s(const msgpack_object *v, uint64_t *out, uint32_t max)
+{
+	uint32_t i;
+
+	if (v->type != MSGPACK_OBJECT_ARRAY)
+		return -1;
+	for (i = 0; i < v->via.array.size && i < max; i++)
+		if (!mp_u64(&v->via.array.ptr[i], &out[i]))
+			return -1;
+	return (int)i;
+}
+
+static bool ck_base(const msgpack_object *v, struct spf_ckpt *ck)
+{
+	int n = mp_u64s(v, ck->base, SPF_CK_BASE_MAX);
+
+	ck->nbase = n > 0 ? (uint32_t)n : 0;
+	return n >= 0;
+}
+
+static bool ck2_kv(void *ctx, const msgpack_object *k,
+		   const msgpack_object *v)
+{
+	struct ck_walk *w = ctx;
+	struct spf_ckpt *ck = w->ck;
+
+	if (mp_key(k, "sink")) {
+		w->have |= 1;
+		return mp_str_eq(v, w->sink);
+	}
+	if (mp_key(k, "acked")) {
+		w->have |= 2;
+		return mp_u64(v, &ck->acked);
+	}
+	if (mp_key(k, "next_seq")) {
+		w->have |= 4;
+		return mp_u64(v, &ck->next_seq);
+	}
+	if (mp_key(k, "sent"))
+		return mp_u64(v, &ck->sent);
+	if (mp_key(k, "ranges"))
+		return ck_ranges(v, ck);
+	if (mp_key(k, "corrupt"))
+		return mp_u64(v, &ck->corrupt);
+	if (mp_key(k, "dropped_full"))
+		return mp_u64(v, &ck->dropped_full);
+	if (mp_key(k, "redelivered"))
+		return mp_u64(v, &ck->redelivered);
+	if (mp_key(k, "ring_id"))
+		return mp_u64(v, &ck->ring_id);
+	if (mp_key(k, "epoch"))
+		return mp_u64s(v, ck->epoch, 3) == 3;
+	if (mp_key(k, "base"))
+		return ck_base(v, ck);
+	return true;			/* unknown keys: later versions */
+}
+
+/* One slot's payload: 1 valid, -1 not. */
+static int ck2_parse(const uint8_t *buf, size_t n, const char *sink,
+		     struct spf_ckpt *ck)
+{
+	struct ck_walk w = { .ck = ck, .sink = sink };
+
+	memset(ck, 0, sizeof(*ck));
+	ck->version = 2;
+	if (mp_map_walk(buf, n, ck2_kv, &w) || w.have != 7)
+		return -1;
+	return 1;
+}
+
+int spf_ck_load(int dfd, const char *sink, struct spf_ckpt *ck)
+{
+	uint8_t *buf = malloc(2 * SPF_CK_SLOT);
+	const uint8_t *pl;
+	size_t len;
+	ssize_t n;
+	int ret = -1;
+
+	if (!buf)
+		return -1;
+	n = read_small(dfd, SPF_CKPT_NAME, buf, 2 * SPF_CK_SLOT);
+	if (n == -ENOENT) {
+		ret = 0;
+	} else if (n == 2 * SPF_CK_SLOT) {
+		uint64_t gen = 0;
+		int i = spf_slot_pick(buf, (size_t)n, SPF_CK_SLOT, CK_MAGIC,
+				      &pl, &len, &gen);
+
+		if (i >= 0 && ck2_parse(pl, len, sink, ck) > 0) {
+			ck->gen = gen;
+			ret = 1;
+		}
+	} else if (n > 0 && n < CKPT_MAX) {
+		ret = ck1_parse(buf, (size_t)n, sink, ck);
+	}
+	free(buf);
+	return ret;
+}
+
+size_t spf_ck_encode(uint8_t *slot, const char *sink,
+		     const struct spf_ckpt *ck)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	size_t n;
+	uint32_t i;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 11);
+	mp_pack_key(&pk, "sink");
+	msgpack_pack_str(&pk, strlen(sink));
+	msgpack_pack_str_body(&pk, sink, strlen(sink));
+	mp_pack_kv(&pk, "acked", ck->acked);
+	mp_pack_kv(&pk, "next_seq", ck->next_seq);
+	mp_pack_kv(&pk, "sent", ck->sent);
+	mp_pack_key(&pk, "ranges");
+	msgpack_pack_array(&pk, ck->nranges);
+	for (i = 0; i < ck->nranges; i++) {
+		msgpack_pack_array(&pk, 2);
+		msgpack_pack_uint64(&pk, ck->ranges[i].a);
+		msgpack_pack_uint64(&pk, ck->ranges[i].b);
+	}
+	mp_pack_kv(&pk, "corrupt", ck->corrupt);
+	mp_pack_kv(&pk, "dropped_full", ck->dropped_full);
+	mp_pack_kv(&pk, "redelivered", ck->redelivered);
+	mp_pack_kv(&pk, "ring_id", ck->ring_id);
+	mp_pack_key(&pk, "epoch");
+	msgpack_pack_array(&pk, 3);
+	for (i = 0; i < 3; i++)
+		msgpack_pack_uint64(&pk, ck->epoch[i]);
+	mp_pack_key(&pk, "base");
+	msgpack_pack_array(&pk, ck->nbase);
+	for (i = 0; i < ck->nbase; i++)
+		msgpack_pack_uint64(&pk, ck->base[i]);
+	n = sb.data ? spf_slot_pack(slot, SPF_CK_SLOT, CK_MAGIC, ck->gen,
+				    sb.data, sb.size) : 0;
+	msgpack_sbuffer_destroy(&sb);
+	return n;
+}
+
+int spf_ck_create(int dfd, const char *sink, const struct spf_ckpt *ck)
+{
+	uint8_t *slot = calloc(1, SPF_CK_SLOT);
+	size_t n;
+	int fd;
+
+	if (!slot)
+		return -ENOMEM;
+	n = spf_ck_encode(slot, sink, ck);
+	fd = n ? spf_slot_file_create(dfd, SPF_CKPT_NAME, SPF_CKPT_TMP,
+				      SPF_CK_SLOT, slot, n) : -EOVERFLOW;
+	free(slot);
+	return fd;
+}
+
+/* ---- drain journal ------------------------------------------------------
+ *
+ * <spool_dir>/drain-state: a two-slot file (magic "OBXJ") the broker
+ * rewrites after every spool flush's writes completed and before it
+ * releases the ring:
+ *   {"ring_id": u64, "ring_pos": u64, "sinks": [[name, end_seq]...],
+ *    "counters": bin}
+ * ring_pos: every ring record before it is in the spool (or was dropped
+ * and counted in "counters", the broker's own encoding); end_seq: one
+ * past each sink's last record written by that flush. */
+
+#define JR_MAGIC		0x4a58424fu	/* "OBXJ" */
+
+static bool jr_sinks(const msgpack_object *v, struct spf_journal *j)
+{
+	uint32_t i;
+
+	if (v->type != MSGPACK_OBJECT_ARRAY)
+		return false;
+	for (i = 0; i < v->via.array.size && j->nsinks < SPF_JR_SINKS_MAX;
+	     i++) {
+		const msgpack_object *e = &v->via.array.ptr[i], *nm;
+
+		if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2)
+			return false;
+		nm = &e->via.array.ptr[0];
+		if (nm->type != MSGPACK_OBJECT_STR || !nm->via.str.size ||
+		    nm->via.str.size >= SPF_NAME_MAX ||
+		    !mp_u64(&e->via.array.ptr[1], &j->sinks[j->nsinks].end_seq))
+			return false;
+		memcpy(j->sinks[j->nsinks].name, nm->via.str.ptr,
+		       nm->via.str.size);
+		j->sinks[j->nsinks].name[nm->via.str.size] = '\0';
+		j->nsinks++;
+	}
+	return true;
+}
+
+struct jr_walk {
+	struct spf_journal *j;
+	int have;
+};
+
+static bool jr_kv(void *ctx, const msgpack_object *k,
+		  const msgpack_object *v)
+{
+	struct jr_walk *w = ctx;
+	struct spf_journal *j = w->j;
+
+	if (mp_key(k, "ring_id")) {
+		w->have |= 1;
+		return mp_u64(v, &j->ring_id);
+	}
+	if (mp_key(k, "ring_pos")) {
+		w->have |= 2;
+		return mp_u64(v, &j->ring_pos);
+	}
+	if (mp_key(k, "sinks")) {
+		w->have |= 4;
+		return jr_sinks(v, j);
+	}
+	if (mp_key(k, "counters")) {
+		if (v->type != MSGPACK_OBJECT_BIN ||
+		    v->via.bin.size > SPF_JR_BLOB_MAX)
+			return false;
+		j->blob_len = v->via.bin.size;
+		memcpy(j->blob, v->via.bin.ptr, j->blob_len);
+	}
+	return true;
+}
+
+int spf_jr_parse(const uint8_t *buf, size_t n, struct spf_journal *j)
+{
+	struct jr_walk w = { .j = j };
+
+	memset(j, 0, sizeof(*j));
+	if (mp_map_walk(buf, n, jr_kv, &w) || w.have != 7)
+		return -1;
+	return 1;
+}
+
+int spf_jr_load(int dfd, struct spf_journal *j)
+{
+	uint8_t *buf = malloc(2 * SPF_JR_SLOT);
+	const uint8_t *pl;
+	size_t len;
+	uint64_t gen = 0;
+	ssize_t n;
+	int ret = -1;
+
+	if (!buf)
+		return -1;
+	n = read_small(dfd, SPF_JOURNAL_NAME, buf, 2 * SPF_JR_SLOT);
+	if (n == -ENOENT)
+		ret = 0;
+	else if (n == 2 * SPF_JR_SLOT &&
+		 spf_slot_pick(buf, (size_t)n, SPF_JR_SLOT, JR_MAGIC, &pl, &len,
+			       &gen) >= 0 && spf_jr_parse(pl, len, j) > 0)
+		ret = 1;
+	if (ret > 0)
+		j->gen = gen;
+	free(buf);
+	return ret;
+}
+
+size_t spf_jr_encode(uint8_t *slot, const struct spf_journal *j)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	size_t n;
+	uint32_t i;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 4);
+	mp_pack_kv(&pk, "ring_id", j->ring_id);
+	mp_pack_kv(&pk, "ring_pos", j->ring_pos);
+	mp_pack_key(&pk, "sinks");
+	msgpack_pack_array(&pk, j->nsinks);
+	for (i = 0; i < j->nsinks; i++) {
+		msgpack_pack_array(&pk, 2);
+		msgpack_pack_str(&pk, strlen(j->sinks[i].name));
+		msgpack_pack_str_body(&pk, j->sinks[i].name,
+				      strlen(j->sinks[i].name));
+		msgpack_pack_uint64(&pk, j->sinks[i].end_seq);
+	}
+	mp_pack_key(&pk, "counters");
+	msgpack_pack_bin(&pk, j->blob_len);
+	msgpack_pack_bin_body(&pk, j->blob, j->blob_len);
+	n = sb.data ? spf_slot_pack(slot, SPF_JR_SLOT, JR_MAGIC, j->gen,
+				    sb.data, sb.size) : 0;
+	msgpack_sbuffer_destroy(&sb);
+	return n;
 }
 
 /* ---- scanning a segment file (recovery, verify, dump) ---------------- */
@@ -790,11 +1243,14 @@ typedef int (*sink_fn)(const char *dir, const char *sink, int dfd,
 
 /* The broker's own files at the top of spool_dir, next to the sink
  * directories: the delivery state (persist.c) and the temp file it is
- * replaced through ("<name>.tmp.XXXXXX", left behind by a crash). */
+ * replaced through ("<name>.tmp.XXXXXX", left behind by a crash), the
+ * drain journal and its temp file. */
 static bool top_file_known(const char *name)
 {
 	size_t n = strlen(SPF_DELIVERY_STATE);
 
+	if (!strcmp(name, SPF_JOURNAL_NAME) || !strcmp(name, SPF_JOURNAL_TMP))
+		return true;
 	return !strncmp(name, SPF_DELIVERY_STATE, n) &&
 	       (!name[n] || !strncmp(name + n, ".tmp.", 5));
 }
@@ -873,7 +1329,8 @@ static int ls_sink(const char *dir, const char *sink, int dfd, FILE *out,
 		   void *ctx)
 {
 	struct spf_file *v = NULL;
-	uint64_t acked = 0, next = 0, total = 0;
+	struct spf_ckpt c;
+	uint64_t total = 0;
 	int n = 0, i, ck, nseg = 0, ret;
 
 	ret = spf_list_files(dfd, &v, &n);
@@ -887,11 +1344,12 @@ static int ls_sink(const char *dir, const char *sink, int dfd, FILE *out,
 			nseg++;
 		}
 	}
-	ck = spf_ck_load(dfd, sink, &acked, &next);
+	ck = spf_ck_load(dfd, sink, &c);
 	fprintf(out, "%s: %d segments, %" PRIu64 " bytes, ", sink, nseg, total);
 	if (ck > 0)
 		fprintf(out, "checkpoint acked=%" PRIu64 " next_seq=%" PRIu64
-			"\n", acked, next);
+			" (%u ranges above, version %u)\n", c.acked,
+			c.next_seq, c.nranges, c.version);
 	else
 		fprintf(out, "checkpoint %s\n", ck ? "corrupt" : "missing");
 	for (i = 0; i < n; i++) {
@@ -964,13 +1422,14 @@ static int verify_sink(const char *dir, const char *sink, int dfd, FILE *out,
 {
 	struct verify_ctx c = { .out = out, .sink = sink };
 	struct spf_file *v = NULL;
-	uint64_t acked, next, nrec = 0;
+	struct spf_ckpt ckpt;
+	uint64_t nrec = 0;
 	int n = 0, i, ck, ret;
 
 	ret = spf_list_files(dfd, &v, &n);
 	if (ret)
 		return ret;
-	ck = spf_ck_load(dfd, sink, &acked, &next);
+	ck = spf_ck_load(dfd, sink, &ckpt);
 	if (ck < 0) {
 		fprintf(out, "%s/checkpoint: corrupt\n", sink);
 		c.problems++;

@@ -28,6 +28,9 @@
 #define SPF_NAME_MAX		48	/* sink name incl. NUL */
 #define SPF_CKPT_NAME		"checkpoint"
 #define SPF_CKPT_TMP		"checkpoint.tmp"
+/* <spool_dir>/drain-state: where the ring stands with the spool */
+#define SPF_JOURNAL_NAME	"drain-state"
+#define SPF_JOURNAL_TMP		"drain-state.tmp"
 /* <spool_dir>/delivery-state: the delivery policy's file (persist.h
  * PERSIST_FILE), next to the sink directories; not a sink */
 #define SPF_DELIVERY_STATE	"delivery-state"
@@ -129,16 +132,96 @@ int spf_write_full(int fd, const void *buf, size_t len);
  * mode 0600. fd or -errno. */
 int spf_tmp_create(int dfd, const char *name);
 
+/* ---- two-slot files -------------------------------------------------- */
+
+/* A state file rewritten in place that never needs new disk space: two
+ * slots of slot_size bytes, written out in full at creation; an update
+ * overwrites the older slot. Slot: magic u32, version u16 (2), 0 u16,
+ * gen u64, len u32, crc32c u32 (of the 20 bytes before and the
+ * payload), payload. The valid slot with the highest gen wins. */
+
+/* Builds a slot at `slot`: bytes to write, 0 if the payload is too big. */
+size_t spf_slot_pack(uint8_t *slot, size_t slot_size, uint32_t magic,
+		     uint64_t gen, const void *payload, size_t len);
+/* The valid slot of a file image with the highest gen: its index (0/1,
+ * with payload, len and gen set) or -1. */
+int spf_slot_pick(const uint8_t *file, size_t file_len, size_t slot_size,
+		  uint32_t magic, const uint8_t **payload, size_t *len,
+		  uint64_t *gen);
+/* Creates the file (2 x slot_size, slot0 in slot 0, zeros elsewhere)
+ * through tmp: written out, fsync, rename, fsync of dfd. The new file's
+ * fd (O_WRONLY) or -errno. */
+int spf_slot_file_create(int dfd, const char *name, const char *tmp,
+			 size_t slot_size, const uint8_t *slot0, size_t len0);
+/* Opens an existing one for updates (O_RDWR|O_NOFOLLOW): fd, or -errno
+ * (-EBADF when it is not a regular file of ours of the right size). */
+int spf_slot_file_open(int dfd, const char *name, size_t slot_size);
+
 /* ---- checkpoint -------------------------------------------------------- */
 
-/* 1 valid, 0 missing, -1 corrupt (or unreadable). */
-int spf_ck_load(int dfd, const char *sink, uint64_t *acked, uint64_t *next);
-/* Encoded checkpoint into buf (cap bytes): its length, or -ENOSPC. */
-int spf_ck_encode(uint8_t *buf, size_t cap, const char *sink,
-		  uint64_t acked, uint64_t next);
-/* Synchronous atomic replace: tmp, fsync, rename, fsync dir. */
-int spf_ck_write_sync(int dfd, const char *sink, uint64_t acked,
-		      uint64_t next);
+#define SPF_CK_SLOT		8192u
+#define SPF_CK_RANGES_MAX	256	/* done ranges above acked */
+#define SPF_CK_BASE_MAX		16	/* the owner's counters */
+
+struct spf_range {
+	uint64_t a, b;			/* [a, b) */
+};
+
+struct spf_ckpt {
+	uint32_t version;		/* 2; 1 = the old single-map file */
+	uint64_t gen;			/* slot generation (version 2) */
+	uint64_t acked;			/* every seq < acked is done */
+	uint64_t next_seq;		/* one past the last durable record */
+	uint64_t sent;			/* one past the last record read for
+					 * delivery (possible duplicates
+					 * after a crash are below it) */
+	uint32_t nranges;
+	struct spf_range ranges[SPF_CK_RANGES_MAX]; /* done, above acked */
+	uint64_t corrupt;		/* totals of this sink's spool, */
+	uint64_t dropped_full;		/* carried across restarts */
+	uint64_t redelivered;
+	uint64_t ring_id;		/* the ring these counters are of */
+	uint64_t epoch[3];		/* corrupt, dropped_full, redelivered
+					 * when that ring was new: published
+					 * counters start there */
+	uint32_t nbase;
+	uint64_t base[SPF_CK_BASE_MAX];	/* opaque: the owner's counters */
+};
+
+/* 1 valid (version 2, or 1), 0 missing, -1 corrupt or unreadable. */
+int spf_ck_load(int dfd, const char *sink, struct spf_ckpt *ck);
+/* A slot (SPF_CK_SLOT bytes at slot) for ck: bytes to write, or 0. */
+size_t spf_ck_encode(uint8_t *slot, const char *sink,
+		     const struct spf_ckpt *ck);
+/* Creates the checkpoint file with ck in slot 0: fd (O_WRONLY) or
+ * -errno. */
+int spf_ck_create(int dfd, const char *sink, const struct spf_ckpt *ck);
+
+/* ---- drain journal ------------------------------------------------------ */
+
+#define SPF_JR_SLOT		16384u
+#define SPF_JR_SINKS_MAX	64
+#define SPF_JR_BLOB_MAX		8192u
+
+struct spf_journal {
+	uint64_t gen;
+	uint64_t ring_id;		/* shm segment_id the positions are of */
+	uint64_t ring_pos;		/* ring records before it: in the spool
+					 * or counted dropped */
+	uint32_t nsinks;
+	struct {
+		char name[SPF_NAME_MAX];
+		uint64_t end_seq;	/* one past its last record written */
+	} sinks[SPF_JR_SINKS_MAX];
+	uint32_t blob_len;
+	uint8_t blob[SPF_JR_BLOB_MAX];	/* opaque: the owner's counters */
+};
+
+/* 1 valid, 0 missing, -1 damaged. */
+int spf_jr_load(int dfd, struct spf_journal *j);
+int spf_jr_parse(const uint8_t *buf, size_t n, struct spf_journal *j);
+/* A slot (SPF_JR_SLOT bytes) for j: bytes to write, or 0. */
+size_t spf_jr_encode(uint8_t *slot, const struct spf_journal *j);
 
 /* ---- scanning a segment file ----------------------------------------- */
 

@@ -190,7 +190,11 @@ struct obx_stats {
 	/* broker state that must survive a broker restart */
 	uint64_t retired_emitted, retired_full, retired_too_large,
 		 retired_late, ring_gaps;
-	uint64_t reserved[12];
+	/* appended (issue 13): spool */
+	uint64_t redelivered;        /* sent again after a broker restart */
+	uint64_t spool_disk_free;    /* gauge: bytes free for the spool */
+	uint64_t spool_write_errors; /* failed spool writes (this broker) */
+	uint64_t reserved[9];
 };
 
 struct obx_stats_page {
@@ -211,7 +215,8 @@ struct obx_sink_counters {
 		 dropped_retries_exhausted, dropped_expired, dropped_rate_limited,
 		 dropped_too_large, splits, inflight, dropped_spool_full,
 		 dropped_spool_error, unknown_routed, dropped_invalid;
-	uint64_t reserved[11];
+	uint64_t redelivered;        /* appended (issue 13) */
+	uint64_t reserved[10];
 };
 
 struct obx_sink_shm {

@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <msgpack.h>
 
 #define SEC		1000000000ull
 #define SEG_HDR		96
@@ -717,84 +718,157 @@ static void t_foreign_files(void)
 	spool_set_free(set);
 }
 
+/* Opens set + sink "c" of dir, for the checkpoint test. */
+static struct spool *ck_open(const struct spool_set_opts *o,
+			     struct spool_set **set)
+{
+	struct spool *sp;
+
+	*set = spool_set_new(&g_rx, o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(*set);
+	sp = spool_open(*set, "c");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	return sp;
+}
+
+/* The slot of the checkpoint file with the highest generation. */
+static int ck_newest_slot(const uint8_t *img)
+{
+	uint64_t g0, g1;
+
+	memcpy(&g0, img + 8, 8);
+	memcpy(&g1, img + SPF_CK_SLOT + 8, 8);
+	return g1 > g0 ? 1 : 0;
+}
+
+/* The checkpoint (version 2): a preallocated file of two CRC'd slots.
+ * Round trip of the watermark, the done ranges above it and the owner's
+ * counters; a damaged newest slot falls back to the other one; a whole
+ * damaged file means "deliver everything"; the old single-map file
+ * (version 1) is read and replaced. */
 static void t_checkpoint(void)
 {
+	static const uint64_t base[3] = { 7, 8, 9 };
 	char dir[256], ck[512];
 	struct spool_set_opts o;
 	struct spool_set *set;
 	struct spool_stats st;
 	struct readall ra = { 0 };
 	struct spool *sp;
+	uint64_t got[SPF_CK_BASE_MAX];
 	uint8_t *img;
 	size_t len;
+	int i;
 
 	new_dir(dir, sizeof(dir), "ckpt");
 	o = opts(dir);
-	set = spool_set_new(&g_rx, &o);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
-	sp = spool_open(set, "c");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	sp = ck_open(&o, &set);
+	CU_ASSERT_EQUAL(spool_base(sp, got, SPF_CK_BASE_MAX), 0);
 	CU_ASSERT_EQUAL(append_n(sp, 40, 0), 0);
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
 	spool_ack(sp, 1, 25);
+	spool_ack(sp, 30, 3);			/* a range above */
+	spool_set_base(sp, base, 3);
 	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
 	spool_close(sp);
 	spool_set_free(set);
 
-	/* round trip */
 	snprintf(ck, sizeof(ck), "%s/c/checkpoint", dir);
-	img = slurp_u8(ck, &len);
-	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
-	CU_ASSERT(len > 20 && len < 200);
-	CU_ASSERT_EQUAL(img[0], 0x85);		/* msgpack fixmap, 5 keys */
-	set = spool_set_new(&g_rx, &o);
-	sp = spool_open(set, "c");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(file_size(ck), 2 * SPF_CK_SLOT);	/* preallocated */
+	sp = ck_open(&o, &set);
 	CU_ASSERT_EQUAL(spool_acked(sp), 26);
 	CU_ASSERT_EQUAL(spool_next_seq(sp), 41);
+	CU_ASSERT_EQUAL(spool_base(sp, got, SPF_CK_BASE_MAX), 3);
+	CU_ASSERT(!memcmp(got, base, sizeof(base)));
+	CU_ASSERT_EQUAL(read_all(sp, 0, 100, &ra), 0);
+	CU_ASSERT_EQUAL(ra.n, 12);		/* 26..29, 33..40 */
+	CU_ASSERT_EQUAL(ra.first, 26);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.queued_events, 12);
+	/* two more checkpoints: acked 28, then 29 */
+	spool_ack(sp, 26, 2);
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
+	spool_ack(sp, 28, 1);
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
 	spool_close(sp);
 	spool_set_free(set);
 
-	/* corrupt: garbage, truncated, and a valid map whose value changed
-	 * (acked 26 -> 27 breaks the crc): all mean "deliver everything" */
-	{
-		const char *garbage = "\xde\xad\xbe\xef not msgpack";
-		struct { const void *p; size_t n; } cases[3];
-		int i;
-		uint8_t *mod = malloc(len);
+	/* a torn write of the newest slot: the other one holds acked 28 */
+	img = slurp_u8(ck, &len);
+	CU_ASSERT_FATAL(img && len == 2 * SPF_CK_SLOT);
+	img[ck_newest_slot(img) * SPF_CK_SLOT + 40] ^= 0x10;
+	CU_ASSERT_EQUAL(spit(ck, img, len), 0);
+	sp = ck_open(&o, &set);
+	CU_ASSERT_EQUAL(spool_acked(sp), 28);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.corrupt, 0);
+	spool_close(sp);
+	spool_set_free(set);
 
-		memcpy(mod, img, len);
-		for (i = 0; i + 6 < (int)len; i++)
-			if (!memcmp(mod + i, "acked", 5) && mod[i + 5] == 26) {
-				mod[i + 5] = 27;	/* positive fixint */
-				break;
-			}
-		CU_ASSERT(i + 6 < (int)len);
-		cases[0].p = garbage;
-		cases[0].n = strlen(garbage);
-		cases[1].p = img;
-		cases[1].n = len / 2;
-		cases[2].p = mod;
-		cases[2].n = len;
-		for (i = 0; i < 3; i++) {
-			CU_ASSERT_EQUAL(spit(ck, cases[i].p, cases[i].n), 0);
-			set = spool_set_new(&g_rx, &o);
-			sp = spool_open(set, "c");
-			CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
-			CU_ASSERT_EQUAL(spool_acked(sp), 1);
-			CU_ASSERT_EQUAL(spool_next_seq(sp), 41);
-			spool_get_stats(sp, &st);
-			CU_ASSERT_EQUAL(st.recovered, 40);
-			CU_ASSERT_EQUAL(st.corrupt, 0);
-			CU_ASSERT_EQUAL(read_all(sp, 0, 100, &ra), 0);
-			CU_ASSERT_EQUAL(ra.n, 40);
-			CU_ASSERT_EQUAL(ra.first, 1);
-			spool_close(sp);
-			spool_set_free(set);
+	/* both slots damaged, garbage, or cut short: "deliver everything" */
+	for (i = 0; i < 3; i++) {
+		const char *garbage = "\xde\xad\xbe\xef not msgpack";
+
+		free(img);
+		img = slurp_u8(ck, &len);
+		CU_ASSERT_FATAL(img != NULL);
+		if (i == 0) {
+			img[40] ^= 1;
+			img[SPF_CK_SLOT + 40] ^= 1;
+			CU_ASSERT_EQUAL(spit(ck, img, len), 0);
+		} else if (i == 1) {
+			CU_ASSERT_EQUAL(spit(ck, garbage, strlen(garbage)), 0);
+		} else {
+			CU_ASSERT_EQUAL(spit(ck, img, len / 2), 0);
 		}
-		free(mod);
+		sp = ck_open(&o, &set);
+		CU_ASSERT_EQUAL(spool_acked(sp), 1);
+		CU_ASSERT_EQUAL(spool_next_seq(sp), 41);
+		spool_get_stats(sp, &st);
+		CU_ASSERT_EQUAL(st.recovered, 40);
+		CU_ASSERT_EQUAL(st.corrupt, 0);
+		CU_ASSERT_EQUAL(read_all(sp, 0, 100, &ra), 0);
+		CU_ASSERT_EQUAL(ra.n, 40);
+		CU_ASSERT_EQUAL(ra.first, 1);
+		spool_close(sp);
+		spool_set_free(set);
+		/* ... and a fresh checkpoint file was made in its place */
+		CU_ASSERT_EQUAL(file_size(ck), 2 * SPF_CK_SLOT);
 	}
-	/* ... and a fresh checkpoint was written in its place */
+
+	/* version 1, as an older broker wrote it: read, then replaced */
+	{
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		uint8_t b[16];
+		uint64_t a = 20, nx = 41;
+
+		memcpy(b, &a, 8);
+		memcpy(b + 8, &nx, 8);
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 5);
+		msgpack_pack_str_with_body(&pk, "version", 7);
+		msgpack_pack_uint32(&pk, 1);
+		msgpack_pack_str_with_body(&pk, "sink", 4);
+		msgpack_pack_str_with_body(&pk, "c", 1);
+		msgpack_pack_str_with_body(&pk, "acked", 5);
+		msgpack_pack_uint64(&pk, a);
+		msgpack_pack_str_with_body(&pk, "next_seq", 8);
+		msgpack_pack_uint64(&pk, nx);
+		msgpack_pack_str_with_body(&pk, "crc", 3);
+		msgpack_pack_uint32(&pk, spool_crc32c(spool_crc32c(0, b, 16),
+						      "c", 1));
+		CU_ASSERT_EQUAL(spit(ck, sb.data, sb.size), 0);
+		msgpack_sbuffer_destroy(&sb);
+	}
+	sp = ck_open(&o, &set);
+	CU_ASSERT_EQUAL(spool_acked(sp), 20);
+	CU_ASSERT_EQUAL(read_all(sp, 0, 100, &ra), 0);
+	CU_ASSERT_EQUAL(ra.n, 21);
+	spool_close(sp);
+	spool_set_free(set);
+	CU_ASSERT_EQUAL(file_size(ck), 2 * SPF_CK_SLOT);
 	{
 		char *out = NULL;
 		size_t outlen = 0;
@@ -802,19 +876,10 @@ static void t_checkpoint(void)
 
 		CU_ASSERT_EQUAL(spool_ls(dir, mf), 0);
 		fclose(mf);
-		CU_ASSERT_PTR_NOT_NULL(strstr(out,
-			"checkpoint acked=1 "
-			"next_seq=41"));
+		CU_ASSERT_PTR_NOT_NULL(strstr(out, "checkpoint acked=20 "
+					      "next_seq=41"));
 		free(out);
 	}
-	set = spool_set_new(&g_rx, &o);
-	sp = spool_open(set, "c");
-	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
-	CU_ASSERT_EQUAL(spool_acked(sp), 1);
-	spool_get_stats(sp, &st);
-	CU_ASSERT_EQUAL(st.recovered, 40);
-	spool_close(sp);
-	spool_set_free(set);
 	free(img);
 }
 
@@ -898,7 +963,8 @@ static void t_cap_drop_newest(void)
 	CU_ASSERT(refused > 200);
 	CU_ASSERT_EQUAL(ok + refused, 400);
 	spool_get_stats(sp, &st);
-	CU_ASSERT_EQUAL(st.dropped_full, (uint64_t)refused);
+	CU_ASSERT_EQUAL(st.refused_full, (uint64_t)refused);
+	CU_ASSERT_EQUAL(st.dropped_full, 0);
 	CU_ASSERT(st.bytes <= 16384);
 	CU_ASSERT_EQUAL(spool_next_seq(sp), (uint64_t)ok + 1);
 	/* the oldest are all there */
@@ -1179,20 +1245,40 @@ static void t_disk_reads(void)
 
 /* A full file system: appends stop, nothing accepted is lost, and a
  * retry after space returns writes it all. */
+/* Fills the file system that holds path until a write fails. */
+static void fill_fs(const char *path)
+{
+	static uint8_t chunk[4096];
+	int fd = open(path, O_WRONLY | O_CREAT, 0600);
+
+	CU_ASSERT_FATAL(fd >= 0);
+	while (write(fd, chunk, sizeof(chunk)) > 0)
+		;
+	while (write(fd, chunk, 1) > 0)
+		;
+	close(fd);
+}
+
+/* A full disk is not a dead end (issue 13, defect 1): on a 1 MiB tmpfs
+ * filled by someone else, writes that fail drop their records
+ * (dropped_full) instead of stalling, later appends are refused
+ * (refused_full) by the free-space reserve, acknowledging writes the
+ * checkpoint and deletes delivered segments without needing a byte, and
+ * appends work again by themselves once space returns. */
 static void t_enospc(void)
 {
-	char mnt[256], dir[300], filler[320];
+	char mnt[256], dir[300], filler[320], seg1[400];
 	struct spool_set_opts o;
 	struct spool_set *set;
 	struct spool_stats st;
 	struct readall ra = { 0 };
 	struct spool *sp;
-	static uint8_t chunk[4096];
-	int fd, r, accepted;
+	uint64_t accepted = 0, refused = 0, lost;
+	int i, r;
 
 	new_dir(mnt, sizeof(mnt), "mnt");
 	CU_ASSERT_FATAL(mkdir(mnt, 0700) == 0);
-	if (mount("tmpfs", mnt, "tmpfs", 0, "size=256k") != 0) {
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0) {
 		printf("\n  skipped: cannot mount tmpfs (%s)\n",
 		       strerror(errno));
 		CU_PASS("skipped: cannot mount");
@@ -1203,62 +1289,72 @@ static void t_enospc(void)
 	o = opts(dir);
 	o.segment_size = 64 * 1024;
 	o.tail_buffer = 32 * 1024;
+	o.disk_reserve = 64 * 1024;
 	set = spool_set_new(&g_rx, &o);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
 	sp = spool_open(set, "e");
 	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
 	CU_ASSERT_EQUAL(append_n(sp, 20, 200), 0);
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	seg_path(seg1, sizeof(seg1), dir, "e", 1);
 
-	/* fill the file system */
+	/* someone else takes every byte */
 	snprintf(filler, sizeof(filler), "%s/filler", mnt);
-	fd = open(filler, O_WRONLY | O_CREAT, 0600);
-	CU_ASSERT_FATAL(fd >= 0);
-	while (write(fd, chunk, sizeof(chunk)) > 0)
-		;
-	close(fd);
+	fill_fs(filler);
 
-	accepted = 20;
-	CU_ASSERT_EQUAL(append_n(sp, 100, 200), 0);	/* into memory */
-	accepted += 100;
-	r = flush_wait(set);
-	CU_ASSERT_EQUAL(r, -ENOSPC);
-	CU_ASSERT_EQUAL(spool_set_stalled(set), 1);
-	spool_get_stats(sp, &st);
-	CU_ASSERT(st.write_errors >= 1);
-	CU_ASSERT_EQUAL(append_n(sp, 1, 200), -EAGAIN);	/* stopped */
-	CU_ASSERT_EQUAL(spool_next_seq(sp), (uint64_t)accepted + 1);
-	/* a retry on a still full disk fails again, nothing lost */
-	CU_ASSERT_EQUAL(flush_wait(set), -ENOSPC);
-	CU_ASSERT(spool_set_pending(set) > 0);
-	/* what was written before is still readable */
-	CU_ASSERT_EQUAL(read_all(sp, 0, 50, &ra), 0);
-	CU_ASSERT_EQUAL(ra.n, 20);
-
-	/* space comes back: the broker's retry flush succeeds */
-	CU_ASSERT_EQUAL(unlink(filler), 0);
+	/* what the stale estimate lets in is dropped when its write
+	 * fails; then the reserve refuses: never a stall */
+	for (i = 0; i < 100; i++) {
+		r = append_n(sp, 1, 200);
+		CU_ASSERT(r == 0 || r == -ENOSPC);
+		accepted += r == 0;
+		refused += r == -ENOSPC;
+	}
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
 	CU_ASSERT_EQUAL(spool_set_stalled(set), 0);
+	spool_get_stats(sp, &st);
+	lost = st.dropped_full;
+	CU_ASSERT(accepted >= 1);
+	CU_ASSERT_EQUAL(lost, accepted);	/* their write failed */
+	CU_ASSERT_EQUAL(st.refused_full, refused);
+	CU_ASSERT_EQUAL(append_n(sp, 1, 200), -ENOSPC);
 	CU_ASSERT_EQUAL(spool_set_pending(set), 0);
+	/* what was written before is all there */
 	CU_ASSERT_EQUAL(read_all(sp, 0, 50, &ra), 0);
-	CU_ASSERT_EQUAL(ra.n, (uint64_t)accepted);
+	CU_ASSERT_EQUAL(ra.n, 20);
 	CU_ASSERT_EQUAL(ra.bad, 0);
+
+	/* delivered: the checkpoint is written and the segment deleted
+	 * on the full disk */
+	spool_ack(sp, 1, 20);
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
+	CU_ASSERT_EQUAL(file_size(seg1), -1);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.queued_events, 0);
+
+	/* space comes back: appends are taken again by themselves */
+	CU_ASSERT_EQUAL(unlink(filler), 0);
+	usleep(150000);			/* the next free-space look */
 	CU_ASSERT_EQUAL(append_n(sp, 30, 200), 0);
-	accepted += 30;
 	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	CU_ASSERT_EQUAL(read_all(sp, 0, 64, &ra), 0);
+	CU_ASSERT_EQUAL(ra.n, 30);
+	CU_ASSERT_EQUAL(ra.bad, 0);
 	spool_close(sp);
 	spool_set_free(set);
 
-	/* the files are clean: no hole where the failed writes were */
+	/* the files are clean: the dropped records are done, not damage */
 	set = spool_set_new(&g_rx, &o);
 	sp = spool_open(set, "e");
 	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
 	spool_get_stats(sp, &st);
-	CU_ASSERT_EQUAL(st.recovered, (uint64_t)accepted);
+	CU_ASSERT_EQUAL(st.recovered, 30);
 	CU_ASSERT_EQUAL(st.corrupt, 0);
 	CU_ASSERT_EQUAL(st.truncated_bytes, 0);
+	CU_ASSERT_EQUAL(st.dropped_full, lost);	/* carried over */
+	CU_ASSERT_EQUAL(st.queued_events, 30);
 	CU_ASSERT_EQUAL(read_all(sp, 0, 64, &ra), 0);
-	CU_ASSERT_EQUAL(ra.n, (uint64_t)accepted);
+	CU_ASSERT_EQUAL(ra.n, 30);
 	CU_ASSERT_EQUAL(ra.bad, 0);
 	spool_close(sp);
 	spool_set_free(set);

@@ -333,7 +333,7 @@ static const struct ctr g_ctrs[] = {
 	  "Bytes in the spool, on disk and buffered."),
 	G(spool_segments, 1, CT_INFO, "Spool segment files."),
 	G(dropped_spool_full, 0, CT_DROP,
-	  "Events dropped because the spool reached spool_max."),
+	  "Events dropped because the spool was full (spool_max or disk)."),
 	G(spool_corrupt, 0, CT_DROP,
 	  "Damaged spool records skipped at recovery."),
 	G(dropped_late, 0, CT_DROP,
@@ -345,6 +345,12 @@ static const struct ctr g_ctrs[] = {
 	  "Events the spool refused (write error, record too large)."),
 	G(unknown_sink, 0, CT_INFO,
 	  "Events for an unknown sink, routed to the default sink."),
+	G(redelivered, 0, CT_INFO,
+	  "Events sent again after a broker restart (possible duplicates)."),
+	G(spool_disk_free, 1, CT_INFO,
+	  "Bytes free on the spool's file system (last look)."),
+	G(spool_write_errors, 0, CT_INFO,
+	  "Failed spool writes since the broker started."),
 };
 
 static const struct ctr k_ctrs[] = {
@@ -380,6 +386,8 @@ static const struct ctr k_ctrs[] = {
 	  "Events of this sink the spool refused."),
 	K(unknown_routed, 0, CT_INFO,
 	  "Events for unknown sinks routed to this sink."),
+	K(redelivered, 0, CT_INFO,
+	  "Events of this sink sent again after a broker restart."),
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
