@@ -847,6 +847,17 @@ static void ck_schedule(struct spool *sp)
 	sp->inflight++;
 }
 
+/* Records up to `end` were read for delivery: the next checkpoint says
+ * so (sent), so that after a crash their re-sends count as redelivered
+ * (it is written right after the batch goes out). */
+static void sp_read_to(struct spool *sp, uint64_t end)
+{
+	if (end <= sp->read_hwm)
+		return;
+	sp->read_hwm = end;
+	ck_schedule(sp);
+}
+
 static void ck_op_fn(struct rx_op *op, int res, uint32_t flags)
 {
 	struct ckop *c = container_of(op, struct ckop, op);
@@ -1876,7 +1887,7 @@ out:
 		b->recs[i].data = b->buf + (uintptr_t)b->recs[i].data;
 	b->next = b->n ? b->recs[b->n - 1].seq + 1 : max64(from, b->next);
 	if (b->n)
-		sp->read_hwm = max64(sp->read_hwm, b->next);
+		sp_read_to(sp, b->next);
 	sp->st.reads_mem++;
 	return 0;
 }
@@ -1933,7 +1944,7 @@ static void rd_finish(struct rd *r, int err)
 		r->b->n = 0;
 	if (r->b->n) {
 		r->b->next = r->b->recs[r->b->n - 1].seq + 1;
-		sp->read_hwm = max64(sp->read_hwm, r->b->next);
+		sp_read_to(sp, r->b->next);
 	} else {
 		r->b->next = max64(r->b->next, r->from);
 	}
