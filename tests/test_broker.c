@@ -370,6 +370,7 @@ static void test_spool_dir_is_a_file(void)
 }
 
 static int log_has(struct bt *t, const char *what);
+static void sed_conf(struct bt *t, const char *expr);
 
 /* Emits n small events {"p":0,"s":i} and waits until the default sink
  * delivered `want` in all (or ms pass). */
@@ -499,6 +500,98 @@ static void test_file_sink_symlink(void)
 	bt_cleanup(&t);
 }
 
+/* Offset of frame i (0-based) of a segment file image. */
+static long frame_off(const uint8_t *img, size_t len, int i)
+{
+	size_t off = 96;
+
+	while (i-- > 0 && off + 24 <= len) {
+		uint32_t n;
+
+		memcpy(&n, img + off + 4, 4);
+		off += 24 + ((n + 7) & ~7u);
+	}
+	return off + 24 <= len ? (long)off : -1;
+}
+
+/* spool_corrupt counts damaged records once and keeps counting them
+ * across plain restarts, also once delivery has passed them (it went
+ * back to 0 at the next start). */
+static void test_corrupt_survives_restart(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	char path[400], cmd[900];
+	struct obx_stats g;
+	struct bt t;
+	uint8_t *img;
+	size_t len;
+	int fd, i, k;
+
+	CU_ASSERT_FATAL(bt_init(&t, "corrupt", "durability = write",
+				"[sink hold]\ntype = segment\n"
+				"url = http://127.0.0.1:9/\nwrite_key = k\n")
+			== 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	/* 20 events to a sink that does not deliver (segment is not built
+	 * yet): they stay in its spool */
+	{
+		obx_t *h = bt_open(t.shm);
+		int sink;
+
+		CU_ASSERT_FATAL(h != NULL);
+		sink = obx_sink(h, "hold");
+		CU_ASSERT_FATAL(sink >= 0);
+		for (i = 0; i < 20; i++)
+			CU_ASSERT_EQUAL(obx_emit(h, sink, "t", "{\"a\":1}", 7,
+						 OBX_BODY_JSON), 0);
+		obx_close(h);
+	}
+	usleep(500000);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	/* two records rot on disk (a payload byte each) */
+	snprintf(path, sizeof(path), "%s/hold/seg-0000000000000001.obx",
+		 t.spool);
+	img = (uint8_t *)tu_read_file(path, &len);
+	CU_ASSERT_FATAL(img != NULL);
+	fd = open(path, O_RDWR);
+	CU_ASSERT_FATAL(fd >= 0);
+	for (k = 3; k <= 9; k += 6) {
+		long off = frame_off(img, len, k);
+
+		CU_ASSERT_FATAL(off > 0);
+		CU_ASSERT_EQUAL(pwrite(fd, "X", 1, off + 26), 1);
+	}
+	close(fd);
+	free(img);
+	/* the sink delivers now: past the holes */
+	sed_conf(&t, "s/^type = segment$/type = file/");
+	snprintf(path, sizeof(path), "s|^url = http://127.0.0.1:9/$|path = "
+		 "%.250s/hold.ndjson|", t.dir);
+	sed_conf(&t, path);
+	sed_conf(&t, "/^write_key = k$/d");
+	for (i = 0; i < 3; i++) {
+		uint64_t d = 0;
+		int w;
+
+		CU_ASSERT_FATAL(bt_start(&t) == 0);
+		for (w = 0; w < 60 && d != 18; w++) {
+			usleep(50000);
+			CU_ASSERT_EQUAL(bt_stats(&t, &g, sp), 0);
+			d = sp->sink[0].c.delivered_events +
+			    sp->sink[1].c.delivered_events;
+		}
+		CU_ASSERT_EQUAL(d, 18);
+		CU_ASSERT_EQUAL(g.spool_corrupt, 2);
+		CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	}
+	/* the damage is still there for the operator to see */
+	snprintf(cmd, sizeof(cmd), "%s spool verify -d %s >/dev/null 2>&1",
+		 bt_bin("outbox"), t.spool);
+	CU_ASSERT_NOT_EQUAL(system(cmd), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 static int log_has(struct bt *t, const char *what)
 {
 	char cmd[600], out[16];
@@ -521,7 +614,7 @@ static int wait_log(struct bt *t, const char *what, int ms)
 
 static void sed_conf(struct bt *t, const char *expr)
 {
-	char cmd[700];
+	char cmd[1100];
 
 	snprintf(cmd, sizeof(cmd), "sed -i '%s' '%s'", expr, t->conf);
 	CU_ASSERT_EQUAL(system(cmd), 0);
@@ -680,6 +773,8 @@ static int add_suites(void)
 		    test_file_sink_fdatasync);
 	CU_add_test(s, "file sink: never through a symlink",
 		    test_file_sink_symlink);
+	CU_add_test(s, "spool_corrupt survives restarts",
+		    test_corrupt_survives_restart);
 	CU_add_test(s, "routing, msgpack bodies, invalid records",
 		    test_routing_and_formats);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",

@@ -462,18 +462,24 @@ static void run_level(int idx, const char *name, const char *dur,
 	CU_ASSERT_EQUAL(r->missing, r->dropped);	/* lost = 0, exactly */
 	CU_ASSERT_EQUAL(r->lost, 0);
 	CU_ASSERT_EQUAL(deliv, o.distinct);
+	/* every committed record taken from the ring exactly once */
+	CU_ASSERT_EQUAL(g.consumed, r->committed);
 	CU_ASSERT_EQUAL(queued, 0);
 	CU_ASSERT(r->identity);
 	CU_ASSERT(r->dup_max <= DUP_BOUND);
 	CU_ASSERT(r->kills >= c->kills);
-	if (!r->identity || deliv != o.distinct || r->missing != r->dropped)
+	if (!r->identity || deliv != o.distinct || r->missing != r->dropped ||
+	    g.consumed != r->committed)
 		printf("\n    %s: emitted %llu = delivered %llu + dropped %llu "
-		       "+ queued %llu ? distinct %llu missing %llu\n", name,
+		       "+ queued %llu ? distinct %llu missing %llu consumed "
+		       "%llu committed %llu\n", name,
 		       (unsigned long long)g.emitted,
 		       (unsigned long long)deliv, (unsigned long long)drops,
 		       (unsigned long long)queued,
 		       (unsigned long long)o.distinct,
-		       (unsigned long long)r->missing);
+		       (unsigned long long)r->missing,
+		       (unsigned long long)g.consumed,
+		       (unsigned long long)r->committed);
 	if (mounted) {
 		CU_ASSERT_EQUAL(umount2(t.spool, MNT_DETACH), 0);
 		g_mnt[0] = 0;
