@@ -1827,7 +1827,8 @@ static int batch_reserve_recs(struct spool_batch *b, uint32_t n)
 
 static int batch_reserve_buf(struct spool_batch *b, uint64_t n)
 {
-	if (n > b->buf_cap) {
+	/* never NULL, even for empty records: b->buf + off stays defined */
+	if (n > b->buf_cap || !b->buf) {
 		uint64_t ncap = b->buf_cap ? b->buf_cap : 4096;
 		uint8_t *p;
 

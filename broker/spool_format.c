@@ -132,6 +132,7 @@
  */
 #define _GNU_SOURCE
 #include "spool_format.h"
+#include "mpcheck.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -572,6 +573,9 @@ static int mp_map_walk(const uint8_t *buf, size_t n,
 	int ret = -1;
 	uint32_t i;
 
+	/* a hostile count must not make msgpack-c allocate gigabytes */
+	if (mp_check(buf, n))
+		return -1;
 	msgpack_unpacked_init(&u);
 	if (msgpack_unpack_next(&u, (const char *)buf, n, NULL) !=
 	    MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP)
@@ -754,31 +758,38 @@ static int ck2_parse(const uint8_t *buf, size_t n, const char *sink,
 	return 1;
 }
 
+int spf_ck_parse(const uint8_t *buf, size_t n, const char *sink,
+		 struct spf_ckpt *ck)
+{
+	const uint8_t *pl;
+	uint64_t gen = 0;
+	size_t len;
+
+	if (n == 2 * SPF_CK_SLOT) {
+		if (spf_slot_pick(buf, n, SPF_CK_SLOT, CK_MAGIC, &pl, &len,
+				  &gen) < 0 || ck2_parse(pl, len, sink, ck) < 0)
+			return -1;
+		ck->gen = gen;
+		return 1;
+	}
+	if (n > 0 && n < CKPT_MAX)
+		return ck1_parse(buf, n, sink, ck);
+	return -1;
+}
+
 int spf_ck_load(int dfd, const char *sink, struct spf_ckpt *ck)
 {
 	uint8_t *buf = malloc(2 * SPF_CK_SLOT);
-	const uint8_t *pl;
-	size_t len;
 	ssize_t n;
-	int ret = -1;
+	int ret;
 
 	if (!buf)
 		return -1;
 	n = read_small(dfd, SPF_CKPT_NAME, buf, 2 * SPF_CK_SLOT);
-	if (n == -ENOENT) {
+	if (n == -ENOENT)
 		ret = 0;
-	} else if (n == 2 * SPF_CK_SLOT) {
-		uint64_t gen = 0;
-		int i = spf_slot_pick(buf, (size_t)n, SPF_CK_SLOT, CK_MAGIC,
-				      &pl, &len, &gen);
-
-		if (i >= 0 && ck2_parse(pl, len, sink, ck) > 0) {
-			ck->gen = gen;
-			ret = 1;
-		}
-	} else if (n > 0 && n < CKPT_MAX) {
-		ret = ck1_parse(buf, (size_t)n, sink, ck);
-	}
+	else
+		ret = n < 0 ? -1 : spf_ck_parse(buf, (size_t)n, sink, ck);
 	free(buf);
 	return ret;
 }

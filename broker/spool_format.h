@@ -190,6 +190,9 @@ struct spf_ckpt {
 
 /* 1 valid (version 2, or 1), 0 missing, -1 corrupt or unreadable. */
 int spf_ck_load(int dfd, const char *sink, struct spf_ckpt *ck);
+/* The same for a file image in memory: 1 valid, -1 not. */
+int spf_ck_parse(const uint8_t *buf, size_t n, const char *sink,
+		 struct spf_ckpt *ck);
 /* A slot (SPF_CK_SLOT bytes at slot) for ck: bytes to write, or 0. */
 size_t spf_ck_encode(uint8_t *slot, const char *sink,
 		     const struct spf_ckpt *ck);

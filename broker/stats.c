@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "broker.h"
+#include "mpcheck.h"
 
 static void stats_begin(_Atomic uint64_t *seq)
 {
@@ -222,7 +223,8 @@ int stats_restore_mark(struct broker *b, uint64_t *ring_pos)
 	int ok = 0;
 
 	if (!spool_set_loaded_mark(b->spool, &m) ||
-	    m.ring_id != b->seg.segment_id)
+	    m.ring_id != b->seg.segment_id ||
+	    mp_check(m.blob, m.blob_len))	/* bounded allocations */
 		return 0;
 	msgpack_unpacked_init(&u);
 	if (msgpack_unpack_next(&u, m.blob, m.blob_len, NULL) ==

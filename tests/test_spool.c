@@ -836,6 +836,24 @@ static void t_checkpoint(void)
 		CU_ASSERT_EQUAL(file_size(ck), 2 * SPF_CK_SLOT);
 	}
 
+	/* a valid slot whose map claims 2^32-1 entries (found by
+	 * fuzz_checkpoint): refused without msgpack-c allocating for them */
+	{
+		static const uint8_t hostile[] = { 0xdf, 0xff, 0xff, 0xff, 0xff,
+						   0xa4, 's', 'i', 'n', 'k' };
+		uint8_t *two = calloc(2, SPF_CK_SLOT);
+
+		CU_ASSERT_FATAL(two != NULL);
+		CU_ASSERT(spf_slot_pack(two, SPF_CK_SLOT, 0x4b58424fu, 9,
+					hostile, sizeof(hostile)) > 0);
+		CU_ASSERT_EQUAL(spit(ck, two, 2 * SPF_CK_SLOT), 0);
+		free(two);
+		sp = ck_open(&o, &set);
+		CU_ASSERT_EQUAL(spool_acked(sp), 1);	/* corrupt: all again */
+		spool_close(sp);
+		spool_set_free(set);
+	}
+
 	/* version 1, as an older broker wrote it: read, then replaced */
 	{
 		msgpack_sbuffer sb;
@@ -2115,6 +2133,37 @@ static void t_damaged_header(void)
 	spool_set_free(set);
 }
 
+/* Records of zero bytes are records (found by fuzz_spool_recover: a
+ * batch of only empty records handed a NULL buffer to memcpy). */
+static void t_empty_records(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool_batch b;
+	struct spool *sp;
+	int i;
+
+	new_dir(dir, sizeof(dir), "empty");
+	o = opts(dir);
+	set = spool_set_new(&g_rx, &o);
+	sp = spool_open(set, "z");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	for (i = 0; i < 5; i++)
+		CU_ASSERT_EQUAL(spool_append(sp, "", 0), 0);
+	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	spool_batch_init(&b);
+	CU_ASSERT_EQUAL(read_batch(sp, 0, 100, 1 << 20, &b), 1);
+	CU_ASSERT_EQUAL(b.n, 5);
+	for (i = 0; i < (int)b.n; i++) {
+		CU_ASSERT_EQUAL(b.recs[i].len, 0);
+		CU_ASSERT_PTR_NOT_NULL(b.recs[i].data);
+	}
+	spool_batch_free(&b);
+	spool_close(sp);
+	spool_set_free(set);
+}
+
 /* ---- hostile directories --------------------------------------------- */
 
 static bool is_dir_0700_ours(const char *path)
@@ -2314,6 +2363,7 @@ static int add_spool(void)
 	    !CU_add_test(s, "offline_tools", t_offline_tools) ||
 	    !CU_add_test(s, "bounded_memory", t_bounded_memory) ||
 	    !CU_add_test(s, "damaged_header", t_damaged_header) ||
+	    !CU_add_test(s, "empty_records", t_empty_records) ||
 	    !CU_add_test(s, "hostile_dirs", t_hostile_dirs) ||
 	    !CU_add_test(s, "dirs_are_files", t_dirs_are_files))
 		return -1;
