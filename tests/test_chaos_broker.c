@@ -95,6 +95,7 @@ struct out_reader {
 	size_t plen;
 	uint8_t *seen[NPROD];		/* copies of (p, s), capped at 255 */
 	uint64_t cap[NPROD];
+	uint64_t next_s[NPROD];		/* one past the highest s seen */
 	uint64_t lines, distinct, dups, bad;
 };
 
@@ -127,6 +128,8 @@ static void out_count(struct out_reader *o, const char *line, size_t n)
 		o->seen[p] = ns;
 		o->cap[p] = nc;
 	}
+	if (s + 1 > o->next_s[p])
+		o->next_s[p] = s + 1;
 	if (o->seen[p][s])
 		o->dups++;
 	else
@@ -183,13 +186,6 @@ static uint64_t out_missing(const struct out_reader *o,
 	return m;
 }
 
-static off_t file_len(const char *path)
-{
-	struct stat st;
-
-	return stat(path, &st) < 0 ? 0 : st.st_size;
-}
-
 /* ---- the disk ---------------------------------------------------------- */
 
 static int fill_disk(const char *path)
@@ -229,7 +225,7 @@ struct level_res {
 	int identity;
 	/* disk-full timeline */
 	int full_done;
-	double t_first_drop, t_freed, t_resumed;
+	double t_first_drop, t_freed, t_resumed, t_last_refusal;
 	uint64_t full_spool_drops, full_ring_drops, full_log_lines;
 };
 
@@ -268,18 +264,34 @@ static void kill_once(struct bt *t, struct out_reader *o,
 	r->kills++;
 }
 
+/* Has an event committed after `done` (per producer) reached the
+ * output? */
+static int out_past(const struct out_reader *o, const uint64_t *done)
+{
+	unsigned p;
+
+	for (p = 0; p < NPROD; p++)
+		if (o->next_s[p] > done[p])
+			return 1;
+	return 0;
+}
+
 /* The disk-full phase: fill, kill while full, wait, free, and time the
- * broker's own recovery (no restart between free and resume). */
+ * broker's own recovery (no restart between free and resume): from the
+ * moment the space is freed until an event committed after that moment
+ * is in the output. While the disk is full the spool stops growing: it
+ * refuses new records (spool_full drops) and reuses only what its own
+ * deliveries free. */
 static void full_phase(struct bt *t, const char *mnt, struct out_reader *o,
 		       struct level_res *r, const struct chaos_cfg *c,
-		       uint64_t *dups_before)
+		       struct shared *sh, uint64_t *dups_before)
 {
 	struct obx_sink_page *sp = malloc(sizeof(*sp));
 	struct obx_stats g0, g1, g;
+	uint64_t t0, done_free[NPROD];
 	char filler[400];
-	uint64_t t0, tfree;
-	off_t last;
-	int i, stable;
+	unsigned p;
+	int i;
 
 	snprintf(filler, sizeof(filler), "%s/filler", mnt);
 	stats_now(t, &g0, sp);
@@ -301,29 +313,38 @@ static void full_phase(struct bt *t, const char *mnt, struct out_reader *o,
 		kill_once(t, o, r, dups_before);
 	}
 	usleep((useconds_t)(c->full_ms * 1000 / (c->full_kills + 1)));
-	/* what was spooled before is delivered; then the output stands
-	 * still while new events are refused */
-	last = file_len(o->path);
-	for (stable = 0, i = 0; stable < 30 && i < 2000; i++) {
-		off_t n;
-
-		usleep(10000);
-		n = file_len(o->path);
-		stable = n == last ? stable + 1 : 0;
-		last = n;
-	}
-	CU_ASSERT(stable >= 30);
 	stats_now(t, &g1, sp);
 	r->full_spool_drops = g1.dropped_spool_full - g0.dropped_spool_full;
 	r->full_ring_drops = g1.dropped_ring_full - g0.dropped_ring_full;
-	/* space back: delivery resumes by itself */
-	tfree = tu_now_ns();
+	/* space back: delivery of new events resumes by itself */
+	for (p = 0; p < NPROD; p++)
+		done_free[p] = sh->done[p];
 	r->t_freed = ms_since(t0);
 	CU_ASSERT_EQUAL(unlink(filler), 0);
-	for (i = 0; i < 3000 && file_len(o->path) == last; i++)
-		usleep(1000);
+	for (i = 0; i < 20000; i++) {
+		out_read(o);
+		if (out_past(o, done_free))
+			break;
+		usleep(500);
+	}
 	r->t_resumed = ms_since(t0);
-	CU_ASSERT(file_len(o->path) > last);
+	CU_ASSERT(out_past(o, done_free));
+	/* and the refusals stop (the stats page: 100 ms resolution) */
+	{
+		uint64_t last = 0, tlast = tu_now_ns();
+
+		for (i = 0; i < 400; i++) {
+			stats_now(t, &g, sp);
+			if (g.dropped_spool_full != last) {
+				last = g.dropped_spool_full;
+				tlast = tu_now_ns();
+			} else if (tu_now_ns() - tlast > 1000000000ull) {
+				break;
+			}
+			usleep(20000);
+		}
+		r->t_last_refusal = (double)(tlast - t0) / 1e6;
+	}
 	r->full_log_lines = (uint64_t)count_log(t, "disk full") -
 			    r->full_log_lines;
 	/* the broker logged the full disk, but did not flood the log:
@@ -336,7 +357,6 @@ static void full_phase(struct bt *t, const char *mnt, struct out_reader *o,
 	CU_ASSERT(r->full_spool_drops > 0);
 	CU_ASSERT_EQUAL(r->full_ring_drops, 0);
 	r->full_done = 1;
-	(void)tfree;
 	free(sp);
 }
 
@@ -422,7 +442,7 @@ static void run_level(int idx, const char *name, const char *dur,
 				    rand() % c->kill_rand_ms) * 1000);
 		kill_once(&t, &o, r, &dups_before);
 		if (k == half - 1 && mounted)
-			full_phase(&t, t.spool, &o, r, c, &dups_before);
+			full_phase(&t, t.spool, &o, r, c, sh, &dups_before);
 	}
 	if (!mounted)		/* the kills it would have had while full */
 		for (k = 0; k < c->full_kills; k++) {
@@ -541,10 +561,11 @@ static void test_report(void)
 		if (!r->name || !r->full_done)
 			continue;
 		printf("    %-10s first spool_full drop %7.1f  freed %7.1f  "
-		       "delivery resumed %7.1f (+%.1f ms)  drops: spool_full "
+		       "new events delivered %7.1f (+%.1f ms)  last refusal "
+		       "seen %7.1f  drops while full: spool_full "
 		       "%llu ring_full %llu  'disk full' log lines %llu\n",
 		       r->name, r->t_first_drop, r->t_freed, r->t_resumed,
-		       r->t_resumed - r->t_freed,
+		       r->t_resumed - r->t_freed, r->t_last_refusal,
 		       (unsigned long long)r->full_spool_drops,
 		       (unsigned long long)r->full_ring_drops,
 		       (unsigned long long)r->full_log_lines);
