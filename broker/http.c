@@ -63,6 +63,7 @@ struct http_req {
 	struct curl_slist *hdrs;	/* this request's headers */
 	http_done_fn done;
 	void *arg;
+	struct buf *resp;		/* the caller's, or NULL: discarded */
 	uint64_t start_ns;
 	/* header values of the current response, NUL-terminated in hdr[] */
 	const char *retry_after[HTTP_MAX_HDR_VALUES];
@@ -205,6 +206,11 @@ static size_t http_header_cb(char *buf, size_t size, size_t nitems,
 static size_t http_discard_cb(char *buf, size_t size, size_t nmemb,
 			      void *userdata)
 {
+	struct http_req *r = userdata;
+
+	/* a short count fails the transfer: a body over the cap */
+	if (r->resp && buf_add(r->resp, buf, size * nmemb) < 0)
+		return 0;
 	return size * nmemb;
 }
 
@@ -226,6 +232,7 @@ static int http_easy_setup(struct http_req *r)
 	rc |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	rc |= curl_easy_setopt(e, CURLOPT_POST, 1L);
 	rc |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, http_discard_cb);
+	rc |= curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	rc |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, http_header_cb);
 	rc |= curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
 	rc |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->err);
@@ -269,6 +276,7 @@ static void http_req_put(struct http *h, struct http_req *r)
 	r->hdrs = NULL;
 	r->done = NULL;
 	r->arg = NULL;
+	r->resp = NULL;
 	r->state = HTTP_REQ_IDLE;
 	r->prev = NULL;
 	r->next = h->idle;
@@ -581,11 +589,17 @@ static int http_req_setup(struct http_req *r, const struct http_post *p)
 	int rc = 0;
 
 	rc |= curl_easy_setopt(e, CURLOPT_URL, p->url);
-	rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-			       (curl_off_t)p->len);
-	/* never NULL: curl would then read the body from stdin */
-	rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS,
-			       p->body ? p->body : (const void *)"");
+	if (p->get) {
+		rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+	} else {
+		/* a slot that did a GET: back to POST */
+		rc |= curl_easy_setopt(e, CURLOPT_POST, 1L);
+		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+				       (curl_off_t)p->len);
+		/* never NULL: curl would then read the body from stdin */
+		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS,
+				       p->body ? p->body : (const void *)"");
+	}
 	rc |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
 	/* Several requests to a new HTTPS host wait for the first
 	 * connection's ALPN (known once TLS is up) to learn whether it
@@ -628,6 +642,7 @@ int http_post(struct http *h, const struct http_post *p, http_done_fn done,
 	http_hdr_reset(r);
 	r->done = done;
 	r->arg = arg;
+	r->resp = p->resp;
 	r->start_ns = http_now_ns();
 	/* sets curl's timer to 0: the loop's next http_tick() starts it */
 	mc = curl_multi_add_handle(h->multi, r->easy);

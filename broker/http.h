@@ -43,6 +43,7 @@
 #define OBX_HTTP_H
 
 #include <stdint.h>
+#include "buf.h"
 #include "reactor.h"
 
 struct http;            /* the multi handle and its sockets */
@@ -78,6 +79,10 @@ struct http_post {
 	const char *const *headers;     /* "Name: value", NULL-terminated */
 	uint64_t connect_timeout_ms;    /* 0: HTTP_DEFAULT_CONNECT_TIMEOUT_MS */
 	uint64_t timeout_ms;            /* 0: HTTP_DEFAULT_TIMEOUT_MS */
+	int get;                        /* a GET (body and len unused) */
+	struct buf *resp;               /* not NULL: the response body is
+					 * appended here, up to its cap (the
+					 * transfer fails past it) */
 };
 
 /* NULL + errno. */

@@ -106,6 +106,16 @@ static enum pol_class action_class(enum cfg_status_action a)
 	return POL_C_DROP;
 }
 
+static bool has_override(const struct cfg_sink *c, int status)
+{
+	int i;
+
+	for (i = 0; i < c->nstatus && i < CFG_MAX_STATUS; i++)
+		if (c->status[i].code == status)
+			return true;
+	return false;
+}
+
 enum pol_class pol_classify(const struct cfg_sink *c, int status,
 			    bool reauth_done)
 {
@@ -908,6 +918,9 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 
 	cls = o->status > 0 ? pol_classify(c, o->status, b->reauth_done)
 			    : POL_C_RETRY;
+	if (o->status > 0 && o->proto_cls && cls != POL_C_REAUTH &&
+	    !has_override(c, o->status))
+		cls = (enum pol_class)(o->proto_cls - 1);
 	r->cls = cls;
 	limited = rate_signal(s, c, o, cls, now, &sink_wait, &wait);
 	r->wait_ms = wait;

@@ -211,6 +211,10 @@ struct pol_outcome {
 	int n_retry_after;
 	const char *const *sentry_limits; /* X-Sentry-Rate-Limits */
 	int n_sentry_limits;
+	/* the upstream protocol's class for this status (proto.h), as
+	 * enum pol_class + 1; 0 = none. A status.NNN override of the sink
+	 * and a credential refresh come first; the built-in table after. */
+	int proto_cls;
 };
 
 struct pol_result {

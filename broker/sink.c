@@ -25,9 +25,12 @@ const struct sink_ops *sink_ops_for(enum cfg_sink_type t)
 	case SINK_DISCARD:
 		return &sink_discard_ops;
 	case SINK_HTTP:
+	case SINK_SEGMENT:      /* the same engine with a protocol */
+	case SINK_SENTRY:       /* (broker/proto.h) */
+	case SINK_OTLP:
 		return &sink_http_ops;
 	default:
-		return NULL;    /* segment, sentry, otlp: not yet */
+		return NULL;
 	}
 }
 
@@ -42,6 +45,8 @@ static void sink_cfg_free(struct cfg_sink *c)
 	free(c->write_key);
 	free(c->dsn);
 	free(c->token_file);
+	free(c->settings_url);
+	free(c->service_name);
 	for (i = 0; i < c->nheaders; i++)
 		free(c->headers[i]);
 	c->nheaders = 0;
@@ -62,11 +67,15 @@ static int sink_cfg_copy(struct cfg_sink *dst, const struct cfg_sink *src)
 	dst->write_key = sink_strdup(src->write_key);
 	dst->dsn = sink_strdup(src->dsn);
 	dst->token_file = sink_strdup(src->token_file);
+	dst->settings_url = sink_strdup(src->settings_url);
+	dst->service_name = sink_strdup(src->service_name);
 	for (i = 0; i < src->nheaders; i++)
 		dst->headers[i] = sink_strdup(src->headers[i]);
 	if ((src->path && !dst->path) || (src->url && !dst->url) ||
 	    (src->write_key && !dst->write_key) || (src->dsn && !dst->dsn) ||
-	    (src->token_file && !dst->token_file)) {
+	    (src->token_file && !dst->token_file) ||
+	    (src->settings_url && !dst->settings_url) ||
+	    (src->service_name && !dst->service_name)) {
 		sink_cfg_free(dst);
 		return -ENOMEM;
 	}

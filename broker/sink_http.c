@@ -24,15 +24,15 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "broker.h"
+#include "compress.h"
 #include "http.h"
 #include "json.h"
 #include "policy.h"
+#include "proto.h"
 
 #define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
-#define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
@@ -47,8 +47,13 @@ struct http_batch {
 	int waiting;                 /* for the gate (retry, or closed) */
 	struct buf body;
 	char retry_hdr[40];
-	const char *hdrs[CFG_MAX_HEADERS + 8];
+	const char *hdrs[CFG_MAX_HEADERS + PROTO_MAX_HDRS + 8];
 	uint64_t next_id;
+	/* protocol sinks (proto.h) */
+	uint8_t *gone;               /* per record: dropped by the protocol */
+	uint32_t gone_cap;
+	uint32_t req_taken;          /* records the request in flight covers */
+	int64_t held_until;          /* wall ms: held by a category limit */
 };
 
 struct http_sink {
@@ -62,9 +67,10 @@ struct http_sink {
 	/* outage bookkeeping for the recovery line */
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
-	z_stream z;                  /* gzip, reset per body */
-	int z_ready;
+	struct comp *comp;           /* NULL: compression = none */
 	struct log_rl rl;
+	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
+	struct sink_batch *enc_batch;/* the batch being encoded */
 };
 
 static int64_t hsink_now_ms(void)
@@ -164,37 +170,6 @@ static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 	return rc;
 }
 
-/* gzip in one pass into out (the raw body stays in b->out). One deflate
- * stream per sink, reset per body: deflateInit2() allocates and clears
- * ~270 KB, which at a thousand requests a second is real work. */
-static int hsink_gzip(struct http_sink *hs, const struct buf *in,
-		      struct buf *out)
-{
-	z_stream *z = &hs->z;
-	int rc;
-
-	if (!hs->z_ready) {
-		memset(z, 0, sizeof(*z));
-		if (deflateInit2(z, HTTP_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8,
-				 Z_DEFAULT_STRATEGY) != Z_OK)
-			return -ENOMEM;
-		hs->z_ready = 1;
-	} else if (deflateReset(z) != Z_OK) {
-		return -EIO;
-	}
-	buf_reset(out);
-	rc = buf_reserve(out, deflateBound(z, in->len) + 32);
-	if (rc < 0)
-		return rc;
-	z->next_in = in->p;
-	z->avail_in = (uInt)in->len;
-	z->next_out = out->p;
-	z->avail_out = (uInt)(out->cap);
-	rc = deflate(z, Z_FINISH);
-	out->len = z->total_out;
-	return rc == Z_STREAM_END ? 0 : -EIO;
-}
-
 /* ---- sending --------------------------------------------------------------- */
 
 static void hsink_done(void *arg, const struct http_result *r);
@@ -211,6 +186,36 @@ static const char *hsink_ctype(const struct sink *s)
 	}
 }
 
+/* A protocol's request for the part at the top: 0 (encoded: b->out),
+ * 1 (nothing to send: every record left was dropped, the part is done),
+ * -EAGAIN (held by a category limit until hb->held_until), -errno. */
+static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	struct proto_req q;
+	int rc;
+
+	hs->enc_batch = b;
+	hs->proto->now_ms = hsink_now_ms();
+	rc = hs->proto->ops->encode(hs->proto, b->sb.recs, hb->gone, p->lo,
+				    p->hi, &b->out, &q);
+	hs->enc_batch = NULL;
+	if (rc == -EAGAIN)
+		hb->held_until = q.held_until_ms;
+	if (rc < 0)
+		return rc;
+	hb->req_taken = q.taken;
+	if (!q.sent) {
+		p->lo += q.taken;
+		return 1;
+	}
+	/* a 413 on one event drops it (too_large) rather than splitting */
+	p->pb.nevents = q.sent;
+	return 0;
+}
+
 static int hsink_send_part(struct sink *s, struct http_batch *hb)
 {
 	struct http_sink *hs = s->impl;
@@ -221,19 +226,24 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	uint32_t rc_hdr;
 	int n = 0, i, rc;
 
-	rc = hsink_encode_records(s, b, p->lo, p->hi, &b->out);
+	/* a protocol's body was encoded by hsink_try() */
+	rc = hs->proto ? 0 : hsink_encode_records(s, b, p->lo, p->hi, &b->out);
 	if (rc < 0)
 		return rc;
 	payload = &b->out;
-	if (s->cfg.compression == COMP_GZIP) {
-		rc = hsink_gzip(hs, &b->out, &hb->body);
+	if (hs->comp) {
+		rc = comp_body(hs->comp, b->out.p, b->out.len, &hb->body);
 		if (rc < 0)
 			return rc;
 		payload = &hb->body;
 	}
-	hb->hdrs[n++] = hsink_ctype(s);
-	if (s->cfg.compression == COMP_GZIP)
-		hb->hdrs[n++] = "Content-Encoding: gzip";
+	if (hs->proto)
+		for (i = 0; hs->proto->hdrs[i]; i++)
+			hb->hdrs[n++] = hs->proto->hdrs[i];
+	else
+		hb->hdrs[n++] = hsink_ctype(s);
+	if (hs->comp)
+		hb->hdrs[n++] = comp_header(s->cfg.compression);
 	rc_hdr = pol_retry_count(&p->pb);
 	if (rc_hdr) {
 		snprintf(hb->retry_hdr, sizeof(hb->retry_hdr),
@@ -246,7 +256,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		hb->hdrs[n++] = s->cfg.headers[i];
 	hb->hdrs[n] = NULL;
 	post = (struct http_post){
-		.url = s->cfg.url,
+		.url = hs->proto ? hs->proto->url : s->cfg.url,
 		.body = payload->p,
 		.len = payload->len,
 		.headers = hb->hdrs,
@@ -281,6 +291,9 @@ static void hsink_publish_state(struct sink *s)
 	for (i = 0; i < hs->pol.ncats && i < (int)OBX_MAX_CATS; i++) {
 		uint64_t cu = (uint64_t)hs->pol.cats[i].until_ms * 1000000ull;
 
+		/* an expired category is not limited: not published */
+		if (hs->pol.cats[i].until_ms <= hsink_now_ms())
+			continue;
 		if (strncmp(s->cats[ncats], hs->pol.cats[i].name,
 			    OBX_CAT_MAX) || s->cat_until_ns[ncats] != cu)
 			changed = 1;
@@ -325,6 +338,20 @@ static void hsink_count_drop(struct sink *s, enum pol_reason r, uint32_t n)
  * on with the next; hsink_try() ends the batch when no part is left. */
 static void hsink_pop(struct sink *s, struct http_batch *hb)
 {
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+
+	if (hs->proto) {
+		/* a protocol's request covers [lo, lo + req_taken): the
+		 * rest of the part goes next, as a fresh request */
+		p->lo += hb->req_taken;
+		hb->req_taken = 0;
+		if (p->lo < p->hi) {
+			pol_batch_init(&p->pb, hb->next_id++, p->hi - p->lo);
+			hsink_try(s, hb, hsink_now_ms());
+			return;
+		}
+	}
 	hb->nparts--;
 	hsink_try(s, hb, hsink_now_ms());
 }
@@ -335,14 +362,33 @@ static void hsink_drop_top(struct sink *s, struct http_batch *hb,
 			   enum pol_reason why, const char *detail)
 {
 	struct http_sink *hs = s->impl;
-	const struct http_part *p = &hb->part[hb->nparts - 1];
-	uint32_t n = p->hi - p->lo;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	uint32_t n = p->hi - p->lo, i;
 
+	if (hs->proto && hb->req_taken) {
+		/* the request's records not dropped by the protocol */
+		uint32_t end = p->lo + hb->req_taken;
+
+		if (hs->proto->ops->lost)
+			hs->proto->ops->lost(hs->proto, hb->b->sb.recs,
+					     hb->gone, p->lo, hb->req_taken,
+					     why);
+		for (n = 0, i = p->lo; i < end; i++)
+			n += !hb->gone[i];
+	}
 	hsink_count_drop(s, why, n);
 	hb->b->dropped += n;
 	log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events (%s%s%s)",
 	       s->cfg.name, n, pol_reason_name(why), detail ? ", " : "",
 	       detail ? detail : "");
+	if (hs->proto && hb->req_taken) {
+		p->lo += hb->req_taken;
+		hb->req_taken = 0;
+		if (p->lo < p->hi) {
+			pol_batch_init(&p->pb, hb->next_id++, p->hi - p->lo);
+			return;
+		}
+	}
 	hb->nparts--;
 }
 
@@ -414,6 +460,10 @@ static void hsink_done(void *arg, const struct http_result *r)
 		.n_retry_after = r->n_retry_after,
 		.sentry_limits = r->sentry_limits,
 		.n_sentry_limits = r->n_sentry_limits,
+		.proto_cls = hs->proto && hs->proto->ops->classify &&
+			     r->status > 0 ?
+			     hs->proto->ops->classify(hs->proto, r->status) + 1 :
+			     0,
 	};
 	struct pol_result res;
 	uint32_t n = p->hi - p->lo;
@@ -484,6 +534,27 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 			hsink_drop_top(s, hb, why, NULL);
 			continue;
 		}
+		if (hs->proto) {
+			int rc;
+
+			/* every attempt is encoded again: categories limited
+			 * meanwhile are filtered, "gone" records stay gone */
+			hb->req_taken = 0;
+			rc = hsink_proto_encode(s, hb);
+			if (rc == 1) {
+				/* all dropped by the protocol: resolved */
+				if (p->lo >= p->hi)
+					hb->nparts--;
+				continue;
+			}
+			if (rc < 0) {
+				if (rc != -EAGAIN)
+					hb->held_until = now + 1000;
+				hb->waiting = 1;
+				return 0;
+			}
+			hb->held_until = 0;
+		}
 		if (pol_begin(&hs->pol, &s->cfg, &p->pb, hs->requests_out,
 			      now) < 0) {
 			hb->waiting = 1;
@@ -510,10 +581,81 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 
 /* ---- sink_ops ---------------------------------------------------------------- */
 
+/* ---- protocol hooks (proto.h) ---------------------------------------------- */
+
+/* until when category cat is limited (a whole-sink limit covers all) */
+static int64_t hsink_cat_until(void *arg, const char *cat, int64_t now)
+{
+	struct sink *s = arg;
+	struct http_sink *hs = s->impl;
+	int i;
+
+	if (hs->pol.state == POL_RATE_LIMITED && hs->pol.until_ms > now)
+		return hs->pol.until_ms;
+	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)
+		if (hs->pol.cats[i].until_ms > now &&
+		    !strncmp(hs->pol.cats[i].name, cat, POL_CAT_MAX))
+			return hs->pol.cats[i].until_ms;
+	return 0;
+}
+
+/* a record the protocol dropped: its counter, once (proto.h) */
+static void hsink_proto_drop(void *arg, enum proto_drop why, const char *cat,
+			     uint32_t n)
+{
+	struct sink *s = arg;
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hs->enc_batch;
+
+	if (!b)
+		return;
+	switch (why) {
+	case PROTO_DROP_INVALID:
+		b->dropped_invalid += n;        /* counted by the engine */
+		break;
+	case PROTO_DROP_TOO_LARGE:
+		s->c.dropped_too_large += n;
+		b->dropped += n;
+		break;
+	case PROTO_DROP_RATE_LIMITED:
+		s->c.dropped_rate_limited += n;
+		b->dropped += n;
+		break;
+	default:
+		return;
+	}
+	log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u event(s) (%s%s%s)",
+	       s->cfg.name, n, why == PROTO_DROP_INVALID ? "invalid" :
+	       why == PROTO_DROP_TOO_LARGE ? "too_large" : "rate_limited",
+	       cat ? ", category " : "", cat ? cat : "");
+}
+
+static int hsink_proto_open(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	const struct proto_ops *po = proto_for(s->cfg.type);
+
+	if (!po)
+		return 0;
+	hs->proto = proto_new(po, &s->cfg, s->b->http);
+	if (!hs->proto) {
+		log_error("sink %s: cannot set up the %s protocol: %s",
+			  s->cfg.name, po->name, strerror(errno));
+		return -errno;
+	}
+	hs->proto->cat_until = hsink_cat_until;
+	hs->proto->drop = hsink_proto_drop;
+	hs->proto->arg = s;
+	return 0;
+}
+
+static void hsink_close(struct sink *s);
+
 static int hsink_open(struct sink *s)
 {
+	struct comp *comp = NULL;
 	struct http_sink *hs;
-	int i;
+	int i, rc;
 
 	if (!s->b->http) {
 		s->b->http = http_new(&s->b->rx);
@@ -523,9 +665,20 @@ static int hsink_open(struct sink *s)
 			return -errno;
 		}
 	}
+	if (s->cfg.compression != COMP_NONE &&
+	    !(comp = comp_new(s->cfg.compression, 0))) {
+		int err = errno;
+
+		log_error("sink %s: %s compressor: %s", s->cfg.name,
+			  comp_name(s->cfg.compression), strerror(err));
+		return -err;
+	}
 	hs = calloc(1, sizeof(*hs));
-	if (!hs)
+	if (!hs) {
+		comp_free(comp);
 		return -ENOMEM;
+	}
+	hs->comp = comp;
 	s->impl = hs;
 	pol_sink_init(&hs->pol, s->cfg.name);
 	env_reader_init(&hs->er);
@@ -534,6 +687,11 @@ static int hsink_open(struct sink *s)
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		buf_init(&hs->hb[i].body, 0);
 	hsink_load_token(s);
+	rc = hsink_proto_open(s);
+	if (rc < 0) {
+		hsink_close(s);
+		return rc;
+	}
 	persist_restore_sink(&s->b->persist, &hs->pol);
 	pol_sink_clamp(&hs->pol, &s->cfg, hsink_now_ms());
 	hsink_publish_state(s);
@@ -552,9 +710,10 @@ static void hsink_close(struct sink *s)
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
 		buf_free(&hs->hb[i].body);
+		free(hs->hb[i].gone);
 	}
-	if (hs->z_ready)
-		deflateEnd(&hs->z);
+	proto_free(hs->proto);
+	comp_free(hs->comp);
 	env_reader_fini(&hs->er);
 	json_line_cache_free(&hs->jc);
 	free(hs->token);
@@ -564,6 +723,7 @@ static void hsink_close(struct sink *s)
 
 static int hsink_send(struct sink *s, struct sink_batch *b)
 {
+	struct http_sink *hs = s->impl;
 	struct http_batch *hb = hsink_hb(s, b);
 
 	if (hb->b != b) {
@@ -573,6 +733,21 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 		hb->part[0].lo = 0;
 		hb->part[0].hi = b->n;
 		hb->next_id = b->first_seq << 8;
+		if (hs->proto) {
+			if (hb->gone_cap < b->n) {
+				uint8_t *g = realloc(hb->gone, b->n);
+
+				if (!g) {
+					hb->b = NULL;
+					return -ENOMEM;
+				}
+				hb->gone = g;
+				hb->gone_cap = b->n;
+			}
+			memset(hb->gone, 0, b->n);
+			hb->req_taken = 0;
+			hb->held_until = 0;
+		}
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
 				      &hb->part[0].pb);
@@ -590,7 +765,7 @@ static int hsink_can_start(const struct sink *s)
 	int i;
 
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		if (hs->hb[i].b && hs->hb[i].waiting)
+		if (hs->hb[i].b && hs->hb[i].waiting && !hs->hb[i].held_until)
 			return 0;
 	return pol_gate(&hs->pol, &s->cfg, hs->requests_out,
 			hsink_now_ms()) != POL_GATE_WAIT;
@@ -627,10 +802,12 @@ static void hsink_summary(struct sink *s, int64_t wall)
 static uint64_t hsink_tick(struct sink *s, uint64_t now)
 {
 	struct http_sink *hs = s->impl;
-	int64_t wall = hsink_now_ms(), open;
+	int64_t wall = hsink_now_ms(), open, held = POL_NEVER;
+	uint64_t next = UINT64_MAX;
 	int i, waiting = 0;
 
-	/* waiting parts, oldest batch first (the probe is the oldest) */
+	/* waiting parts, oldest batch first (the probe is the oldest);
+	 * parts held by a category limit only once it is over */
 	for (;;) {
 		struct http_batch *best = NULL;
 
@@ -638,14 +815,37 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 			struct http_batch *hb = &hs->hb[i];
 
 			if (hb->b && hb->waiting && !hb->req &&
+			    hb->held_until <= wall &&
 			    (!best || hb->b->first_seq < best->b->first_seq))
 				best = hb;
 		}
 		if (!best || !hsink_try(s, best, wall))
 			break;
 	}
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		waiting |= hs->hb[i].b && hs->hb[i].waiting;
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+
+		if (hb->b && hb->waiting && hb->held_until > wall) {
+			if (hb->held_until < held)
+				held = hb->held_until;
+			continue;
+		}
+		waiting |= hb->b && hb->waiting;
+	}
+	/* categories: republished when one expires */
+	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)
+		if (hs->pol.cats[i].until_ms > wall &&
+		    hs->pol.cats[i].until_ms < held)
+			held = hs->pol.cats[i].until_ms;
+	hsink_publish_state(s);
+	if (held != POL_NEVER)
+		next = now + (uint64_t)(held - wall) * 1000000ull;
+	if (hs->proto && hs->proto->ops->tick) {
+		uint64_t t = hs->proto->ops->tick(hs->proto, now);
+
+		if (t < next)
+			next = t;
+	}
 	if (hs->pol.state != POL_OK && !hs->outage_base)
 		hsink_outage_base(s);
 	hsink_summary(s, wall);
@@ -653,13 +853,14 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 	 * part, or (not ok) the spool's next batch at the window's end;
 	 * otherwise a completion ticks the sink */
 	if (!waiting && hs->pol.state == POL_OK)
-		return UINT64_MAX;
+		return next;
 	open = pol_next_open(&hs->pol, &s->cfg, hs->requests_out, wall);
 	if (open == POL_NEVER)
-		return UINT64_MAX;
+		return next;
 	if (open <= wall)
 		return now + 1000000ull;
-	return now + (uint64_t)(open - wall) * 1000000ull;
+	open = (int64_t)now + (open - wall) * 1000000ll;
+	return (uint64_t)open < next ? (uint64_t)open : next;
 }
 
 static const struct pol_sink *hsink_policy(const struct sink *s)

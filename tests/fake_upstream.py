@@ -68,7 +68,8 @@ Admin API (same port; admin requests are never captured or scripted):
   POST /_admin/reset    clears captured requests, counters and the script.
   GET  /_admin/health   200 "ok".
 
-Bodies: Content-Encoding gzip / x-gzip / deflate are decoded; a request
+Bodies: Content-Encoding gzip / x-gzip / deflate / zstd are decoded (zstd
+by Debian's zstd command, every frame, with or without its size); a request
 body may be Content-Length or chunked; "Expect: 100-continue" is honoured.
 Events in a body, first match wins:
   - a JSON object with a "batch" list (Segment): its elements
@@ -226,6 +227,20 @@ def msgpack_dumps(v):
 
 # ---- body decoding and event counting --------------------------------------
 
+def zstd_decompress(raw):
+    """every frame of raw, through the reference decoder (Debian's zstd
+    command: the python3 running this may not be Debian's, so no binding
+    is assumed); OSError when a frame is damaged or cut short"""
+    try:
+        r = subprocess.run(["zstd", "-d", "-c", "-q"], input=raw,
+                           capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise OSError("zstd: %s" % e) from None
+    if r.returncode:
+        raise OSError("zstd: %s" % r.stderr.decode(errors="replace").strip())
+    return r.stdout
+
+
 def decode_body(raw, encoding):
     """(decoded bytes, error or None)"""
     enc = (encoding or "").strip().lower()
@@ -234,6 +249,8 @@ def decode_body(raw, encoding):
     try:
         if enc in ("gzip", "x-gzip"):
             return gzip.decompress(raw), None
+        if enc == "zstd":
+            return zstd_decompress(raw), None
         if enc == "deflate":
             try:
                 return zlib.decompress(raw), None

@@ -532,8 +532,8 @@ static void test_corrupt_survives_restart(void)
 				"url = http://127.0.0.1:9/\nwrite_key = k\n")
 			== 0);
 	CU_ASSERT_FATAL(bt_start(&t) == 0);
-	/* 20 events to a sink that does not deliver (segment is not built
-	 * yet): they stay in its spool */
+	/* 20 events to a sink whose upstream refuses connections (port 9):
+	 * they stay in its spool, retried */
 	{
 		obx_t *h = bt_open(t.shm);
 		int sink;

@@ -826,10 +826,10 @@ static void test_reauth_401(void)
 	unlink(tok);
 }
 
-/* ---- h. every encoding, gzipped, with a config header: what the upstream
- * decodes and sees ---------------------------------------------------------- */
+/* ---- h. every encoding, compressed, with a config header: what the
+ * upstream decodes and sees (zstd by the reference zstd decoder) ---------- */
 
-static void test_encodings_gzip(void)
+static void check_encodings(const char *comp)
 {
 	static const char *const enc[] = { "ndjson", "json", "msgpack" };
 	const uint64_t n = 300;
@@ -848,12 +848,12 @@ static void test_encodings_gzip(void)
 		/* api_conf says compression = none; the later key would be a
 		 * duplicate, so build this one's own section */
 		snprintf(extra, sizeof(extra), "encoding = %s\ncompression = "
-			 "gzip\n", enc[i]);
+			 "%s\n", enc[i], comp);
 		snprintf(conf, sizeof(conf),
 			 "[sink api]\ntype = http\nurl = %s/ingest\n%s"
 			 "batch_max_events = 100\nflush_interval = 50ms\n"
 			 "header = X-Api-Key: k-%u\n", up_base(), extra, i);
-		snprintf(tag, sizeof(tag), "enc-%s", enc[i]);
+		snprintf(tag, sizeof(tag), "enc-%s-%s", enc[i], comp);
 		start_broker(&t, tag, conf);
 		prods_start(&P, &t, 2, n / 2, 0);
 		CU_ASSERT_EQUAL(prods_wait(&P), n);
@@ -884,13 +884,13 @@ static void test_encodings_gzip(void)
 			key_ok += json_array_size(kh) == 1 &&
 				!strcmp(json_string_value(
 					json_array_get(kh, 0)), key);
-			gz += e && !strcmp(e, "gzip");
+			gz += e && !strcmp(e, comp);
 			ctype_ok += json_array_size(ct) == 1 &&
 				!strcmp(json_string_value(
 					json_array_get(ct, 0)), want);
 		}
-		printf("\n    %s + gzip: %llu events in %zu requests, all "
-		       "decoded", enc[i], (unsigned long long)n,
+		printf("\n    %s + %s: %llu events in %zu requests, all "
+		       "decoded", enc[i], comp, (unsigned long long)n,
 		       json_array_size(reqs));
 		CU_ASSERT(json_array_size(reqs) >= 1);
 		CU_ASSERT_EQUAL((size_t)gz, json_array_size(reqs));
@@ -899,6 +899,16 @@ static void test_encodings_gzip(void)
 		json_decref(reqs);
 		stop_broker(&t);
 	}
+}
+
+static void test_encodings_gzip(void)
+{
+	check_encodings("gzip");
+}
+
+static void test_encodings_zstd(void)
+{
+	check_encodings("zstd");
 }
 
 /* ---- f. restarts inside a Retry-After window ----------------------------- */
@@ -950,6 +960,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "hang_timeout", test_hang_timeout) ||
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||
+	    !CU_add_test(s, "encodings_zstd", test_encodings_zstd) ||
 	    !CU_add_test(s, "restart_in_window", test_restart_in_window) ||
 	    !CU_add_test(s, "outage_503", test_outage))
 		return -1;
