@@ -884,6 +884,10 @@ static bool jr_sinks(const msgpack_object *v, struct spf_journal *j)
 		memcpy(j->sinks[j->nsinks].name, nm->via.str.ptr,
 		       nm->via.str.size);
 		j->sinks[j->nsinks].name[nm->via.str.size] = '\0';
+		/* a name with a NUL in it, or none a sink could have */
+		if (strlen(j->sinks[j->nsinks].name) != nm->via.str.size ||
+		    !spf_sink_name_ok(j->sinks[j->nsinks].name))
+			return false;
 		j->nsinks++;
 	}
 	return true;
