@@ -460,6 +460,9 @@ static void broker_stop(struct broker *b)
 	 * released from the ring, or stay there for the next broker */
 	while (b->flush_inflight && log_mono_ns() < limit)
 		rx_run(&b->rx, 100000000ull);
+	/* requests still out are cancelled (counted), logs settled */
+	for (i = 0; i < b->nsinks; i++)
+		sink_stop(b->sinks[i]);
 	stats_publish(b);
 	/* before the sinks go: their batches' retry metadata is saved */
 	persist_save(b, log_mono_ns(), 1);

@@ -170,9 +170,17 @@ static uint32_t sink_limit(const struct sink *s)
 		if (t < lim)
 			lim = t;
 	}
+	if (!lim)
+		lim = 1;
+	/* batches held aside make room for as many more, at most */
+	if (s->ops && s->ops->benched) {
+		uint32_t k = s->ops->benched(s);
+
+		lim += k < lim ? k : lim;
+	}
 	if (lim > SINK_MAX_INFLIGHT)
 		lim = SINK_MAX_INFLIGHT;
-	return lim ? lim : 1;
+	return lim;
 }
 
 static struct sink_batch *sink_free_batch(struct sink *s)
@@ -357,11 +365,14 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 	 * drop-oldest removed while this batch was out are counted
 	 * dropped_spool_full already */
 	newly = spool_ack_n(s->spool, b->first_seq, b->end_seq - b->first_seq);
-	if (newly > b->dropped_invalid + b->dropped)
+	s->c.dropped_invalid += b->dropped_invalid;
+	/* a batch dropped whole (rejected, budgets run out) delivered
+	 * nothing: it is not a delivered batch */
+	if (newly > b->dropped_invalid + b->dropped) {
 		s->c.delivered_events += newly - b->dropped_invalid -
 					 b->dropped;
-	s->c.dropped_invalid += b->dropped_invalid;
-	s->c.delivered_batches++;
+		s->c.delivered_batches++;
+	}
 	/* the checkpoint that records this ack carries these counters */
 	stats_sink_acked(s);
 	b->busy = 0;
@@ -372,4 +383,16 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 int sink_idle(const struct sink *s)
 {
 	return s->inflight == 0 && s->read_seq >= spool_next_seq(s->spool);
+}
+
+void sink_stop(struct sink *s)
+{
+	if (s && s->ops && !s->disabled && s->ops->stop)
+		s->ops->stop(s);
+}
+
+int sink_more(const struct sink *s)
+{
+	return s->reading || (s->read_seq < spool_visible(s->spool) &&
+			      s->inflight < sink_limit(s));
 }

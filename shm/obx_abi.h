@@ -215,8 +215,12 @@ struct obx_sink_counters {
 		 dropped_retries_exhausted, dropped_expired, dropped_rate_limited,
 		 dropped_too_large, splits, inflight, dropped_spool_full,
 		 dropped_spool_error, unknown_routed, dropped_invalid;
+	/* taken from reserved (same layout; an older reader sees zeros):
+	 * requests = 2xx + 3xx + 4xx + 5xx + other + network_errors +
+	 * cancelled + those in flight */
+	uint64_t responses_3xx, responses_other, requests_cancelled;
 	uint64_t redelivered;        /* appended (issue 13) */
-	uint64_t reserved[10];
+	uint64_t reserved[7];
 };
 
 struct obx_sink_shm {

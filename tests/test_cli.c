@@ -1416,7 +1416,7 @@ static void test_cli_spool(void)
 		ps.state = POL_BACKOFF;
 		ps.until_ms = 1;
 		snprintf(path, sizeof(path), "%s/%s", dir, PERSIST_FILE);
-		CU_ASSERT_EQUAL(pol_save(path, &ps, 1, NULL, 0), 0);
+		CU_ASSERT_EQUAL(pol_save(path, &ps, 1, NULL, 0, 0), 0);
 		snprintf(path, sizeof(path), "%s/%s.tmp.Ab3dE9", dir,
 			 PERSIST_FILE);
 		fd = open(path, O_CREAT | O_WRONLY, 0600);

@@ -58,15 +58,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (spit(g_in, data, size))
 		return 0;
 	sinks_init(s1);
-	if (pol_load(g_in, s1, 3, &b1, &n1) != 0)
+	if (pol_load(g_in, s1, 3, &b1, &n1, 0) != 0)
 		goto out;
 	/* save what was loaded, load it, save again: same bytes */
-	if (pol_save(g_a, s1, 3, b1, n1))
+	if (pol_save(g_a, s1, 3, b1, n1, 0))
 		abort();
 	sinks_init(s2);
-	if (pol_load(g_a, s2, 3, &b2, &n2) != 0)
+	if (pol_load(g_a, s2, 3, &b2, &n2, 0) != 0)
 		abort();
-	if (pol_save(g_b, s2, 3, b2, n2))
+	if (pol_save(g_b, s2, 3, b2, n2, 0))
 		abort();
 	a = tu_read_file(g_a, &la);
 	b = tu_read_file(g_b, &lb);
