@@ -78,8 +78,9 @@ int drain_idle(struct broker *b);
 int drain_route(struct broker *b, const char *name, uint32_t len,
 		int *unknown);
 
-/* Start-up after a crash: passes over the ring records before pos (the
- * drain journal says they are in the spool or were counted dropped). */
+/* Start-up after a crash: releases the ring up to pos without reading
+ * it (the drain journal says every record before pos is in the spool or
+ * was counted dropped). */
 void drain_catch_up(struct broker *b, uint64_t pos);
 
 /* stats.c (counters across restarts: see the comment there) */

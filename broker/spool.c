@@ -1394,7 +1394,7 @@ static void seg_cut(struct spool *sp, struct seg *s, uint64_t off,
 static void sp_rewind(struct spool *sp)
 {
 	struct blk *b, *prev = NULL, *first;
-	uint64_t from, lost, cut_off;
+	uint64_t from, lost, later, mid, cut_off;
 	struct seg *cut_seg;
 	uint32_t i;
 
@@ -1436,12 +1436,20 @@ static void sp_rewind(struct spool *sp)
 			seg_cut(sp, s, cut_off, from);
 	}
 	sp->active = NULL;	/* the next append starts a new segment */
-	lost = rng_count_open(sp, from, sp->next_seq);
+	/* this flush's records (their ring range is released with it):
+	 * seq-tied drops, in the checkpoint; those appended after it
+	 * started belong to the next flush's ring range: refusals, counted
+	 * with that flush's journal - either way a crash before the next
+	 * journal cannot count one twice */
+	mid = max64(from, min64(sp->flush_end, sp->next_seq));
+	lost = rng_count_open(sp, from, mid);
+	later = rng_count_open(sp, mid, sp->next_seq);
 	sp->st.dropped_full += lost;
+	sp->st.refused_full += later;
 	rng_add(sp, from, sp->next_seq);
 	sp_log_rl(sp->set, RL_WRITE, LOG_ERROR, "spool %s: disk full: %"
 		  PRIu64 " records whose write failed were dropped "
-		  "(dropped_spool_full)", sp->name, lost);
+		  "(dropped_spool_full)", sp->name, lost + later);
 	ck_schedule(sp);
 }
 
@@ -1753,6 +1761,7 @@ int spool_set_flush_mark(struct spool_set *set,
 	set->fl_phase = FL_WRITE;
 	for (sp = set->sinks; sp; sp = sp->next) {
 		sp->wr_nospace = false;
+		sp->flush_end = sp->next_seq;
 		sp_submit_writes(sp);
 	}
 	if (!set->fl_inflight)
@@ -3244,6 +3253,10 @@ static int sp_recover(struct spool *sp)
 	} else {
 		sp->acked = first_found ? first_found : sp->next_seq;
 	}
+	/* seqs are never reused: a done range (records dropped when their
+	 * write failed, never on disk) may reach past everything found */
+	if (sp->nrng)
+		sp->next_seq = max64(sp->next_seq, sp->rng[sp->nrng - 1].b);
 	sp->acked = min64(sp->acked, sp->next_seq);
 	for (i = 0; i < c.ngaps; i++) {
 		struct range *g = &c.gaps[i];

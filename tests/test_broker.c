@@ -15,6 +15,7 @@
 
 #include "testutil.h"
 #include "brokertest.h"
+#include "broker.h"
 #include "envelope.h"
 #include "outbox.h"
 #include "ring.h"
@@ -592,6 +593,62 @@ static void test_corrupt_survives_restart(void)
 	bt_cleanup(&t);
 }
 
+/* A broker killed inside ring_release() (it zeroes the released range
+ * before it moves head) leaves zeroed words at head, which read as
+ * claims not written yet; the drain journal says the range was taken.
+ * The next broker releases up to the journal's position without
+ * reading the range (walking it stopped at the zeros, and the records
+ * behind them were taken again: spooled and counted twice). */
+static void test_catch_up_half_released(void)
+{
+	static struct broker b;
+	struct seg_geom g = { .ring_size = 1 << 20, .max_record = 4096,
+			      .nslots = 16 };
+	const char *name = tu_shm_name("catchup");
+	struct ring_rec r;
+	uint64_t pos, zero;
+	char why[256], body[64];
+	obx_t *h;
+	int created, i, len;
+
+	seg_unlink(name);
+	CU_ASSERT_FATAL(seg_open_broker(&b.seg, name, &g, 0600, &created,
+					why, sizeof(why)) == 0);
+	CU_ASSERT_FATAL(ring_cons_init(&b.rc, &b.seg) == 0);
+	h = obx_open(name);
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < 100; i++) {
+		len = snprintf(body, sizeof(body), "{\"s\":%d}", i);
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+					 OBX_BODY_JSON), 0);
+	}
+	/* the killed broker had taken 60 records and journaled that */
+	for (i = 0; i < 60; i++)
+		CU_ASSERT_EQUAL(ring_next(&b.rc, &r, tu_now_ns()),
+				RING_RECORD);
+	pos = b.rc.cursor;
+	/* ... and zeroed the first half of them before it died */
+	zero = ((pos - b.rc.head) / 2) & ~7ull;
+	memset(b.seg.ring + (b.rc.head & (g.ring_size - 1)), 0, zero);
+	/* the next broker starts at head */
+	ring_cons_fini(&b.rc);
+	CU_ASSERT_FATAL(ring_cons_init(&b.rc, &b.seg) == 0);
+	CU_ASSERT(b.rc.head < pos);
+	drain_catch_up(&b, pos);
+	CU_ASSERT_EQUAL(b.rc.head, pos);
+	CU_ASSERT_EQUAL(atomic_load(&b.seg.cons->head), pos);
+	/* the next record is the 61st */
+	CU_ASSERT_EQUAL(ring_next(&b.rc, &r, tu_now_ns()), RING_RECORD);
+	CU_ASSERT_EQUAL(r.pos, pos);
+	/* a journal that does not fit the ring is not trusted */
+	drain_catch_up(&b, atomic_load(&b.seg.hdr->tail) + 4096);
+	CU_ASSERT_EQUAL(b.rc.head, pos);
+	obx_close(h);
+	ring_cons_fini(&b.rc);
+	seg_detach(&b.seg);
+	seg_unlink(name);
+}
+
 static int log_has(struct bt *t, const char *what)
 {
 	char cmd[600], out[16];
@@ -775,6 +832,8 @@ static int add_suites(void)
 		    test_file_sink_symlink);
 	CU_add_test(s, "spool_corrupt survives restarts",
 		    test_corrupt_survives_restart);
+	CU_add_test(s, "catch-up over a half-released ring",
+		    test_catch_up_half_released);
 	CU_add_test(s, "routing, msgpack bodies, invalid records",
 		    test_routing_and_formats);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",

@@ -19,10 +19,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 static char g_in[64], g_out[64];
 static FILE *g_null;
 
+/* the scratch files go with the process */
+static void cleanup(void)
+{
+	unlink(g_in);
+	unlink(g_out);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
+	atexit(cleanup);
 	snprintf(g_in, sizeof(g_in), "/dev/shm/obxfuzz-cfg-%d-in", getpid());
 	snprintf(g_out, sizeof(g_out), "/dev/shm/obxfuzz-cfg-%d-out",
 		 getpid());

@@ -19,10 +19,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 static char g_in[64], g_a[64], g_b[64];
 
+/* the scratch files go with the process */
+static void cleanup(void)
+{
+	unlink(g_in);
+	unlink(g_a);
+	unlink(g_b);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
+	atexit(cleanup);
 	snprintf(g_in, sizeof(g_in), "/dev/shm/obxfuzz-ds-%d-in", getpid());
 	snprintf(g_a, sizeof(g_a), "/dev/shm/obxfuzz-ds-%d-a", getpid());
 	snprintf(g_b, sizeof(g_b), "/dev/shm/obxfuzz-ds-%d-b", getpid());

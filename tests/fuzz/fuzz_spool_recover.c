@@ -39,10 +39,20 @@ static char g_root[64], g_dir[96];
 static struct rx g_rx;
 static FILE *g_null;
 
+static int rm_cb(const char *p, const struct stat *st, int flag,
+		 struct FTW *ftw);
+
+/* the scratch directory goes with the process */
+static void cleanup(void)
+{
+	nftw(g_root, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
+	atexit(cleanup);
 	snprintf(g_root, sizeof(g_root), "/dev/shm/obxfuzz-sp-%d", getpid());
 	snprintf(g_dir, sizeof(g_dir), "%s/spool", g_root);
 	if (mkdir(g_root, 0700) && errno != EEXIST)
