@@ -1263,6 +1263,22 @@ static void t_disk_reads(void)
 
 /* A full file system: appends stop, nothing accepted is lost, and a
  * retry after space returns writes it all. */
+/* A 1 MiB tmpfs of our own at mnt (remembered for the suite's cleanup):
+ * 0, or -1 when it cannot be mounted (not root): the test is skipped. */
+static int mount_small(char *mnt, size_t len, const char *tag)
+{
+	new_dir(mnt, len, tag);
+	CU_ASSERT_FATAL(mkdir(mnt, 0700) == 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0) {
+		printf("\n  skipped: cannot mount tmpfs (%s)\n",
+		       strerror(errno));
+		CU_PASS("skipped: cannot mount");
+		return -1;
+	}
+	snprintf(g_mnt, sizeof(g_mnt), "%s", mnt);
+	return 0;
+}
+
 /* Fills the file system that holds path until a write fails. */
 static void fill_fs(const char *path)
 {
@@ -1294,15 +1310,8 @@ static void t_enospc(void)
 	uint64_t accepted = 0, refused = 0, lost;
 	int i, r;
 
-	new_dir(mnt, sizeof(mnt), "mnt");
-	CU_ASSERT_FATAL(mkdir(mnt, 0700) == 0);
-	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0) {
-		printf("\n  skipped: cannot mount tmpfs (%s)\n",
-		       strerror(errno));
-		CU_PASS("skipped: cannot mount");
+	if (mount_small(mnt, sizeof(mnt), "mnt"))
 		return;
-	}
-	snprintf(g_mnt, sizeof(g_mnt), "%s", mnt);
 	snprintf(dir, sizeof(dir), "%s/spool", mnt);
 	o = opts(dir);
 	o.segment_size = 64 * 1024;
@@ -1397,15 +1406,8 @@ static void t_enospc_behind_flush(void)
 	struct spool *sp;
 	uint64_t next;
 
-	new_dir(mnt, sizeof(mnt), "mnt2");
-	CU_ASSERT_FATAL(mkdir(mnt, 0700) == 0);
-	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m,mode=0700") != 0) {
-		printf("\n  skipped: cannot mount tmpfs (%s)\n",
-		       strerror(errno));
-		CU_PASS("skipped: cannot mount");
+	if (mount_small(mnt, sizeof(mnt), "mnt2"))
 		return;
-	}
-	snprintf(g_mnt, sizeof(g_mnt), "%s", mnt);
 	snprintf(dir, sizeof(dir), "%s/spool", mnt);
 	snprintf(filler, sizeof(filler), "%s/filler", mnt);
 	o = opts(dir);
