@@ -336,9 +336,10 @@ static int sink_start(struct sink *s, uint64_t now)
  * bit per seq of a span, within SINK_ASIDE_MEM_MAX per sink; the records
  * themselves cost disk only, under spool_max like any backlog (the
  * watermark waits at the first held record, so the segments behind it
- * stay until it is delivered). After a restart the records acknowledged
- * above the watermark are sent again (the spool keeps only the
- * watermark): duplicates, never losses. */
+ * stay until it is delivered). A restart loses the asides, not the held
+ * records: they are read again from the watermark, and the records
+ * acknowledged around them are not (the checkpoint keeps the done ranges,
+ * up to SPF_CK_RANGES_MAX; past that, duplicates - never losses). */
 
 static bool aside_bit(const struct sink_aside *a, uint64_t seq)
 {
@@ -403,6 +404,8 @@ static void sink_account(struct sink_batch *b, uint64_t newly)
 					 b->dropped;
 		s->c.delivered_batches++;
 	}
+	/* the checkpoint that records this ack carries these counters */
+	stats_sink_acked(s);
 	sink_batch_release(b);
 }
 
