@@ -18,7 +18,8 @@
  *   sentry_hold       the same with on_rate_limit = hold under load: the
  *                     transactions flow during the window, the errors
  *                     wait in the spool (more than fit in the batches in
- *                     memory) and are delivered after it, each once
+ *                     memory), still after a broker restart, and are
+ *                     delivered after it, each once
  *   otlp_decoder      the otlp sink's bodies decoded by OpenTelemetry's
  *                     own code
  *   otlp_partial      a 200 with partialSuccess.rejectedLogRecords: those
@@ -619,6 +620,23 @@ static void test_sentry_hold(void)
 	/* the 121 errors: held, outside the batches in memory */
 	CU_ASSERT_EQUAL(ss->c.held_events, 121);
 	CU_ASSERT(ss->c.inflight <= 2);
+
+	/* a broker restart inside the window: the limit (persisted) still
+	 * holds the errors, which the spool still has; the transactions
+	 * are not sent again */
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	for (i = 0; i < 200; i++) {
+		CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+		if (sink_of(g_sp, "sentry")->c.held_events == 121)
+			break;
+		usleep(20000);
+	}
+	ss = sink_of(g_sp, "sentry");
+	printf("\n    restarted %.1f s into the window: %llu held again",
+	       now_s() - t429, (unsigned long long)ss->c.held_events);
+	CU_ASSERT(now_s() < end);
+	CU_ASSERT_EQUAL(ss->c.held_events, 121);
 
 	/* after the window: the errors, each once; nothing dropped */
 	CU_ASSERT_EQUAL(wait_settled(&t, "sentry", 241, 20000), 0);
