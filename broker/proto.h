@@ -26,6 +26,8 @@
  *   accepted(body)              records a 2xx answer still rejected
  *                               (OTLP partial success): dropped
  *                               `rejected` by the engine
+ *   category(rec)               a record's data category (sentry), for
+ *                               the drops by category
  *
  * Records are msgpack envelopes (shm/envelope.h) as spooled.
  */
@@ -105,6 +107,10 @@ struct proto_ops {
 	 * log-safe ("" when none). */
 	uint32_t (*accepted)(struct proto *p, const char *body, size_t len,
 			     uint32_t sent, char *why, size_t whylen);
+	/* Optional. The data category of a record (sentry: its item's; a
+	 * forwarded envelope's first item's), for the drops by category on
+	 * the sink page; NULL when it has none. Valid until the next call. */
+	const char *(*category)(struct proto *p, const struct spool_rec *r);
 };
 
 #define PROTO_ANSWER_MAX   65536

@@ -637,6 +637,36 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 	sink_account(b, newly);
 }
 
+void sink_count_cat(struct sink *s, const char *cat, uint8_t reason,
+		    uint64_t n)
+{
+	struct sink_cat_drop *d;
+	uint32_t i;
+
+	if (!cat || !cat[0] || !n)
+		return;
+	for (i = 0; i < s->ncat_drops; i++) {
+		d = &s->cat_drops[i];
+		if (d->reason == reason &&
+		    !strncmp(d->cat, cat, OBX_CAT_MAX - 1)) {
+			d->n += n;
+			return;
+		}
+	}
+	/* a new pair: by name while there is room, else under "other" */
+	if (s->ncat_drops >= SINK_CAT_NAMED && strcmp(cat, "other")) {
+		sink_count_cat(s, "other", reason, n);
+		return;
+	}
+	if (s->ncat_drops >= SINK_CAT_DROPS)
+		return;         /* 18 named + one "other" per reason: never */
+	d = &s->cat_drops[s->ncat_drops++];
+	memset(d->cat, 0, sizeof(d->cat));
+	memcpy(d->cat, cat, strnlen(cat, OBX_CAT_MAX - 1));
+	d->reason = reason;
+	d->n = n;
+}
+
 int sink_idle(const struct sink *s)
 {
 	return s->inflight == 0 && s->naside == 0 &&

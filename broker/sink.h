@@ -81,6 +81,18 @@ struct sink_aside {
 	uint8_t *bits;              /* bit i: seq first + i is pending */
 };
 
+/* Drops by data category and reason (the sink page's cat_drops): the
+ * first SINK_CAT_NAMED pairs by name, later ones under "other" per
+ * reason, so a count is never lost. */
+#define SINK_CAT_NAMED 18
+#define SINK_CAT_DROPS (SINK_CAT_NAMED + 6)
+
+struct sink_cat_drop {
+	char cat[OBX_CAT_MAX];
+	uint8_t reason;             /* OBX_DROP_* */
+	uint64_t n;
+};
+
 /* bounds of what the asides may cost (bitmaps), per sink: past them a
  * type keeps its held batch in memory */
 #define SINK_ASIDE_SPAN_MAX (1u << 20)   /* seqs of one batch's span */
@@ -139,6 +151,8 @@ struct sink {
 	uint64_t aside_mem;         /* bytes of their bitmaps */
 	uint64_t aside_events;      /* records pending in them */
 	uint64_t aside_ids;         /* the last id given */
+	struct sink_cat_drop cat_drops[SINK_CAT_DROPS];
+	uint32_t ncat_drops;
 };
 
 extern const struct sink_ops sink_file_ops;
@@ -173,6 +187,11 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r);
  * keeps the batch). */
 int sink_batch_aside(struct sink_batch *b, const uint8_t *held,
 		     uint64_t due, uint64_t since);
+
+/* Counts n events of category cat (NULL or "": not counted) dropped
+ * for reason (OBX_DROP_*), for the sink page's cat_drops. */
+void sink_count_cat(struct sink *s, const char *cat, uint8_t reason,
+		    uint64_t n);
 
 /* The earliest due time of the sink's asides (UINT64_MAX: none). */
 uint64_t sink_aside_due(const struct sink *s);

@@ -419,6 +419,40 @@ static void hsink_pop(struct sink *s, struct http_batch *hb)
 	hsink_try(s, hb, hsink_now_ms());
 }
 
+/* The sink page's reason of a policy drop reason. */
+static uint8_t hsink_obx_reason(enum pol_reason r)
+{
+	switch (r) {
+	case POL_R_RETRIES_EXHAUSTED:
+		return OBX_DROP_RETRIES_EXHAUSTED;
+	case POL_R_EXPIRED:
+		return OBX_DROP_EXPIRED;
+	case POL_R_RATE_LIMITED:
+		return OBX_DROP_RATE_LIMITED;
+	case POL_R_TOO_LARGE:
+		return OBX_DROP_TOO_LARGE;
+	default:
+		return OBX_DROP_REJECTED;
+	}
+}
+
+/* Records [lo, end) of the batch not gone were dropped for r: by their
+ * category, when the protocol has categories (sentry). */
+static void hsink_count_cats(struct sink *s, struct http_batch *hb,
+			     uint32_t lo, uint32_t end, enum pol_reason r)
+{
+	struct http_sink *hs = s->impl;
+	uint32_t i;
+
+	if (!hs->proto || !hs->proto->ops->category)
+		return;
+	for (i = lo; i < end; i++)
+		if (!hb->gone[i])
+			sink_count_cat(s, hs->proto->ops->category(hs->proto,
+					&hb->b->sb.recs[i]),
+				       hsink_obx_reason(r), 1);
+}
+
 /* Drops the part at the top: its reason counter, the batch's drop count
  * (so the engine does not count these delivered), a rate-limited line. */
 static void hsink_drop_top(struct sink *s, struct http_batch *hb,
@@ -428,15 +462,16 @@ static void hsink_drop_top(struct sink *s, struct http_batch *hb,
 	struct http_part *p = &hb->part[hb->nparts - 1];
 	uint32_t n = p->hi - p->lo, i;
 
-	if (hs->proto && hb->req_taken) {
-		/* the request's records not dropped by the protocol */
-		uint32_t end = p->lo + hb->req_taken;
+	if (hs->proto) {
+		/* the request's records (the part's when none is out), but
+		 * those the protocol dropped already */
+		uint32_t cnt = hb->req_taken ? hb->req_taken : p->hi - p->lo;
 
 		if (hs->proto->ops->lost)
 			hs->proto->ops->lost(hs->proto, hb->b->sb.recs,
-					     hb->gone, p->lo, hb->req_taken,
-					     why);
-		for (n = 0, i = p->lo; i < end; i++)
+					     hb->gone, p->lo, cnt, why);
+		hsink_count_cats(s, hb, p->lo, p->lo + cnt, why);
+		for (n = 0, i = p->lo; i < p->lo + cnt; i++)
 			n += !hb->gone[i];
 	}
 	hsink_count_drop(s, why, n);
@@ -933,14 +968,17 @@ static void hsink_proto_drop(void *arg, enum proto_drop why, const char *cat,
 	switch (why) {
 	case PROTO_DROP_INVALID:
 		b->dropped_invalid += n;        /* counted by the engine */
+		sink_count_cat(s, cat, OBX_DROP_INVALID, n);
 		break;
 	case PROTO_DROP_TOO_LARGE:
 		s->c.dropped_too_large += n;
 		b->dropped += n;
+		sink_count_cat(s, cat, OBX_DROP_TOO_LARGE, n);
 		break;
 	case PROTO_DROP_RATE_LIMITED:
 		s->c.dropped_rate_limited += n;
 		b->dropped += n;
+		sink_count_cat(s, cat, OBX_DROP_RATE_LIMITED, n);
 		break;
 	default:
 		return;

@@ -238,12 +238,44 @@ struct obx_sink_shm {
 	struct obx_sink_counters c;
 };
 
+/* why a drop by category happened (struct obx_cat_drop.reason) */
+#define OBX_DROP_REJECTED          1u
+#define OBX_DROP_RETRIES_EXHAUSTED 2u
+#define OBX_DROP_EXPIRED           3u
+#define OBX_DROP_RATE_LIMITED      4u
+#define OBX_DROP_TOO_LARGE         5u
+#define OBX_DROP_INVALID           6u
+
+#define OBX_MAX_CAT_DROPS 80u
+
+/* events of one sink dropped for one reason, of one data category */
+struct obx_cat_drop {
+	uint8_t  sink;               /* index in sink[] */
+	uint8_t  reason;             /* OBX_DROP_* */
+	uint16_t pad;
+	char     cat[OBX_CAT_MAX];   /* "error", "transaction", ... */
+	uint32_t pad2;
+	uint64_t n;
+};
+
 struct obx_sink_page {
 	_Atomic uint64_t seq;        /* seqlock, as for stats */
 	uint32_t nsinks;
 	uint32_t default_sink;
 	uint64_t pad[6];
 	struct obx_sink_shm sink[OBX_MAX_SINKS];
+	/* appended (issue 15), in the slack of the page's last 4 KiB: the
+	 * layout (ring_off) stays the same, an older broker leaves it zero.
+	 * Drops of the sinks whose protocol knows data categories (sentry),
+	 * by category and reason; a breakdown of the sinks' drop counters,
+	 * not a part of the identity. */
+	uint32_t ncat_drops;         /* entries in use */
+	uint32_t cat_drops_more;     /* 1: some did not fit (left out) */
+	struct obx_cat_drop cat_drops[OBX_MAX_CAT_DROPS];
 };
+
+/* appended fields live in the slack: the page keeps its 10 pages */
+_Static_assert(sizeof(struct obx_sink_page) <= 10 * OBX_PAGE,
+	       "the sink page outgrew its pages: that changes ring_off");
 
 #endif /* OBX_ABI_H */

@@ -27,6 +27,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,6 +452,76 @@ static const struct obx_sink_shm *sentry_last_report(struct bt *t,
 	return sink_of(g_sp, "sentry");
 }
 
+/* The output of `outbox stat -s SHM ARGS` (malloc'd, NUL-terminated), or
+ * NULL. */
+static char *stat_out(const struct bt *t, const char *args)
+{
+	char cmd[700];
+	struct up_sbuf o = { NULL, 0 };
+	char chunk[4096];
+	size_t n;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "%s stat -s %s %s", bt_bin("outbox"),
+		 t->shm, args);
+	f = popen(cmd, "r");
+	if (!f)
+		return NULL;
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		up_sbuf_write(chunk, 1, n, &o);
+	pclose(f);
+	up_sbuf_write("", 1, 1, &o);
+	return o.p;
+}
+
+/* Drops by category of sink `sink` on the page copy: count of (cat,
+ * reason), 0 when there is no such entry. */
+static uint64_t cat_dropped(const struct obx_sink_page *sp, const char *sink,
+			    const char *cat, uint8_t reason)
+{
+	uint32_t j, idx = (uint32_t)(sink_of(sp, sink) - sp->sink);
+
+	for (j = 0; j < sp->ncat_drops && j < OBX_MAX_CAT_DROPS; j++)
+		if (sp->cat_drops[j].sink == idx &&
+		    sp->cat_drops[j].reason == reason &&
+		    !strncmp(sp->cat_drops[j].cat, cat, OBX_CAT_MAX))
+			return sp->cat_drops[j].n;
+	return 0;
+}
+
+/* Operators see the drops by category: the sink page, `outbox stat`
+ * (text, --json, --prometheus). */
+static void check_cat_drops(const struct bt *t, const char *cat,
+			    const char *reason, uint8_t r, uint64_t want)
+{
+	char line[256], *txt, *js, *prom;
+	json_t *j;
+
+	CU_ASSERT_EQUAL(cat_dropped(g_sp, "sentry", cat, r), want);
+	txt = stat_out(t, "");
+	js = stat_out(t, "--json");
+	prom = stat_out(t, "--prometheus");
+	CU_ASSERT_FATAL(txt && js && prom);
+	snprintf(line, sizeof(line), "%" PRIu64 "  category %s, %s", want, cat,
+		 reason);
+	CU_ASSERT_PTR_NOT_NULL(strstr(txt, line));
+	j = json_loads(js, 0, NULL);
+	CU_ASSERT_EQUAL(json_integer_value(json_object_get(json_object_get(
+		json_object_get(json_object_get(json_object_get(j, "sinks"),
+		"sentry"), "dropped_by_category"), cat), reason)),
+		(json_int_t)want);
+	json_decref(j);
+	snprintf(line, sizeof(line), "outbox_sink_category_events_dropped_total"
+		 "{sink=\"sentry\",category=\"%s\",reason=\"%s\"} %" PRIu64 "\n",
+		 cat, reason, want);
+	CU_ASSERT_PTR_NOT_NULL(strstr(prom, line));
+	if (!strstr(prom, line))
+		printf("\n    no '%s' in:\n%s", line, prom);
+	free(txt);
+	free(js);
+	free(prom);
+}
+
 static void test_sentry_categories(void)
 {
 	static const char *const types[] = { "error", "transaction" };
@@ -503,6 +574,17 @@ static void test_sentry_categories(void)
 	CU_ASSERT_EQUAL(ss->c.delivered_events, 41);
 	CU_ASSERT_EQUAL(errors_sent, 0);
 	CU_ASSERT_EQUAL(reported, ss->c.dropped_rate_limited);
+	/* by category where operators look */
+	check_cat_drops(&t, "error", "rate_limited", OBX_DROP_RATE_LIMITED,
+			41);
+	CU_ASSERT_EQUAL(g_sp->ncat_drops, 1);
+	/* a restarted broker continues them */
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	usleep(300000);
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	CU_ASSERT_EQUAL(cat_dropped(g_sp, "sentry", "error",
+				    OBX_DROP_RATE_LIMITED), 41);
 	/* X-Sentry-Auth on every request */
 	reqs = up_requests(0, 0);
 	CU_ASSERT_FATAL(reqs != NULL);
@@ -696,6 +778,7 @@ static void test_sentry_hold_expired(void)
 	CU_ASSERT_EQUAL(errors_sent, 0);
 	CU_ASSERT_EQUAL(reported, 4);
 	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	check_cat_drops(&t, "error", "rate_limited", OBX_DROP_RATE_LIMITED, 4);
 	ss = sink_of(g_sp, "sentry");
 	CU_ASSERT_EQUAL(ss->c.held_events, 0);
 	drops = bt_sum_dropped(&g, g_sp, &deliv, &queued);
