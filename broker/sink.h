@@ -145,6 +145,8 @@ struct sink {
 	uint32_t ncats;
 	char cats[OBX_MAX_CATS][OBX_CAT_MAX];
 	uint64_t cat_until_ns[OBX_MAX_CATS];
+	uint32_t event_max;         /* published: producers drop a body over
+	                             * it (too_large); 0 = no limit enforced */
 	/* records set aside, by first (disjoint spans) */
 	struct sink_aside *aside;
 	uint32_t naside, aside_cap;

@@ -1009,6 +1009,10 @@ static int hsink_proto_open(struct sink *s)
 	hs->proto->cat_until = hsink_cat_until;
 	hs->proto->drop = hsink_proto_drop;
 	hs->proto->arg = s;
+	/* the protocols enforce event_max_bytes: producers that know the
+	 * sink drop a body that cannot fit before it takes ring space */
+	s->event_max = s->cfg.event_max_bytes > UINT32_MAX ? UINT32_MAX :
+		       (uint32_t)s->cfg.event_max_bytes;
 	return 0;
 }
 
@@ -1087,6 +1091,7 @@ static void hsink_close(struct sink *s)
 	struct http_sink *hs = s->impl;
 	int i;
 
+	s->event_max = 0;
 	if (!hs)
 		return;
 	hsink_flush_drops(s, log_mono_ns(), 1);

@@ -324,6 +324,7 @@ static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)
 	o->state = s->state;
 	o->until_ns = s->until_ns;
 	o->ncats = s->ncats;
+	o->event_max = s->event_max;
 	memcpy(o->cats, s->cats, sizeof(o->cats));
 	memcpy(o->cat_until_ns, s->cat_until_ns, sizeof(o->cat_until_ns));
 	o->c = s->c;

@@ -232,7 +232,9 @@ struct obx_sink_shm {
 	uint32_t state;               /* OBX_SINK_* */
 	uint64_t until_ns;            /* CLOCK_REALTIME ns, 0 when ok */
 	uint32_t ncats;
-	uint32_t pad;
+	uint32_t event_max;           /* was pad (issue 15): the largest body
+	                               * the sink takes (event_max_bytes, where
+	                               * its protocol enforces it), 0 = none */
 	char     cats[OBX_MAX_CATS][OBX_CAT_MAX];
 	uint64_t cat_until_ns[OBX_MAX_CATS];
 	struct obx_sink_counters c;

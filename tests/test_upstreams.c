@@ -7,7 +7,8 @@
  *
  *   segment_batches   body shape, Basic auth, gzip, messageId = the
  *                     envelope id, the same on a retry and after a broker
- *                     restart; a 40 KB event dropped too_large
+ *                     restart; a 40 KB event dropped too_large by the
+ *                     producer (JSON text) or the broker (msgpack)
  *   segment_settings  CDN settings fetched at start, a bad document kept
  *                     out (logged once), new settings applied at runtime
  *   sentry_categories a 429 with X-Sentry-Rate-Limits: N:error - error
@@ -211,6 +212,7 @@ static void test_segment_batches(void)
 	char conf[1024], ids1[4096], ids2[4096], ids3[4096];
 	char big[41000];
 	json_t *reqs, *j, *e;
+	struct obx_counters pc;
 	struct obx_stats g;
 	struct bt t;
 	obx_t *h;
@@ -225,20 +227,40 @@ static void test_segment_batches(void)
 	CU_ASSERT_FATAL(bt_init(&t, "seg", NULL, conf) == 0);
 	CU_ASSERT_FATAL(bt_start(&t) == 0);
 	emit_from(&t, "seg", 4, 5, types, 2, 0);
-	/* one event over the 32 KB message limit */
+	/* one event over the 32 KB message limit: the producer knows the
+	 * sink's limit (published on the sink page) and drops it at once,
+	 * counted too_large, before it takes ring space */
 	h = bt_open(t.shm);
 	CU_ASSERT_FATAL(h != NULL);
 	sink = obx_sink(h, "seg");
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
+	CU_ASSERT_EQUAL(sink_of(g_sp, "seg")->event_max, 32 * 1024);
 	memset(big, 'x', sizeof(big));
 	memcpy(big, "{\"s\":\"", 6);
 	memcpy(big + sizeof(big) - 2, "\"}", 2);
 	CU_ASSERT_EQUAL(obx_emit(h, sink, "track", big, sizeof(big),
-				 OBX_BODY_JSON), 0);
+				 OBX_BODY_JSON), -EMSGSIZE);
+	CU_ASSERT_EQUAL(obx_counters(h, &pc), 0);
+	CU_ASSERT_EQUAL(pc.dropped_too_large, 1);
+	/* a msgpack body's JSON size is the broker's to tell: it drops it
+	 * (the same 40 KB string as a map member) */
+	{
+		struct obx_rsv r;
+
+		CU_ASSERT_EQUAL_FATAL(obx_reserve(h, sink, "track",
+						  sizeof(big) + 16, &r), 0);
+		msgpack_pack_map(&r.pk, 1);
+		msgpack_pack_str_with_body(&r.pk, "s", 1);
+		msgpack_pack_str_with_body(&r.pk, big, sizeof(big));
+		CU_ASSERT_EQUAL(obx_commit(h, &r), 0);
+	}
 	obx_close(h);
 	CU_ASSERT_EQUAL(wait_settled(&t, "seg", 21, 10000), 0);
 	CU_ASSERT_EQUAL(bt_stats(&t, &g, g_sp), 0);
 	CU_ASSERT_EQUAL(sink_of(g_sp, "seg")->c.delivered_events, 20);
 	CU_ASSERT_EQUAL(sink_of(g_sp, "seg")->c.dropped_too_large, 1);
+	/* the producer's drop is a global too_large (the ring's counter) */
+	CU_ASSERT_EQUAL(g.dropped_too_large, 1);
 
 	reqs = up_requests(0, 1);
 	CU_ASSERT_FATAL(reqs != NULL && json_array_size(reqs) >= 2);
