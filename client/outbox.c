@@ -85,9 +85,33 @@ static _Atomic uint32_t g_next_token = 1;
 static uint8_t g_tail[ENV_TAIL_LEN];    /* env_tail_template() */
 static __thread char g_open_err[256];
 
+/* fork() with other threads running: one of them may hold g_open_lock or
+ * a handle's lock, and the child would wait for it forever on its first
+ * emit (it re-registers under h->lock). So the forking thread takes every
+ * library lock before the fork (lock order: g_open_lock, then each handle
+ * in list order, as everywhere else) and both sides release them after. */
+static void obx_atfork_prepare(void)
+{
+	struct obx *h;
+
+	pthread_mutex_lock(&g_open_lock);
+	for (h = g_open; h; h = h->next)
+		pthread_mutex_lock(&h->lock);
+}
+
+static void obx_atfork_unlock(void)
+{
+	struct obx *h;
+
+	for (h = g_open; h; h = h->next)
+		pthread_mutex_unlock(&h->lock);
+	pthread_mutex_unlock(&g_open_lock);
+}
+
 static void obx_atfork_child(void)
 {
 	atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
+	obx_atfork_unlock();
 }
 
 static void obx_lane_release(void *arg)
@@ -109,7 +133,7 @@ static void obx_init_once(void)
 {
 	pthread_key_create(&g_lane_key, obx_lane_release);
 	env_tail_template(g_tail);
-	pthread_atfork(NULL, NULL, obx_atfork_child);
+	pthread_atfork(obx_atfork_prepare, obx_atfork_unlock, obx_atfork_child);
 }
 
 const char *obx_open_error(void)
@@ -225,16 +249,22 @@ err:
 void obx_close(obx_t *h)
 {
 	struct obx **pp;
+	int found = 0;
 
 	if (!h)
 		return;
+	/* Only a handle on the open list is touched: a second close of the
+	 * same handle finds nothing and returns without dereferencing it. */
 	pthread_mutex_lock(&g_open_lock);
 	for (pp = &g_open; *pp; pp = &(*pp)->next)
 		if (*pp == h) {
 			*pp = h->next;
+			found = 1;
 			break;
 		}
 	pthread_mutex_unlock(&g_open_lock);
+	if (!found)
+		return;
 	/* only the process that owns the slot gives it up */
 	if (atomic_load(&h->gen) == atomic_load(&g_fork_gen) &&
 	    atomic_load(&h->slot))
@@ -344,9 +374,8 @@ static inline int obx_begin(obx_t *h, int sink, const char *type,
 	if (__builtin_expect(tlen > ENV_NAME_MAX, 0))
 		return -EINVAL;
 	head = nm->pre_len + obx_str_hdr_len(tlen) + tlen + ENV_TAIL_LEN;
-	need = head + body_room;
-	if (need > UINT32_MAX)
-		need = UINT32_MAX;
+	/* no wrap: body_room may be anything the caller passed */
+	need = body_room > UINT32_MAX - head ? UINT32_MAX : head + body_room;
 	p->lane = obx_my_lane(h, p->slot);
 	rc = ring_reserve(&h->seg, p->slot, p->lane, h->sidx, (uint32_t)need,
 			  &p->c);
@@ -377,6 +406,8 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	uint8_t *d;
 	int rc;
 
+	if (__builtin_expect(!body && len, 0))
+		return -EINVAL;
 	switch (kind) {
 	case OBX_BODY_JSON:
 		room = obx_str_hdr_len(len) + len;
@@ -385,11 +416,17 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 		room = obx_bin_hdr_len(len) + len;
 		break;
 	case OBX_BODY_MSGPACK:
+		if (__builtin_expect(len == 0, 0))
+			return -EINVAL;   /* no object: not an envelope */
 		room = len;
 		break;
 	default:
 		return -EINVAL;
 	}
+	/* Check the length before it takes part in any sum: a failed read()
+	 * passes (size_t)-1. Too large for any record: counted a drop. */
+	if (__builtin_expect(len > h->seg.g.max_record, 0))
+		room = SIZE_MAX;
 	rc = obx_begin(h, sink, type, room, &p);
 	if (rc < 0)
 		return rc;

@@ -41,7 +41,9 @@ obx_t *obx_open(const char *shm_name);
 /* The reason the last obx_open() of this thread failed. */
 const char *obx_open_error(void);
 
-/* Releases the producer slot and unmaps the segment. */
+/* Releases the producer slot and unmaps the segment. NULL, or a handle
+ * already closed, is ignored (as long as no obx_open() since has been
+ * given the same address). */
 void obx_close(obx_t *h);
 
 /* Resolves a sink name to an id, once. NULL: $OUTBOX_SINK, else the
@@ -50,8 +52,10 @@ void obx_close(obx_t *h);
 int obx_sink(obx_t *h, const char *name);
 
 /* Emits one event (copied). type may be NULL. 0, -EAGAIN (ring full,
- * dropped), -EMSGSIZE (too large, dropped), -EINVAL (bad sink id or kind),
- * -ETIMEDOUT (the broker gave the record up as stalled, dropped). */
+ * dropped), -EMSGSIZE (too large, dropped; any len, (size_t)-1 included,
+ * is checked before use), -EINVAL (bad sink id or kind, NULL body with a
+ * length, an empty OBX_BODY_MSGPACK body), -ETIMEDOUT (the record was
+ * given up by the broker, dropped). */
 int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	     size_t len, int kind);
 

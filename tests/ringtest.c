@@ -1,6 +1,7 @@
 /* ringtest.c - helpers shared by the ring tests (see ringtest.h). */
 #define _GNU_SOURCE
 #include "ringtest.h"
+#include "outbox.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -147,4 +148,33 @@ uint64_t rt_drain(struct ring_cons *c, struct env_reader *er,
 		usleep(200);
 	}
 	return n;
+}
+
+int rt_setup(struct rt_ctx *x, const char *tag, uint64_t ring_size,
+	     uint32_t max_record, uint32_t nslots)
+{
+	if (rt_segment(&x->seg, tag, ring_size, max_record, nslots) < 0)
+		return -1;
+	if (ring_cons_init(&x->c, &x->seg) < 0) {
+		rt_segment_destroy(&x->seg);
+		return -1;
+	}
+	env_reader_init(&x->er);
+	rt_seen_init(&x->seen);
+	return 0;
+}
+
+void rt_teardown(struct rt_ctx *x)
+{
+	env_reader_fini(&x->er);
+	ring_cons_fini(&x->c);
+	rt_segment_destroy(&x->seg);
+}
+
+int rt_emit(struct obx *h, uint32_t producer, uint64_t seq, size_t len)
+{
+	uint8_t buf[1 << 16];
+
+	rt_make_body(buf, len, producer, seq);
+	return obx_emit(h, 0, "t", buf, len, OBX_BODY_BYTES);
 }

@@ -43,6 +43,23 @@ int rt_segment(struct seg *s, const char *tag, uint64_t ring_size,
 	       uint32_t max_record, uint32_t nslots);
 void rt_segment_destroy(struct seg *s);
 
+/* A private segment with its consumer, envelope reader and checker: the
+ * set-up of most ring tests. */
+struct rt_ctx {
+	struct seg seg;
+	struct ring_cons c;
+	struct env_reader er;
+	struct rt_seen seen;
+};
+
+int rt_setup(struct rt_ctx *x, const char *tag, uint64_t ring_size,
+	     uint32_t max_record, uint32_t nslots);
+void rt_teardown(struct rt_ctx *x);
+
+/* Emits a checksummed test body of len bytes (<= 64 KiB) through h. */
+struct obx;
+int rt_emit(struct obx *h, uint32_t producer, uint64_t seq, size_t len);
+
 /* Consumes until the ring is empty (and nothing stalls) or `ms` pass.
  * Releases as it goes, reaps every 5 ms. Returns records consumed. */
 uint64_t rt_drain(struct ring_cons *c, struct env_reader *er,

@@ -27,36 +27,23 @@
 extern int obx_fault_where;
 extern long obx_fault_countdown;
 
-static struct seg g_seg;
-static struct ring_cons g_c;
-static struct env_reader g_er;
-static struct rt_seen g_seen;
+static struct rt_ctx g_rt;
+#define g_seg  (g_rt.seg)
+#define g_c    (g_rt.c)
+#define g_er   (g_rt.er)
+#define g_seen (g_rt.seen)
 
 static int setup_ring(const char *tag, uint64_t ring, uint32_t maxrec)
 {
-	if (rt_segment(&g_seg, tag, ring, maxrec, 1024) < 0)
-		return -1;
-	if (ring_cons_init(&g_c, &g_seg) < 0)
-		return -1;
-	env_reader_init(&g_er);
-	rt_seen_init(&g_seen);
-	return 0;
+	return rt_setup(&g_rt, tag, ring, maxrec, 1024);
 }
 
 static void teardown_ring(void)
 {
-	env_reader_fini(&g_er);
-	ring_cons_fini(&g_c);
-	rt_segment_destroy(&g_seg);
+	rt_teardown(&g_rt);
 }
 
-static int emit_one(obx_t *h, uint32_t prod, uint64_t seq, size_t len)
-{
-	uint8_t buf[1 << 16];
-
-	rt_make_body(buf, len, prod, seq);
-	return obx_emit(h, 0, "t", buf, len, OBX_BODY_BYTES);
-}
+#define emit_one rt_emit
 
 /* ---- single process ---------------------------------------------------- */
 
