@@ -1,19 +1,25 @@
 /* outbox.c - liboutbox: the producer side of the ring.
  *
- * A handle owns one producer slot per process. fork() is detected through
- * a pthread_atfork child hook that bumps a generation; the next emit in
- * the child claims a fresh slot (the parent keeps its own). Sink names are
- * resolved into a small immutable table so the emit path neither hashes
- * nor allocates.
+ * A handle owns one producer slot per process, and keeps it OFD-locked on
+ * its own open file description of the shm object: the broker's proof
+ * that the process lives. fork() is detected through a pthread_atfork
+ * child hook that bumps a generation and gives the child a description of
+ * its own (the inherited one is the parent's: holding it would keep the
+ * parent's lock alive after the parent died); the next emit in the child
+ * claims a fresh slot. Sink names are resolved into a small immutable
+ * table so the emit path neither hashes nor allocates.
  */
 #define _GNU_SOURCE
 #include "outbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +41,9 @@ struct obx {
 	struct obx *next;              /* g_open list */
 	struct seg seg;
 	pthread_mutex_t lock;          /* registration, name table */
+	char fdpath[32];               /* /proc/self/fd/N of seg.fd */
+	dev_t dev;                     /* the object, to re-open it */
+	ino_t ino;
 	struct obx_slot *_Atomic slot; /* this process's slot */
 	uint16_t sidx;
 	_Atomic unsigned gen;          /* fork generation the slot is for */
@@ -54,14 +63,20 @@ _Static_assert(sizeof(struct obx_rsv_priv) <= sizeof(((struct obx_rsv *)0)->priv
 
 #ifdef OBX_FAULT_INJECT
 #include <signal.h>
-/* test hooks: SIGKILL ourselves the n-th time `where` is reached */
+/* Test hooks: raise obx_fault_signal (SIGKILL unless set) the n-th time
+ * `where` is reached; obx_fault_hook, when set, runs at every point
+ * first. */
 int obx_fault_where;
 long obx_fault_countdown;
+int obx_fault_signal;
+void (*obx_fault_hook)(int where);
 
 void obx_fault_point(int where)
 {
+	if (obx_fault_hook)
+		obx_fault_hook(where);
 	if (where == obx_fault_where && --obx_fault_countdown == 0)
-		raise(SIGKILL);
+		raise(obx_fault_signal ? obx_fault_signal : SIGKILL);
 }
 #endif
 
@@ -108,10 +123,56 @@ static void obx_atfork_unlock(void)
 	pthread_mutex_unlock(&g_open_lock);
 }
 
+/* In the child: a new open file description of the same object in place
+ * of the inherited one (open(2) of /proc/self/fd/N, dup3(2): both
+ * async-signal-safe, as a fork handler must be). Without /proc the
+ * inherited one is closed all the same; the child's registration opens
+ * the object by name then. */
+static void obx_fd_renew(struct obx *h)
+{
+	int fd;
+
+	if (h->seg.fd < 0)
+		return;
+	fd = open(h->fdpath, O_RDWR | O_CLOEXEC);
+	if (fd >= 0 && dup3(fd, h->seg.fd, O_CLOEXEC) >= 0) {
+		close(fd);
+		return;
+	}
+	if (fd >= 0)
+		close(fd);
+	close(h->seg.fd);
+	h->seg.fd = -1;
+}
+
 static void obx_atfork_child(void)
 {
+	struct obx *h;
+
 	atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
+	for (h = g_open; h; h = h->next)
+		obx_fd_renew(h);
 	obx_atfork_unlock();
+}
+
+/* A description of the object for this process when the fork handler
+ * could not make one: by name, and only if it is still the same object. */
+static int obx_fd_reopen(obx_t *h)
+{
+	char path[sizeof(h->seg.name) + 1];
+	struct stat st;
+	int fd;
+
+	snprintf(path, sizeof(path), "/%s", h->seg.name);
+	fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || st.st_dev != h->dev || st.st_ino != h->ino) {
+		close(fd);
+		return -ESTALE;   /* replaced since: this handle is stale */
+	}
+	h->seg.fd = fd;
+	return 0;
 }
 
 static void obx_lane_release(void *arg)
@@ -150,8 +211,10 @@ static int obx_register(obx_t *h)
 	pthread_mutex_lock(&h->lock);
 	if (atomic_load(&h->gen) == gen && atomic_load(&h->slot))
 		goto out;
+	if (h->seg.fd < 0 && (rc = obx_fd_reopen(h)) < 0)
+		goto out;
 	slot_proc_stat(getpid(), &start, NULL);
-	idx = slot_claim(h->seg.slots, h->seg.g.nslots, getpid(), start);
+	idx = slot_claim(&h->seg, h->seg.fd, getpid(), start);
 	if (idx < 0) {
 		rc = idx;
 		goto out;
@@ -219,6 +282,16 @@ obx_t *obx_open(const char *shm_name)
 	rc = seg_attach(&h->seg, shm_name, g_open_err, sizeof(g_open_err));
 	if (rc < 0)
 		goto err;
+	{
+		struct stat st;
+
+		if (fstat(h->seg.fd, &st) == 0) {
+			h->dev = st.st_dev;
+			h->ino = st.st_ino;
+		}
+		snprintf(h->fdpath, sizeof(h->fdpath), "/proc/self/fd/%d",
+			 h->seg.fd);
+	}
 	/* id 0 is always the default sink "" */
 	h->names[0].pre_len = (uint32_t)env_prefix_template(h->names[0].pre,
 					sizeof(h->names[0].pre), "", 0);
@@ -439,7 +512,7 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	OBX_FAULT(OBX_FP_MID_COPY);
 	memcpy(d + len / 2, (const char *)body + len / 2, len - len / 2);
 	d += len;
-	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)(d - p.b.p), 0);
+	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)(d - p.b.p));
 }
 
 int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,
@@ -466,7 +539,7 @@ int obx_commit(obx_t *h, struct obx_rsv *r)
 		atomic_fetch_add(&p->slot->drop_too_large, 1);
 		return -EMSGSIZE;
 	}
-	return ring_commit(&h->seg, p->slot, &p->c, (uint32_t)p->b.len, 0);
+	return ring_commit(&h->seg, p->slot, &p->c, (uint32_t)p->b.len);
 }
 
 void obx_abort(obx_t *h, struct obx_rsv *r)
@@ -547,13 +620,6 @@ int obx_counters(obx_t *h, struct obx_counters *out)
 
 int obx_broker_alive(obx_t *h)
 {
-	struct obx_slot probe;
-	uint32_t pid = atomic_load(&h->seg.cons->broker_pid);
-
-	if (!pid)
-		return 0;
-	memset(&probe, 0, sizeof(probe));
-	atomic_store(&probe.pid, pid);
-	atomic_store(&probe.start, atomic_load(&h->seg.cons->broker_start));
-	return slot_owner_alive(&probe);
+	return slot_pid_alive(atomic_load(&h->seg.cons->broker_pid),
+			      atomic_load(&h->seg.cons->broker_start));
 }

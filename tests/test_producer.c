@@ -23,6 +23,8 @@
 #include "slots.h"
 #include "outbox.h"
 
+extern void (*obx_fault_hook)(int where);
+
 static struct rt_ctx g_rt;
 
 /* Runs fn in a child (a crash there fails the test instead of killing
@@ -233,6 +235,281 @@ static void test_fork_while_locked(void)
 	rt_teardown(&g_rt);
 }
 
+/* ---- a live producer is never judged dead -------------------------------- */
+
+struct live_arg {
+	obx_t *h;
+	uint32_t prod;
+	uint64_t n;
+};
+
+static void *live_emitter(void *p)
+{
+	struct live_arg *a = p;
+	uint64_t i;
+
+	for (i = 0; i < a->n; i++) {
+		while (rt_emit(a->h, a->prod, i, 100) == -EAGAIN)
+			usleep(100);
+		if (i % 10 == 9)
+			usleep(2000);   /* ~2 s for 1000 events */
+	}
+	return NULL;
+}
+
+/* A producer process whose events come from a second thread; with
+ * main_exits its main thread calls pthread_exit() first (the process
+ * lives on: /proc/<pid>/stat then says Z for the thread-group leader). */
+static void live_producer(const char *name, uint32_t prod, uint64_t n,
+			  int main_exits)
+{
+	static struct live_arg a;
+	pthread_t th;
+
+	a.h = obx_open(name);
+	if (!a.h)
+		_exit(2);
+	a.prod = prod;
+	a.n = n;
+	/* register this process before the main thread may go */
+	if (rt_emit(a.h, prod + 1, 0, 64) != 0)
+		_exit(3);
+	pthread_create(&th, NULL, live_emitter, &a);
+	if (main_exits)
+		pthread_exit(NULL);
+	pthread_join(th, NULL);
+	_exit(0);
+}
+
+/* In its own PID namespace (pid 1 there, its own /proc): the pid it
+ * registers means another process, or none, to the broker. */
+static void live_producer_pidns(const char *name, uint32_t prod, uint64_t n)
+{
+	int status;
+	pid_t pid;
+
+	if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0)
+		_exit(77);
+	pid = fork();
+	if (pid == 0) {
+		if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+		    mount("proc", "/proc", "proc", 0, NULL) < 0)
+			_exit(78);
+		live_producer(name, prod, n, 0);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		_exit(4);
+	_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 5);
+}
+
+/* Runs one liveness case: mode 0 main thread exits, 1 PID namespace,
+ * 2 the consumer is out of file descriptors while it checks. The
+ * producer's slot must stay LIVE for as long as the process runs, and
+ * every event it was told was taken must arrive. */
+static void run_liveness(int mode)
+{
+	const uint64_t n = 1000;
+	const uint32_t prod = 80 + 2 * (uint32_t)mode;
+	int status = 0, slot = -1, exited = 0, wrong = 0, fds[4096], nfd = 0;
+	uint64_t t0 = tu_now_ns(), checks = 0;
+	struct rlimit old_rl;
+	pid_t pid;
+
+	getrlimit(RLIMIT_NOFILE, &old_rl);
+	CU_ASSERT_FATAL(rt_setup(&g_rt, "live", 1 << 20, 1024, 64) == 0);
+	pid = fork();
+	if (pid == 0) {
+		if (mode == 1)
+			live_producer_pidns(g_rt.seg.name, prod, n);
+		live_producer(g_rt.seg.name, prod, n, mode == 0);
+	}
+	while (!exited && tu_now_ns() - t0 < 20000000000ull) {
+		rt_drain(&g_rt.c, &g_rt.er, &g_rt.seen, 5);  /* reaps */
+		if (slot < 0 && g_rt.seen.count[prod + 1])
+			slot = g_rt.seen.slot_of[prod + 1];
+		if (mode == 2 && slot >= 0 && !nfd) {
+			/* use up every descriptor before the next checks */
+			struct rlimit rl = { 256, old_rl.rlim_max };
+
+			setrlimit(RLIMIT_NOFILE, &rl);
+			while (nfd < 4096 && (fds[nfd] = dup(0)) >= 0)
+				nfd++;
+		}
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			exited = 1;
+			break;
+		}
+		/* the process runs, so the reap above saw it running (until
+		 * its last event: then it may be on its way out) */
+		if (slot >= 0 && g_rt.seen.count[prod] < n) {
+			checks++;
+			if (atomic_load(&g_rt.seg.slots[slot].state) !=
+			    OBX_SLOT_LIVE)
+				wrong++;
+		}
+		usleep(1000);
+	}
+	while (nfd > 0)
+		close(fds[--nfd]);
+	setrlimit(RLIMIT_NOFILE, &old_rl);
+	if (!exited) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+	if (mode == 1 && WIFEXITED(status) && WEXITSTATUS(status) >= 77) {
+		printf("\n    skipped: cannot make a PID namespace here "
+		       "(exit %d)\n", WEXITSTATUS(status));
+		rt_teardown(&g_rt);
+		return;
+	}
+	rt_drain(&g_rt.c, &g_rt.er, &g_rt.seen, 500);
+	printf("\n    slot %d checked %llu times while running: %d times "
+	       "not LIVE; delivered %llu of %llu\n", slot,
+	       (unsigned long long)checks, wrong,
+	       (unsigned long long)g_rt.seen.count[prod],
+	       (unsigned long long)n);
+	CU_ASSERT(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	CU_ASSERT(slot >= 0 && checks > 50);
+	CU_ASSERT_EQUAL(wrong, 0);
+	CU_ASSERT_EQUAL(g_rt.seen.count[prod], n);
+	CU_ASSERT_EQUAL(g_rt.seen.torn, 0);
+	rt_teardown(&g_rt);
+}
+
+static void test_live_main_thread_gone(void)
+{
+	run_liveness(0);
+}
+
+static void test_live_pid_namespace(void)
+{
+	run_liveness(1);
+}
+
+static void test_live_broker_emfile(void)
+{
+	run_liveness(2);
+}
+
+/* ---- emit from a signal handler on the interrupted thread --------------- */
+
+static obx_t *g_sig_h;
+static uint64_t g_sig_seq;       /* written by the handler only */
+static _Atomic int g_sig_run;
+
+static volatile sig_atomic_t g_in_handler;
+static unsigned g_hook_calls;
+
+static void sig_emit(int signo)
+{
+	int saved = errno;
+
+	(void)signo;
+	g_in_handler = 1;
+	if (rt_emit(g_sig_h, 71, g_sig_seq, 40 + g_sig_seq % 200) == 0)
+		g_sig_seq++;
+	g_in_handler = 0;
+	errno = saved;
+}
+
+/* Fault hook on the emitting thread: every few fault points the signal
+ * arrives right there, so the handler's emit nests at each step of the
+ * interrupted one (P0, inside P1, after the tail add, header written but
+ * not settled, settled, mid copy, before commit). After the add it also
+ * stays off the CPU a while, as a preempted thread would, so the
+ * consumer looks at its claim meanwhile. */
+static void sig_hook(int where)
+{
+	if (g_in_handler || ++g_hook_calls % 5 != 0)
+		return;
+	raise(SIGUSR1);
+	if (where == OBX_FP_AFTER_ADD && g_hook_calls % 3 == 0)
+		usleep(1000);
+}
+
+static void *sig_emitter(void *arg)
+{
+	uint64_t *acked = arg, i;
+	uint64_t t0 = tu_now_ns();
+
+	for (i = 0; tu_now_ns() - t0 < 1500000000ull; i++) {
+		int rc;
+
+		while ((rc = rt_emit(g_sig_h, 70, i, 60 + i % 500)) ==
+		       -EAGAIN)
+			sched_yield();
+		if (rc != 0)
+			break;
+	}
+	*acked = i;
+	atomic_store(&g_sig_run, 0);
+	return NULL;
+}
+
+static void *sig_sender(void *arg)
+{
+	pthread_t target = *(pthread_t *)arg;
+	struct timespec ts = { 0, 20000 };
+
+	while (atomic_load(&g_sig_run)) {
+		pthread_kill(target, SIGUSR1);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+static void test_signal_handler_emit(void)
+{
+	struct sigaction sa, old;
+	struct obx_counters oc;
+	pthread_t em, snd;
+	uint64_t acked = 0, t0;
+
+	CU_ASSERT_FATAL(rt_setup(&g_rt, "sig", 4 << 20, 1024, 64) == 0);
+	g_sig_h = obx_open(g_rt.seg.name);
+	CU_ASSERT_FATAL(g_sig_h != NULL);
+	g_sig_seq = 0;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = sig_emit;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGUSR1, &sa, &old);
+	atomic_store(&g_sig_run, 1);
+	g_hook_calls = 0;
+	obx_fault_hook = sig_hook;
+	pthread_create(&em, NULL, sig_emitter, &acked);
+	pthread_create(&snd, NULL, sig_sender, &em);
+	while (atomic_load(&g_sig_run))
+		rt_drain(&g_rt.c, &g_rt.er, &g_rt.seen, 1);
+	pthread_join(snd, NULL);
+	pthread_join(em, NULL);
+	obx_fault_hook = NULL;
+	sigaction(SIGUSR1, &old, NULL);
+	t0 = tu_now_ns();
+	while ((g_rt.seen.count[70] < acked ||
+		g_rt.seen.count[71] < g_sig_seq) &&
+	       tu_now_ns() - t0 < 2000000000ull)
+		rt_drain(&g_rt.c, &g_rt.er, &g_rt.seen, 10);
+	printf("\n    thread: %llu acked, %llu delivered; handler: %llu "
+	       "acked, %llu delivered; torn %llu, invalid %llu, out of "
+	       "order %llu\n", (unsigned long long)acked,
+	       (unsigned long long)g_rt.seen.count[70],
+	       (unsigned long long)g_sig_seq,
+	       (unsigned long long)g_rt.seen.count[71],
+	       (unsigned long long)g_rt.seen.torn,
+	       (unsigned long long)g_rt.seen.invalid,
+	       (unsigned long long)g_rt.seen.out_of_order);
+	CU_ASSERT(g_sig_seq > 1000);
+	CU_ASSERT_EQUAL(g_rt.seen.count[70], acked);
+	CU_ASSERT_EQUAL(g_rt.seen.count[71], g_sig_seq);
+	CU_ASSERT_EQUAL(g_rt.seen.torn, 0);
+	CU_ASSERT_EQUAL(g_rt.seen.invalid, 0);
+	CU_ASSERT_EQUAL(g_rt.seen.out_of_order, 0);
+	CU_ASSERT_EQUAL(obx_counters(g_sig_h, &oc), 0);
+	CU_ASSERT_EQUAL(oc.emitted - oc.dropped, acked + g_sig_seq);
+	obx_close(g_sig_h);
+	rt_teardown(&g_rt);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("producer", NULL, NULL);
@@ -245,6 +522,14 @@ static int add_suites(void)
 	CU_add_test(s, "obx_close twice is harmless", test_close_twice);
 	CU_add_test(s, "[mt] fork while another thread holds the lock",
 		    test_fork_while_locked);
+	CU_add_test(s, "live: main thread gone, a worker thread emits",
+		    test_live_main_thread_gone);
+	CU_add_test(s, "live: producer in its own PID namespace",
+		    test_live_pid_namespace);
+	CU_add_test(s, "live: broker out of file descriptors",
+		    test_live_broker_emfile);
+	CU_add_test(s, "[mt] emit from a signal handler",
+		    test_signal_handler_emit);
 	return 0;
 }
 

@@ -339,8 +339,20 @@ static const struct ctr g_ctrs[] = {
 	G(dropped_late, 0, CT_DROP,
 	  "Events whose commit came after the broker gave the record up."),
 	G(ring_damaged, 0, CT_INFO, "Garbage words skipped in the ring."),
-	G(ring_timeouts, 0, CT_INFO,
-	  "Records of stalled live producers given up after the timeout."),
+	G(ring_stalls, 0, CT_INFO,
+	  "Claims of live producers that held the ring past stall_timeout."),
+	G(ring_stall_kills, 0, CT_INFO,
+	  "Owners of such claims SIGKILLed (stall_action = kill)."),
+	G(ring_skips, 0, CT_INFO,
+	  "Live claims the broker went past to deliver what lay behind."),
+	G(ring_aborted, 0, CT_INFO,
+	  "Reservations aborted by their producer (not emitted)."),
+	G(tail_repairs, 0, CT_INFO,
+	  "Ring tail found damaged (behind, misaligned, too far) and put back."),
+	G(segment_repairs, 0, CT_INFO,
+	  "Shm object found truncated or its header damaged, and repaired."),
+	G(segments_replaced, 0, CT_INFO,
+	  "Damaged or foreign shm objects moved aside at start."),
 	G(dropped_spool_error, 0, CT_DROP,
 	  "Events the spool refused (write error, record too large)."),
 	G(unknown_sink, 0, CT_INFO,
@@ -428,8 +440,8 @@ static uint64_t sink_dropped(const struct obx_sink_shm *k)
  *
  * Not in it, on purpose: a sink's dropped_spool_full / _error are its
  * share of the global counters of the same name (the broker counts both
- * for the same event); ring_timeouts counts the same records that show
- * as dropped_late once their slow owner commits; ring_damaged counts
+ * for the same event); ring_stalls, ring_skips and the repair counters
+ * count events of the ring, not records; ring_damaged counts
  * garbage words, not events; unknown_sink / unknown_routed are routed,
  * not dropped; consumed is an intermediate stage (consumed records end
  * up invalid, queued, delivered or dropped).
