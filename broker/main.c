@@ -196,6 +196,29 @@ static void broker_ring_settings(struct broker *b)
 	b->rc.stall_arg = b;
 }
 
+/* Housekeeping: the object truncated or its header overwritten under
+ * us (by anyone with the group's write access) is repaired in place,
+ * counted and logged; producers keep their mappings. */
+static void broker_check_segment(struct broker *b)
+{
+	char why[256];
+	int rc = seg_check(&b->seg, why, sizeof(why));
+
+	if (rc == 0)
+		return;
+	if (rc < 0) {
+		log_rl(&b->rl_seg, LOG_ERROR, "segment /dev/shm/%s: check "
+		       "failed: %s", b->seg.name, strerror(-rc));
+		return;
+	}
+	b->seg_repairs++;
+	ring_cons_repair(&b->rc);
+	broker_publish_identity(b);
+	stats_publish(b);
+	log_rl(&b->rl_seg, LOG_WARN, "segment /dev/shm/%s damaged: %s",
+	       b->seg.name, why);
+}
+
 static void spool_log(void *arg, int level, const char *msg)
 {
 	(void)arg;
@@ -228,6 +251,7 @@ static int broker_start(struct broker *b)
 	b->rl_spool = (struct log_rl)LOG_RL_INIT(10);
 	b->rl_ring = (struct log_rl)LOG_RL_INIT(60);
 	b->rl_stall = (struct log_rl)LOG_RL_INIT(60);
+	b->rl_seg = (struct log_rl)LOG_RL_INIT(1);   /* rare, each one matters */
 	env_reader_init(&b->er);
 	rc = rx_init(&b->rx, 512);
 	if (rc < 0) {
@@ -240,6 +264,13 @@ static int broker_start(struct broker *b)
 		log_error("%s", why);
 		return rc;
 	}
+	if (created == 2) {
+		log_warn("%s", why);      /* foreign or damaged, moved aside */
+		b->segs_replaced++;
+	}
+	rc = seg_guard(&b->seg);
+	if (rc < 0)
+		log_warn("SIGBUS guard: %s", strerror(-rc));
 	rc = ring_cons_init(&b->rc, &b->seg);
 	if (rc < 0)
 		return rc;
@@ -406,6 +437,7 @@ static uint64_t min64(uint64_t a, uint64_t c)
 static void broker_housekeeping(struct broker *b, uint64_t now)
 {
 	if (now >= b->next_reap) {
+		broker_check_segment(b);
 		ring_reap(&b->rc);
 		b->next_reap = now + HOUSEKEEPING_NS;
 	}
