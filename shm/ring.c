@@ -392,7 +392,8 @@ static void ring_pin(struct ring_cons *c, uint64_t start, uint64_t end,
 	p->seq = 0;
 	p->w = c->wait;
 	p->nwho = nwho;
-	memcpy(p->who, who, nwho * sizeof(*who));
+	if (nwho)
+		memcpy(p->who, who, nwho * sizeof(*who));
 	c->st.skips++;
 	c->cursor = end;
 	c->gap_on = 0;

@@ -58,6 +58,14 @@ void rt_seen_init(struct rt_seen *s)
 	}
 }
 
+int rt_body_ok(const uint8_t *body, size_t len, struct rt_body *out)
+{
+	if (len < sizeof(*out))
+		return 0;
+	memcpy(out, body, sizeof(*out));
+	return out->len == len && out->csum == rt_sum(body, len);
+}
+
 int rt_check_record(struct env_reader *er, const struct ring_rec *r,
 		    struct rt_seen *seen)
 {
@@ -73,9 +81,8 @@ int rt_check_record(struct env_reader *er, const struct ring_rec *r,
 		seen->invalid++;
 		return -1;
 	}
-	memcpy(&b, v.body, sizeof(b));
-	if (b.len != v.body_len || b.producer >= RT_MAX_PRODUCERS ||
-	    b.csum != rt_sum((const uint8_t *)v.body, v.body_len)) {
+	if (!rt_body_ok((const uint8_t *)v.body, v.body_len, &b) ||
+	    b.producer >= RT_MAX_PRODUCERS) {
 		seen->torn++;
 		return -1;
 	}

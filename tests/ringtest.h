@@ -32,6 +32,10 @@ struct rt_seen {
 /* Writes a body of exactly len bytes (len >= sizeof(struct rt_body)). */
 size_t rt_make_body(uint8_t *buf, size_t len, uint32_t producer, uint64_t seq);
 
+/* Checks a test body (length and checksum); copies its header out.
+ * 1 intact, 0 torn. */
+int rt_body_ok(const uint8_t *body, size_t len, struct rt_body *out);
+
 /* Verifies one consumed record; updates seen. 0 ok, -1 bad. */
 int rt_check_record(struct env_reader *er, const struct ring_rec *r,
 		    struct rt_seen *seen);
