@@ -288,17 +288,20 @@ static int ring_who_all_still(const struct ring_cons *c,
 
 /* ---- gaps, recovery, pins --------------------------------------------------- */
 
-/* First position in [from, lim) holding a non-zero word, or lim. */
+/* First position in [from, lim) holding a non-zero word, or lim (as
+ * distances: the range may cross 2^64). */
 static uint64_t ring_scan(const struct ring_cons *c, uint64_t from,
 			  uint64_t lim)
 {
-	uint64_t p;
+	uint64_t d, n = lim - from;
 
-	for (p = from; p < lim; p += 8)
-		if (atomic_load_explicit(ring_word(c, p),
+	if ((int64_t)n <= 0)
+		return lim;
+	for (d = 0; d < n; d += 8)
+		if (atomic_load_explicit(ring_word(c, from + d),
 					 memory_order_relaxed))
-			break;
-	return p < lim ? p : lim;
+			return from + d;
+	return lim;
 }
 
 /* PAD over the dead zero gap [pos, end). A CAS: a producer that was in
@@ -408,7 +411,7 @@ static int ring_pin_step(struct ring_cons *c, struct ring_pin *p,
 {
 	unsigned steps = RING_PIN_STEPS;
 
-	while (p->x < p->end && steps--) {
+	while ((int64_t)(p->end - p->x) > 0 && steps--) {
 		struct obx_rec_hdr *rec;
 		uint64_t w;
 
@@ -453,7 +456,7 @@ static int ring_pin_step(struct ring_cons *c, struct ring_pin *p,
 			p->x += OBX_REC_SIZE(w);
 		}
 	}
-	return p->x >= p->end ? RING_EMPTY : RING_STALLED;
+	return (int64_t)(p->end - p->x) <= 0 ? RING_EMPTY : RING_STALLED;
 }
 
 /* Visits the pins oldest first: a producer's records come out in its
@@ -464,7 +467,7 @@ static int ring_pins_visit(struct ring_cons *c, struct ring_rec *r,
 	uint32_t i;
 
 	for (i = 0; i < c->npins; i++)
-		if (c->pins[i].x < c->pins[i].end &&
+		if ((int64_t)(c->pins[i].end - c->pins[i].x) > 0 &&
 		    ring_pin_step(c, &c->pins[i], r, now) == RING_RECORD)
 			return RING_RECORD;
 	return RING_EMPTY;
@@ -473,14 +476,27 @@ static int ring_pins_visit(struct ring_cons *c, struct ring_rec *r,
 /* ---- the cursor --------------------------------------------------------------- */
 
 /* A zero word at the cursor, below tail (C2). */
-static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t lim)
+/* First position in [from, from + len) holding a non-zero word, as a
+ * distance from `from`, reading at most RING_SCAN_MAX bytes when `bound`
+ * is set (the rest is scanned on the next call). */
+static uint64_t ring_scan_len(const struct ring_cons *c, uint64_t from,
+			      uint64_t len, int bound)
 {
-	uint64_t cur = c->cursor, p, first = UINT64_MAX, at;
-	struct ring_who mine[RING_PIN_WHO];
-	int unlocated = 0, many = 0;
-	uint32_t i, n = 0;
+	if (bound && len > RING_SCAN_MAX)
+		len = RING_SCAN_MAX;
+	return ring_scan(c, from + 8, from + len) - from;
+}
 
-	if (c->gap_on && cur >= c->gap_tail)
+/* A zero word at the cursor, below tail (C2). room: bytes from the
+ * cursor that may be read. Positions are compared as distances from the
+ * cursor: a damaged tail may push them across 2^64. */
+static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t room)
+{
+	uint64_t cur = c->cursor, d, len, first = UINT64_MAX, at;
+	struct ring_who mine[RING_PIN_WHO];
+	uint32_t i, n = 0, unlocated = 0;
+
+	if (c->gap_on && (int64_t)(c->gap_tail - cur) <= 0)
 		c->gap_on = 0;
 	ring_wait_at(&c->wait, cur, now);
 	if (!c->gap_on) {
@@ -488,6 +504,11 @@ static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t lim)
 						   memory_order_seq_cst);
 		c->gap_nwho = ring_claimers(c, c->gap_who, c->gap_cap);
 		c->gap_on = 1;
+		c->gap_scan_at = UINT64_MAX;
+		if ((int64_t)(c->gap_tail - cur) <= 0) {
+			c->gap_on = 0;        /* tail moved back: look again */
+			return RING_STALLED;
+		}
 	} else {
 		ring_who_prune(c, c->gap_who, &c->gap_nwho, &c->wait, now);
 	}
@@ -495,62 +516,72 @@ static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t lim)
 	 * visible now */
 	if (atomic_load_explicit(ring_word(c, cur), memory_order_acquire))
 		return -1;
-	if (c->gap_tail < lim)
-		lim = c->gap_tail;
+	len = c->gap_tail - cur < room ? c->gap_tail - cur : room;
 	if (c->gap_nwho == 0) {
 		/* Every claim below gap_tail now has its header visible,
 		 * or never will: the first non-zero word is the next
 		 * header. Claims at or past head + ring_size were all
 		 * abandoned (P3): when the gap reaches that far and tail
 		 * lies beyond it, skip straight to tail. */
-		p = ring_scan(c, cur + 8, lim - cur > RING_SCAN_MAX ?
-			      cur + RING_SCAN_MAX : lim);
-		if (p == lim && lim == ring_limit(c) &&
-		    c->gap_tail > lim) {
+		d = ring_scan_len(c, cur, len, 1);
+		if (d == room && c->gap_tail - cur > room) {
 			c->cursor = c->gap_tail;
 			c->st.tail_repairs++;
 			c->gap_on = 0;
 			return -1;
 		}
-		ring_pad(c, cur, p);
+		ring_pad(c, cur, cur + d);
 		return -1;
 	}
-	/* Some claimers have not moved. Where are their claims? Those
-	 * whose lane says where, outside [cur, p), do not concern this
-	 * gap; the others may own part of it. */
-	p = ring_scan(c, cur + 8, lim);
+	/* Some claimers have not moved. Where do their claims start? A
+	 * lane says so once its pos_n is this claim's number. */
 	for (i = 0; i < c->gap_nwho; i++) {
-		int known = ring_who_at(c, &c->gap_who[i], &at);
-
-		if (known && (at < cur || at >= p))
-			continue;
-		if (!known)
-			unlocated = 1;
-		else if (at < first)
-			first = at;
-		if (n < RING_PIN_WHO)
-			mine[n++] = c->gap_who[i];
-		else
-			many = 1;
+		if (!ring_who_at(c, &c->gap_who[i], &at))
+			unlocated++;
+		else if (at - cur < first)
+			first = at - cur;
 	}
-	/* P5 precedes any payload byte (the fence after it): claimers
-	 * still unchanged after the scan wrote nothing it read, so p is a
-	 * header (or lim) */
-	atomic_thread_fence(memory_order_acquire);
-	if (!ring_who_all_still(c, c->gap_who, c->gap_nwho))
+	if (!unlocated && first != 0) {
+		/* no live claim starts before `first`: up to it, the first
+		 * non-zero word is a header, what comes before it is dead */
+		d = ring_scan_len(c, cur, first < len ? first : len, 1);
+		/* P5 precedes any payload byte (the fence after it): the
+		 * claimers unchanged after the scan wrote nothing it read */
+		atomic_thread_fence(memory_order_acquire);
+		if (!ring_who_all_still(c, c->gap_who, c->gap_nwho))
+			return RING_STALLED;
+		ring_pad(c, cur, cur + d);
+		return -1;
+	}
+	/* A claim of theirs may start right here: wait skip_ns, then pin
+	 * the gap and go past it (scanning only then: while a claimer is
+	 * stopped, every call would rescan otherwise). */
+	if (now - c->wait.since < c->skip_ns || c->npins >= RING_PINS)
 		return RING_STALLED;
-	if (!unlocated && first != cur) {
-		/* no live claim starts before `first` (or anywhere in the
-		 * gap): what is in front of it is dead */
-		ring_pad(c, cur, first == UINT64_MAX ? p : first);
-		return -1;
+	if (c->gap_scan_at != cur || c->gap_scan_who != c->gap_nwho) {
+		d = ring_scan_len(c, cur, len, 0);
+		atomic_thread_fence(memory_order_acquire);
+		if (!ring_who_all_still(c, c->gap_who, c->gap_nwho))
+			return RING_STALLED;
+		/* valid while these claimers stay still: nobody else can
+		 * write below gap_tail */
+		c->gap_scan_at = cur;
+		c->gap_scan_who = c->gap_nwho;
+		c->gap_scan = d;
 	}
-	if (now - c->wait.since >= c->skip_ns && c->npins < RING_PINS &&
-	    !many && p - cur >= OBX_REC_HDR) {
-		ring_pin(c, cur, p, mine, n);
-		return -1;
+	d = c->gap_scan;
+	/* the pin waits for those that may own part of [cur, cur + d) */
+	for (i = 0; i < c->gap_nwho; i++) {
+		if (ring_who_at(c, &c->gap_who[i], &at) && at - cur >= d)
+			continue;
+		if (n == RING_PIN_WHO)
+			return RING_STALLED;     /* too many to track */
+		mine[n++] = c->gap_who[i];
 	}
-	return RING_STALLED;
+	if (d < OBX_REC_HDR)
+		return RING_STALLED;             /* damage, not a claim */
+	ring_pin(c, cur, cur + d, mine, n);
+	return -1;
 }
 
 /* A BUSY record at the cursor: its owner is writing it (C3). */
@@ -593,7 +624,7 @@ static int ring_tail_fix(struct ring_cons *c)
 /* One step at the cursor: a record, a verdict, or -1 to go on. */
 static int ring_step(struct ring_cons *c, struct ring_rec *r, uint64_t now)
 {
-	uint64_t w, lim, span;
+	uint64_t w, room, span;
 	int rc;
 
 	if (c->cursor == c->tail) {
@@ -605,15 +636,15 @@ static int ring_step(struct ring_cons *c, struct ring_rec *r, uint64_t now)
 	if (ring_tail_fix(c))
 		return (int64_t)(c->tail - c->cursor) <= 0 ? RING_EMPTY : -1;
 	/* C1: never at or past head + ring_size: the previous lap */
-	lim = ring_limit(c);
-	if ((int64_t)(lim - c->cursor) < OBX_REC_HDR)
+	room = ring_limit(c) - c->cursor;
+	if ((int64_t)room < OBX_REC_HDR)
 		return RING_STALLED;             /* until a release */
-	span = (c->tail < lim ? c->tail : lim) - c->cursor;
+	span = c->tail - c->cursor < room ? c->tail - c->cursor : room;
 	/* pairs with the release/seq_cst stores of P4 and P7 */
 	w = atomic_load_explicit(ring_word(c, c->cursor),
 				 memory_order_acquire);
 	if (w == 0)
-		return ring_gap(c, now, lim);
+		return ring_gap(c, now, room);
 	if (!ring_header_ok(c, w, span)) {
 		/* garbage from a hostile or broken writer: step over one
 		 * word and look again; every step is counted */
@@ -665,15 +696,15 @@ void ring_unread(struct ring_cons *c, const struct ring_rec *r)
 
 	if (r->late) {
 		for (i = 0; i < c->npins; i++)
-			if (r->pos >= c->pins[i].start &&
-			    r->pos < c->pins[i].end) {
+			if (r->pos - c->pins[i].start <
+			    c->pins[i].end - c->pins[i].start) {
 				c->pins[i].x = r->pos;
 				c->st.consumed--;
 				c->st.late--;
 			}
 		return;
 	}
-	if (r->pos >= c->head && r->pos < c->cursor) {
+	if (r->pos - c->head < c->cursor - c->head) {
 		c->cursor = r->pos;
 		c->st.consumed--;
 	}
@@ -688,7 +719,8 @@ void ring_release_mark(struct ring_cons *c, struct ring_mark m)
 	for (i = k = 0; i < c->npins; i++) {
 		struct ring_pin *p = &c->pins[i];
 
-		if (p->x >= p->end && (int64_t)(m.seq - p->seq) >= 0)
+		if ((int64_t)(p->end - p->x) <= 0 &&
+		    (int64_t)(m.seq - p->seq) >= 0)
 			continue;
 		if (k != i)
 			c->pins[k] = *p;

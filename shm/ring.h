@@ -340,6 +340,8 @@ struct ring_cons {
 	uint64_t gap_tail;
 	uint32_t gap_nwho, gap_cap;
 	struct ring_who *gap_who;
+	uint64_t gap_scan_at, gap_scan;     /* the gap's end found from */
+	uint32_t gap_scan_who;              /* there, with that many left */
 	struct ring_wait wait;  /* the claim at the cursor, while it waits */
 	uint32_t npins;
 	struct ring_pin pins[RING_PINS];    /* in position order */
