@@ -78,6 +78,16 @@ void obx_fault_point(int where)
 	if (where == obx_fault_where && --obx_fault_countdown == 0)
 		raise(obx_fault_signal ? obx_fault_signal : SIGKILL);
 }
+
+/* The handle's mapping, with the broker's pages made writable: threaded
+ * tests consume through the producers' own mapping so that
+ * ThreadSanitizer, which keys on addresses, sees one address per word. */
+struct seg *obx_fi_seg(obx_t *h)
+{
+	mprotect(h->seg.base + OBX_PAGE, (size_t)(h->seg.ring_off - OBX_PAGE),
+		 PROT_READ | PROT_WRITE);
+	return &h->seg;
+}
 #endif
 
 static _Atomic unsigned g_fork_gen = 1;

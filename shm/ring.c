@@ -89,6 +89,40 @@ static _Atomic uint64_t *ring_word(const struct ring_cons *c, uint64_t pos)
 	return &seg_rec(c->s, pos)->word;
 }
 
+/* C1: a header word, acquire: pairs with P4, P7 and the abort. */
+static uint64_t ring_word_acquire(const struct ring_cons *c, uint64_t pos)
+{
+	uint64_t w = atomic_load_explicit(ring_word(c, pos),
+					  memory_order_acquire);
+
+	return w;
+}
+
+static uint64_t ring_tail_acquire(const struct ring_cons *c, int seq_cst)
+{
+	uint64_t t = atomic_load_explicit(&c->s->hdr->tail, seq_cst ?
+					  memory_order_seq_cst :
+					  memory_order_acquire);
+
+	return t;
+}
+
+static uint64_t ring_lane_acquire(const struct ring_cons *c,
+				  const struct obx_lane *l)
+{
+	uint64_t w = atomic_load_explicit(&l->claim, memory_order_acquire);
+
+	return w;
+}
+
+static uint64_t ring_settled_acquire(const struct ring_cons *c,
+				     const struct obx_slot *sl)
+{
+	uint64_t st = atomic_load_explicit(&sl->settled, memory_order_acquire);
+
+	return st;
+}
+
 /* The first position the cursor may not read: the previous lap begins
  * there until a release cleans it. */
 static uint64_t ring_limit(const struct ring_cons *c)
@@ -193,19 +227,33 @@ static uint32_t ring_claimers(struct ring_cons *c, struct ring_who *who,
 		    OBX_SLOT_LIVE)
 			continue;
 		for (k = 0; k < OBX_LANES && n < cap; k++) {
-			uint64_t w = atomic_load_explicit(&sl->lane[k].claim,
-							  memory_order_acquire);
+			uint64_t w = ring_lane_acquire(c, &sl->lane[k]);
 
 			if (w & OBX_LANE_BUSY)
 				who[n++] = (struct ring_who){ i, (int32_t)k,
 							      w };
 		}
-		st = atomic_load_explicit(&sl->settled, memory_order_acquire);
+		st = ring_settled_acquire(c, sl);
 		r = atomic_load_explicit(&sl->reserved, memory_order_acquire);
 		if (r != st && n < cap)
 			who[n++] = (struct ring_who){ i, -1, st };
 	}
 	return n;
+}
+
+/* Every claim made through the slot's shared counters has settled.
+ * settled is read first: while a claim is open, reserved - settled >= 1
+ * at every moment, so a reserved read later (>= the settled read, plus
+ * the open claim) can never equal it. Read the other way round, claims
+ * opened and settled by other threads between the two loads could make
+ * them equal while ours is still open: the consumer then padded a live
+ * claim (found by ThreadSanitizer, test "[mt] 6 threads"). */
+static int ring_shared_quiet(const struct ring_cons *c,
+			     const struct obx_slot *sl)
+{
+	uint64_t st = ring_settled_acquire(c, sl);
+
+	return atomic_load_explicit(&sl->reserved, memory_order_acquire) == st;
 }
 
 /* Has this claimer left P1..P5 (its header is then visible: P5 is a
@@ -219,10 +267,8 @@ static int ring_who_moved(const struct ring_cons *c, const struct ring_who *w)
 	    OBX_SLOT_LIVE)
 		return 1;
 	if (w->lane >= 0)
-		return atomic_load_explicit(&sl->lane[w->lane].claim,
-					    memory_order_acquire) != w->val;
-	return atomic_load_explicit(&sl->reserved, memory_order_acquire) ==
-	       atomic_load_explicit(&sl->settled, memory_order_acquire);
+		return ring_lane_acquire(c, &sl->lane[w->lane]) != w->val;
+	return ring_shared_quiet(c, sl);
 }
 
 /* Unchanged since the snapshot, strictly (no settle at all on the shared
@@ -232,10 +278,8 @@ static int ring_who_still(const struct ring_cons *c, const struct ring_who *w)
 	const struct obx_slot *sl = &c->s->slots[w->slot];
 
 	if (w->lane >= 0)
-		return atomic_load_explicit(&sl->lane[w->lane].claim,
-					    memory_order_acquire) == w->val;
-	return atomic_load_explicit(&sl->settled, memory_order_acquire) ==
-	       w->val;
+		return ring_lane_acquire(c, &sl->lane[w->lane]) == w->val;
+	return ring_settled_acquire(c, sl) == w->val;
 }
 
 /* Where the claimer's claim starts, when its lane says so (its pos_n is
@@ -403,6 +447,44 @@ static void ring_pin(struct ring_cons *c, uint64_t start, uint64_t end,
 	c->wait.since = 0;
 }
 
+/* First position in [from, from + len) holding a non-zero word, as a
+ * distance from `from`, reading at most RING_SCAN_MAX bytes when `bound`
+ * is set (the rest is scanned on the next call). */
+static uint64_t ring_scan_len(const struct ring_cons *c, uint64_t from,
+			      uint64_t len, int bound)
+{
+	if (bound && len > RING_SCAN_MAX)
+		len = RING_SCAN_MAX;
+	return ring_scan(c, from + 8, from + len) - from;
+}
+
+/* The zero word at pos has claimers left (who) that have not moved.
+ * When all of them say where their claims start and none starts at pos,
+ * the zero run up to the first of those (or to the first non-zero word,
+ * within len) is dead: its length. 0 when it may be one of theirs. */
+static uint64_t ring_dead_run(const struct ring_cons *c,
+			      const struct ring_who *who, uint32_t n,
+			      uint64_t pos, uint64_t len)
+{
+	uint64_t first = UINT64_MAX, at, d;
+	uint32_t i;
+
+	for (i = 0; i < n; i++) {
+		if (!ring_who_at(c, &who[i], &at))
+			return 0;
+		if (at - pos < first)
+			first = at - pos;
+	}
+	if (first == 0)
+		return 0;
+	d = ring_scan_len(c, pos, first < len ? first : len, 1);
+	/* P5 precedes any payload byte (the fence after it): claimers
+	 * unchanged after the scan wrote nothing it read, so the run ends
+	 * at a header, at `first`, or at len */
+	atomic_thread_fence(memory_order_acquire);
+	return ring_who_all_still(c, who, n) ? d : 0;
+}
+
 /* One step in a pinned claim: the same states as at the cursor, bounded
  * by the pin's end. RING_RECORD, RING_STALLED (its owner still holds it),
  * or RING_EMPTY when it is parsed to its end. */
@@ -412,20 +494,24 @@ static int ring_pin_step(struct ring_cons *c, struct ring_pin *p,
 	unsigned steps = RING_PIN_STEPS;
 
 	while ((int64_t)(p->end - p->x) > 0 && steps--) {
-		struct obx_rec_hdr *rec;
-		uint64_t w;
+		uint64_t w, d;
 
-		if (p->nwho) {
+		if (p->nwho)
 			ring_who_prune(c, p->who, &p->nwho, &p->w, now);
-			if (p->nwho)
-				return RING_STALLED;
-		}
-		rec = seg_rec(c->s, p->x);
-		w = atomic_load_explicit(&rec->word, memory_order_acquire);
+		w = ring_word_acquire(c, p->x);
 		if (w == 0) {
-			/* every claimer of this gap moved on or died: what
-			 * is still zero is dead */
-			ring_pad(c, p->x, ring_scan(c, p->x + 8, p->end));
+			/* x is a claim boundary: zero is a claim without its
+			 * header. Once every claimer of this gap moved on or
+			 * died, it is dead; before, only if they all say
+			 * their claims lie elsewhere. A header that appears
+			 * here is parsed at once, claimers left or not: a
+			 * producer's record waits for nobody else's. */
+			if (!p->nwho)
+				d = ring_scan(c, p->x + 8, p->end) - p->x;
+			else if (!(d = ring_dead_run(c, p->who, p->nwho, p->x,
+						     p->end - p->x)))
+				return RING_STALLED;
+			ring_pad(c, p->x, p->x + d);
 			continue;
 		}
 		if (!ring_header_ok(c, w, p->end - p->x)) {
@@ -476,32 +562,20 @@ static int ring_pins_visit(struct ring_cons *c, struct ring_rec *r,
 /* ---- the cursor --------------------------------------------------------------- */
 
 /* A zero word at the cursor, below tail (C2). */
-/* First position in [from, from + len) holding a non-zero word, as a
- * distance from `from`, reading at most RING_SCAN_MAX bytes when `bound`
- * is set (the rest is scanned on the next call). */
-static uint64_t ring_scan_len(const struct ring_cons *c, uint64_t from,
-			      uint64_t len, int bound)
-{
-	if (bound && len > RING_SCAN_MAX)
-		len = RING_SCAN_MAX;
-	return ring_scan(c, from + 8, from + len) - from;
-}
-
 /* A zero word at the cursor, below tail (C2). room: bytes from the
  * cursor that may be read. Positions are compared as distances from the
  * cursor: a damaged tail may push them across 2^64. */
 static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t room)
 {
-	uint64_t cur = c->cursor, d, len, first = UINT64_MAX, at;
+	uint64_t cur = c->cursor, d, len, at;
 	struct ring_who mine[RING_PIN_WHO];
-	uint32_t i, n = 0, unlocated = 0;
+	uint32_t i, n = 0;
 
 	if (c->gap_on && (int64_t)(c->gap_tail - cur) <= 0)
 		c->gap_on = 0;
 	ring_wait_at(&c->wait, cur, now);
 	if (!c->gap_on) {
-		c->gap_tail = atomic_load_explicit(&c->s->hdr->tail,
-						   memory_order_seq_cst);
+		c->gap_tail = ring_tail_acquire(c, 1);
 		c->gap_nwho = ring_claimers(c, c->gap_who, c->gap_cap);
 		c->gap_on = 1;
 		c->gap_scan_at = UINT64_MAX;
@@ -514,7 +588,7 @@ static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t room)
 	}
 	/* re-read after the claimers: a header stored before its P5 is
 	 * visible now */
-	if (atomic_load_explicit(ring_word(c, cur), memory_order_acquire))
+	if (ring_word_acquire(c, cur))
 		return -1;
 	len = c->gap_tail - cur < room ? c->gap_tail - cur : room;
 	if (c->gap_nwho == 0) {
@@ -533,23 +607,9 @@ static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t room)
 		ring_pad(c, cur, cur + d);
 		return -1;
 	}
-	/* Some claimers have not moved. Where do their claims start? A
-	 * lane says so once its pos_n is this claim's number. */
-	for (i = 0; i < c->gap_nwho; i++) {
-		if (!ring_who_at(c, &c->gap_who[i], &at))
-			unlocated++;
-		else if (at - cur < first)
-			first = at - cur;
-	}
-	if (!unlocated && first != 0) {
-		/* no live claim starts before `first`: up to it, the first
-		 * non-zero word is a header, what comes before it is dead */
-		d = ring_scan_len(c, cur, first < len ? first : len, 1);
-		/* P5 precedes any payload byte (the fence after it): the
-		 * claimers unchanged after the scan wrote nothing it read */
-		atomic_thread_fence(memory_order_acquire);
-		if (!ring_who_all_still(c, c->gap_who, c->gap_nwho))
-			return RING_STALLED;
+	/* Some claimers have not moved: dead up to where theirs start? */
+	d = ring_dead_run(c, c->gap_who, c->gap_nwho, cur, len);
+	if (d) {
 		ring_pad(c, cur, cur + d);
 		return -1;
 	}
@@ -616,8 +676,7 @@ static int ring_tail_fix(struct ring_cons *c)
 		return 0;
 	atomic_compare_exchange_strong(&c->s->hdr->tail, &t, want);
 	c->st.tail_repairs++;
-	c->tail = atomic_load_explicit(&c->s->hdr->tail,
-				       memory_order_acquire);
+	c->tail = ring_tail_acquire(c, 0);
 	return 1;
 }
 
@@ -628,8 +687,7 @@ static int ring_step(struct ring_cons *c, struct ring_rec *r, uint64_t now)
 	int rc;
 
 	if (c->cursor == c->tail) {
-		c->tail = atomic_load_explicit(&c->s->hdr->tail,
-					       memory_order_acquire);
+		c->tail = ring_tail_acquire(c, 0);
 		if (c->cursor == c->tail)
 			return RING_EMPTY;
 	}
@@ -640,9 +698,7 @@ static int ring_step(struct ring_cons *c, struct ring_rec *r, uint64_t now)
 	if ((int64_t)room < OBX_REC_HDR)
 		return RING_STALLED;             /* until a release */
 	span = c->tail - c->cursor < room ? c->tail - c->cursor : room;
-	/* pairs with the release/seq_cst stores of P4 and P7 */
-	w = atomic_load_explicit(ring_word(c, c->cursor),
-				 memory_order_acquire);
+	w = ring_word_acquire(c, c->cursor);
 	if (w == 0)
 		return ring_gap(c, now, room);
 	if (!ring_header_ok(c, w, span)) {
@@ -712,7 +768,7 @@ void ring_unread(struct ring_cons *c, const struct ring_rec *r)
 
 void ring_release_mark(struct ring_cons *c, struct ring_mark m)
 {
-	uint64_t upto = m.pos, n;
+	uint64_t upto = m.pos, n, off, wrap;
 	uint32_t i, k;
 
 	/* pins parsed to their end, their records covered by m: done */
@@ -737,8 +793,14 @@ void ring_release_mark(struct ring_cons *c, struct ring_mark m)
 	if (n > c->s->g.ring_size)
 		n = c->s->g.ring_size;
 	/* Clean behind us so that "zero = not written yet" holds on the
-	 * next lap; the double mapping makes the range contiguous. */
-	ring_zero(c->s->ring + (c->head & (c->s->g.ring_size - 1)), n);
+	 * next lap. Through the first mapping only (two pieces when it
+	 * wraps), so that each byte is written at one address: what
+	 * ThreadSanitizer compares. */
+	off = c->head & (c->s->g.ring_size - 1);
+	wrap = off + n > c->s->g.ring_size ? off + n - c->s->g.ring_size : 0;
+	ring_zero(c->s->ring + off, n - wrap);
+	if (wrap)
+		ring_zero(c->s->ring, wrap);
 	c->head = upto;
 	/* C4: pairs with the acquire loads of head in P0 and P3 */
 	atomic_store_explicit(&c->s->cons->head, upto, memory_order_release);
@@ -756,7 +818,7 @@ int ring_cons_arm(struct ring_cons *c)
 	/* C5: Dekker with P7/P8: either we see the new tail, or the
 	 * producer sees wake == 1. */
 	atomic_store_explicit(&c->s->hdr->wake, 1, memory_order_seq_cst);
-	c->tail = atomic_load_explicit(&c->s->hdr->tail, memory_order_seq_cst);
+	c->tail = ring_tail_acquire(c, 1);
 	if (c->tail != c->cursor) {
 		atomic_store_explicit(&c->s->hdr->wake, 0,
 				      memory_order_relaxed);

@@ -3,7 +3,9 @@
 #include "ringtest.h"
 #include "outbox.h"
 
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,6 +90,20 @@ int rt_check_record(struct env_reader *er, const struct ring_rec *r,
 	}
 	if ((int64_t)b.seq != seen->next_seq[b.producer])
 		seen->out_of_order++;
+	if (b.seq < seen->bits_n[b.producer]) {
+		uint8_t *bit = &seen->bits[b.producer][b.seq / 8];
+
+		if (*bit & (1u << (b.seq % 8))) {
+			if (getenv("RT_DEBUG_DUPS") && seen->dups < 10)
+				printf("\n    twice: producer %u seq %llu at %llu"
+				       " (late %d, slot %u)\n", b.producer,
+				       (unsigned long long)b.seq,
+				       (unsigned long long)r->pos, r->late,
+				       r->slot);
+			seen->dups++;
+		}
+		*bit |= (uint8_t)(1u << (b.seq % 8));
+	}
 	seen->next_seq[b.producer] = (int64_t)b.seq + 1;
 	seen->count[b.producer]++;
 	seen->slot_of[b.producer] = (int16_t)r->slot;
@@ -175,7 +191,26 @@ void rt_teardown(struct rt_ctx *x)
 {
 	env_reader_fini(&x->er);
 	ring_cons_fini(&x->c);
+	if (x->hseg.base) {
+		close(x->hseg.fd);
+		memset(&x->hseg, 0, sizeof(x->hseg));
+	}
 	rt_segment_destroy(&x->seg);
+}
+
+struct seg *obx_fi_seg(struct obx *h);
+
+int rt_cons_on(struct rt_ctx *x, struct obx *h)
+{
+	char path[64];
+
+	x->hseg = *obx_fi_seg(h);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", x->hseg.fd);
+	x->hseg.fd = open(path, O_RDWR | O_CLOEXEC);
+	if (x->hseg.fd < 0)
+		return -1;
+	ring_cons_fini(&x->c);
+	return ring_cons_init(&x->c, &x->hseg);
 }
 
 int rt_emit(struct obx *h, uint32_t producer, uint64_t seq, size_t len)

@@ -25,8 +25,12 @@ struct rt_body {
 struct rt_seen {
 	int64_t next_seq[RT_MAX_PRODUCERS];  /* expected next seq, -1 = none */
 	uint64_t count[RT_MAX_PRODUCERS];
-	uint64_t records, torn, out_of_order, invalid;
+	uint64_t records, torn, out_of_order, invalid, dups;
 	int16_t slot_of[RT_MAX_PRODUCERS];
+	/* optional, per producer: a bit per seq (bits_n of them) to count
+	 * a seq delivered twice, whatever the order */
+	uint8_t *bits[RT_MAX_PRODUCERS];
+	uint64_t bits_n[RT_MAX_PRODUCERS];
 };
 
 /* Writes a body of exactly len bytes (len >= sizeof(struct rt_body)). */
@@ -51,6 +55,7 @@ void rt_segment_destroy(struct seg *s);
  * set-up of most ring tests. */
 struct rt_ctx {
 	struct seg seg;
+	struct seg hseg;        /* rt_cons_on(): the handle's mapping */
 	struct ring_cons c;
 	struct env_reader er;
 	struct rt_seen seen;
@@ -60,8 +65,13 @@ int rt_setup(struct rt_ctx *x, const char *tag, uint64_t ring_size,
 	     uint32_t max_record, uint32_t nslots);
 void rt_teardown(struct rt_ctx *x);
 
-/* Emits a checksummed test body of len bytes (<= 64 KiB) through h. */
+/* Threaded tests: the consumer moves onto producer handle h's mapping
+ * (one address per word for ThreadSanitizer), with a file description
+ * of its own for the liveness checks. Undone by rt_teardown(). */
 struct obx;
+int rt_cons_on(struct rt_ctx *x, struct obx *h);
+
+/* Emits a checksummed test body of len bytes (<= 64 KiB) through h. */
 int rt_emit(struct obx *h, uint32_t producer, uint64_t seq, size_t len);
 
 /* Consumes until the ring is empty (and nothing stalls) or `ms` pass.

@@ -196,6 +196,7 @@ static void test_fork_while_locked(void)
 	CU_ASSERT_FATAL(rt_setup(&g_rt, "forklock", 1 << 20, 1024, 64) == 0);
 	h = obx_open(g_rt.seg.name);
 	CU_ASSERT_FATAL(h != NULL);
+	CU_ASSERT_FATAL(rt_cons_on(&g_rt, h) == 0);
 	atomic_store(&g_stop, 0);
 	pthread_create(&th[0], NULL, sink_spinner, h);
 	pthread_create(&th[1], NULL, sink_spinner, h);
@@ -394,7 +395,11 @@ static void test_live_broker_emfile(void)
 /* ---- emit from a signal handler on the interrupted thread --------------- */
 
 static obx_t *g_sig_h;
-static uint64_t g_sig_seq;       /* written by the handler only */
+/* The handler takes a number, and counts it acknowledged if emitted: a
+ * failed emit leaves a number unused. Atomics, not a plain counter: under
+ * ThreadSanitizer (which delivers signals at its own points) the handler
+ * can be re-entered. */
+static _Atomic uint64_t g_sig_next, g_sig_seq;
 static _Atomic int g_sig_run;
 
 static volatile sig_atomic_t g_in_handler;
@@ -405,9 +410,11 @@ static void sig_emit(int signo)
 	int saved = errno;
 
 	(void)signo;
+	uint64_t n = atomic_fetch_add(&g_sig_next, 1);
+
 	g_in_handler = 1;
-	if (rt_emit(g_sig_h, 71, g_sig_seq, 40 + g_sig_seq % 200) == 0)
-		g_sig_seq++;
+	if (rt_emit(g_sig_h, 71, n, 40 + n % 200) == 0)
+		atomic_fetch_add(&g_sig_seq, 1);
 	g_in_handler = 0;
 	errno = saved;
 }
@@ -464,11 +471,18 @@ static void test_signal_handler_emit(void)
 	struct obx_counters oc;
 	pthread_t em, snd;
 	uint64_t acked = 0, t0;
+	int i;
 
 	CU_ASSERT_FATAL(rt_setup(&g_rt, "sig", 4 << 20, 1024, 64) == 0);
 	g_sig_h = obx_open(g_rt.seg.name);
 	CU_ASSERT_FATAL(g_sig_h != NULL);
-	g_sig_seq = 0;
+	CU_ASSERT_FATAL(rt_cons_on(&g_rt, g_sig_h) == 0);
+	atomic_store(&g_sig_seq, 0);
+	atomic_store(&g_sig_next, 0);
+	for (i = 70; i <= 71; i++) {
+		g_rt.seen.bits_n[i] = 1u << 24;
+		g_rt.seen.bits[i] = calloc(1, (1u << 24) / 8);
+	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = sig_emit;
 	sa.sa_flags = SA_RESTART;
@@ -490,20 +504,31 @@ static void test_signal_handler_emit(void)
 	       tu_now_ns() - t0 < 2000000000ull)
 		rt_drain(&g_rt.c, &g_rt.er, &g_rt.seen, 10);
 	printf("\n    thread: %llu acked, %llu delivered; handler: %llu "
-	       "acked, %llu delivered; torn %llu, invalid %llu, out of "
-	       "order %llu\n", (unsigned long long)acked,
+	       "acked, %llu delivered; torn %llu, invalid %llu, twice %llu, "
+	       "out of order %llu\n", (unsigned long long)acked,
 	       (unsigned long long)g_rt.seen.count[70],
-	       (unsigned long long)g_sig_seq,
+	       (unsigned long long)atomic_load(&g_sig_seq),
 	       (unsigned long long)g_rt.seen.count[71],
 	       (unsigned long long)g_rt.seen.torn,
 	       (unsigned long long)g_rt.seen.invalid,
+	       (unsigned long long)g_rt.seen.dups,
 	       (unsigned long long)g_rt.seen.out_of_order);
+	/* each acknowledged event exactly once, intact. (Order: a record
+	 * claimed behind a stalled claim of unknown position - here the
+	 * handler's, on the shared counters - can come after its thread's
+	 * later ones; not a promise of the ring. Under ThreadSanitizer's
+	 * slowness that happens.) */
 	CU_ASSERT(g_sig_seq > 1000);
 	CU_ASSERT_EQUAL(g_rt.seen.count[70], acked);
 	CU_ASSERT_EQUAL(g_rt.seen.count[71], g_sig_seq);
+	CU_ASSERT_EQUAL(g_rt.seen.dups, 0);
 	CU_ASSERT_EQUAL(g_rt.seen.torn, 0);
 	CU_ASSERT_EQUAL(g_rt.seen.invalid, 0);
-	CU_ASSERT_EQUAL(g_rt.seen.out_of_order, 0);
+	for (i = 70; i <= 71; i++) {
+		free(g_rt.seen.bits[i]);
+		g_rt.seen.bits[i] = NULL;
+		g_rt.seen.bits_n[i] = 0;
+	}
 	CU_ASSERT_EQUAL(obx_counters(g_sig_h, &oc), 0);
 	CU_ASSERT_EQUAL(oc.emitted - oc.dropped, acked + g_sig_seq);
 	obx_close(g_sig_h);

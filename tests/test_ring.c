@@ -1162,6 +1162,7 @@ static void test_threads(void)
 	CU_ASSERT_FATAL(setup_ring("thr", 1 << 20, 4096) == 0);
 	h = obx_open(g_seg.name);
 	CU_ASSERT_FATAL(h != NULL);
+	CU_ASSERT_FATAL(rt_cons_on(&g_rt, h) == 0);
 	for (i = 0; i < NTHR; i++) {
 		a[i] = (struct thr_arg){ h, 30 + (uint32_t)i, n };
 		pthread_create(&th[i], NULL, thr_main, &a[i]);
@@ -1218,7 +1219,8 @@ static int add_suites(void)
 	CU_add_test(s, "hostile garbage in the ring", test_garbage);
 	CU_add_test(s, "attach validates the layout", test_attach_mismatch);
 	CU_add_test(s, "fork safety", test_fork_safety);
-	CU_add_test(s, "6 threads on one handle (lanes + shared)", test_threads);
+	CU_add_test(s, "[mt] 6 threads on one handle (lanes + shared)",
+		    test_threads);
 	return 0;
 }
 
