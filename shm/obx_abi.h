@@ -150,10 +150,12 @@ struct obx_consumer_page {
  * shared counters (fetch_add). */
 struct obx_lane {
 	_Atomic uint32_t owner;     /* 0 free, else a thread token */
-	uint32_t pad0;
+	uint32_t flags;             /* this lane's OBX_REC_F_LANE value (its
+	                             * index + 1), set when it is taken */
 	_Atomic uint64_t claim;     /* claims made << 1 | busy (P1..P5) */
-	_Atomic uint64_t pos;       /* ring position of claim number pos_n, */
-	_Atomic uint64_t pos_n;     /* both stored right after P2 */
+	_Atomic uint64_t pos;       /* ring position of the claim whose claim */
+	_Atomic uint64_t pos_n;     /* word (busy) is pos_n; both stored right
+	                             * after P2 */
 	uint8_t  pad[OBX_CACHELINE - 32];
 };
 

@@ -283,7 +283,7 @@ static int ring_who_still(const struct ring_cons *c, const struct ring_who *w)
 }
 
 /* Where the claimer's claim starts, when its lane says so (its pos_n is
- * this claim's number); 0 with *at unset otherwise. */
+ * this claim's claim word); 0 with *at unset otherwise. */
 static int ring_who_at(const struct ring_cons *c, const struct ring_who *w,
 		       uint64_t *at)
 {
@@ -293,8 +293,7 @@ static int ring_who_at(const struct ring_cons *c, const struct ring_who *w,
 		return 0;
 	l = &c->s->slots[w->slot].lane[w->lane];
 	/* acquire: pairs with the release store of pos_n after pos */
-	if (atomic_load_explicit(&l->pos_n, memory_order_acquire) !=
-	    OBX_LANE_CLAIMS(w->val))
+	if (atomic_load_explicit(&l->pos_n, memory_order_acquire) != w->val)
 		return 0;
 	*at = atomic_load_explicit(&l->pos, memory_order_relaxed);
 	return 1;
@@ -383,7 +382,7 @@ static void ring_recover(struct ring_cons *c, uint64_t pos, uint64_t w)
 		uint64_t cw = atomic_load(&ln->claim);
 
 		open = (cw & OBX_LANE_BUSY) &&
-		       atomic_load(&ln->pos_n) == OBX_LANE_CLAIMS(cw) &&
+		       atomic_load(&ln->pos_n) == cw &&
 		       atomic_load(&ln->pos) == pos;
 	}
 	if (!open)

@@ -96,10 +96,10 @@ static inline void ring_lane_add(_Atomic uint64_t *w, int64_t v)
 #endif
 }
 
-/* P1: opens the claim window on the thread's lane; returns the number
- * of this claim (1, 2, ...). 0 when the lane is already inside P1..P5
- * (this is a signal handler that interrupted its thread there): the
- * caller then uses the shared counters. If a handler runs between the
+/* P1: opens the claim window on the thread's lane; returns its claim
+ * word while this claim is open (odd). 0 when the lane is already inside
+ * P1..P5 (this is a signal handler that interrupted its thread there):
+ * the caller then uses the shared counters. If a handler runs between the
  * load and the add, it completes its own P1..P5 (+3, -1) before the add:
  * the count stays right. */
 static inline uint64_t ring_lane_open(struct obx_lane *lane)
@@ -109,7 +109,7 @@ static inline uint64_t ring_lane_open(struct obx_lane *lane)
 	if (w & OBX_LANE_BUSY)
 		return 0;
 	ring_lane_add(&lane->claim, 3);
-	return OBX_LANE_CLAIMS(w) + 1;
+	return w + 3;
 }
 
 /* Claims room for `payload_max` bytes. 0, -EMSGSIZE (counted
@@ -155,18 +155,20 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 	 * anyway. */
 	pos = atomic_fetch_add_explicit(&hdr->tail, size,
 					memory_order_release);
-	/* where claim n is, for the consumer (C2/C3): pos before pos_n */
+	/* where the claim with claim word n is, for the consumer (C2/C3):
+	 * pos before pos_n */
 	if (lane) {
 		atomic_store_explicit(&lane->pos, pos, memory_order_relaxed);
 		atomic_store_explicit(&lane->pos_n, n, memory_order_release);
 	}
 	OBX_FAULT(OBX_FP_AFTER_ADD);
 	/* P3: never write where the consumer has not cleaned yet, nor
-	 * behind head, nor at a misaligned position (a damaged tail). Pairs
+	 * behind head, nor at a misaligned position (a damaged tail: then
+	 * pos << 61 is at least 2^61, beyond any ring size). Pairs
 	 * with the head store-release in ring_release(). */
 	h = atomic_load_explicit(&s->cons->head, memory_order_acquire);
-	if (__builtin_expect((pos - h > s->g.ring_size - size) | (pos & 7),
-			     0)) {
+	if (__builtin_expect(((pos - h) | (pos << 61)) >
+			     s->g.ring_size - size, 0)) {
 		/* abandoned: the claim is taken back in one step, so this
 		 * attempt counts once, as the drop below */
 		if (lane)
@@ -180,7 +182,7 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 	/* P4: the header precedes every payload byte (the consumer's zero
 	 * gap scan relies on a headerless claim having an all-zero body);
 	 * flags (the lane) are visible with it. */
-	rec->flags = lane ? (uint32_t)(lane - slot->lane) + 1 : 0;
+	rec->flags = lane ? lane->flags : 0;
 	atomic_store_explicit(&rec->word, OBX_REC_WORD(size, sidx,
 			      OBX_REC_BUSY), memory_order_release);
 	OBX_FAULT(OBX_FP_BEFORE_SETTLE);

@@ -177,8 +177,10 @@ struct obx_lane *slot_lane_claim(struct obx_slot *s, uint32_t token)
 		uint32_t free_ = 0;
 
 		if (atomic_compare_exchange_strong(&s->lane[i].owner, &free_,
-						   token))
+						   token)) {
+			s->lane[i].flags = i + 1;
 			return &s->lane[i];
+		}
 	}
 	return NULL;
 }

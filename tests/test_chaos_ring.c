@@ -205,8 +205,7 @@ static int kid_claim(pid_t pid, uint64_t *pos)
 		for (k = 0; k < OBX_LANES; k++) {
 			uint64_t w = atomic_load(&sl->lane[k].claim), hw;
 
-			if (atomic_load(&sl->lane[k].pos_n) !=
-			    OBX_LANE_CLAIMS(w))
+			if (atomic_load(&sl->lane[k].pos_n) != (w | 1))
 				continue;
 			*pos = atomic_load(&sl->lane[k].pos);
 			/* before its header (lane busy), or BUSY: held */
