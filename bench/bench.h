@@ -10,6 +10,8 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "config.h"
+
 static inline uint64_t bench_now(void)
 {
 	struct timespec ts;
@@ -42,8 +44,28 @@ static inline double bench_ru_s(const struct rusage *ru)
 /* utime + stime of pid (all threads) in seconds, and VmHWM in KiB */
 void bench_proc(pid_t pid, double *cpu_s, uint64_t *hwm_kb);
 
+/* clock_nanosleep to an absolute CLOCK_MONOTONIC time, through EINTR */
+void bench_sleep_until(uint64_t t);
+/* CPU us per wake-up of np processes sleeping to absolute deadlines
+ * `rate` times a second for `secs`: the pacing's own cost per event */
+double bench_pace_cost(int np, double rate, double secs);
+
+/* The producers' JSON body {"p":P,"s":S,"pad":"xx..."} of `size` bytes
+ * (>= 64) into body (65536 bytes); its length. */
+int bench_body(char *body, int me, uint64_t s, int size);
+/* The line outboxd's http and file sinks make of it (ndjson), built by
+ * hand for the peers, which must send the same bytes:
+ * {"id":"<run><me,s>","sink":SINK,"type":"bench","ts":TS,"body":BODY}\n
+ * into out (blen + 200 bytes, sink <= 48 chars); its length. */
+int bench_line(char *out, const char *sink, uint64_t run, int me,
+	       uint64_t s, uint64_t ts, const char *body, int blen);
+
+/* "gzip" | "zstd" | "none" -> *out; 0, or -1 for anything else */
+int bench_comp_parse(const char *s, enum cfg_compression *out);
+
 int bench_emit(int argc, char **argv);
 int bench_e2e(int argc, char **argv);
 int bench_sink(int argc, char **argv);
+int bench_compress(int argc, char **argv);
 
 #endif

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench_peers.h"
 #include "httpsink.h"
 #include "outbox.h"
 #include "segment.h"
@@ -48,9 +49,12 @@ struct e2e_opts {
 	double outage, outage_at;
 	int outage_code, retry_after, sink_threads, duration_set;
 	double rate;             /* events/s per producer, 0 = flat out */
-	const char *compression; /* http: gzip | none */
+	const char *compression; /* http: gzip | zstd | none */
+	enum cfg_compression comp;
 	const char *encoding;    /* http: ndjson | json */
 	int http, port, timeline;
+	int compare, sng_reopen; /* --compare: the peers too */
+	int progress;            /* stdout is a terminal */
 };
 
 struct e2e_shared {
@@ -132,7 +136,8 @@ static int e2e_start_broker(struct e2e_run *r)
 		execl(e2e_outboxd(), "outboxd", "-c", r->conf, (char *)NULL);
 		_exit(127);
 	}
-	for (i = 0; i < 500; i++) {
+	/* 30 s: a broker under valgrind (callgrind profiles) takes ~10 s */
+	for (i = 0; i < 3000; i++) {
 		if (seg_attach(&s, r->shm, why, sizeof(why)) == 0) {
 			uint32_t pid = atomic_load(&s.cons->broker_pid);
 
@@ -145,18 +150,6 @@ static int e2e_start_broker(struct e2e_run *r)
 	fprintf(stderr, "outbox-bench: outboxd did not start (see %s)\n",
 		r->log);
 	return -1;
-}
-
-static int e2e_body(char *body, int me, uint64_t s, int size)
-{
-	int n = snprintf(body, 65536, "{\"p\":%d,\"s\":%llu,\"pad\":\"", me,
-			 (unsigned long long)s);
-
-	while (n < size - 2)
-		body[n++] = 'x';
-	body[n++] = '"';
-	body[n++] = '}';
-	return n;
 }
 
 static int e2e_emit(struct e2e_shared *sh, obx_t *h, int sink, int me,
@@ -175,16 +168,6 @@ static int e2e_emit(struct e2e_shared *sh, obx_t *h, int sink, int me,
 	return rc;
 }
 
-static void e2e_sleep_until(uint64_t t)
-{
-	struct timespec ts = { (time_t)(t / 1000000000ull),
-			       (long)(t % 1000000000ull) };
-
-	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) ==
-	       EINTR)
-		;
-}
-
 /* R events/s: each emit at its absolute deadline, timed alone */
 static void e2e_paced(struct e2e_shared *sh, obx_t *h, int sink, int me,
 		      const struct e2e_opts *o, char *body)
@@ -194,8 +177,8 @@ static void e2e_paced(struct e2e_shared *sh, obx_t *h, int sink, int me,
 	int n;
 
 	for (s = 0; !atomic_load(&sh->stop); s++) {
-		e2e_sleep_until(next);
-		n = e2e_body(body, me, s, o->size);
+		bench_sleep_until(next);
+		n = bench_body(body, me, s, o->size);
 		t0 = bench_now();
 		if (e2e_emit(sh, h, sink, me, body, n) < 0)
 			_exit(atomic_load(&sh->stop) ? 0 : 4);
@@ -203,32 +186,6 @@ static void e2e_paced(struct e2e_shared *sh, obx_t *h, int sink, int me,
 		atomic_store(&sh->emitted[me], s + 1);
 		next += period;
 	}
-}
-
-/* What the pacing alone costs: the same processes sleeping to the same
- * deadlines for `secs`, emitting nothing; CPU us per wake-up (= per
- * event when paced). On this VM a timer wake-up is ~20 us, far more than
- * an emit: reported so that it can be told apart from outbox's cost. */
-static double e2e_pace_cost(const struct e2e_opts *o, double secs)
-{
-	uint64_t period = (uint64_t)(1e9 / o->rate);
-	uint64_t n = (uint64_t)(o->rate * secs), k;
-	double cpu = 0;
-	struct rusage ru;
-	int i;
-
-	for (i = 0; i < o->np; i++)
-		if (fork() == 0) {
-			uint64_t next = bench_now();
-
-			for (k = 0; k < n; k++)
-				e2e_sleep_until(next += period);
-			_exit(0);
-		}
-	for (i = 0; i < o->np; i++)
-		if (wait4(-1, NULL, 0, &ru) > 0)
-			cpu += bench_ru_s(&ru);
-	return n ? cpu * 1e6 / (double)(n * (uint64_t)o->np) : 0;
 }
 
 static void e2e_producer(struct e2e_shared *sh, const char *shm, int me,
@@ -248,7 +205,7 @@ static void e2e_producer(struct e2e_shared *sh, const char *shm, int me,
 	while (o->rate <= 0 && !atomic_load(&sh->stop)) {
 		t0 = bench_now();
 		for (j = 0; j < 32; j++, s++) {
-			n = e2e_body(body, me, s, o->size);
+			n = bench_body(body, me, s, o->size);
 			if (e2e_emit(sh, h, sink, me, body, n) < 0) {
 				atomic_store(&sh->emitted[me], s);
 				_exit(atomic_load(&sh->stop) ? 0 : 4);
@@ -424,6 +381,8 @@ static void e2e_sample(const struct e2e_opts *o, struct e2e_run *r,
 	if (now < x->next_sample)
 		return;
 	x->next_sample = now + 100000000ull;
+	bench_progress(o->progress, "outbox", (double)(now - x->t0) / 1e9,
+		       e2e_emitted(sh, o->np), o->http ? hs_have(hs) : 0);
 	a = e2e_anon_kb(r->broker);
 	if (a > x->anon)
 		x->anon = a;
@@ -456,7 +415,7 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!v && strcmp(a, "--verify") && strcmp(a, "--json") &&
-		    strcmp(a, "--timeline"))
+		    strcmp(a, "--timeline") && strcmp(a, "--compare"))
 			goto usage;
 		if (!strcmp(a, "--producers"))
 			o->np = atoi(v);
@@ -490,10 +449,16 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 			o->json = 1, i--;
 		else if (!strcmp(a, "--timeline"))
 			o->timeline = 1, i--;
+		else if (!strcmp(a, "--compare"))
+			o->compare = 1, i--;
+		else if (!strcmp(a, "--sng-reopen"))
+			o->sng_reopen = atoi(v);
 		else
 			goto usage;
 		i++;
 	}
+	if (o->compare)   /* the peers POST over HTTP: so does outbox */
+		o->sink = "http", o->verify = 1;
 	o->http = !strcmp(o->sink, "http");
 	if (o->outage > 0 && !o->duration_set)
 		o->duration = o->outage_at + o->outage; /* stop at its end */
@@ -503,7 +468,8 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 	    (strcmp(o->sink, "file") && strcmp(o->sink, "discard") &&
 	     !o->http) ||
 	    (o->outage > 0 && !o->http) ||
-	    (strcmp(o->compression, "gzip") && strcmp(o->compression, "none")) ||
+	    bench_comp_parse(o->compression, &o->comp) < 0 ||
+	    o->sng_reopen < 1 ||
 	    (strcmp(o->encoding, "ndjson") && strcmp(o->encoding, "json"))) {
 		fprintf(stderr, "outbox-bench e2e: bad arguments\n");
 		return -1;
@@ -514,14 +480,18 @@ usage:
 		"usage: outbox-bench e2e [--producers N] [--size B] [--duration S]\n"
 		"         [--sink file|discard|http] [--durability none|write|fdatasync]\n"
 		"         [--rate R] [--verify] [--json] [--timeline]\n"
-		"       http only: [--compression gzip|none] [--encoding ndjson|json]\n"
+		"       http only: [--compression gzip|zstd|none] [--encoding ndjson|json]\n"
 		"         [--outage S] [--outage-at T] [--outage-code C]\n"
-		"         [--retry-after N] [--sink-threads N]\n");
+		"         [--retry-after N] [--sink-threads N]\n"
+		"         [--compare [--sng-reopen S]]  (the per-worker SDK and\n"
+		"         syslog-ng on the same workload; implies --sink http\n"
+		"         --verify)\n");
 	return -1;
 }
 
+/* the JSON object goes to f (no newline), the text to stdout */
 static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
-		       const struct hs_sink *hs)
+		       const struct hs_sink *hs, FILE *f)
 {
 	double secs = (double)(x->t_done - x->t0) / 1e9;
 	double cpu_ev = x->c.delivered_events ?
@@ -533,7 +503,7 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 	if (x->drain_s >= 0)
 		snprintf(drain, sizeof(drain), "%.2f", x->drain_s);
 	if (o->json) {
-		printf("{\"mode\":\"e2e\",\"sink\":\"%s\",\"durability\":\"%s\","
+		fprintf(f, "{\"mode\":\"e2e\",\"sink\":\"%s\",\"durability\":\"%s\","
 		       "\"producers\":%d,\"size\":%d,\"emit_seconds\":%.2f,"
 		       "\"events\":%llu,\"delivered\":%llu,\"seconds\":%.2f,"
 		       "\"delivered_per_s\":%.0f,\"emit_ns_p50\":%llu,"
@@ -562,7 +532,7 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       cpu_ev, x->pace_us, cpu_ev - x->pace_us,
 		       x->complete ? "true" : "false");
 		if (k)
-			printf(",\"compression\":\"%s\",\"encoding\":\"%s\","
+			fprintf(f, ",\"compression\":\"%s\",\"encoding\":\"%s\","
 			       "\"requests\":%llu,\"requests_ok\":%llu,"
 			       "\"events_per_request\":%.1f,\"sink_events\":%llu,"
 			       "\"broker_requests\":%llu,\"broker_retries\":%llu,"
@@ -582,7 +552,7 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 			       100.0 * x->sink_cpu / secs, o->outage,
 			       o->outage > 0 ? o->outage_at : 0,
 			       (unsigned long long)k->requests_rejected, drain);
-		printf("}\n");
+		fprintf(f, "}");
 		return;
 	}
 	printf("e2e %s (%s): %d producers x %d B%s, %llu events in "
@@ -651,12 +621,13 @@ static void e2e_collect(struct e2e_shared *sh, const struct e2e_opts *o,
 	}
 }
 
-int bench_e2e(int argc, char **argv)
+/* One outbox run: broker, sink (left running for the report: the
+ * caller stops it), producers; the results in x. 0, or 1 on a failure
+ * to start (nothing to report). */
+static int e2e_outbox(struct e2e_opts *op, struct e2e_res *px,
+		      struct hs_sink *phs)
 {
-	struct e2e_opts o = { .np = 4, .size = 256, .duration = 10.0,
-		.sink = "file", .durability = "write", .outage_at = 2.0,
-		.outage_code = 503, .retry_after = -1, .sink_threads = 1,
-		.compression = "gzip", .encoding = "ndjson" };
+	struct e2e_opts o = *op;
 	struct hs_sink hs = { 0 };
 	struct e2e_shared *sh;
 	struct e2e_res x;
@@ -666,12 +637,9 @@ int bench_e2e(int argc, char **argv)
 	double cpu0 = 0, cpu1 = 0, scpu0 = 0;
 	int i, st;
 
-	if (e2e_args(argc, argv, &o) < 0)
-		return 2;
 	memset(&x, 0, sizeof(x));
 	x.drain_s = -1;
-	if (o.rate > 0)
-		x.pace_us = e2e_pace_cost(&o, 2.0);
+	x.pace_us = px->pace_us;
 	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
 		  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (sh == MAP_FAILED)
@@ -715,7 +683,7 @@ int bench_e2e(int argc, char **argv)
 		if (!x.outage_marked && x.outage_until > now &&
 		    x.outage_until < wake)
 			wake = x.outage_until;
-		e2e_sleep_until(wake < end ? wake : end);
+		bench_sleep_until(wake < end ? wake : end);
 	}
 	atomic_store(&sh->stop, 1);
 	e2e_collect(sh, &o, pids, &x);
@@ -743,6 +711,12 @@ int bench_e2e(int argc, char **argv)
 		usleep(10000);
 	}
 	x.t_done = bench_now();
+	/* over http: until the sink had the last event (as for the peers) */
+	if (o.http && x.complete &&
+	    atomic_load(&hs.sh->last_ok_ns) > x.t0 &&
+	    atomic_load(&hs.sh->last_ok_ns) < x.t_done)
+		x.t_done = atomic_load(&hs.sh->last_ok_ns);
+	bench_progress_done(o.progress);
 	cpu1 = cpu0;
 	if (r.broker)
 		bench_proc(r.broker, &cpu1, &x.hwm);
@@ -769,8 +743,6 @@ int bench_e2e(int argc, char **argv)
 	}
 	for (i = 0; i < o.np; i++)
 		bench_hist_merge(&x.all, &sh->h[i]);
-	e2e_report(&o, &x, &hs);
-	hs_stop(&hs);
 	{
 		char cmd[400];
 
@@ -783,5 +755,95 @@ int bench_e2e(int argc, char **argv)
 	}
 	seg_unlink(r.shm);
 	munmap(sh, sizeof(*sh));
+	*px = x;
+	*phs = hs;
+	*op = o;
+	return 0;
+}
+
+/* outbox's run as one contender of --compare */
+static void e2e_as_peer(const struct e2e_opts *o, const struct e2e_res *x,
+			const struct hs_sink *hs, struct bench_peer *p)
+{
+	uint64_t last = atomic_load(&hs->sh->last_ok_ns);
+
+	memset(p, 0, sizeof(*p));
+	p->name = "outbox";
+	p->ran = 1;
+	p->emitted = x->total;
+	p->delivered = atomic_load(&hs->sh->unique);
+	p->lost = x->lost;
+	p->dups = x->dups;
+	p->requests = atomic_load(&hs->sh->requests);
+	p->outage_requests = atomic_load(&hs->sh->requests_rejected);
+	p->emit_p50 = bench_hist_pct(&x->all, 50);
+	p->emit_p99 = bench_hist_pct(&x->all, 99);
+	p->secs = last > x->t0 ? (double)(last - x->t0) / 1e9 : 0;
+	p->prod_cpu_s = x->prod_cpu;
+	p->daemon_cpu_s = x->broker_cpu;
+	p->drain_s = x->drain_s;
+	snprintf(p->note, sizeof(p->note), "outboxd, durability %s, %s, "
+		 "batch_max_events 500, max_inflight 4", o->durability,
+		 o->compression);
+}
+
+/* --compare: outbox, then the per-worker SDK, then syslog-ng, on the
+ * same workload; one table or one JSON object */
+static int e2e_compare(struct e2e_opts *o, struct e2e_res *x,
+		       struct hs_sink *hs)
+{
+	struct bench_work w = { .np = o->np, .size = o->size,
+		.duration = o->duration, .rate = o->rate,
+		.outage = o->outage, .outage_at = o->outage_at,
+		.outage_code = o->outage_code, .retry_after = o->retry_after,
+		.sink_threads = o->sink_threads, .comp = o->comp,
+		.batch = 500, .flush_ms = 500, .pace_us = x->pace_us,
+		.sng_reopen = o->sng_reopen, .progress = o->progress };
+	struct bench_peer ob, sdk, sng;
+	char *js = NULL;
+	size_t jn = 0;
+	struct e2e_opts oj = *o;
+	FILE *f = open_memstream(&js, &jn);
+
+	if (!f)
+		return 1;
+	oj.json = 1;
+	e2e_report(&oj, x, hs, f);
+	fclose(f);
+	if (!o->json)
+		e2e_report(o, x, hs, stdout);
+	e2e_as_peer(o, x, hs, &ob);
+	hs_stop(hs);
+	bench_peer_sdk(&w, &sdk);
+	bench_peer_syslogng(&w, &sng);
+	bench_compare_print(&w, &ob, &sdk, &sng, o->json, js);
+	free(js);
+	return ob.lost || !x->complete || sdk.lost ? 1 : 0;
+}
+
+int bench_e2e(int argc, char **argv)
+{
+	struct e2e_opts o = { .np = 4, .size = 256, .duration = 10.0,
+		.sink = "file", .durability = "write", .outage_at = 2.0,
+		.outage_code = 503, .retry_after = -1, .sink_threads = 1,
+		.compression = "gzip", .encoding = "ndjson",
+		.sng_reopen = 60 };
+	struct hs_sink hs = { 0 };
+	struct e2e_res x;
+
+	if (e2e_args(argc, argv, &o) < 0)
+		return 2;
+	o.progress = isatty(1);
+	memset(&x, 0, sizeof(x));
+	if (o.rate > 0)
+		x.pace_us = bench_pace_cost(o.np, o.rate, 2.0);
+	if (e2e_outbox(&o, &x, &hs))
+		return 1;
+	if (o.compare)
+		return e2e_compare(&o, &x, &hs);
+	e2e_report(&o, &x, &hs, stdout);
+	if (o.json)
+		printf("\n");
+	hs_stop(&hs);
 	return x.lost || !x.complete ? 1 : 0;
 }

@@ -4,7 +4,8 @@
  *       serves until SIGINT / SIGTERM, then prints its counters
  *       (GET /stats answers them too);
  *   outbox-bench sink --load [--conns C] [--events E] [--size B]
- *       [--seconds T] [--compression none|gzip] [--threads N] [--verify]
+ *       [--seconds T] [--compression none|gzip|zstd] [--threads N]
+ *       [--verify]
  *       [--json]
  *       C client processes POST one prebuilt body of E envelope lines
  *       (B-byte bodies, as the broker sends them) over keep-alive libcurl
@@ -23,13 +24,14 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "bench.h"
+#include "compress.h"
 #include "httpsink.h"
 
 struct sink_opts {
-	int port, threads, verify, load, conns, events, size, gzip, json;
+	int port, threads, verify, load, conns, events, size, json;
+	enum cfg_compression comp;     /* as the broker compresses */
 	double seconds;
 };
 
@@ -64,28 +66,22 @@ static char *sink_body(const struct sink_opts *o, int me, size_t *len)
 	return b;
 }
 
-static char *sink_gzip(const char *in, size_t n, size_t *len)
+/* the body compressed as the broker's compress.c does it */
+static char *sink_compress(enum cfg_compression kind, const char *in,
+			   size_t n, size_t *len)
 {
-	z_stream z;
-	char *out;
+	struct comp *c = comp_new(kind, 0);
+	struct buf out;
 
-	memset(&z, 0, sizeof(z));
-	if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8,
-			 Z_DEFAULT_STRATEGY) != Z_OK)
-		return NULL;
-	out = malloc(deflateBound(&z, n) + 32);
-	z.next_in = (unsigned char *)in;
-	z.avail_in = (uInt)n;
-	z.next_out = (unsigned char *)out;
-	z.avail_out = (uInt)deflateBound(&z, n) + 32;
-	if (!out || deflate(&z, Z_FINISH) != Z_STREAM_END) {
-		free(out);
-		deflateEnd(&z);
+	buf_init(&out, 0);
+	if (!c || comp_body(c, in, n, &out) < 0) {
+		comp_free(c);
+		buf_free(&out);
 		return NULL;
 	}
-	*len = z.total_out;
-	deflateEnd(&z);
-	return out;
+	comp_free(c);
+	*len = out.len;
+	return (char *)out.p;
 }
 
 static void sink_client(const struct sink_opts *o, int port, int me,
@@ -98,8 +94,9 @@ static void sink_client(const struct sink_opts *o, int port, int me,
 	long code;
 
 	raw = sink_body(o, me, &rlen);
-	body = raw && o->gzip ? sink_gzip(raw, rlen, &blen) : raw;
-	if (!o->gzip)
+	body = raw && o->comp != COMP_NONE ?
+	       sink_compress(o->comp, raw, rlen, &blen) : raw;
+	if (o->comp == COMP_NONE)
 		blen = rlen;
 	if (!body)
 		_exit(2);
@@ -108,8 +105,8 @@ static void sink_client(const struct sink_opts *o, int port, int me,
 	e = curl_easy_init();
 	hd = curl_slist_append(hd, "Expect:");
 	hd = curl_slist_append(hd, "Content-Type: application/x-ndjson");
-	if (o->gzip)
-		hd = curl_slist_append(hd, "Content-Encoding: gzip");
+	if (o->comp != COMP_NONE)
+		hd = curl_slist_append(hd, comp_header(o->comp));
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hd);
 	curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
@@ -206,7 +203,7 @@ static int sink_load(const struct sink_opts *o)
 		       "\"events_per_s\":%.0f,\"raw_mb_per_s\":%.0f,"
 		       "\"sink_cpu_pct\":%.0f,\"clients_cpu_s\":%.2f,"
 		       "\"errors\":%llu,\"bad_requests\":%llu,\"dups\":%llu}\n",
-		       o->conns, o->events, o->size, o->gzip ? "gzip" : "none",
+		       o->conns, o->events, o->size, comp_name(o->comp),
 		       o->threads, o->verify ? "true" : "false", secs,
 		       (double)req / secs, (double)ev / secs,
 		       (double)bytes / secs / 1e6,
@@ -218,7 +215,7 @@ static int sink_load(const struct sink_opts *o)
 		printf("sink: %d conns x %d events of %d B (%s%s), %d thread(s):"
 		       " %.0f requests/s, %.2f M events/s, %.0f MB/s raw; sink "
 		       "CPU %.0f%%; client errors %llu, bad requests %llu\n",
-		       o->conns, o->events, o->size, o->gzip ? "gzip" : "plain",
+		       o->conns, o->events, o->size, comp_name(o->comp),
 		       o->verify ? ", verify" : "", o->threads,
 		       (double)req / secs, (double)ev / secs / 1e6,
 		       (double)bytes / secs / 1e6, 100.0 * (cpu1 - cpu0) / secs,
@@ -232,8 +229,9 @@ static int sink_load(const struct sink_opts *o)
 
 int bench_sink(int argc, char **argv)
 {
-	struct sink_opts o = { 0, 1, 0, 0, 4, 500, 256, 1, 0, 5.0 };
-	int i;
+	struct sink_opts o = { .threads = 1, .conns = 4, .events = 500,
+		.size = 256, .comp = COMP_GZIP, .seconds = 5.0 };
+	int i, bad = 0;
 
 	for (i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--port") && i + 1 < argc)
@@ -249,7 +247,7 @@ int bench_sink(int argc, char **argv)
 		else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
 			o.seconds = atof(argv[++i]);
 		else if (!strcmp(argv[i], "--compression") && i + 1 < argc)
-			o.gzip = !strcmp(argv[++i], "gzip");
+			bad |= bench_comp_parse(argv[++i], &o.comp) < 0;
 		else if (!strcmp(argv[i], "--verify"))
 			o.verify = 1;
 		else if (!strcmp(argv[i], "--load"))
@@ -261,12 +259,12 @@ int bench_sink(int argc, char **argv)
 				"[--threads N] [--verify]\n"
 				"       outbox-bench sink --load [--conns C] "
 				"[--events E] [--size B] [--seconds T]\n"
-				"                [--compression none|gzip] "
+				"                [--compression none|gzip|zstd] "
 				"[--threads N] [--verify] [--json]\n");
 			return 2;
 		}
 	}
-	if (o.threads < 1 || o.threads > 16 || o.conns < 1 ||
+	if (bad || o.threads < 1 || o.threads > 16 || o.conns < 1 ||
 	    o.conns > 256 || o.events < 1 || o.size < 40 ||
 	    o.size > 60000 || o.seconds <= 0) {
 		fprintf(stderr, "outbox-bench sink: bad arguments\n");

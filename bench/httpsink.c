@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include "bench.h"
 #include "httpsink.h"
@@ -44,7 +45,8 @@ struct hs_conn {
 	size_t scan;                 /* where the header end is looked for */
 	size_t hdr_end;              /* 0 until the headers are complete */
 	size_t clen;
-	int chunked, gzip, close, post, expect;
+	int chunked, close, post, expect;
+	enum { HS_PLAIN, HS_GZIP, HS_ZSTD } enc;  /* Content-Encoding */
 	char path[32];
 	size_t cpos, dlen;           /* chunked: next chunk line; body so far */
 	/* response bytes not sent yet */
@@ -58,7 +60,8 @@ struct hs_worker {
 	int ep, lfd;
 	z_stream z;
 	int zinit;
-	unsigned char *zbuf;
+	ZSTD_DStream *zd;
+	unsigned char *zbuf;             /* decoded body (gzip or zstd) */
 	size_t zcap;
 };
 
@@ -169,6 +172,64 @@ static void hs_count(struct hs_worker *w, const char *b, size_t n,
 	}
 }
 
+/* room for 64 KiB more in zbuf (bodies decode to at most 4x the cap
+ * of a request body) */
+static int hs_zroom(struct hs_worker *w, size_t have)
+{
+	size_t cap;
+	unsigned char *nb;
+
+	if (w->zcap - have >= 65536)
+		return 0;
+	cap = w->zcap ? w->zcap * 2 : 1u << 20;
+	if (cap > HS_BODY_MAX * 4ull)
+		return -1;
+	nb = realloc(w->zbuf, cap);
+	if (!nb)
+		return -1;
+	w->zbuf = nb;
+	w->zcap = cap;
+	return 0;
+}
+
+/* every zstd frame of the body, with or without its content size */
+static int hs_unzstd(struct hs_worker *w, const char *in, size_t n,
+		     const char **out, size_t *on)
+{
+	ZSTD_inBuffer ib = { in, n, 0 };
+	ZSTD_outBuffer ob;
+	size_t rc = 0;
+
+	if (!w->zd && !(w->zd = ZSTD_createDStream()))
+		return -1;
+	ZSTD_DCtx_reset(w->zd, ZSTD_reset_session_only);
+	ob.pos = 0;
+	while (ib.pos < ib.size) {
+		if (hs_zroom(w, ob.pos) < 0)
+			return -1;
+		ob.dst = w->zbuf;
+		ob.size = w->zcap;
+		rc = ZSTD_decompressStream(w->zd, &ob, &ib);
+		if (ZSTD_isError(rc))
+			return -1;
+	}
+	/* a frame cut short: the decoder still wants input */
+	while (rc) {
+		size_t before = ob.pos;
+
+		if (hs_zroom(w, ob.pos) < 0)
+			return -1;
+		ob.dst = w->zbuf;
+		ob.size = w->zcap;
+		rc = ZSTD_decompressStream(w->zd, &ob, &ib);
+		if (ZSTD_isError(rc) || (rc && ob.pos == before))
+			return -1;
+	}
+	*out = (const char *)w->zbuf;
+	*on = ob.pos;
+	return 0;
+}
+
 static int hs_inflate(struct hs_worker *w, const char *in, size_t n,
 		      const char **out, size_t *on)
 {
@@ -185,18 +246,8 @@ static int hs_inflate(struct hs_worker *w, const char *in, size_t n,
 	w->z.next_in = (unsigned char *)in;
 	w->z.avail_in = (uInt)n;
 	for (;;) {
-		if (w->zcap - have < 65536) {
-			size_t cap = w->zcap ? w->zcap * 2 : 1u << 20;
-			unsigned char *nb;
-
-			if (cap > HS_BODY_MAX * 4ull)
-				return -1;
-			nb = realloc(w->zbuf, cap);
-			if (!nb)
-				return -1;
-			w->zbuf = nb;
-			w->zcap = cap;
-		}
+		if (hs_zroom(w, have) < 0)
+			return -1;
 		w->z.next_out = w->zbuf + have;
 		w->z.avail_out = (uInt)(w->zcap - have);
 		rc = inflate(&w->z, Z_NO_FLUSH);
@@ -344,7 +395,8 @@ static int hs_headers(struct hs_conn *c)
 	memcpy(c->path, v, n);
 	c->path[n] = 0;
 	c->clen = 0;
-	c->chunked = c->gzip = c->close = c->expect = 0;
+	c->chunked = c->close = c->expect = 0;
+	c->enc = HS_PLAIN;
 	for (p = nl + 2; p < end; p = nl + 2) {
 		const char *colon;
 
@@ -368,7 +420,8 @@ static int hs_headers(struct hs_conn *c)
 		} else if (HS_IS("transfer-encoding")) {
 			c->chunked = hs_has(v, nl, "chunked");
 		} else if (HS_IS("content-encoding")) {
-			c->gzip = hs_has(v, nl, "gzip");
+			c->enc = hs_has(v, nl, "gzip") ? HS_GZIP :
+				 hs_has(v, nl, "zstd") ? HS_ZSTD : HS_PLAIN;
 		} else if (HS_IS("connection")) {
 			c->close = hs_has(v, nl, "close");
 		} else if (HS_IS("expect")) {
@@ -458,9 +511,10 @@ static int hs_request(struct hs_worker *w, struct hs_conn *c,
 		return hs_reply(w, c, atomic_load(&sh->outage_code),
 				atomic_load(&sh->retry_after), "");
 	}
-	if (c->gzip && hs_inflate(w, body, blen, &data, &dlen) < 0) {
+	if ((c->enc == HS_GZIP && hs_inflate(w, body, blen, &data, &dlen) < 0) ||
+	    (c->enc == HS_ZSTD && hs_unzstd(w, body, blen, &data, &dlen) < 0)) {
 		atomic_fetch_add(&sh->bad_requests, 1);
-		return hs_reply(w, c, 400, -1, "bad gzip\n");
+		return hs_reply(w, c, 400, -1, "bad body encoding\n");
 	}
 	hs_count(w, data, dlen, &k);
 	atomic_fetch_add(&sh->requests_ok, 1);

@@ -3,7 +3,8 @@
  * A forked child process (1..N threads, each with its own epoll set,
  * sharing one listening socket on 127.0.0.1:0 through EPOLLEXCLUSIVE)
  * that takes POSTs on keep-alive connections: Content-Length or chunked
- * bodies, `Content-Encoding: gzip` inflated with zlib, NDJSON lines or a
+ * bodies, `Content-Encoding: gzip` inflated with zlib or `zstd` decoded
+ * with libzstd (every frame, sized or not), NDJSON lines or a
  * JSON array's top-level elements counted as events. It answers 200, or,
  * inside the outage window, the outage status (503) with an optional
  * Retry-After. Every counter lives in a shared anonymous mapping, so the
@@ -34,7 +35,7 @@ struct hs_shared {
 	/* written by the sink */
 	_Atomic int port, ready;
 	_Atomic uint64_t conns, requests, requests_ok, requests_rejected;
-	_Atomic uint64_t bad_requests;    /* unparsable, bad gzip: 400 */
+	_Atomic uint64_t bad_requests;    /* unparsable, bad gzip/zstd: 400 */
 	_Atomic uint64_t bytes_wire;      /* accepted bodies as sent */
 	_Atomic uint64_t bytes_raw;       /* accepted bodies inflated */
 	_Atomic uint64_t events;          /* in accepted requests */

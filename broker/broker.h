@@ -13,6 +13,7 @@
 #include "config.h"
 #include "envelope.h"
 #include "log.h"
+#include "ops.h"
 #include "persist.h"
 #include "reactor.h"
 #include "ring.h"
@@ -31,6 +32,7 @@ struct broker {
 	struct http *http;           /* libcurl multi, made by the first
 	                              * HTTP sink that opens */
 	struct persist persist;      /* delivery state across restarts */
+	struct ops ops;              /* systemd notify, watchdog, /metrics */
 	int nsinks;
 	int default_sink;
 

@@ -31,8 +31,10 @@
 #define _GNU_SOURCE
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -76,7 +78,8 @@ static const char *const cfg_full_names[] = {
 	"drop-newest", "drop-oldest", NULL };
 static const char *const cfg_enc_names[] = {
 	"ndjson", "json", "msgpack", NULL };
-static const char *const cfg_comp_names[] = { "gzip", "none", NULL };
+static const char *const cfg_comp_names[] = { "gzip", "none", "zstd",
+	NULL };
 static const char *const cfg_rl_names[] = { "hold", "drop-category", NULL };
 static const char *const cfg_action_names[] = {
 	"retry", "drop", "split", "reauth", NULL };
@@ -87,6 +90,7 @@ static const char *const cfg_stall_names[] = { "wait", "kill", NULL };
 enum cfg_kind {
 	K_STR,		/* non-empty string */
 	K_URL,		/* http:// or https:// URL */
+	K_LISTEN,	/* ADDR:PORT, a numeric IPv4 or [IPv6] address */
 	K_DSN,		/* Sentry DSN: https://KEY@HOST/PROJECT */
 	K_HEADER,	/* "Name: value", repeatable */
 	K_SHM,		/* shm object name */
@@ -117,7 +121,7 @@ enum {
 	BK_SHM, BK_SHM_MODE, BK_RING_SIZE, BK_MAX_RECORD, BK_PRODUCER_SLOTS,
 	BK_SPOOL_DIR, BK_SPOOL_MAX, BK_SPOOL_FULL, BK_DURABILITY,
 	BK_SYNC_INTERVAL, BK_SHUTDOWN_TIMEOUT, BK_LOG_LEVEL, BK_SEGMENT_SIZE,
-	BK_STALL_TIMEOUT, BK_STALL_ACTION,
+	BK_STALL_TIMEOUT, BK_STALL_ACTION, BK_METRICS_LISTEN,
 	BK_N
 };
 
@@ -153,6 +157,8 @@ static const struct cfg_key cfg_bkeys[BK_N] = {
 		BF(stall_timeout_ms), .min = 10, .max = 24 * HOUR_MS },
 	[BK_STALL_ACTION] = { .name = "stall_action", .kind = K_ENUM,
 		BF(stall_action), .names = cfg_stall_names },
+	[BK_METRICS_LISTEN] = { .name = "metrics_listen", .kind = K_LISTEN,
+		BF(metrics_listen) },
 };
 
 enum {
@@ -163,6 +169,8 @@ enum {
 	SK_BACKOFF_MAX, SK_BACKOFF_JITTER, SK_MAX_RETRIES,
 	SK_MAX_BACKOFF_DURATION, SK_RETRY_AFTER_MAX,
 	SK_MAX_RATE_LIMIT_DURATION, SK_ON_RATE_LIMIT,
+	SK_SETTINGS_URL, SK_SETTINGS_INTERVAL, SK_SERVICE_NAME,
+	SK_CLIENT_REPORT_INTERVAL,
 	SK_N
 };
 
@@ -221,6 +229,17 @@ static const struct cfg_key cfg_skeys[SK_N] = {
 		.max = U64_MAX },
 	[SK_ON_RATE_LIMIT] = { .name = "on_rate_limit", .kind = K_ENUM,
 		SF(on_rate_limit), .names = cfg_rl_names },
+	/* protocol keys (broker/proto_*.c) */
+	[SK_SETTINGS_URL] = { .name = "settings_url", .kind = K_URL,
+		SF(settings_url), .types = TY(SINK_SEGMENT) },
+	[SK_SETTINGS_INTERVAL] = { .name = "settings_interval", .kind = K_DUR,
+		SF(settings_interval_ms), .min = 1000, .max = 24 * HOUR_MS,
+		.types = TY(SINK_SEGMENT) },
+	[SK_SERVICE_NAME] = { .name = "service_name", .kind = K_STR,
+		SF(service_name), .types = TY(SINK_OTLP) },
+	[SK_CLIENT_REPORT_INTERVAL] = { .name = "client_report_interval",
+		.kind = K_DUR, SF(client_report_interval_ms), .min = 0,
+		.max = HOUR_MS, .types = TY(SINK_SENTRY) },
 };
 
 enum cfg_sect { SECT_NONE, SECT_BROKER, SECT_SINK, SECT_BAD };
@@ -544,6 +563,8 @@ static void cfg_sink_init(struct cfg_sink *s, const char *name,
 	s->max_backoff_duration_ms = 12 * HOUR_MS;
 	s->retry_after_max_ms = 300 * SEC_MS;
 	s->max_rate_limit_duration_ms = 30 * MIN_MS;
+	s->client_report_interval_ms = 30 * SEC_MS;
+	s->settings_interval_ms = 5 * MIN_MS;
 	cfg_sink_type_defaults(s, true, true);
 }
 
@@ -584,6 +605,8 @@ static void cfg_sink_free(struct cfg_sink *s)
 	cfg_str_free(&s->write_key);
 	cfg_str_free(&s->dsn);
 	cfg_str_free(&s->token_file);
+	cfg_str_free(&s->settings_url);
+	cfg_str_free(&s->service_name);
 	for (i = 0; i < s->nheaders; i++)
 		cfg_str_free(&s->headers[i]);
 	s->nheaders = 0;
@@ -598,6 +621,7 @@ void cfg_free(struct cfg *c)
 	free(c->file);
 	c->file = NULL;
 	cfg_str_free(&c->spool_dir);
+	cfg_str_free(&c->metrics_listen);
 	for (i = 0; i < c->nsinks; i++)
 		cfg_sink_free(&c->sinks[i]);
 	c->nsinks = 0;
@@ -729,6 +753,53 @@ static bool cfg_url_ok(const char *v)
 	return true;
 }
 
+int cfg_parse_listen(const char *s, struct sockaddr_storage *ss,
+		     socklen_t *len)
+{
+	const char *colon = strrchr(s, ':'), *p;
+	char host[INET6_ADDRSTRLEN + 2];
+	struct sockaddr_storage tmp;
+	struct sockaddr_in *v4 = (struct sockaddr_in *)&tmp;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&tmp;
+	size_t hl;
+	unsigned long port = 0;
+
+	if (!colon || colon == s || !colon[1] || strlen(colon + 1) > 5)
+		return -EINVAL;
+	for (p = colon + 1; *p; p++) {
+		if (!isdigit((unsigned char)*p))
+			return -EINVAL;
+		port = port * 10 + (unsigned long)(*p - '0');
+	}
+	if (port > 65535)
+		return -EINVAL;
+	hl = (size_t)(colon - s);
+	if (hl >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, s, hl);
+	host[hl] = 0;
+	memset(&tmp, 0, sizeof(tmp));
+	if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+		host[hl - 1] = 0;
+		if (inet_pton(AF_INET6, host + 1, &v6->sin6_addr) != 1)
+			return -EINVAL;
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons((uint16_t)port);
+		if (len)
+			*len = sizeof(*v6);
+	} else {
+		if (inet_pton(AF_INET, host, &v4->sin_addr) != 1)
+			return -EINVAL;
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons((uint16_t)port);
+		if (len)
+			*len = sizeof(*v4);
+	}
+	if (ss)
+		*ss = tmp;
+	return 0;
+}
+
 /* https://KEY@HOST/PROJECT: a key before '@' and a host after it */
 static bool cfg_dsn_ok(const char *v)
 {
@@ -744,6 +815,12 @@ static bool cfg_dsn_ok(const char *v)
 static int cfg_set_string(struct cfg_ctx *x, const struct cfg_key *k,
 			  void *base, const char *v)
 {
+	if (k->kind == K_LISTEN && cfg_parse_listen(v, NULL, NULL) < 0) {
+		cfg_err(x, x->lineno, "%s: '%.64s' is not ADDR:PORT (a numeric "
+			"IPv4 address or [IPv6] address, port 0 to 65535), e.g. "
+			"127.0.0.1:9464", k->name, v);
+		return -1;
+	}
 	if (k->kind == K_URL && !cfg_url_ok(v)) {
 		cfg_err(x, x->lineno, "%s: '%.64s' is not an http:// or "
 			"https:// URL", k->name, v);
@@ -974,6 +1051,7 @@ static int cfg_set_value(struct cfg_ctx *x, const struct cfg_key *k,
 	case K_STR:
 	case K_URL:
 	case K_DSN:
+	case K_LISTEN:
 		return cfg_set_string(x, k, base, v);
 	case K_HEADER:
 		return cfg_add_header(x, base, v);
@@ -1464,8 +1542,9 @@ static void cfg_check_sink(struct cfg_ctx *x, int i)
 				cfg_skeys[k].name, cfg_sink_type_name(s->type));
 	/* a key given with a bad value was reported already */
 	cfg_need(x, s, s->type != SINK_FILE || l[SK_PATH], "path");
-	cfg_need(x, s, !(s->type == SINK_HTTP || s->type == SINK_OTLP ||
-			 s->type == SINK_SEGMENT) || l[SK_URL], "url");
+	/* segment has a default url (api.segment.io) */
+	cfg_need(x, s, !(s->type == SINK_HTTP || s->type == SINK_OTLP) ||
+		 l[SK_URL], "url");
 	cfg_need(x, s, s->type != SINK_SEGMENT || l[SK_WRITE_KEY],
 		 "write_key");
 	cfg_need(x, s, s->type != SINK_SENTRY || l[SK_DSN] || l[SK_URL],
@@ -1505,12 +1584,15 @@ static void cfg_check(struct cfg_ctx *x)
 	cfg_add_default(x);
 }
 
+/* Group root (gid 0) reading it is no exposure: the packaged file is
+ * outbox:root 0640, readable by the broker and root, not by the
+ * producers of the group `outbox`. */
 static void cfg_warn_secret(struct cfg_ctx *x)
 {
 	struct stat st;
 
 	if (!x->secret || !x->err || fstat(fileno(x->in), &st) < 0 ||
-	    !(st.st_mode & 044))
+	    !(st.st_mode & (st.st_gid == 0 ? 004 : 044)))
 		return;
 	fprintf(x->err, "%s: warning: holds credentials (write_key, dsn or an "
 		"Authorization header) but is readable by group or others "
@@ -1661,6 +1743,7 @@ static void cfg_print_key(FILE *out, const struct cfg_key *k,
 	case K_STR:
 	case K_URL:
 	case K_DSN:
+	case K_LISTEN:
 		memcpy(&str, p, sizeof(str));
 		if (str)
 			cfg_print_kv(out, k->name, str);
@@ -1696,7 +1779,8 @@ static void cfg_print_sink(FILE *out, const struct cfg_sink *s)
 
 	fprintf(out, "\n[sink %s]\n", s->name);
 	for (k = 0; k < SK_N; k++)
-		cfg_print_key(out, &cfg_skeys[k], s);
+		if (!cfg_skeys[k].types || (cfg_skeys[k].types & TY(s->type)))
+			cfg_print_key(out, &cfg_skeys[k], s);
 	for (k = 0; k < s->nstatus; k++)
 		fprintf(out, "status.%d = %s\n", s->status[k].code,
 			(unsigned)s->status[k].action < 4 ?

@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #define CFG_MAX_SINKS     64
@@ -24,7 +25,7 @@ enum cfg_sink_type { SINK_FILE, SINK_DISCARD, SINK_HTTP, SINK_SEGMENT,
 enum cfg_durability { DUR_NONE, DUR_WRITE, DUR_FDATASYNC };
 enum cfg_spool_full { SPOOL_DROP_NEWEST, SPOOL_DROP_OLDEST };
 enum cfg_encoding { ENC_NDJSON, ENC_JSON_ARRAY, ENC_MSGPACK };
-enum cfg_compression { COMP_GZIP, COMP_NONE };
+enum cfg_compression { COMP_GZIP, COMP_NONE, COMP_ZSTD };
 enum cfg_on_rate_limit { RL_HOLD, RL_DROP_CATEGORY };
 enum cfg_status_action { ST_RETRY, ST_DROP, ST_SPLIT, ST_REAUTH };
 enum cfg_log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -44,6 +45,10 @@ struct cfg_sink {
 	char *write_key;                 /* segment (credential) */
 	char *dsn;                       /* sentry (credential) */
 	char *token_file;                /* token source for 401/511 refresh */
+	char *settings_url;              /* segment: CDN settings (optional) */
+	uint64_t settings_interval_ms;   /* segment: refetch every 5m */
+	char *service_name;              /* otlp: service.name ("outbox") */
+	uint64_t client_report_interval_ms; /* sentry: 30s, 0 = never */
 	char *headers[CFG_MAX_HEADERS];  /* "Name: value", key header = ... */
 	int nheaders;
 	enum cfg_encoding encoding;      /* http: ndjson | json | msgpack */
@@ -54,7 +59,7 @@ struct cfg_sink {
 	uint32_t max_inflight;           /* 4 */
 	uint64_t connect_timeout_ms;     /* 2000 */
 	uint64_t timeout_ms;             /* 15000 */
-	enum cfg_compression compression;/* gzip */
+	enum cfg_compression compression;/* gzip | none | zstd */
 	uint64_t backoff_base_ms;        /* 500 */
 	uint64_t backoff_max_ms;         /* 60000 */
 	uint32_t backoff_jitter_pct;     /* 10 ("10%") */
@@ -85,6 +90,7 @@ struct cfg {
 	uint64_t stall_timeout_ms;       /* 10s: a live claim held this long
 	                                  * is counted and logged */
 	enum cfg_stall_action stall_action; /* wait (or kill) */
+	char *metrics_listen;            /* ADDR:PORT of /metrics, NULL: off */
 	struct cfg_sink sinks[CFG_MAX_SINKS];
 	int nsinks;                      /* "default" always exists */
 };
@@ -100,7 +106,8 @@ void cfg_default(struct cfg *c);
  * file cannot be read (message printed too). A config without a sink
  * named "default" gets the built-in default file sink. Warns on err
  * ("FILE: warning: ...") when the file holds a credential (write_key, dsn,
- * an Authorization header) and is group- or world-readable. */
+ * an Authorization header) and is world-readable, or group-readable by a
+ * group other than root. */
 int cfg_load(struct cfg *c, const char *path, FILE *err);
 
 /* Writes the effective configuration as INI that cfg_load() reads back
@@ -123,6 +130,12 @@ int cfg_parse_size(const char *s, uint64_t *out);
 int cfg_parse_duration_ms(const char *s, uint64_t *out);
 
 const char *cfg_sink_type_name(enum cfg_sink_type t);
+
+/* metrics_listen: "ADDR:PORT" with a numeric IPv4 address or a [IPv6]
+ * one, port 0..65535 (0: the kernel picks). Fills *ss and *len when not
+ * NULL. 0 or -EINVAL. */
+int cfg_parse_listen(const char *s, struct sockaddr_storage *ss,
+		     socklen_t *len);
 
 /* Replaces a string field (spool_dir, a sink's path, url, ...) with a copy
  * of s (NULL clears it): 0 or -ENOMEM. cfg_default() points spool_dir and

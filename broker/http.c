@@ -46,7 +46,7 @@
 #endif
 
 #define HTTP_EVENTS		64	/* epoll events taken per poll */
-#define HTTP_HDR_SPACE		2048	/* captured header values, per req */
+#define HTTP_EXCERPT		160	/* body bytes shown in a cause */
 #define HTTP_FREE_WAIT_NS	2000000000ull
 
 enum http_req_state {
@@ -63,14 +63,9 @@ struct http_req {
 	struct curl_slist *hdrs;	/* this request's headers */
 	http_done_fn done;
 	void *arg;
+	struct buf *resp;		/* the caller's, or NULL: discarded */
 	uint64_t start_ns;
-	/* header values of the current response, NUL-terminated in hdr[] */
-	const char *retry_after[HTTP_MAX_HDR_VALUES];
-	int n_retry_after;
-	const char *sentry_limits[HTTP_MAX_HDR_VALUES];
-	int n_sentry_limits;
-	size_t hdr_used;
-	char hdr[HTTP_HDR_SPACE];
+	struct http_resp got;		/* what the current response said */
 	char err[CURL_ERROR_SIZE];
 };
 
@@ -142,13 +137,15 @@ static int http_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
-/* ---- response headers --------------------------------------------------- */
+/* ---- the response ----------------------------------------------------- */
 
-static void http_hdr_reset(struct http_req *r)
+void http_resp_reset(struct http_resp *p)
 {
-	r->n_retry_after = 0;
-	r->n_sentry_limits = 0;
-	r->hdr_used = 0;
+	p->n_retry_after = 0;
+	p->n_sentry_limits = 0;
+	p->hdr_used = 0;
+	p->body_len = 0;
+	p->body[0] = '\0';
 }
 
 static int http_is_space(char c)
@@ -156,10 +153,8 @@ static int http_is_space(char c)
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* Keeps the trimmed value of "name: value" when the name matches; a value
- * that does not fit is left out whole rather than cut (a cut
- * Retry-After "120" would read as "12"). */
-static void http_hdr_take(struct http_req *r, const char *line, size_t len,
+/* Keeps the trimmed value of "name: value" when the name matches. */
+static void http_hdr_take(struct http_resp *p, const char *line, size_t len,
 			  const char *name, const char **vals, int *n)
 {
 	size_t nl = strlen(name);
@@ -175,12 +170,133 @@ static void http_hdr_take(struct http_req *r, const char *line, size_t len,
 	while (e > v && http_is_space(e[-1]))
 		e--;
 	vl = (size_t)(e - v);
-	if (*n >= HTTP_MAX_HDR_VALUES || vl + 1 > HTTP_HDR_SPACE - r->hdr_used)
+	/* a value with a NUL inside would read as a shorter one */
+	if (*n >= HTTP_MAX_HDR_VALUES || vl + 1 > HTTP_HDR_SPACE - p->hdr_used ||
+	    memchr(v, '\0', vl))
 		return;
-	memcpy(r->hdr + r->hdr_used, v, vl);
-	r->hdr[r->hdr_used + vl] = '\0';
-	vals[(*n)++] = r->hdr + r->hdr_used;
-	r->hdr_used += vl + 1;
+	memcpy(p->hdr + p->hdr_used, v, vl);
+	p->hdr[p->hdr_used + vl] = '\0';
+	vals[(*n)++] = p->hdr + p->hdr_used;
+	p->hdr_used += vl + 1;
+}
+
+void http_resp_header(struct http_resp *p, const char *line, size_t len)
+{
+	/* a status line starts a new response (after a 1xx, a redirect
+	 * we do not follow, a proxy's CONNECT): only the last one counts */
+	if (len >= 5 && !memcmp(line, "HTTP/", 5)) {
+		http_resp_reset(p);
+		return;
+	}
+	http_hdr_take(p, line, len, "retry-after", p->retry_after,
+		      &p->n_retry_after);
+	http_hdr_take(p, line, len, "x-sentry-rate-limits", p->sentry_limits,
+		      &p->n_sentry_limits);
+}
+
+void http_resp_body(struct http_resp *p, const char *data, size_t len)
+{
+	size_t room = HTTP_BODY_KEEP - p->body_len;
+
+	if (len > room)
+		len = room;
+	memcpy(p->body + p->body_len, data, len);
+	p->body_len += len;
+	p->body[p->body_len] = '\0';
+}
+
+/* One body byte as excerpt text into o (at most 4 chars): its length;
+ * 0 for a blank that follows a blank (or starts the text). */
+static size_t http_excerpt_byte(unsigned char c, char prev, char *o)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	if (c == '\r' || c == '\n' || c == '\t' || c == ' ') {
+		if (!prev || prev == ' ')
+			return 0;
+		o[0] = ' ';
+		return 1;
+	}
+	if (c > ' ' && c < 0x7f && c != '\\') {
+		o[0] = (char)c;
+		return 1;
+	}
+	o[0] = '\\';
+	o[1] = 'x';
+	o[2] = hex[c >> 4];
+	o[3] = hex[c & 15];
+	return 4;
+}
+
+size_t http_excerpt(const char *data, size_t len, char *out, size_t cap)
+{
+	size_t i, k, n = 0, total = 0, limit;
+	char tmp[4], prev = 0;
+	int cut;
+
+	if (cap < 8) {
+		if (cap)
+			out[0] = '\0';
+		return 0;
+	}
+	/* the whole text's length first: cut only what does not fit */
+	for (i = 0; i < len; i++) {
+		k = http_excerpt_byte((unsigned char)data[i], prev, tmp);
+		total += k;
+		if (k)
+			prev = tmp[k - 1];
+	}
+	if (prev == ' ')
+		total--;		/* a trailing blank goes */
+	cut = total > cap - 1;
+	limit = cut ? cap - 1 - 3 : cap - 1;
+	prev = 0;
+	for (i = 0; i < len; i++) {
+		k = http_excerpt_byte((unsigned char)data[i], prev, tmp);
+		if (n + k > limit)
+			break;		/* an escape is never split */
+		memcpy(out + n, tmp, k);
+		n += k;
+		if (k)
+			prev = tmp[k - 1];
+	}
+	if (cut) {
+		memcpy(out + n, "...", 3);
+		n += 3;
+	} else if (n && out[n - 1] == ' ') {
+		n--;
+	}
+	out[n] = '\0';
+	return n;
+}
+
+size_t http_cause(const struct http_result *r, char *out, size_t cap)
+{
+	char ex[HTTP_EXCERPT];
+	int n;
+
+	if (!cap)
+		return 0;
+	if (r->status > 0 && r->body_len &&
+	    http_excerpt(r->body, r->body_len, ex, sizeof(ex)) > 0)
+		n = snprintf(out, cap, "HTTP %d: %s", r->status, ex);
+	else if (r->status > 0)
+		n = snprintf(out, cap, "HTTP %d", r->status);
+	else if (r->cancelled)
+		n = snprintf(out, cap, "cancelled");
+	else if (r->os_errno && r->error &&
+		 !strstr(r->error, strerror(r->os_errno)))
+		/* "Couldn't connect to server" says less than the errno */
+		n = snprintf(out, cap, "%s (%s)", r->error,
+			     strerror(r->os_errno));
+	else
+		n = snprintf(out, cap, "%s", r->error && *r->error ?
+			     r->error : "no response");
+	if (n < 0) {
+		out[0] = '\0';
+		return 0;
+	}
+	return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
 static size_t http_header_cb(char *buf, size_t size, size_t nitems,
@@ -189,22 +305,19 @@ static size_t http_header_cb(char *buf, size_t size, size_t nitems,
 	struct http_req *r = userdata;
 	size_t len = size * nitems;
 
-	/* a status line starts a new response (after a 1xx, a redirect
-	 * we do not follow, a proxy's CONNECT): only the last one counts */
-	if (len >= 5 && !memcmp(buf, "HTTP/", 5)) {
-		http_hdr_reset(r);
-		return len;
-	}
-	http_hdr_take(r, buf, len, "retry-after", r->retry_after,
-		      &r->n_retry_after);
-	http_hdr_take(r, buf, len, "x-sentry-rate-limits", r->sentry_limits,
-		      &r->n_sentry_limits);
+	http_resp_header(&r->got, buf, len);
 	return len;
 }
 
-static size_t http_discard_cb(char *buf, size_t size, size_t nmemb,
-			      void *userdata)
+static size_t http_body_cb(char *buf, size_t size, size_t nmemb,
+			   void *userdata)
 {
+	struct http_req *r = userdata;
+
+	http_resp_body(&r->got, buf, size * nmemb);
+	/* a short count fails the transfer: a body over the cap */
+	if (r->resp && buf_add(r->resp, buf, size * nmemb) < 0)
+		return 0;
 	return size * nmemb;
 }
 
@@ -225,7 +338,8 @@ static int http_easy_setup(struct http_req *r)
 	rc |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
 	rc |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	rc |= curl_easy_setopt(e, CURLOPT_POST, 1L);
-	rc |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, http_discard_cb);
+	rc |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, http_body_cb);
+	rc |= curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	rc |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, http_header_cb);
 	rc |= curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
 	rc |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->err);
@@ -269,6 +383,7 @@ static void http_req_put(struct http *h, struct http_req *r)
 	r->hdrs = NULL;
 	r->done = NULL;
 	r->arg = NULL;
+	r->resp = NULL;
 	r->state = HTTP_REQ_IDLE;
 	r->prev = NULL;
 	r->next = h->idle;
@@ -329,14 +444,19 @@ static void http_finish(struct http *h, struct http_req *r, CURLcode rc,
 		curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &res.total_s);
 		curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS,
 				  &res.num_connects);
+		if (rc != CURLE_OK)
+			curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO,
+					  &res.os_errno);
 		/* an interim 1xx alone is no response */
 		res.status = code >= 200 && code <= 999 ? (int)code : 0;
-		memcpy(res.retry_after, r->retry_after,
+		memcpy(res.retry_after, r->got.retry_after,
 		       sizeof(res.retry_after));
-		res.n_retry_after = r->n_retry_after;
-		memcpy(res.sentry_limits, r->sentry_limits,
+		res.n_retry_after = r->got.n_retry_after;
+		memcpy(res.sentry_limits, r->got.sentry_limits,
 		       sizeof(res.sentry_limits));
-		res.n_sentry_limits = r->n_sentry_limits;
+		res.n_sentry_limits = r->got.n_sentry_limits;
+		res.body = r->got.body;
+		res.body_len = r->got.body_len;
 	} else {
 		res.total_s = (double)(http_now_ns() - r->start_ns) / 1e9;
 	}
@@ -345,6 +465,7 @@ static void http_finish(struct http *h, struct http_req *r, CURLcode rc,
 	r->state = HTTP_REQ_DONE;
 	res.curl_code = (int)rc;
 	res.timeout = rc == CURLE_OPERATION_TIMEDOUT;
+	res.cancelled = aborted;
 	if (aborted || !r->err[0])
 		res.error = rc == CURLE_OK ? "" : curl_easy_strerror(rc);
 	else
@@ -581,11 +702,17 @@ static int http_req_setup(struct http_req *r, const struct http_post *p)
 	int rc = 0;
 
 	rc |= curl_easy_setopt(e, CURLOPT_URL, p->url);
-	rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-			       (curl_off_t)p->len);
-	/* never NULL: curl would then read the body from stdin */
-	rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS,
-			       p->body ? p->body : (const void *)"");
+	if (p->get) {
+		rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+	} else {
+		/* a slot that did a GET: back to POST */
+		rc |= curl_easy_setopt(e, CURLOPT_POST, 1L);
+		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+				       (curl_off_t)p->len);
+		/* never NULL: curl would then read the body from stdin */
+		rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS,
+				       p->body ? p->body : (const void *)"");
+	}
 	rc |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
 	/* Several requests to a new HTTPS host wait for the first
 	 * connection's ALPN (known once TLS is up) to learn whether it
@@ -625,9 +752,10 @@ int http_post(struct http *h, const struct http_post *p, http_done_fn done,
 	if (ret < 0)
 		goto fail;
 	r->err[0] = '\0';
-	http_hdr_reset(r);
+	http_resp_reset(&r->got);
 	r->done = done;
 	r->arg = arg;
+	r->resp = p->resp;
 	r->start_ns = http_now_ns();
 	/* sets curl's timer to 0: the loop's next http_tick() starts it */
 	mc = curl_multi_add_handle(h->multi, r->easy);

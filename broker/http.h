@@ -43,12 +43,16 @@
 #define OBX_HTTP_H
 
 #include <stdint.h>
+#include "buf.h"
 #include "reactor.h"
 
 struct http;            /* the multi handle and its sockets */
 struct http_req;
 
 #define HTTP_MAX_HDR_VALUES 8
+#define HTTP_HDR_SPACE      2048   /* captured header values, per request */
+#define HTTP_BODY_KEEP      256    /* response body bytes kept: the cause
+				    * of a failure, for the log */
 /* Used when struct http_post leaves a timeout 0 (a transfer must never
  * run unbounded; PRODUCT.md section 5). */
 #define HTTP_DEFAULT_CONNECT_TIMEOUT_MS	2000
@@ -57,16 +61,57 @@ struct http_req;
 struct http_result {
 	int status;                     /* HTTP status, 0 = no response */
 	int timeout;                    /* no response: timed out */
+	int cancelled;                  /* no response: http_cancel() or
+					 * http_free() ended it */
 	int curl_code;                  /* CURLcode, 0 = ok */
 	const char *error;              /* curl's error text, "" if none */
+	long os_errno;                  /* the system's error behind it, 0 */
 	const char *retry_after[HTTP_MAX_HDR_VALUES];
 	int n_retry_after;
 	const char *sentry_limits[HTTP_MAX_HDR_VALUES];
 	int n_sentry_limits;
+	const char *body;               /* the first body bytes (NUL after) */
+	size_t body_len;                /* <= HTTP_BODY_KEEP */
 	double total_s;                 /* transfer time */
 	long num_connects;              /* new connections it opened (0 =
 					 * an idle keep-alive one was reused) */
 };
+
+/* What a response is read for, filled from curl's header and body
+ * callbacks: every value of the headers the policy reads, and the first
+ * HTTP_BODY_KEEP body bytes. Public so the parsing can be fuzzed and
+ * tested without a socket. */
+struct http_resp {
+	const char *retry_after[HTTP_MAX_HDR_VALUES];
+	int n_retry_after;
+	const char *sentry_limits[HTTP_MAX_HDR_VALUES];
+	int n_sentry_limits;
+	size_t hdr_used;
+	char hdr[HTTP_HDR_SPACE];
+	size_t body_len;
+	char body[HTTP_BODY_KEEP + 1];
+};
+
+void http_resp_reset(struct http_resp *p);
+/* One header line as curl hands it over ("Name: value\r\n"; a status
+ * line "HTTP/..." starts a new response: after a 1xx only the last one
+ * counts). A value that does not fit is left out whole rather than cut (a
+ * cut Retry-After "120" would read "12"). */
+void http_resp_header(struct http_resp *p, const char *line, size_t len);
+/* Body bytes, as they come: the first HTTP_BODY_KEEP are kept. */
+void http_resp_body(struct http_resp *p, const char *data, size_t len);
+
+/* A log-safe, one-line excerpt of (part of) a body into out (cap >= 8):
+ * printable ASCII kept, runs of CR/LF/tab/space as one space, any other
+ * byte as \xNN, "..." when cut; NUL-terminated. Returns its length. */
+size_t http_excerpt(const char *data, size_t len, char *out, size_t cap);
+
+/* Why a request failed, for a log line: "HTTP 503: <excerpt of the
+ * body>" (":" and the excerpt only when there is a body), curl's own
+ * error text when there was no response ("Failed to connect to 127.0.0.1
+ * port 1 after 0 ms: Connection refused", "Operation timed out after
+ * ..."), or "cancelled". NUL-terminated; returns its length. */
+size_t http_cause(const struct http_result *r, char *out, size_t cap);
 
 /* Completion; the result's strings live until the callback returns. */
 typedef void (*http_done_fn)(void *arg, const struct http_result *r);
@@ -78,6 +123,10 @@ struct http_post {
 	const char *const *headers;     /* "Name: value", NULL-terminated */
 	uint64_t connect_timeout_ms;    /* 0: HTTP_DEFAULT_CONNECT_TIMEOUT_MS */
 	uint64_t timeout_ms;            /* 0: HTTP_DEFAULT_TIMEOUT_MS */
+	int get;                        /* a GET (body and len unused) */
+	struct buf *resp;               /* not NULL: the response body is
+					 * appended here, up to its cap (the
+					 * transfer fails past it) */
 };
 
 /* NULL + errno. */

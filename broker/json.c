@@ -190,6 +190,228 @@ json_t *json_base64(const void *p, size_t n)
 	return j;
 }
 
+/* ---- exact msgpack -> JSON text ----------------------------------------- */
+
+void json_w_init(struct json_w *w)
+{
+	w->s = NULL;            /* made on first use */
+	buf_init(&w->tmp, 0);
+}
+
+void json_w_fini(struct json_w *w)
+{
+	json_decref(w->s);
+	w->s = NULL;
+	buf_free(&w->tmp);
+}
+
+/* Appends the compact dump of j (any JSON value). */
+static int json_w_dump(const json_t *j, struct buf *out)
+{
+	size_t room, n;
+	int rc;
+
+	room = out->cap - out->len;
+	n = json_dumpb(j, room ? (char *)out->p + out->len : NULL, room,
+		       JSON_DUMP_FLAGS);
+	if (n == 0)
+		return -EINVAL;
+	if (n > room) {
+		rc = buf_reserve(out, n);
+		if (rc < 0)
+			return rc;
+		if (json_dumpb(j, (char *)out->p + out->len,
+			       out->cap - out->len, JSON_DUMP_FLAGS) != n)
+			return -EIO;
+	}
+	out->len += n;
+	return 0;
+}
+
+int json_w_str(struct json_w *w, const char *s, size_t n, struct buf *out)
+{
+	const char *text = s ? s : "";
+	int rc;
+
+	if (!json_utf8_valid((const uint8_t *)text, n)) {
+		if (n > SIZE_MAX / 3)
+			return -E2BIG;
+		buf_reset(&w->tmp);
+		rc = buf_reserve(&w->tmp, 3 * n);
+		if (rc < 0)
+			return rc;
+		n = json_utf8_repair((const uint8_t *)text, n, w->tmp.p);
+		text = (const char *)w->tmp.p;
+	}
+	if (!w->s)
+		w->s = json_stringn_nocheck(text, n);
+	else if (json_string_setn_nocheck(w->s, text, n) < 0)
+		return -ENOMEM;
+	if (!w->s)
+		return -ENOMEM;
+	return json_w_dump(w->s, out);
+}
+
+/* base64 is quotes around [A-Za-z0-9+/=]: nothing in it needs escaping */
+int json_w_b64(struct json_w *w, const void *p, size_t n, struct buf *out)
+{
+	size_t len;
+	int rc;
+
+	if (n > (SIZE_MAX - 2) / 4 * 3 - 3)
+		return -E2BIG;
+	len = (n + 2) / 3 * 4;
+	rc = buf_reserve(out, len + 2);
+	if (rc < 0)
+		return rc;
+	out->p[out->len++] = '"';
+	json_base64_encode(p, n, (char *)out->p + out->len);
+	out->len += len;
+	out->p[out->len++] = '"';
+	(void)w;
+	return 0;
+}
+
+/* a number that JSON readers take as a real, not an integer */
+static int json_w_real_text(char *t, int n, struct buf *out)
+{
+	if (!strpbrk(t, ".eE")) {
+		t[n++] = '.';
+		t[n++] = '0';
+	}
+	return buf_add(out, t, (size_t)n);
+}
+
+int json_w_double(double d, struct buf *out)
+{
+	char t[48];
+	int prec, n = 0;
+
+	if (!isfinite(d))
+		return buf_adds(out, "null");   /* JSON has neither */
+	/* %g drops trailing zeros: the first precision that reads back
+	 * is the shortest text (17 always does for a binary64) */
+	for (prec = 15; prec <= 17; prec++) {
+		n = snprintf(t, sizeof(t) - 3, "%.*g", prec, d);
+		if (strtod(t, NULL) == d)
+			break;
+	}
+	return json_w_real_text(t, n, out);
+}
+
+static int json_w_float(float f, struct buf *out)
+{
+	char t[48];
+	int prec, n = 0;
+
+	if (!isfinite(f))
+		return buf_adds(out, "null");
+	for (prec = 6; prec <= 9; prec++) {
+		n = snprintf(t, sizeof(t) - 3, "%.*g", prec, (double)f);
+		if (strtof(t, NULL) == f)
+			break;
+	}
+	return json_w_real_text(t, n, out);
+}
+
+static int json_w_any(struct json_w *w, const msgpack_object *o,
+		      struct buf *out, int depth);
+
+/* A key that is not a string: its JSON text, as a string. */
+static int json_w_key(struct json_w *w, const msgpack_object *k,
+		      struct buf *out, int depth)
+{
+	struct buf text;
+	int rc;
+
+	if (k->type == MSGPACK_OBJECT_STR)
+		return json_w_str(w, k->via.str.ptr, k->via.str.size, out);
+	if (k->type == MSGPACK_OBJECT_BIN)
+		return json_w_b64(w, k->via.bin.ptr, k->via.bin.size, out);
+	buf_init(&text, 0);
+	rc = json_w_any(w, k, &text, depth + 1);
+	if (rc == 0)
+		rc = json_w_str(w, (const char *)text.p, text.len, out);
+	buf_free(&text);
+	return rc;
+}
+
+static int json_w_any(struct json_w *w, const msgpack_object *o,
+		      struct buf *out, int depth)
+{
+	char t[32];
+	uint32_t i;
+	int rc = 0, n;
+
+	if (depth > JSON_W_MAX_DEPTH)
+		return -EINVAL;
+	switch (o->type) {
+	case MSGPACK_OBJECT_NIL:
+		return buf_adds(out, "null");
+	case MSGPACK_OBJECT_BOOLEAN:
+		return buf_adds(out, o->via.boolean ? "true" : "false");
+	case MSGPACK_OBJECT_POSITIVE_INTEGER:
+		n = snprintf(t, sizeof(t), "%llu",
+			     (unsigned long long)o->via.u64);
+		return buf_add(out, t, (size_t)n);
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+		n = snprintf(t, sizeof(t), "%lld", (long long)o->via.i64);
+		return buf_add(out, t, (size_t)n);
+	case MSGPACK_OBJECT_FLOAT32:
+		return json_w_float((float)o->via.f64, out);
+	case MSGPACK_OBJECT_FLOAT64:
+		return json_w_double(o->via.f64, out);
+	case MSGPACK_OBJECT_STR:
+		return json_w_str(w, o->via.str.ptr, o->via.str.size, out);
+	case MSGPACK_OBJECT_BIN:
+		return json_w_b64(w, o->via.bin.ptr, o->via.bin.size, out);
+	case MSGPACK_OBJECT_EXT:
+		n = snprintf(t, sizeof(t), "{\"ext\":%d,\"data\":",
+			     (int)o->via.ext.type);
+		rc = buf_add(out, t, (size_t)n);
+		if (rc == 0)
+			rc = json_w_b64(w, o->via.ext.ptr, o->via.ext.size,
+					out);
+		return rc ? rc : buf_addc(out, '}');
+	case MSGPACK_OBJECT_ARRAY:
+		rc = buf_addc(out, '[');
+		for (i = 0; i < o->via.array.size && rc == 0; i++) {
+			if (i)
+				rc = buf_addc(out, ',');
+			if (rc == 0)
+				rc = json_w_any(w, &o->via.array.ptr[i], out,
+						depth + 1);
+		}
+		return rc ? rc : buf_addc(out, ']');
+	case MSGPACK_OBJECT_MAP:
+		rc = buf_addc(out, '{');
+		for (i = 0; i < o->via.map.size && rc == 0; i++) {
+			const msgpack_object_kv *kv = &o->via.map.ptr[i];
+
+			if (i)
+				rc = buf_addc(out, ',');
+			if (rc == 0)
+				rc = json_w_key(w, &kv->key, out, depth);
+			if (rc == 0)
+				rc = buf_addc(out, ':');
+			if (rc == 0)
+				rc = json_w_any(w, &kv->val, out, depth + 1);
+		}
+		return rc ? rc : buf_addc(out, '}');
+	}
+	return -EINVAL;
+}
+
+int json_w_mp(struct json_w *w, const msgpack_object *o, struct buf *out)
+{
+	size_t mark = out->len;
+	int rc = json_w_any(w, o, out, 0);
+
+	if (rc < 0)
+		out->len = mark;
+	return rc;
+}
+
 /* ---- msgpack -> JSON --------------------------------------------------- */
 
 static json_t *json_from_mp(const msgpack_object *o, int depth);
@@ -386,34 +608,16 @@ json_t *json_envelope(const struct env_view *v)
 
 int json_append(struct buf *out, const json_t *j)
 {
-	size_t room, n;
-	int rc;
-
 	if (!j)
 		return -EINVAL;
 	/* Dump into the room the buffer already has: json_dumpb() returns
 	 * the full size even when it did not fit, so a value that was too
 	 * large costs one reserve and a second dump, and a reused buffer
 	 * soon has room for the usual event. Best effort: the cap may
-	 * forbid the guess, the exact size is asked for below. */
+	 * forbid the guess, json_w_dump() asks for the exact size. */
 	if (out->cap - out->len < JSON_DUMP_MIN)
 		(void)buf_reserve(out, JSON_DUMP_MIN);
-	room = out->cap - out->len;
-	n = json_dumpb(j, room ? (char *)out->p + out->len : NULL, room,
-		       JSON_DUMP_FLAGS);
-	if (n == 0)
-		return -EINVAL;
-	if (n > room) {
-		rc = buf_reserve(out, n);
-		if (rc < 0)
-			return rc;
-		room = out->cap - out->len;
-		if (json_dumpb(j, (char *)out->p + out->len, room,
-			       JSON_DUMP_FLAGS) != n)
-			return -EIO;
-	}
-	out->len += n;
-	return 0;
+	return json_w_dump(j, out);
 }
 
 int json_envelope_line(const struct env_view *v, struct buf *out)
@@ -442,6 +646,7 @@ int json_envelope_line(const struct env_view *v, struct buf *out)
 void json_line_cache_init(struct json_line_cache *c)
 {
 	memset(c, 0, sizeof(*c));
+	json_w_init(&c->w);
 }
 
 void json_line_cache_free(struct json_line_cache *c)
@@ -452,6 +657,7 @@ void json_line_cache_free(struct json_line_cache *c)
 		free(c->e[i].key);
 		free(c->e[i].text);
 	}
+	json_w_fini(&c->w);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -558,7 +764,6 @@ int json_line_fast(struct json_line_cache *c, const struct env_view *v,
 	const struct json_frag *f = json_frag_get(c, v);
 	size_t mark = out->len;
 	char head[64], ts[48];
-	json_t *j;
 	int rc, n;
 
 	if (!f)
@@ -584,10 +789,12 @@ int json_line_fast(struct json_line_cache *c, const struct env_view *v,
 		case ENV_BODY_JSON:
 			rc = json_body_text(v, out);
 			break;
+		case ENV_BODY_BYTES:
+			rc = json_w_b64(&c->w, v->body, v->body_len, out);
+			break;
 		default:
-			j = json_body(v);
-			rc = j ? json_append(out, j) : -ENOMEM;
-			json_decref(j);
+			rc = v->body_obj ? json_w_mp(&c->w, v->body_obj, out) :
+			     -EINVAL;
 			break;
 		}
 	}

@@ -10,7 +10,49 @@
 #include "buf.h"
 #include "envelope.h"
 
-/* msgpack object -> new JSON value (NULL on failure). Map keys that are
+/* ---- exact msgpack -> JSON text (what every sink sends) ----------------
+ *
+ * A jansson tree cannot carry every msgpack value exactly (json_int_t is
+ * int64_t; reals are dumped with 17 digits), so the sinks write JSON text
+ * straight from the msgpack object. jansson still does every string:
+ * each one goes through json_dumpb() of a reused jansson string, so no
+ * escaping is hand-written here. What the writer adds:
+ *   - integers exact over the whole msgpack range, [-2^63, 2^64 - 1]
+ *     (beyond 2^53 too: a reader that wants them exact can have them);
+ *   - floats as the shortest text that reads back to the same value
+ *     (float64: 15..17 digits; float32: 6..9 digits checked with
+ *     strtof, so 0.1f is 0.1), always with a '.' or exponent; NaN and
+ *     infinities, which JSON lacks, become null;
+ *   - str: UTF-8 kept, invalid bytes replaced by U+FFFD (as
+ *     json_string_lossy), every escape by jansson (\u0000, \", \\,
+ *     control characters);
+ *   - bin: a base64 string (RFC 4648, padded); ext:
+ *     {"ext":type,"data":base64};
+ *   - nil null, bool true/false; map keys that are not strings become
+ *     their JSON text as a string ("7", "true", "[1,\"k\"]"), a bin key
+ *     its base64; map entries are written in order, duplicates kept.
+ */
+struct json_w {
+	json_t *s;              /* reused jansson string: the escaper */
+	struct buf tmp;         /* UTF-8 repair and base64 scratch */
+};
+
+void json_w_init(struct json_w *w);
+void json_w_fini(struct json_w *w);
+/* Appends the JSON text of o to out. 0, -EINVAL (nested deeper than
+ * JSON_W_MAX_DEPTH), -E2BIG / -ENOMEM. On error out is left as it was. */
+#define JSON_W_MAX_DEPTH 64
+int json_w_mp(struct json_w *w, const msgpack_object *o, struct buf *out);
+/* A JSON string of n bytes (lossy UTF-8 as above). */
+int json_w_str(struct json_w *w, const char *s, size_t n, struct buf *out);
+/* A JSON string holding the base64 of n bytes. */
+int json_w_b64(struct json_w *w, const void *p, size_t n, struct buf *out);
+/* The shortest round-tripping text of a double (JSON number or null). */
+int json_w_double(double d, struct buf *out);
+
+/* msgpack object -> new JSON value (NULL on failure). A tree, for callers
+ * that need one (tests, the CLI); integers above INT64_MAX become the
+ * nearest double here - the sinks use json_w_mp(), which is exact. Map keys that are
  * not strings are converted to their JSON text; bin becomes a base64
  * string; ext becomes {"ext":type,"data":base64}; non-UTF-8 strings are
  * converted with invalid bytes replaced by U+FFFD (jansson refuses them). */
@@ -54,6 +96,7 @@ json_t *json_base64(const void *p, size_t n);
 #define JSON_LINE_CACHE 256
 
 struct json_line_cache {
+	struct json_w w;                /* msgpack bodies */
 	struct json_frag {
 		uint64_t hash;
 		char *key;              /* sink NUL type */

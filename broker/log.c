@@ -36,6 +36,21 @@ uint64_t log_real_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int64_t log_wall_offset_ms(void)
+{
+	static int64_t held;
+	static int have;
+	int64_t now = (int64_t)(log_real_ns() / 1000000ull) -
+		      (int64_t)(log_mono_ns() / 1000000ull);
+
+	if (!have || now - held > LOG_WALL_STEP_MS ||
+	    held - now > LOG_WALL_STEP_MS) {
+		held = now;
+		have = 1;
+	}
+	return held;
+}
+
 static void log_vwrite(enum cfg_log_level lvl, const char *suffix,
 		       const char *fmt, va_list ap)
 {
@@ -80,25 +95,71 @@ void log_msg(enum cfg_log_level lvl, const char *fmt, ...)
 	va_end(ap);
 }
 
-int log_rl(struct log_rl *rl, enum cfg_log_level lvl, const char *fmt, ...)
+/* The limiter's decision for a line standing for n things: 1 = write it
+ * (suffix filled with what was held back), 0 = counted as suppressed. */
+static int log_rl_pass(struct log_rl *rl, uint64_t n, char *suffix,
+		       size_t cap, int with_n)
 {
 	uint64_t now = log_mono_ns();
-	char suffix[64] = "";
-	va_list ap;
 
-	if (lvl > g_level)
-		return 0;
+	suffix[0] = '\0';
 	if (rl->last_ns && now - rl->last_ns < rl->period_ns) {
 		rl->suppressed++;
+		rl->suppressed_n += n;
 		return 0;
 	}
-	if (rl->suppressed)
-		snprintf(suffix, sizeof(suffix), " (%llu more like this)",
+	if (rl->suppressed && with_n)
+		snprintf(suffix, cap, " (%llu more like this, %llu in all)",
+			 (unsigned long long)rl->suppressed,
+			 (unsigned long long)rl->suppressed_n);
+	else if (rl->suppressed)
+		snprintf(suffix, cap, " (%llu more like this)",
 			 (unsigned long long)rl->suppressed);
 	rl->suppressed = 0;
+	rl->suppressed_n = 0;
 	rl->last_ns = now;
+	return 1;
+}
+
+int log_rl(struct log_rl *rl, enum cfg_log_level lvl, const char *fmt, ...)
+{
+	char suffix[96];
+	va_list ap;
+
+	if (lvl > g_level || !log_rl_pass(rl, 0, suffix, sizeof(suffix), 0))
+		return 0;
 	va_start(ap, fmt);
 	log_vwrite(lvl, suffix, fmt, ap);
 	va_end(ap);
 	return 1;
+}
+
+int log_rl_n(struct log_rl *rl, uint64_t n, enum cfg_log_level lvl,
+	     const char *fmt, ...)
+{
+	char suffix[96];
+	va_list ap;
+
+	if (lvl > g_level || !log_rl_pass(rl, n, suffix, sizeof(suffix), 1))
+		return 0;
+	va_start(ap, fmt);
+	log_vwrite(lvl, suffix, fmt, ap);
+	va_end(ap);
+	return 1;
+}
+
+int log_rl_take(struct log_rl *rl, uint64_t *lines, uint64_t *n)
+{
+	if (!rl->suppressed)
+		return 0;
+	*lines = rl->suppressed;
+	*n = rl->suppressed_n;
+	rl->suppressed = 0;
+	rl->suppressed_n = 0;
+	return 1;
+}
+
+uint64_t log_rl_due(const struct log_rl *rl)
+{
+	return rl->suppressed ? rl->last_ns + rl->period_ns : 0;
 }

@@ -53,6 +53,7 @@ static void sig_done(struct rx_op *op, int res, uint32_t flags)
 				b->stopping = 1;
 				b->stop_deadline = log_mono_ns() +
 					b->cfg.shutdown_timeout_ms * 1000000ull;
+				ops_stopping(b);
 			} else {
 				log_warn("second signal: exiting now");
 				b->stop_deadline = 0;
@@ -459,8 +460,11 @@ static int broker_loop(struct broker *b)
 		uint64_t now = log_mono_ns(), next, t;
 		int i, rc, ring_idle = 0;
 
-		if (b->reload)
+		if (b->reload) {
+			ops_reloading(b);
 			broker_reload(b);
+			ops_reloaded(b);
+		}
 		broker_settle_sinks(b);
 		next = UINT64_MAX;
 		if (!b->stopping || !drained_at_stop) {
@@ -472,6 +476,7 @@ static int broker_loop(struct broker *b)
 		for (i = 0; i < b->nsinks; i++)
 			next = min64(next, sink_tick(b->sinks[i], now));
 		broker_housekeeping(b, now);
+		next = min64(next, ops_tick(b, now));   /* watchdog, /health */
 		if (b->stopping && ((drained_at_stop && broker_all_idle(b)) ||
 				    now >= b->stop_deadline))
 			break;
@@ -506,10 +511,14 @@ static void broker_stop(struct broker *b)
 	uint64_t limit = log_mono_ns() + 2000000000ull;
 	int i;
 
+	ops_stop(b);    /* its thread reads the segment */
 	/* a flush still in flight completes first: its records are then
 	 * released from the ring, or stay there for the next broker */
 	while (b->flush_inflight && log_mono_ns() < limit)
 		rx_run(&b->rx, 100000000ull);
+	/* requests still out are cancelled (counted), logs settled */
+	for (i = 0; i < b->nsinks; i++)
+		sink_stop(b->sinks[i]);
 	stats_publish(b);
 	/* before the sinks go: their batches' retry metadata is saved */
 	persist_save(b, log_mono_ns(), 1);
@@ -577,6 +586,12 @@ int main(int argc, char **argv)
 	log_set_level(b->cfg.log_level);
 	if (broker_start(b) < 0)
 		return 1;
+	/* READY=1 for systemd: the ring is open, every spool recovered */
+	if (ops_start(b) < 0) {
+		broker_stop(b);
+		cfg_free(&b->cfg);
+		return 1;
+	}
 	if (!file)
 		log_info("built-in default: emit with `build/outbox emit "
 			 "'{\"hello\":1}'`; events land in %s",

@@ -51,7 +51,8 @@ int persist_open(struct persist *p, const char *spool_dir,
 	for (i = 0; i < c->nsinks; i++)
 		if (!persist_add(p, c->sinks[i].name))
 			return -ENOMEM;
-	rc = pol_load(p->path, p->pols, p->npols, &p->batches, &p->nbatches);
+	rc = pol_load(p->path, p->pols, p->npols, &p->batches, &p->nbatches,
+		      log_wall_offset_ms());
 	if (rc == -ENOENT)
 		return 0;
 	if (rc < 0) {
@@ -71,7 +72,7 @@ int persist_open(struct persist *p, const char *spool_dir,
 				 p->pols[i].name,
 				 pol_state_name(p->pols[i].state),
 				 (long long)(p->pols[i].until_ms -
-					     (int64_t)(log_real_ns() /
+					     (int64_t)(log_mono_ns() /
 						       1000000ull)));
 	return 0;
 }
@@ -92,24 +93,79 @@ void persist_restore_sink(struct persist *p, struct pol_sink *pol)
 		*pol = *k;
 }
 
-void persist_restore_batch(struct persist *p, const char *sink,
-			   struct pol_batch *b)
+static uint32_t max32(uint32_t a, uint32_t b)
 {
-	size_t i;
+	return a > b ? a : b;
+}
 
-	for (i = 0; i < p->nbatches; i++) {
+/* the earlier of two times where 0 means none */
+static int64_t earlier(int64_t a, int64_t b)
+{
+	if (!a || !b)
+		return a ? a : b;
+	return a < b ? a : b;
+}
+
+/* Saved metadata into a batch: the worse budgets win, never renewed. */
+static void persist_merge(struct pol_batch *b, const struct pol_batch *sv)
+{
+	if (!b->first_failure_ms || (sv->first_failure_ms &&
+				     sv->first_failure_ms < b->first_failure_ms))
+		b->rl_base_ms = sv->rl_base_ms;
+	b->attempts = max32(b->attempts, sv->attempts);
+	b->failures = max32(b->failures, sv->failures);
+	b->first_failure_ms = earlier(b->first_failure_ms,
+				      sv->first_failure_ms);
+	b->rl_start_ms = earlier(b->rl_start_ms, sv->rl_start_ms);
+	b->reauth_done = b->reauth_done || sv->reauth_done;
+}
+
+static void persist_forget(struct persist *p, size_t i)
+{
+	p->batches[i] = p->batches[--p->nbatches];
+}
+
+void persist_restore_batch(struct persist *p, const char *sink,
+			   uint64_t first, uint64_t end, struct pol_batch *b)
+{
+	size_t i = 0;
+
+	while (i < p->nbatches) {
 		struct pol_saved_batch *sb = &p->batches[i];
 
-		if (sb->b.id != b->id || strcmp(sb->sink, sink))
+		if (sb->b.id < first || sb->b.id >= end ||
+		    strcmp(sb->sink, sink)) {
+			i++;
 			continue;
-		b->attempts = sb->b.attempts;
-		b->failures = sb->b.failures;
-		b->first_failure_ms = sb->b.first_failure_ms;
-		b->rl_start_ms = sb->b.rl_start_ms;
-		b->reauth_done = sb->b.reauth_done;
-		/* used once: a later batch at this id is a new one */
-		p->batches[i] = p->batches[--p->nbatches];
-		return;
+		}
+		persist_merge(b, &sb->b);
+		/* used once: a later batch there is a new one */
+		persist_forget(p, i);
+	}
+}
+
+/* Saved metadata no batch will take any more: its sink is gone from the
+ * configuration, or its spool acknowledged past it (delivered or dropped
+ * before the restart, or dropped by drop-oldest since). */
+static void persist_prune(struct broker *b)
+{
+	struct persist *p = &b->persist;
+	size_t i = 0;
+
+	while (i < p->nbatches) {
+		const struct pol_saved_batch *sb = &p->batches[i];
+		struct sink *s = NULL;
+		int j, gone = cfg_sink_find(&b->cfg, sb->sink) < 0;
+
+		for (j = 0; j < b->nsinks && !s; j++)
+			if (!strcmp(b->sinks[j]->cfg.name, sb->sink))
+				s = b->sinks[j];
+		if (s && s->spool && sb->b.id < spool_acked(s->spool))
+			gone = 1;
+		if (gone)
+			persist_forget(p, i);
+		else
+			i++;
 	}
 }
 
@@ -136,6 +192,7 @@ void persist_save(struct broker *b, uint64_t now, int force)
 	if (!force && !p->dirty && !(p->batches_dirty &&
 				     now - p->last_save_ns >= PERSIST_MIN_NS))
 		return;
+	persist_prune(b);
 	pols = calloc((size_t)(b->nsinks + p->npols) + 1, sizeof(*pols));
 	sv = calloc(PERSIST_MAX_BATCHES, sizeof(*sv));
 	if (!pols || !sv)
@@ -169,7 +226,7 @@ void persist_save(struct broker *b, uint64_t now, int force)
 		if (!active && p->pols[i].state != POL_OK)
 			pols[np++] = p->pols[i];
 	}
-	rc = pol_save(p->path, pols, np, sv, nb);
+	rc = pol_save(p->path, pols, np, sv, nb, log_wall_offset_ms());
 	if (rc < 0) {
 		if (!p->failed)
 			log_error("%s: cannot save the delivery state: %s "

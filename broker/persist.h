@@ -11,6 +11,11 @@
  * or leaving backoff / rate_limited, a new window after a failed probe),
  * at most every PERSIST_MIN_NS while batches wait with retry metadata, and
  * at stop. In steady ok state nothing changes, so nothing is written.
+ *
+ * Bounded: saved batch metadata is used up when a batch covering its first
+ * record is read, and dropped once the sink's spool has acknowledged past
+ * it, or when its sink is no longer configured - so the file never carries
+ * metadata of batches that will not be read again.
  */
 #ifndef OBX_PERSIST_H
 #define OBX_PERSIST_H
@@ -44,10 +49,13 @@ void persist_close(struct persist *p);
 
 /* A sink opening: its persisted state, if any, into *pol. */
 void persist_restore_sink(struct persist *p, struct pol_sink *pol);
-/* A new batch of a sink: persisted retry metadata for the batch starting
- * at b->id, if any (budgets and X-Retry-Count carry on). */
+/* A new batch of a sink, records [first, end): the persisted retry
+ * metadata of every saved batch that started in that range is taken (used
+ * up) and merged into b - the most attempts and failures, the earliest
+ * first failure and episode - so budgets and X-Retry-Count carry on even
+ * when the batch boundaries moved across the restart. */
 void persist_restore_batch(struct persist *p, const char *sink,
-			   struct pol_batch *b);
+			   uint64_t first, uint64_t end, struct pol_batch *b);
 /* A sink closing (reload): remember its state for when it reopens. */
 void persist_remember(struct persist *p, const struct pol_sink *pol);
 

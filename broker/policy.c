@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #define MS_PER_S 1000
-#define RA_FLOOR_MS 1000	/* Retry-After: 0 and sub-second waits */
 #define POL_FILE_FORMAT "outbox-policy"
 #define POL_FILE_VERSION 1
 #define POL_FILE_MAX (64u << 20)	/* refuse to slurp anything bigger */
@@ -104,6 +103,16 @@ static enum pol_class action_class(enum cfg_status_action a)
 	case ST_DROP: break;
 	}
 	return POL_C_DROP;
+}
+
+static bool has_override(const struct cfg_sink *c, int status)
+{
+	int i;
+
+	for (i = 0; i < c->nstatus && i < CFG_MAX_STATUS; i++)
+		if (c->status[i].code == status)
+			return true;
+	return false;
 }
 
 enum pol_class pol_classify(const struct cfg_sink *c, int status,
@@ -302,8 +311,8 @@ static int parse_http_date(const char *p, const char *e, int64_t *ms)
 
 static int64_t floor_cap(int64_t wait, uint64_t max_ms)
 {
-	if (wait < RA_FLOOR_MS)
-		wait = RA_FLOOR_MS;
+	if (wait < POL_RA_FLOOR_MS)
+		wait = POL_RA_FLOOR_MS;
 	/* the configured cap wins over the floor */
 	if (wait > u2i(max_ms))
 		wait = u2i(max_ms);
@@ -522,6 +531,7 @@ const char *pol_reason_name(enum pol_reason r)
 	case POL_R_EXPIRED: return "expired";
 	case POL_R_RATE_LIMITED: return "rate_limited";
 	case POL_R_TOO_LARGE: return "too_large";
+	case POL_R_COUNT: break;
 	}
 	return "?";
 }
@@ -562,27 +572,30 @@ int64_t pol_backoff_delay(const struct cfg_sink *c, uint32_t level,
 		d = cap;
 	if (d > (uint64_t)INT64_MAX / 2)
 		d = (uint64_t)INT64_MAX / 2;
-	/* additive jitter in [0, pct% of d): rnd / 2^32 is in [0, 1) */
+	/* jitter in [0, pct% of d): rnd / 2^32 is in [0, 1); pct <= 100,
+	 * so j < d */
 	jmax = (uint64_t)((unsigned __int128)d * c->backoff_jitter_pct / 100);
 	j = ((unsigned __int128)jmax * rnd) >> 32;
-	if (j > (uint64_t)INT64_MAX / 2)
-		j = (uint64_t)INT64_MAX / 2;
-	return (int64_t)d + (int64_t)j;
+	/* never past the cap: there the jitter goes below it instead */
+	if (d + (uint64_t)j > cap)
+		return (int64_t)(d - (uint64_t)j);
+	return (int64_t)(d + (uint64_t)j);
 }
 
 void pol_sink_clamp(struct pol_sink *s, const struct cfg_sink *c,
 		    int64_t now)
 {
-	/* the longest window this config can set: a capped backoff with
-	 * full jitter, or a capped rate limit */
-	int64_t bmax = pol_backoff_delay(c, 64, UINT32_MAX);
+	/* the longest window this config can set: a capped backoff (jitter
+	 * never passes the cap; rnd 0 is the cap itself), or a capped rate
+	 * limit */
+	int64_t bmax = pol_backoff_delay(c, 64, 0);
 	int64_t rmax = u2i(c->retry_after_max_ms);
-	int64_t lim = add_ms(now, max64(max64(bmax, rmax), RA_FLOOR_MS));
+	int64_t lim = add_ms(now, max64(max64(bmax, rmax), POL_RA_FLOOR_MS));
 	int i;
 
 	if (s->state != POL_OK && s->until_ms > lim)
 		s->until_ms = lim;
-	lim = add_ms(now, max64(rmax, RA_FLOOR_MS));
+	lim = add_ms(now, max64(rmax, POL_RA_FLOOR_MS));
 	for (i = 0; i < s->ncats; i++)
 		if (s->cats[i].until_ms > lim)
 			s->cats[i].until_ms = lim;
@@ -618,11 +631,28 @@ int pol_begin(struct pol_sink *s, const struct cfg_sink *c,
 
 	if (g == POL_GATE_WAIT)
 		return -EAGAIN;
+	/* A suspect going out while the sink is ok: another batch brought
+	 * it back while this one kept failing. It is benched for good: its
+	 * failures are its own, on its own schedule. */
+	if (s->state == POL_OK && b->strikes >= POL_STRIKES)
+		b->isolated = true;
+	if (b->isolated && now < b->next_ms)
+		return -EAGAIN;
 	b->probe = g == POL_GATE_PROBE;
 	b->epoch = s->epoch;
 	if (b->probe)
 		s->probe_out = true;
 	return 0;
+}
+
+bool pol_probe_suspect(const struct pol_batch *b)
+{
+	return b->isolated || b->strikes >= POL_STRIKES;
+}
+
+int64_t pol_batch_ready_at(const struct pol_batch *b)
+{
+	return b->isolated ? b->next_ms : 0;
 }
 
 static bool is_live_probe(const struct pol_sink *s, const struct pol_batch *b)
@@ -651,11 +681,52 @@ bool pol_cat_limited(const struct pol_sink *s, const char *cat, int64_t now)
 	return false;
 }
 
-int pol_summary_due(struct pol_sink *s, int64_t now)
+/* The outage is over: the sink was ok for POL_FLAP_MS after its last
+ * recovery (or the broker stops). The recovery line, then a clean slate. */
+static void close_outage(struct pol_sink *s, struct pol_result *r)
+{
+	r->log = POL_LOG_RECOVERED;
+	r->outage_ms = s->outage_start_ms ?
+		       max64(s->recovered_ms - s->outage_start_ms, 0) : 0;
+	r->flaps = s->flaps;
+	s->level = 0;
+	s->outage_start_ms = 0;
+	s->recovered_ms = 0;
+	s->flaps = 0;
+	s->last_summary_ms = 0;
+}
+
+int64_t pol_tick(struct pol_sink *s, int64_t now, bool force,
+		 struct pol_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->state = s->state;
+	r->until_ms = s->until_ms;
+	r->wait_ms = -1;
+	if (s->state != POL_OK || !s->recovered_ms)
+		return POL_NEVER;
+	if (!force && now - s->recovered_ms < POL_FLAP_MS)
+		return s->recovered_ms + POL_FLAP_MS;
+	close_outage(s, r);
+	return POL_NEVER;
+}
+
+enum pol_state pol_visible_state(const struct pol_sink *s, int64_t now,
+				 bool waiting)
+{
+	/* a window that is over, with nothing to probe with: nothing is
+	 * held back, so nothing is reported held back */
+	if (s->state != POL_OK && now >= s->until_ms && !s->probe_out &&
+	    !waiting)
+		return POL_OK;
+	return s->state;
+}
+
+int pol_summary_due(struct pol_sink *s, int64_t now, bool waiting)
 {
 	int64_t ref;
 
-	if (s->state == POL_OK)
+	if (pol_visible_state(s, now, waiting) == POL_OK)
 		return 0;
 	/* the first failure was logged when it happened: wait 60 s from it */
 	ref = max64(s->last_summary_ms, s->outage_start_ms);
@@ -706,6 +777,21 @@ static void leave_ok(struct pol_sink *s, int64_t now, struct pol_result *r)
 {
 	if (s->state != POL_OK)
 		return;
+	if (s->recovered_ms && now - s->recovered_ms <= POL_FLAP_MS) {
+		/* flapping: the same outage goes on, at its level, and
+		 * nothing is logged */
+		if (s->flaps < UINT32_MAX)
+			s->flaps++;
+		s->recovered_ms = 0;
+		return;
+	}
+	if (s->recovered_ms) {
+		/* a recovery nobody confirmed (pol_tick not called): the
+		 * old outage is over, this is a new one */
+		struct pol_result old;
+
+		close_outage(s, &old);
+	}
 	s->outage_start_ms = now;
 	s->last_summary_ms = 0;
 	r->log = POL_LOG_OUTAGE;
@@ -720,6 +806,30 @@ static void halve(struct pol_sink *s, const struct cfg_sink *c)
 	s->round_ok = 0;
 }
 
+/* The sink's rate-limit clock: how long it has been rate limited in all,
+ * up to now (a window counts up to its end; after that the probe is out,
+ * which is ordinary waiting). Batch budgets leave this time out. */
+static int64_t rl_clock(const struct pol_sink *s, int64_t now)
+{
+	int64_t span = 0;
+
+	if (s->state == POL_RATE_LIMITED && s->rl_start_ms) {
+		span = (now < s->until_ms ? now : s->until_ms) - s->rl_start_ms;
+		if (span < 0)
+			span = 0;
+	}
+	return s->rl_acc_ms + span;
+}
+
+/* leaving rate_limited: its period goes into the clock */
+static void rl_close(struct pol_sink *s, int64_t now)
+{
+	if (s->state != POL_RATE_LIMITED)
+		return;
+	s->rl_acc_ms = rl_clock(s, now);
+	s->rl_start_ms = 0;
+}
+
 static void enter_backoff(struct pol_sink *s, const struct cfg_sink *c,
 			  int64_t now, uint32_t rnd, struct pol_result *r)
 {
@@ -729,6 +839,7 @@ static void enter_backoff(struct pol_sink *s, const struct cfg_sink *c,
 	/* a window is never shortened, whatever opened it */
 	if (s->state != POL_OK)
 		until = max64(until, s->until_ms);
+	rl_close(s, now);
 	s->state = POL_BACKOFF;
 	s->until_ms = until;
 	if (s->level < UINT32_MAX)
@@ -753,17 +864,18 @@ static void enter_rate_limited(struct pol_sink *s, int64_t now, int64_t wait,
 	s->probe_out = false;
 }
 
+/* The probe was answered: ok again, but the outage is only over once it
+ * stays so for POL_FLAP_MS (pol_tick); until then level, outage start and
+ * the outage's counts stay, and a failure continues it. */
 static void recover(struct pol_sink *s, const struct cfg_sink *c,
 		    int64_t now, struct pol_result *r)
 {
-	r->log = POL_LOG_RECOVERED;
-	r->outage_ms = s->outage_start_ms ? max64(now - s->outage_start_ms, 0)
-					  : 0;
+	(void)r;
+	rl_close(s, now);
 	s->state = POL_OK;
 	s->until_ms = 0;
-	s->level = 0;
 	s->rl_start_ms = 0;
-	s->outage_start_ms = 0;
+	s->recovered_ms = now;
 	s->last_summary_ms = 0;
 	/* ramp: one request in flight first (none needed at max 1) */
 	s->limit = max_inflight(c) > 1 ? 1 : 0;
@@ -822,28 +934,53 @@ static bool rate_signal(struct pol_sink *s, const struct cfg_sink *c,
 	}
 	if (cls != POL_C_RETRY || o->status <= 0)
 		return false;
-	if (pol_retry_after(o->retry_after, o->n_retry_after, now,
+	/* an HTTP-date is read against the wall clock of the answer; the
+	 * wait it yields is a duration on the monotonic clock */
+	if (pol_retry_after(o->retry_after, o->n_retry_after, o->wall_ms,
 			    c->retry_after_max_ms, wait))
 		return false;	/* e.g. a 429 without one: counted backoff */
 	*sink_wait = *wait;
 	return true;
 }
 
-static void fail_batch(struct pol_batch *b, const struct cfg_sink *c,
-		       int64_t now, struct pol_result *r)
+/* Time b has spent retrying since its first failure, the sink's rate
+ * limits left out (PRODUCT.md section 7: they count against no budget). */
+static int64_t backoff_elapsed(const struct pol_sink *s,
+			       const struct pol_batch *b, int64_t now)
+{
+	int64_t all = now - b->first_failure_ms;
+	int64_t limited = rl_clock(s, now) - b->rl_base_ms;
+
+	if (limited < 0)
+		limited = 0;	/* a clock from another run */
+	return limited < all ? all - limited : 0;
+}
+
+static bool backoff_expired(const struct pol_sink *s,
+			    const struct cfg_sink *c,
+			    const struct pol_batch *b, int64_t now)
+{
+	return b->first_failure_ms &&
+	       (!c->max_backoff_duration_ms ||
+		backoff_elapsed(s, b, now) > u2i(c->max_backoff_duration_ms));
+}
+
+static void fail_batch(const struct pol_sink *s, struct pol_batch *b,
+		       const struct cfg_sink *c, int64_t now,
+		       struct pol_result *r)
 {
 	if (b->failures < UINT32_MAX)
 		b->failures++;
-	if (!b->first_failure_ms)
+	if (!b->first_failure_ms) {
 		b->first_failure_ms = now;
+		b->rl_base_ms = rl_clock(s, now);
+	}
 	b->rl_start_ms = 0;	/* a failure without a limit ends an episode */
 	r->counted = true;
 	if (b->failures > c->max_retries) {
 		r->verdict = POL_V_DROP;
 		r->reason = POL_R_RETRIES_EXHAUSTED;
-	} else if (!c->max_backoff_duration_ms ||
-		   now - b->first_failure_ms >
-		   u2i(c->max_backoff_duration_ms)) {
+	} else if (backoff_expired(s, c, b, now)) {
 		r->verdict = POL_V_DROP;
 		r->reason = POL_R_EXPIRED;
 	} else {
@@ -895,6 +1032,10 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 {
 	bool probe = is_live_probe(s, b);
 	bool live = b->epoch == s->epoch && (probe || s->state == POL_OK);
+	/* An isolated batch's HTTP failures are its own (a poison body), not
+	 * the upstream's; no answer at all, or its being the probe, still
+	 * speaks for the upstream. */
+	bool shield = b->isolated && !probe && o->status > 0;
 	bool limited, healthy;
 	int64_t sink_wait, wait;
 	enum pol_class cls;
@@ -908,6 +1049,9 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 
 	cls = o->status > 0 ? pol_classify(c, o->status, b->reauth_done)
 			    : POL_C_RETRY;
+	if (o->status > 0 && o->proto_cls && cls != POL_C_REAUTH &&
+	    !has_override(c, o->status))
+		cls = (enum pol_class)(o->proto_cls - 1);
 	r->cls = cls;
 	limited = rate_signal(s, c, o, cls, now, &sink_wait, &wait);
 	r->wait_ms = wait;
@@ -927,8 +1071,12 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		if (b->nevents > 1) {
 			r->verdict = POL_V_SPLIT;
 		} else {
+			/* one event: too large for a 413; otherwise (a
+			 * status.NNN = split bisecting a rejection) the
+			 * event itself was refused */
 			r->verdict = POL_V_DROP;
-			r->reason = POL_R_TOO_LARGE;
+			r->reason = o->status == 413 ? POL_R_TOO_LARGE
+						     : POL_R_REJECTED;
 		}
 		break;
 	case POL_C_REAUTH:
@@ -936,10 +1084,17 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		b->reauth_done = true;
 		break;
 	case POL_C_RETRY:
-		if (limited)
+		if (limited) {
 			limit_batch(b, c, now, r);
-		else
-			fail_batch(b, c, now, r);
+			break;
+		}
+		fail_batch(s, b, c, now, r);
+		/* its own schedule, used once it is isolated */
+		b->next_ms = add_ms(now, pol_backoff_delay(c, b->failures - 1,
+							   rnd));
+		/* a poison batch: halves, so its good events go */
+		r->bisect = shield && r->verdict == POL_V_RETRY &&
+			    b->nevents > 1;
 		break;
 	}
 
@@ -949,10 +1104,16 @@ void pol_on_response(struct pol_sink *s, const struct cfg_sink *c,
 		if (cls == POL_C_RETRY)
 			halve(s, c);
 		enter_rate_limited(s, now, sink_wait, r);
+	} else if (!healthy && shield) {
+		r->shielded = true;	/* the sink carries on */
 	} else if (!healthy) {
 		halve(s, c);
-		if (live)
+		if (live) {
 			enter_backoff(s, c, now, rnd, r);
+			/* this batch's failure set the sink's window */
+			if (b->strikes < UINT32_MAX)
+				b->strikes++;
+		}
 	} else if (probe) {
 		recover(s, c, now, r);
 	} else if (live) {
@@ -978,6 +1139,7 @@ void pol_batch_split(const struct pol_batch *parent, struct pol_batch *half,
 	half->id = id;
 	half->nevents = nevents;
 	half->probe = false;
+	half->next_ms = 0;	/* a half goes at once */
 }
 
 uint32_t pol_retry_count(const struct pol_batch *b)
@@ -985,13 +1147,11 @@ uint32_t pol_retry_count(const struct pol_batch *b)
 	return b->attempts;
 }
 
-enum pol_reason pol_batch_check(const struct cfg_sink *c,
+enum pol_reason pol_batch_check(const struct pol_sink *s,
+				const struct cfg_sink *c,
 				const struct pol_batch *b, int64_t now)
 {
-	if (b->first_failure_ms &&
-	    (!c->max_backoff_duration_ms ||
-	     now - b->first_failure_ms >
-	     u2i(c->max_backoff_duration_ms)))
+	if (backoff_expired(s, c, b, now))
 		return POL_R_EXPIRED;
 	if (c->on_rate_limit == RL_HOLD && b->rl_start_ms &&
 	    (!c->max_rate_limit_duration_ms ||
@@ -1007,12 +1167,16 @@ enum pol_reason pol_batch_check(const struct cfg_sink *c,
  *   {"format": "outbox-policy", "version": 1,
  *    "sinks": [{"name": str, "state": "ok"|"backoff"|"rate_limited",
  *               "until": ms, "level": n, "rl_start": ms,
- *               "outage_start": ms,
+ *               "outage_start": ms, "rl_acc": ms (a duration),
+ *               "recovered": ms, "flaps": n,
  *               "cats": [{"name": str, "until": ms}, ...]}, ...],
  *    "batches": [{"sink": str, "id": u64, "events": n, "attempts": n,
  *                 "failures": n, "first_failure": ms, "rl_start": ms,
+ *                 "rl_base": ms (on the sink's rate-limit clock),
+ *                 "strikes": n, "isolated": bool, "next": ms,
  *                 "reauth": bool}, ...]}
- * Times are wall-clock ms. Names are raw bytes (msgpack str), so any
+ * Times are wall-clock ms (the caller's monotonic times plus its wall
+ * offset, see pol_save). Names are raw bytes (msgpack str), so any
  * sink name round-trips. Readers ignore keys they do not know.
  */
 
@@ -1030,34 +1194,64 @@ static void pk_kv_i64(msgpack_packer *pk, const char *k, int64_t v)
 	msgpack_pack_int64(pk, v);
 }
 
-static void pack_sink(msgpack_packer *pk, const struct pol_sink *s)
+/* a monotonic time to wall-clock ms for the file; 0 (none) stays 0 and
+ * nothing set ever becomes 0 or negative (the reader wants >= 0) */
+static int64_t to_wall(int64_t t, int64_t off)
+{
+	int64_t w;
+
+	if (!t)
+		return 0;
+	if (__builtin_add_overflow(t, off, &w))
+		w = off > 0 ? INT64_MAX : 1;
+	return w > 0 ? w : 1;
+}
+
+/* and back: a time before the monotonic origin is negative, never 0 */
+static int64_t from_wall(int64_t w, int64_t off)
+{
+	int64_t t;
+
+	if (!w)
+		return 0;
+	if (__builtin_sub_overflow(w, off, &t))
+		t = off > 0 ? INT64_MIN : INT64_MAX;
+	return t ? t : -1;
+}
+
+static void pack_sink(msgpack_packer *pk, const struct pol_sink *s,
+		      int64_t off)
 {
 	int i, n = s->ncats < POL_MAX_CATS ? s->ncats : POL_MAX_CATS;
 
-	msgpack_pack_map(pk, 7);
+	msgpack_pack_map(pk, 10);
 	pk_str(pk, "name");
 	pk_str(pk, s->name);
 	pk_str(pk, "state");
 	pk_str(pk, pol_state_name(s->state));
-	pk_kv_i64(pk, "until", s->until_ms);
+	pk_kv_i64(pk, "until", to_wall(s->until_ms, off));
 	pk_kv_i64(pk, "level", s->level);
-	pk_kv_i64(pk, "rl_start", s->rl_start_ms);
-	pk_kv_i64(pk, "outage_start", s->outage_start_ms);
+	pk_kv_i64(pk, "rl_start", to_wall(s->rl_start_ms, off));
+	pk_kv_i64(pk, "outage_start", to_wall(s->outage_start_ms, off));
+	pk_kv_i64(pk, "rl_acc", s->rl_acc_ms);	/* a duration */
+	pk_kv_i64(pk, "recovered", to_wall(s->recovered_ms, off));
+	pk_kv_i64(pk, "flaps", s->flaps);
 	pk_str(pk, "cats");
 	msgpack_pack_array(pk, (size_t)(n > 0 ? n : 0));
 	for (i = 0; i < n; i++) {
 		msgpack_pack_map(pk, 2);
 		pk_str(pk, "name");
 		pk_str(pk, s->cats[i].name);
-		pk_kv_i64(pk, "until", s->cats[i].until_ms);
+		pk_kv_i64(pk, "until", to_wall(s->cats[i].until_ms, off));
 	}
 }
 
-static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb)
+static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb,
+		       int64_t off)
 {
 	const struct pol_batch *b = &sb->b;
 
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 12);
 	pk_str(pk, "sink");
 	pk_str(pk, sb->sink);
 	pk_str(pk, "id");
@@ -1065,8 +1259,16 @@ static void pack_batch(msgpack_packer *pk, const struct pol_saved_batch *sb)
 	pk_kv_i64(pk, "events", b->nevents);
 	pk_kv_i64(pk, "attempts", b->attempts);
 	pk_kv_i64(pk, "failures", b->failures);
-	pk_kv_i64(pk, "first_failure", b->first_failure_ms);
-	pk_kv_i64(pk, "rl_start", b->rl_start_ms);
+	pk_kv_i64(pk, "first_failure", to_wall(b->first_failure_ms, off));
+	pk_kv_i64(pk, "rl_start", to_wall(b->rl_start_ms, off));
+	pk_kv_i64(pk, "rl_base", b->rl_base_ms);	/* on the rl clock */
+	pk_kv_i64(pk, "strikes", b->strikes);
+	pk_kv_i64(pk, "next", to_wall(b->next_ms, off));
+	pk_str(pk, "isolated");
+	if (b->isolated)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
 	pk_str(pk, "reauth");
 	if (b->reauth_done)
 		msgpack_pack_true(pk);
@@ -1148,7 +1350,8 @@ static int write_atomic(const char *path, const char *buf, size_t len)
 }
 
 int pol_save(const char *path, const struct pol_sink *sinks, int nsinks,
-	     const struct pol_saved_batch *batches, size_t nbatches)
+	     const struct pol_saved_batch *batches, size_t nbatches,
+	     int64_t wall_off)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -1167,11 +1370,11 @@ int pol_save(const char *path, const struct pol_sink *sinks, int nsinks,
 	pk_str(&pk, "sinks");
 	msgpack_pack_array(&pk, (size_t)nsinks);
 	for (i = 0; i < (size_t)nsinks; i++)
-		pack_sink(&pk, &sinks[i]);
+		pack_sink(&pk, &sinks[i], wall_off);
 	pk_str(&pk, "batches");
 	msgpack_pack_array(&pk, nbatches);
 	for (i = 0; i < nbatches; i++)
-		pack_batch(&pk, &batches[i]);
+		pack_batch(&pk, &batches[i], wall_off);
 	/* sbuffer_write aborts the packer on ENOMEM by leaving data NULL */
 	if (!sb.data) {
 		msgpack_sbuffer_destroy(&sb);
@@ -1311,6 +1514,12 @@ static int load_sink(const msgpack_object *m, struct pol_sink *s)
 			rc = get_i64(v, 0, INT64_MAX, &s->rl_start_ms);
 		} else if (key_is(k, "outage_start")) {
 			rc = get_i64(v, 0, INT64_MAX, &s->outage_start_ms);
+		} else if (key_is(k, "rl_acc")) {
+			rc = get_i64(v, 0, INT64_MAX, &s->rl_acc_ms);
+		} else if (key_is(k, "recovered")) {
+			rc = get_i64(v, 0, INT64_MAX, &s->recovered_ms);
+		} else if (key_is(k, "flaps")) {
+			rc = get_u32(v, &s->flaps);
 		} else if (key_is(k, "cats")) {
 			rc = load_cats(v, s);
 		}
@@ -1356,6 +1565,17 @@ static int load_batch(const msgpack_object *m, struct pol_saved_batch *sb)
 			rc = get_i64(v, 0, INT64_MAX, &b->first_failure_ms);
 		} else if (key_is(k, "rl_start")) {
 			rc = get_i64(v, 0, INT64_MAX, &b->rl_start_ms);
+		} else if (key_is(k, "rl_base")) {
+			rc = get_i64(v, 0, INT64_MAX, &b->rl_base_ms);
+		} else if (key_is(k, "strikes")) {
+			rc = get_u32(v, &b->strikes);
+		} else if (key_is(k, "next")) {
+			rc = get_i64(v, 0, INT64_MAX, &b->next_ms);
+		} else if (key_is(k, "isolated")) {
+			if (v->type != MSGPACK_OBJECT_BOOLEAN)
+				rc = -EBADMSG;
+			else
+				b->isolated = v->via.boolean;
 		} else if (key_is(k, "reauth")) {
 			if (v->type != MSGPACK_OBJECT_BOOLEAN)
 				rc = -EBADMSG;
@@ -1475,6 +1695,9 @@ static void apply_sink(struct pol_sink *dst, const struct pol_sink *src)
 	dst->level = src->level;
 	dst->rl_start_ms = src->rl_start_ms;
 	dst->outage_start_ms = src->outage_start_ms;
+	dst->rl_acc_ms = src->rl_acc_ms;
+	dst->recovered_ms = src->recovered_ms;
+	dst->flaps = src->flaps;
 	dst->last_summary_ms = 0;
 	dst->ncats = src->ncats;
 	memcpy(dst->cats, src->cats, sizeof(dst->cats));
@@ -1484,8 +1707,35 @@ static void apply_sink(struct pol_sink *dst, const struct pol_sink *src)
 	dst->round_ok = 0;
 }
 
+/* the file's wall-clock times onto this process's monotonic clock */
+static void loaded_to_mono(struct loaded *l, int64_t off)
+{
+	size_t i;
+	int k;
+
+	for (i = 0; i < l->nsinks; i++) {
+		struct pol_sink *s = &l->sinks[i];
+
+		s->until_ms = from_wall(s->until_ms, off);
+		s->rl_start_ms = from_wall(s->rl_start_ms, off);
+		s->outage_start_ms = from_wall(s->outage_start_ms, off);
+		s->recovered_ms = from_wall(s->recovered_ms, off);
+		for (k = 0; k < s->ncats && k < POL_MAX_CATS; k++)
+			s->cats[k].until_ms = from_wall(s->cats[k].until_ms,
+							off);
+	}
+	for (i = 0; i < l->nbatches; i++) {
+		struct pol_batch *b = &l->batches[i].b;
+
+		b->first_failure_ms = from_wall(b->first_failure_ms, off);
+		b->rl_start_ms = from_wall(b->rl_start_ms, off);
+		b->next_ms = from_wall(b->next_ms, off);
+	}
+}
+
 int pol_load(const char *path, struct pol_sink *sinks, int nsinks,
-	     struct pol_saved_batch **batches, size_t *nbatches)
+	     struct pol_saved_batch **batches, size_t *nbatches,
+	     int64_t wall_off)
 {
 	struct loaded l = { 0 };
 	msgpack_unpacked up;
@@ -1525,6 +1775,7 @@ int pol_load(const char *path, struct pol_sink *sinks, int nsinks,
 	free(buf);
 	if (rc)
 		goto out;
+	loaded_to_mono(&l, wall_off);
 	/* valid as a whole: apply, by name; later duplicates win */
 	for (i = 0; i < l.nsinks; i++)
 		for (j = 0; j < nsinks; j++)

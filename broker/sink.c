@@ -25,9 +25,12 @@ const struct sink_ops *sink_ops_for(enum cfg_sink_type t)
 	case SINK_DISCARD:
 		return &sink_discard_ops;
 	case SINK_HTTP:
+	case SINK_SEGMENT:      /* the same engine with a protocol */
+	case SINK_SENTRY:       /* (broker/proto.h) */
+	case SINK_OTLP:
 		return &sink_http_ops;
 	default:
-		return NULL;    /* segment, sentry, otlp: not yet */
+		return NULL;
 	}
 }
 
@@ -42,6 +45,8 @@ static void sink_cfg_free(struct cfg_sink *c)
 	free(c->write_key);
 	free(c->dsn);
 	free(c->token_file);
+	free(c->settings_url);
+	free(c->service_name);
 	for (i = 0; i < c->nheaders; i++)
 		free(c->headers[i]);
 	c->nheaders = 0;
@@ -62,11 +67,15 @@ static int sink_cfg_copy(struct cfg_sink *dst, const struct cfg_sink *src)
 	dst->write_key = sink_strdup(src->write_key);
 	dst->dsn = sink_strdup(src->dsn);
 	dst->token_file = sink_strdup(src->token_file);
+	dst->settings_url = sink_strdup(src->settings_url);
+	dst->service_name = sink_strdup(src->service_name);
 	for (i = 0; i < src->nheaders; i++)
 		dst->headers[i] = sink_strdup(src->headers[i]);
 	if ((src->path && !dst->path) || (src->url && !dst->url) ||
 	    (src->write_key && !dst->write_key) || (src->dsn && !dst->dsn) ||
-	    (src->token_file && !dst->token_file)) {
+	    (src->token_file && !dst->token_file) ||
+	    (src->settings_url && !dst->settings_url) ||
+	    (src->service_name && !dst->service_name)) {
 		sink_cfg_free(dst);
 		return -ENOMEM;
 	}
@@ -161,9 +170,17 @@ static uint32_t sink_limit(const struct sink *s)
 		if (t < lim)
 			lim = t;
 	}
+	if (!lim)
+		lim = 1;
+	/* batches held aside make room for as many more, at most */
+	if (s->ops && s->ops->benched) {
+		uint32_t k = s->ops->benched(s);
+
+		lim += k < lim ? k : lim;
+	}
 	if (lim > SINK_MAX_INFLIGHT)
 		lim = SINK_MAX_INFLIGHT;
-	return lim ? lim : 1;
+	return lim;
 }
 
 static struct sink_batch *sink_free_batch(struct sink *s)
@@ -348,11 +365,14 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 	 * drop-oldest removed while this batch was out are counted
 	 * dropped_spool_full already */
 	newly = spool_ack_n(s->spool, b->first_seq, b->end_seq - b->first_seq);
-	if (newly > b->dropped_invalid + b->dropped)
+	s->c.dropped_invalid += b->dropped_invalid;
+	/* a batch dropped whole (rejected, budgets run out) delivered
+	 * nothing: it is not a delivered batch */
+	if (newly > b->dropped_invalid + b->dropped) {
 		s->c.delivered_events += newly - b->dropped_invalid -
 					 b->dropped;
-	s->c.dropped_invalid += b->dropped_invalid;
-	s->c.delivered_batches++;
+		s->c.delivered_batches++;
+	}
 	b->busy = 0;
 	s->inflight--;
 	s->c.inflight = s->inflight;
@@ -361,4 +381,16 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 int sink_idle(const struct sink *s)
 {
 	return s->inflight == 0 && s->read_seq >= spool_next_seq(s->spool);
+}
+
+void sink_stop(struct sink *s)
+{
+	if (s && s->ops && !s->disabled && s->ops->stop)
+		s->ops->stop(s);
+}
+
+int sink_more(const struct sink *s)
+{
+	return s->reading || (s->read_seq < spool_visible(s->spool) &&
+			      s->inflight < sink_limit(s));
 }

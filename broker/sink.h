@@ -55,6 +55,14 @@ struct sink_ops {
 	 * stopping broker does not wait for this sink (its data stays
 	 * spooled, its state persisted). */
 	int (*parked)(const struct sink *s);
+	/* Optional. The broker stops: end what is in flight (its data stays
+	 * in the spool) and say what the logs still owe, before the last
+	 * counters are published and the state is saved. */
+	void (*stop)(struct sink *s);
+	/* Optional. Batches the type holds aside, retried on their own
+	 * (http: poison batches): they do not count against max_inflight,
+	 * up to max_inflight more, so they never block the rest. */
+	uint32_t (*benched)(const struct sink *s);
 };
 
 #define SINK_MAX_INFLIGHT 64
@@ -126,5 +134,12 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r);
 
 /* 1 when nothing is in flight and nothing is waiting in the spool. */
 int sink_idle(const struct sink *s);
+
+/* The broker stops (after its last delivery attempt): see ops->stop. */
+void sink_stop(struct sink *s);
+
+/* 1 when a new batch is being read or could be started now (a slot free,
+ * records readable), flush_interval aside. */
+int sink_more(const struct sink *s);
 
 #endif

@@ -12,9 +12,18 @@
  * the policy's gate opens; while the sink is not ok no new batch is read
  * from the spool: the backlog waits on disk, not in memory.
  *
+ * Poison batches (policy.h, "No head-of-line blocking"): the probe goes
+ * to the oldest batch that is no suspect, a new one read for it if need
+ * be (hsink_send_waiting, hsink_can_start); an isolated batch waits for
+ * its own schedule without blocking anything (ops->benched gives it a
+ * slot of its own), and a shielded failure of it is bisected within a
+ * budget (hsink_split_top, bisect_left).
+ *
  * Logging without floods: the first failure of an outage once, with its
- * reason; one summary at most every 60 s while it lasts; the recovery
- * once, with the outage length and what was delivered and dropped.
+ * cause; one summary at most every 60 s while it lasts; the recovery
+ * once, when it held for 60 s, with the outage length and what was
+ * delivered and dropped; drop lines limited per reason, what they held
+ * back told at the end of the minute and at stop.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,19 +33,24 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "broker.h"
+#include "compress.h"
 #include "http.h"
 #include "json.h"
 #include "policy.h"
+#include "proto.h"
 
 #define HTTP_MAX_PARTS   48      /* split depth: 2^47 events, never hit */
-#define HTTP_GZIP_LEVEL  1       /* CPU matters more than bytes here */
+#define HSINK_CAUSE_MAX  256     /* "HTTP 503: <body excerpt>", curl text */
+#define HSINK_RETRY_NS   100000000ull /* a post that failed locally */
+#define HSINK_DROP_INVALID POL_R_COUNT /* rl_drop[]: a protocol's invalid */
+#define HSINK_DROP_REASONS (POL_R_COUNT + 1)
 
 struct http_part {
 	uint32_t lo, hi;             /* records [lo, hi) of the batch */
 	struct pol_batch pb;
+	bool resend;                 /* its next send repeats a failed one */
 };
 
 struct http_batch {
@@ -47,8 +61,15 @@ struct http_batch {
 	int waiting;                 /* for the gate (retry, or closed) */
 	struct buf body;
 	char retry_hdr[40];
-	const char *hdrs[CFG_MAX_HEADERS + 8];
+	const char *hdrs[CFG_MAX_HEADERS + PROTO_MAX_HDRS + 8];
 	uint64_t next_id;
+	uint32_t bisect_left;        /* bisections this batch may still cost */
+	/* protocol sinks (proto.h) */
+	uint8_t *gone;               /* per record: dropped by the protocol */
+	uint32_t gone_cap;
+	uint32_t req_taken;          /* records the request in flight covers */
+	int64_t held_until;          /* policy (monotonic) ms: held by a
+	                              * category limit */
 };
 
 struct http_sink {
@@ -58,18 +79,33 @@ struct http_sink {
 	struct http_batch hb[SINK_MAX_INFLIGHT];
 	unsigned requests_out;       /* requests in flight */
 	char *token;                 /* "Authorization: Bearer ..." */
-	const char *ctype;
 	/* outage bookkeeping for the recovery line */
 	uint64_t outage_delivered, outage_dropped;
 	int outage_base;             /* the two above are set */
-	z_stream z;                  /* gzip, reset per body */
-	int z_ready;
-	struct log_rl rl;
+	char last_cause[HSINK_CAUSE_MAX]; /* of the last retryable failure */
+	enum pol_state pub_state;    /* policy state last published */
+	int64_t pub_until;           /* and its window, monotonic ms */
+	int64_t pub_cat_until[OBX_MAX_CATS];
+	struct comp *comp;           /* NULL: compression = none */
+	struct log_rl rl;            /* token_file trouble */
+	/* drop lines, one limiter per reason (and one for invalid) */
+	struct log_rl rl_drop[HSINK_DROP_REASONS];
+	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
+	struct sink_batch *enc_batch;/* the batch being encoded */
 };
 
+/* the policy's clock: windows and budgets are durations, CLOCK_MONOTONIC */
 static int64_t hsink_now_ms(void)
 {
-	return (int64_t)(log_real_ns() / 1000000ull);
+	return (int64_t)(log_mono_ns() / 1000000ull);
+}
+
+/* a monotonic deadline as CLOCK_REALTIME ns, for the sink page */
+static uint64_t hsink_wall_ns(int64_t mono_ms)
+{
+	int64_t w = mono_ms + log_wall_offset_ms();
+
+	return w > 0 ? (uint64_t)w * 1000000ull : 0;
 }
 
 static uint32_t hsink_rand(void)
@@ -164,40 +200,15 @@ static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 	return rc;
 }
 
-/* gzip in one pass into out (the raw body stays in b->out). One deflate
- * stream per sink, reset per body: deflateInit2() allocates and clears
- * ~270 KB, which at a thousand requests a second is real work. */
-static int hsink_gzip(struct http_sink *hs, const struct buf *in,
-		      struct buf *out)
-{
-	z_stream *z = &hs->z;
-	int rc;
-
-	if (!hs->z_ready) {
-		memset(z, 0, sizeof(*z));
-		if (deflateInit2(z, HTTP_GZIP_LEVEL, Z_DEFLATED, 15 + 16, 8,
-				 Z_DEFAULT_STRATEGY) != Z_OK)
-			return -ENOMEM;
-		hs->z_ready = 1;
-	} else if (deflateReset(z) != Z_OK) {
-		return -EIO;
-	}
-	buf_reset(out);
-	rc = buf_reserve(out, deflateBound(z, in->len) + 32);
-	if (rc < 0)
-		return rc;
-	z->next_in = in->p;
-	z->avail_in = (uInt)in->len;
-	z->next_out = out->p;
-	z->avail_out = (uInt)(out->cap);
-	rc = deflate(z, Z_FINISH);
-	out->len = z->total_out;
-	return rc == Z_STREAM_END ? 0 : -EIO;
-}
-
 /* ---- sending --------------------------------------------------------------- */
 
 static void hsink_done(void *arg, const struct http_result *r);
+
+/* a request we cancelled ourselves: no answer, no outcome */
+static bool hsink_cancelled(const struct http_result *r)
+{
+	return r->cancelled;
+}
 
 static const char *hsink_ctype(const struct sink *s)
 {
@@ -210,6 +221,37 @@ static const char *hsink_ctype(const struct sink *s)
 		return "Content-Type: application/x-ndjson";
 	}
 }
+/* A protocol's request for the part at the top: 0 (encoded: b->out),
+ * 1 (nothing to send: every record left was dropped, the part is done),
+ * -EAGAIN (held by a category limit until hb->held_until), -errno. */
+static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	struct proto_req q;
+	int rc;
+
+	hs->enc_batch = b;
+	/* the protocol's clock is the wall (its timestamps); its limits
+	 * are the policy's monotonic ones, converted (hsink_cat_until) */
+	hs->proto->now_ms = (int64_t)(log_real_ns() / 1000000ull);
+	rc = hs->proto->ops->encode(hs->proto, b->sb.recs, hb->gone, p->lo,
+				    p->hi, &b->out, &q);
+	hs->enc_batch = NULL;
+	if (rc == -EAGAIN)
+		hb->held_until = q.held_until_ms - log_wall_offset_ms();
+	if (rc < 0)
+		return rc;
+	hb->req_taken = q.taken;
+	if (!q.sent) {
+		p->lo += q.taken;
+		return 1;
+	}
+	/* a 413 on one event drops it (too_large) rather than splitting */
+	p->pb.nevents = q.sent;
+	return 0;
+}
 
 static int hsink_send_part(struct sink *s, struct http_batch *hb)
 {
@@ -221,19 +263,24 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	uint32_t rc_hdr;
 	int n = 0, i, rc;
 
-	rc = hsink_encode_records(s, b, p->lo, p->hi, &b->out);
+	/* a protocol's body was encoded by hsink_try() */
+	rc = hs->proto ? 0 : hsink_encode_records(s, b, p->lo, p->hi, &b->out);
 	if (rc < 0)
 		return rc;
 	payload = &b->out;
-	if (s->cfg.compression == COMP_GZIP) {
-		rc = hsink_gzip(hs, &b->out, &hb->body);
+	if (hs->comp) {
+		rc = comp_body(hs->comp, b->out.p, b->out.len, &hb->body);
 		if (rc < 0)
 			return rc;
 		payload = &hb->body;
 	}
-	hb->hdrs[n++] = hsink_ctype(s);
-	if (s->cfg.compression == COMP_GZIP)
-		hb->hdrs[n++] = "Content-Encoding: gzip";
+	if (hs->proto)
+		for (i = 0; hs->proto->hdrs[i]; i++)
+			hb->hdrs[n++] = hs->proto->hdrs[i];
+	else
+		hb->hdrs[n++] = hsink_ctype(s);
+	if (hs->comp)
+		hb->hdrs[n++] = comp_header(s->cfg.compression);
 	rc_hdr = pol_retry_count(&p->pb);
 	if (rc_hdr) {
 		snprintf(hb->retry_hdr, sizeof(hb->retry_hdr),
@@ -246,7 +293,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		hb->hdrs[n++] = s->cfg.headers[i];
 	hb->hdrs[n] = NULL;
 	post = (struct http_post){
-		.url = s->cfg.url,
+		.url = hs->proto ? hs->proto->url : s->cfg.url,
 		.body = payload->p,
 		.len = payload->len,
 		.headers = hb->hdrs,
@@ -258,8 +305,10 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		return rc;
 	hs->requests_out++;
 	s->c.requests++;
-	if (p->pb.attempts)
+	/* a retry repeats what failed; a half of a split is not one */
+	if (p->resend)
 		s->c.retries++;
+	p->resend = false;
 	return 0;
 }
 
@@ -267,27 +316,37 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
  * part if the gate allows. 1 sent (or finished), 0 waiting. */
 static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now);
 
+/* The sink page gets the state with wall-clock deadlines (what workers
+ * and `outbox status` read); the monotonic ones it was made from are
+ * remembered to tell a change of state, which is persisted at once. */
 static void hsink_publish_state(struct sink *s)
 {
 	struct http_sink *hs = s->impl;
-	uint64_t until = hs->pol.state == POL_OK ? 0 :
-			 (uint64_t)hs->pol.until_ms * 1000000ull;
+	const struct pol_sink *p = &hs->pol;
+	int64_t until = p->state == POL_OK ? 0 : p->until_ms;
+	enum pol_state shown = pol_visible_state(p, hsink_now_ms(),
+						 !sink_idle(s));
 	uint32_t ncats = 0;
 	int i, changed;
 
-	changed = s->state != (uint32_t)hs->pol.state || s->until_ns != until;
-	s->state = (uint32_t)hs->pol.state;
-	s->until_ns = until;
-	for (i = 0; i < hs->pol.ncats && i < (int)OBX_MAX_CATS; i++) {
-		uint64_t cu = (uint64_t)hs->pol.cats[i].until_ms * 1000000ull;
-
-		if (strncmp(s->cats[ncats], hs->pol.cats[i].name,
-			    OBX_CAT_MAX) || s->cat_until_ns[ncats] != cu)
+	changed = hs->pub_state != p->state || hs->pub_until != until;
+	hs->pub_state = p->state;
+	hs->pub_until = until;
+	/* a window that is over with nothing to send shows ok */
+	s->state = (uint32_t)shown;
+	s->until_ns = shown != POL_OK ? hsink_wall_ns(until) : 0;
+	for (i = 0; i < p->ncats && i < (int)OBX_MAX_CATS; i++) {
+		/* an expired category is not limited: not published */
+		if (p->cats[i].until_ms <= hsink_now_ms())
+			continue;
+		if (strncmp(s->cats[ncats], p->cats[i].name, OBX_CAT_MAX) ||
+		    hs->pub_cat_until[ncats] != p->cats[i].until_ms)
 			changed = 1;
 		memset(s->cats[ncats], 0, OBX_CAT_MAX);
-		memcpy(s->cats[ncats], hs->pol.cats[i].name,
-		       strnlen(hs->pol.cats[i].name, OBX_CAT_MAX - 1));
-		s->cat_until_ns[ncats] = cu;
+		memcpy(s->cats[ncats], p->cats[i].name,
+		       strnlen(p->cats[i].name, OBX_CAT_MAX - 1));
+		hs->pub_cat_until[ncats] = p->cats[i].until_ms;
+		s->cat_until_ns[ncats] = hsink_wall_ns(p->cats[i].until_ms);
 		ncats++;
 	}
 	changed |= s->ncats != ncats;
@@ -325,6 +384,20 @@ static void hsink_count_drop(struct sink *s, enum pol_reason r, uint32_t n)
  * on with the next; hsink_try() ends the batch when no part is left. */
 static void hsink_pop(struct sink *s, struct http_batch *hb)
 {
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+
+	if (hs->proto) {
+		/* a protocol's request covers [lo, lo + req_taken): the
+		 * rest of the part goes next, as a fresh request */
+		p->lo += hb->req_taken;
+		hb->req_taken = 0;
+		if (p->lo < p->hi) {
+			pol_batch_init(&p->pb, hb->next_id++, p->hi - p->lo);
+			hsink_try(s, hb, hsink_now_ms());
+			return;
+		}
+	}
 	hb->nparts--;
 	hsink_try(s, hb, hsink_now_ms());
 }
@@ -335,15 +408,63 @@ static void hsink_drop_top(struct sink *s, struct http_batch *hb,
 			   enum pol_reason why, const char *detail)
 {
 	struct http_sink *hs = s->impl;
-	const struct http_part *p = &hb->part[hb->nparts - 1];
-	uint32_t n = p->hi - p->lo;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	uint32_t n = p->hi - p->lo, i;
 
+	if (hs->proto && hb->req_taken) {
+		/* the request's records not dropped by the protocol */
+		uint32_t end = p->lo + hb->req_taken;
+
+		if (hs->proto->ops->lost)
+			hs->proto->ops->lost(hs->proto, hb->b->sb.recs,
+					     hb->gone, p->lo, hb->req_taken,
+					     why);
+		for (n = 0, i = p->lo; i < end; i++)
+			n += !hb->gone[i];
+	}
 	hsink_count_drop(s, why, n);
 	hb->b->dropped += n;
-	log_rl(&hs->rl, LOG_WARN, "sink %s: dropped %u events (%s%s%s)",
-	       s->cfg.name, n, pol_reason_name(why), detail ? ", " : "",
-	       detail ? detail : "");
+	log_rl_n(&hs->rl_drop[why], n, LOG_WARN,
+		 "sink %s: dropped %u events (%s%s%s)", s->cfg.name, n,
+		 pol_reason_name(why), detail ? ", " : "", detail ? detail : "");
+	if (hs->proto && hb->req_taken) {
+		p->lo += hb->req_taken;
+		hb->req_taken = 0;
+		if (p->lo < p->hi) {
+			pol_batch_init(&p->pb, hb->next_id++, p->hi - p->lo);
+			return;
+		}
+	}
 	hb->nparts--;
+}
+
+/* Drop lines a reason's limiter held back, told in one line: when its
+ * period is over (force: now - at stop, at a reload). Returns the next
+ * mono ns one is due, or UINT64_MAX. */
+static uint64_t hsink_flush_drops(struct sink *s, uint64_t now, int force)
+{
+	struct http_sink *hs = s->impl;
+	uint64_t next = UINT64_MAX, lines, n;
+	int r;
+
+	for (r = 0; r < HSINK_DROP_REASONS; r++) {
+		uint64_t due = log_rl_due(&hs->rl_drop[r]);
+
+		if (!due)
+			continue;
+		if (!force && now < due) {
+			next = due < next ? due : next;
+			continue;
+		}
+		if (log_rl_take(&hs->rl_drop[r], &lines, &n))
+			log_warn("sink %s: %llu more drops (%llu events) as %s "
+				 "were not logged one by one", s->cfg.name,
+				 (unsigned long long)lines,
+				 (unsigned long long)n,
+				 r == HSINK_DROP_INVALID ? "invalid" :
+				 pol_reason_name((enum pol_reason)r));
+	}
+	return next;
 }
 
 static uint64_t hsink_dropped(const struct sink *s)
@@ -365,20 +486,31 @@ static void hsink_outage_base(struct sink *s)
 	hs->outage_base = 1;
 }
 
-static void hsink_log(struct sink *s, const struct pol_result *r)
+/* cause: what the answer said (http_cause) */
+static void hsink_log(struct sink *s, const struct pol_result *r,
+		      const char *cause)
 {
 	struct http_sink *hs = s->impl;
+	char limit[48] = "";
 
+	if (r->wait_ms >= 0)
+		snprintf(limit, sizeof(limit), " (rate limited for %.1f s)",
+			 (double)r->wait_ms / 1000.0);
 	if (r->log == POL_LOG_OUTAGE) {
 		hsink_outage_base(s);
-		log_warn("sink %s: %s; %s for %.1f s (one state for all "
+		log_warn("sink %s: %s%s; %s for %.1f s (one state for all "
 			 "producers; next: one probe request)", s->cfg.name,
-			 r->why, pol_state_name(r->state),
+			 cause, limit, pol_state_name(r->state),
 			 (double)(r->until_ms - hsink_now_ms()) / 1000.0);
 	} else if (r->log == POL_LOG_RECOVERED) {
-		log_info("sink %s: upstream back after %.1f s; during the "
-			 "outage %llu events delivered, %llu dropped",
-			 s->cfg.name, (double)r->outage_ms / 1000.0,
+		char flaps[64] = "";
+
+		if (r->flaps)
+			snprintf(flaps, sizeof(flaps), ", failing again %u "
+				 "times soon after recovering", r->flaps);
+		log_info("sink %s: upstream back after %.1f s%s; since the "
+			 "outage began %llu events delivered, %llu dropped",
+			 s->cfg.name, (double)r->outage_ms / 1000.0, flaps,
 			 (unsigned long long)(s->c.delivered_events -
 					      hs->outage_delivered),
 			 (unsigned long long)(hsink_dropped(s) -
@@ -387,16 +519,72 @@ static void hsink_log(struct sink *s, const struct pol_result *r)
 	}
 }
 
+/* The end of an outage once the sink held ok for POL_FLAP_MS (force: at
+ * stop, whatever it held): logged. The next mono ns it is due at. */
+static uint64_t hsink_outage_over(struct sink *s, uint64_t now, int force)
+{
+	struct http_sink *hs = s->impl;
+	struct pol_result r;
+	int64_t ms = hsink_now_ms(), due;
+
+	due = pol_tick(&hs->pol, ms, force, &r);
+	hsink_log(s, &r, "");
+	if (r.log == POL_LOG_RECOVERED)
+		s->b->persist.dirty = 1;
+	if (due == POL_NEVER)
+		return UINT64_MAX;
+	return due <= ms ? now : now + (uint64_t)(due - ms) * 1000000ull;
+}
+
+/* Every request ends in exactly one bucket, so at a quiet moment
+ * requests = 2xx + 3xx + 4xx + 5xx + other + network_errors + cancelled. */
 static void hsink_count_status(struct sink *s, const struct http_result *r)
 {
-	if (r->status >= 200 && r->status < 300)
-		s->c.responses_2xx++;
-	else if (r->status >= 400 && r->status < 500)
-		s->c.responses_4xx++;
-	else if (r->status >= 500)
-		s->c.responses_5xx++;
+	if (hsink_cancelled(r))
+		s->c.requests_cancelled++;
 	else if (r->status == 0)
 		s->c.network_errors++;
+	else if (r->status >= 200 && r->status <= 299)
+		s->c.responses_2xx++;
+	else if (r->status >= 300 && r->status <= 399)
+		s->c.responses_3xx++;
+	else if (r->status >= 400 && r->status <= 499)
+		s->c.responses_4xx++;
+	else if (r->status >= 500 && r->status <= 599)
+		s->c.responses_5xx++;
+	else
+		s->c.responses_other++;
+}
+
+/* Halves of the part at the top, in its place (the first half on top:
+ * it goes first), each with the part's budgets. -ENOSPC when the stack is
+ * full (never at any real depth: a batch has at most 2^16 events). */
+static int hsink_split_top(struct http_batch *hb)
+{
+	struct http_part *p = &hb->part[hb->nparts - 1], whole = *p;
+	uint32_t mid = whole.lo + (whole.hi - whole.lo) / 2;
+
+	if (hb->nparts >= HTTP_MAX_PARTS)
+		return -ENOSPC;
+	pol_batch_split(&whole.pb, &p->pb, hb->next_id++, whole.hi - mid);
+	p->lo = mid;
+	p->hi = whole.hi;
+	p->resend = false;
+	p = &hb->part[hb->nparts++];
+	pol_batch_split(&whole.pb, &p->pb, hb->next_id++, mid - whole.lo);
+	p->lo = whole.lo;
+	p->hi = mid;
+	p->resend = false;
+	return 0;
+}
+
+/* A part to send again: waits for the gate (or its own schedule). */
+static void hsink_retry_top(struct sink *s, struct http_batch *hb)
+{
+	hb->part[hb->nparts - 1].resend = true;
+	hb->waiting = 1;
+	/* its budgets moved: persisted with the next save */
+	s->b->persist.batches_dirty = 1;
 }
 
 static void hsink_done(void *arg, const struct http_result *r)
@@ -414,61 +602,100 @@ static void hsink_done(void *arg, const struct http_result *r)
 		.n_retry_after = r->n_retry_after,
 		.sentry_limits = r->sentry_limits,
 		.n_sentry_limits = r->n_sentry_limits,
+		.wall_ms = (int64_t)(log_real_ns() / 1000000ull),
+		.proto_cls = hs->proto && hs->proto->ops->classify &&
+			     r->status > 0 ?
+			     hs->proto->ops->classify(hs->proto, r->status) + 1 :
+			     0,
 	};
 	struct pol_result res;
-	uint32_t n = p->hi - p->lo;
+	char cause[HSINK_CAUSE_MAX];
 
 	hb->req = NULL;
 	hs->requests_out--;
 	hsink_count_status(s, r);
-	if (r->status == 0 && s->b->stopping && r->curl_code == 42) {
-		/* cancelled at shutdown: no outcome, the batch stays */
+	if (hsink_cancelled(r)) {
+		/* cancelled by us (shutdown, reload): no outcome, the batch
+		 * stays in the spool */
 		pol_abort(&hs->pol, &p->pb);
 		hb->waiting = 1;
 		return;
 	}
 	pol_on_response(&hs->pol, &s->cfg, &p->pb, &o, hsink_now_ms(),
 			hsink_rand(), &res);
+	http_cause(r, cause, sizeof(cause));
+	if (res.cls == POL_C_RETRY)
+		memcpy(hs->last_cause, cause, sizeof(hs->last_cause));
 	hsink_publish_state(s);
-	hsink_log(s, &res);
+	hsink_log(s, &res, cause);
 	switch (res.verdict) {
 	case POL_V_DELIVERED:
 		hsink_pop(s, hb);
 		break;
 	case POL_V_DROP:
-		hsink_drop_top(s, hb, res.reason, res.why);
+		hsink_drop_top(s, hb, res.reason, cause);
 		hsink_try(s, hb, hsink_now_ms());
 		break;
-	case POL_V_SPLIT: {
-		struct http_part whole = *p;
-		uint32_t mid = whole.lo + n / 2;
-
-		s->c.splits++;
-		/* second half below the first: the first goes out first */
-		pol_batch_split(&whole.pb, &p->pb, hb->next_id++,
-				whole.hi - mid);
-		p->lo = mid;
-		p->hi = whole.hi;
-		p = &hb->part[hb->nparts++];
-		pol_batch_split(&whole.pb, &p->pb, hb->next_id++,
-				mid - whole.lo);
-		p->lo = whole.lo;
-		p->hi = mid;
+	case POL_V_SPLIT:
+		if (hsink_split_top(hb) == 0)
+			s->c.splits++;
+		else
+			hsink_retry_top(s, hb);
 		hsink_try(s, hb, hsink_now_ms());
 		break;
-	}
 	case POL_V_REAUTH:
 		hsink_load_token(s);
+		p->resend = true;
 		hsink_try(s, hb, hsink_now_ms());
 		break;
 	case POL_V_RETRY:
 	default:
-		hb->waiting = 1;
-		/* its budgets moved: persisted with the next save */
-		s->b->persist.batches_dirty = 1;
+		/* a poison batch: halves at once, within its bisection
+		 * budget, so its good events go; else its own schedule */
+		if (res.bisect && hb->bisect_left && !hsink_split_top(hb)) {
+			hb->bisect_left--;
+			s->c.splits++;
+			s->b->persist.batches_dirty = 1;
+		} else {
+			hsink_retry_top(s, hb);
+		}
 		hsink_try(s, hb, hsink_now_ms());
 		break;
 	}
+}
+
+/* When the part at the top must wait for its own schedule (an isolated
+ * poison part) and another may go now, that one goes first: the order of
+ * a batch's parts matters to nobody, a poison event must not hold up its
+ * siblings. */
+static void hsink_ready_on_top(struct http_batch *hb, int64_t now)
+{
+	struct http_part tmp;
+	int i, top = hb->nparts - 1;
+
+	if (pol_batch_ready_at(&hb->part[top].pb) <= now)
+		return;
+	for (i = top - 1; i >= 0; i--)
+		if (pol_batch_ready_at(&hb->part[i].pb) <= now) {
+			tmp = hb->part[i];
+			hb->part[i] = hb->part[top];
+			hb->part[top] = tmp;
+			return;
+		}
+}
+
+/* The earliest own-schedule time of the batch's parts (0: one is ready). */
+static int64_t hsink_ready_at(const struct http_batch *hb)
+{
+	int64_t t = INT64_MAX;
+	int i;
+
+	for (i = 0; i < hb->nparts; i++) {
+		int64_t r = pol_batch_ready_at(&hb->part[i].pb);
+
+		t = r < t ? r : t;
+	}
+	return t;
 }
 
 static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
@@ -476,13 +703,39 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 	struct http_sink *hs = s->impl;
 
 	while (hb->nparts) {
-		struct http_part *p = &hb->part[hb->nparts - 1];
-		enum pol_reason why = p->pb.attempts ?
-			pol_batch_check(&s->cfg, &p->pb, now) : POL_R_NONE;
+		struct http_part *p;
+		enum pol_reason why;
+
+		hsink_ready_on_top(hb, now);
+		p = &hb->part[hb->nparts - 1];
+		why = p->pb.attempts ?
+		      pol_batch_check(&hs->pol, &s->cfg, &p->pb, now) :
+		      POL_R_NONE;
 
 		if (why != POL_R_NONE) {
 			hsink_drop_top(s, hb, why, NULL);
 			continue;
+		}
+		if (hs->proto) {
+			int rc;
+
+			/* every attempt is encoded again: categories limited
+			 * meanwhile are filtered, "gone" records stay gone */
+			hb->req_taken = 0;
+			rc = hsink_proto_encode(s, hb);
+			if (rc == 1) {
+				/* all dropped by the protocol: resolved */
+				if (p->lo >= p->hi)
+					hb->nparts--;
+				continue;
+			}
+			if (rc < 0) {
+				if (rc != -EAGAIN)
+					hb->held_until = now + 1000;
+				hb->waiting = 1;
+				return 0;
+			}
+			hb->held_until = 0;
 		}
 		if (pol_begin(&hs->pol, &s->cfg, &p->pb, hs->requests_out,
 			      now) < 0) {
@@ -510,10 +763,88 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 
 /* ---- sink_ops ---------------------------------------------------------------- */
 
+/* ---- protocol hooks (proto.h) ---------------------------------------------- */
+
+/* Until when category cat is limited (a whole-sink limit covers all), in
+ * the protocol's wall-clock ms like its `now`; the policy's windows are
+ * monotonic, converted with the one held offset. */
+static int64_t hsink_cat_until(void *arg, const char *cat, int64_t wall_now)
+{
+	struct sink *s = arg;
+	struct http_sink *hs = s->impl;
+	int64_t off = log_wall_offset_ms(), now = wall_now - off;
+	int i;
+
+	if (hs->pol.state == POL_RATE_LIMITED && hs->pol.until_ms > now)
+		return hs->pol.until_ms + off;
+	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)
+		if (hs->pol.cats[i].until_ms > now &&
+		    !strncmp(hs->pol.cats[i].name, cat, POL_CAT_MAX))
+			return hs->pol.cats[i].until_ms + off;
+	return 0;
+}
+
+/* a record the protocol dropped: its counter, once (proto.h) */
+static void hsink_proto_drop(void *arg, enum proto_drop why, const char *cat,
+			     uint32_t n)
+{
+	struct sink *s = arg;
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hs->enc_batch;
+
+	if (!b)
+		return;
+	switch (why) {
+	case PROTO_DROP_INVALID:
+		b->dropped_invalid += n;        /* counted by the engine */
+		break;
+	case PROTO_DROP_TOO_LARGE:
+		s->c.dropped_too_large += n;
+		b->dropped += n;
+		break;
+	case PROTO_DROP_RATE_LIMITED:
+		s->c.dropped_rate_limited += n;
+		b->dropped += n;
+		break;
+	default:
+		return;
+	}
+	/* one limiter per reason, as for the engine's own drops */
+	log_rl_n(&hs->rl_drop[why == PROTO_DROP_INVALID ? HSINK_DROP_INVALID :
+			      why == PROTO_DROP_TOO_LARGE ? POL_R_TOO_LARGE :
+			      POL_R_RATE_LIMITED], n, LOG_WARN,
+		 "sink %s: dropped %u events (%s%s%s)", s->cfg.name, n,
+		 why == PROTO_DROP_INVALID ? "invalid" :
+		 why == PROTO_DROP_TOO_LARGE ? "too_large" : "rate_limited",
+		 cat ? ", category " : "", cat ? cat : "");
+}
+
+static int hsink_proto_open(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	const struct proto_ops *po = proto_for(s->cfg.type);
+
+	if (!po)
+		return 0;
+	hs->proto = proto_new(po, &s->cfg, s->b->http);
+	if (!hs->proto) {
+		log_error("sink %s: cannot set up the %s protocol: %s",
+			  s->cfg.name, po->name, strerror(errno));
+		return -errno;
+	}
+	hs->proto->cat_until = hsink_cat_until;
+	hs->proto->drop = hsink_proto_drop;
+	hs->proto->arg = s;
+	return 0;
+}
+
+static void hsink_close(struct sink *s);
+
 static int hsink_open(struct sink *s)
 {
+	struct comp *comp = NULL;
 	struct http_sink *hs;
-	int i;
+	int i, rc;
 
 	if (!s->b->http) {
 		s->b->http = http_new(&s->b->rx);
@@ -523,21 +854,55 @@ static int hsink_open(struct sink *s)
 			return -errno;
 		}
 	}
+	if (s->cfg.compression != COMP_NONE &&
+	    !(comp = comp_new(s->cfg.compression, 0))) {
+		int err = errno;
+
+		log_error("sink %s: %s compressor: %s", s->cfg.name,
+			  comp_name(s->cfg.compression), strerror(err));
+		return -err;
+	}
 	hs = calloc(1, sizeof(*hs));
-	if (!hs)
+	if (!hs) {
+		comp_free(comp);
 		return -ENOMEM;
+	}
+	hs->comp = comp;
 	s->impl = hs;
 	pol_sink_init(&hs->pol, s->cfg.name);
 	env_reader_init(&hs->er);
 	json_line_cache_init(&hs->jc);
 	hs->rl = (struct log_rl)LOG_RL_INIT(60);
+	for (i = 0; i < HSINK_DROP_REASONS; i++)
+		hs->rl_drop[i] = (struct log_rl)LOG_RL_INIT(60);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		buf_init(&hs->hb[i].body, 0);
 	hsink_load_token(s);
+	rc = hsink_proto_open(s);
+	if (rc < 0) {
+		hsink_close(s);
+		return rc;
+	}
 	persist_restore_sink(&s->b->persist, &hs->pol);
 	pol_sink_clamp(&hs->pol, &s->cfg, hsink_now_ms());
 	hsink_publish_state(s);
 	return 0;
+}
+
+/* The broker stops: requests still out are cancelled (their batches stay
+ * in the spool, counted requests_cancelled). */
+static void hsink_stop(struct sink *s)
+{
+	struct http_sink *hs = s->impl;
+	int i;
+
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++)
+		if (hs->hb[i].req)
+			http_cancel(s->b->http, hs->hb[i].req);
+	if (!hs)
+		return;
+	hsink_flush_drops(s, log_mono_ns(), 1);
+	hsink_outage_over(s, log_mono_ns(), 1);
 }
 
 static void hsink_close(struct sink *s)
@@ -547,14 +912,16 @@ static void hsink_close(struct sink *s)
 
 	if (!hs)
 		return;
+	hsink_flush_drops(s, log_mono_ns(), 1);
 	persist_remember(&s->b->persist, &hs->pol);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
 		buf_free(&hs->hb[i].body);
+		free(hs->hb[i].gone);
 	}
-	if (hs->z_ready)
-		deflateEnd(&hs->z);
+	proto_free(hs->proto);
+	comp_free(hs->comp);
 	env_reader_fini(&hs->er);
 	json_line_cache_free(&hs->jc);
 	free(hs->token);
@@ -562,8 +929,21 @@ static void hsink_close(struct sink *s)
 	s->impl = NULL;
 }
 
+/* Bisections a batch of n may cost: enough to single out two poison
+ * events (each 2 requests per halving), then no more - a batch that is
+ * bad all through must not cost 2n - 1 requests. */
+static uint32_t hsink_bisect_budget(uint32_t n)
+{
+	uint32_t depth = 0;
+
+	while (depth < 32 && (1u << depth) < n)
+		depth++;
+	return 2 * depth;
+}
+
 static int hsink_send(struct sink *s, struct sink_batch *b)
 {
+	struct http_sink *hs = s->impl;
 	struct http_batch *hb = hsink_hb(s, b);
 
 	if (hb->b != b) {
@@ -573,8 +953,25 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 		hb->part[0].lo = 0;
 		hb->part[0].hi = b->n;
 		hb->next_id = b->first_seq << 8;
+		hb->bisect_left = hsink_bisect_budget(b->n);
+		if (hs->proto) {
+			if (hb->gone_cap < b->n) {
+				uint8_t *g = realloc(hb->gone, b->n);
+
+				if (!g) {
+					hb->b = NULL;
+					return -ENOMEM;
+				}
+				hb->gone = g;
+				hb->gone_cap = b->n;
+			}
+			memset(hb->gone, 0, b->n);
+			hb->req_taken = 0;
+			hb->held_until = 0;
+		}
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
+				      b->first_seq, b->end_seq,
 				      &hb->part[0].pb);
 		b->dropped = 0;
 	}
@@ -582,18 +979,52 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 	return 0;
 }
 
-/* New batches only while the gate is open and nothing waits: a sink in
- * backoff keeps its backlog in the spool, not in memory. */
+/* A batch that must not stand in the way of others: isolated (retried
+ * on its own), or - when the probe is to be chosen - a suspect. */
+static int hsink_benched_hb(const struct http_batch *hb, enum pol_gate g)
+{
+	const struct pol_batch *pb;
+
+	if (!hb->b || !hb->nparts)
+		return 0;
+	pb = &hb->part[hb->nparts - 1].pb;
+	return pb->isolated || (g == POL_GATE_PROBE && pol_probe_suspect(pb));
+}
+
+/* New batches only while the gate is open and nothing waits for it: a
+ * sink in backoff keeps its backlog in the spool, not in memory. Benched
+ * batches wait for themselves, not for the gate: they block nothing (and
+ * at the probe, a new batch is how a suspect is not the probe again). */
 static int hsink_can_start(const struct sink *s)
 {
 	const struct http_sink *hs = s->impl;
+	enum pol_gate g = pol_gate(&hs->pol, &s->cfg, hs->requests_out,
+				   hsink_now_ms());
 	int i;
 
+	if (g == POL_GATE_WAIT)
+		return 0;
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		if (hs->hb[i].b && hs->hb[i].waiting)
+		if (hs->hb[i].b && hs->hb[i].waiting &&
+		    !hs->hb[i].held_until &&
+		    !hsink_benched_hb(&hs->hb[i], g))
 			return 0;
-	return pol_gate(&hs->pol, &s->cfg, hs->requests_out,
-			hsink_now_ms()) != POL_GATE_WAIT;
+	return 1;
+}
+
+static uint32_t hsink_benched(const struct sink *s)
+{
+	const struct http_sink *hs = s->impl;
+	uint32_t n = 0;
+	int i;
+
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+
+		n += hb->b && hb->nparts &&
+		     pol_probe_suspect(&hb->part[hb->nparts - 1].pb);
+	}
+	return n;
 }
 
 /* The summary line while not ok (PRODUCT.md section 7), at most one per
@@ -605,7 +1036,7 @@ static void hsink_summary(struct sink *s, int64_t wall)
 	uint64_t nb = 0, bytes = 0;
 	int i;
 
-	if (hs->pol.state == POL_OK || !pol_summary_due(&hs->pol, wall))
+	if (!pol_summary_due(&hs->pol, wall, !sink_idle(s)))
 		return;
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
 		if (hs->hb[i].b) {
@@ -615,51 +1046,132 @@ static void hsink_summary(struct sink *s, int64_t wall)
 	spool_get_stats(s->spool, &ss);
 	log_warn("sink %s: %s, retrying %llu batches (%.1f MB) for %.0f s; "
 		 "%llu events (%.1f MB) queued in the spool; next attempt in "
-		 "%.1f s", s->cfg.name, pol_state_name(hs->pol.state),
+		 "%.1f s; last failure: %s", s->cfg.name,
+		 pol_state_name(hs->pol.state),
 		 (unsigned long long)nb, (double)bytes / 1e6,
 		 (double)(wall - hs->pol.outage_start_ms) / 1000.0,
 		 (unsigned long long)ss.queued_events,
 		 (double)ss.queued_bytes / 1e6,
 		 (double)(hs->pol.until_ms > wall ? hs->pol.until_ms - wall :
-			  0) / 1000.0);
+			  0) / 1000.0, hs->last_cause[0] ? hs->last_cause : "-");
+}
+
+/* The batches waiting for the gate, oldest first; how many. */
+static int hsink_waiting_order(struct http_sink *hs,
+			       struct http_batch **order)
+{
+	int i, j, n = 0;
+
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		struct http_batch *hb = &hs->hb[i];
+
+		if (!hb->b || !hb->waiting || hb->req)
+			continue;
+		for (j = n; j > 0 && order[j - 1]->b->first_seq >
+				     hb->b->first_seq; j--)
+			order[j] = order[j - 1];
+		order[j] = hb;
+		n++;
+	}
+	return n;
+}
+
+/* Sends what waits, oldest first, while the gate allows. When the gate
+ * offers the one probe, it goes to the oldest batch that is no suspect;
+ * to a suspect only when no other batch waits and none can be read from
+ * the spool (sink_more): a poison batch is not the probe a third time
+ * while anything else could be. */
+static void hsink_send_waiting(struct sink *s, int64_t now)
+{
+	struct http_sink *hs = s->impl;
+	struct http_batch *order[SINK_MAX_INFLIGHT];
+	int n = hsink_waiting_order(hs, order), i, pass;
+
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < n; i++) {
+			struct http_batch *hb = order[i];
+			enum pol_gate g = pol_gate(&hs->pol, &s->cfg,
+						   hs->requests_out, now);
+
+			if (g == POL_GATE_WAIT)
+				return;
+			if (!hb->b || !hb->waiting || hb->req)
+				continue;	/* done meanwhile */
+			if (hb->held_until > now)
+				continue;	/* a category limit holds it */
+			if (g == POL_GATE_PROBE && pass == 0 &&
+			    pol_probe_suspect(&hb->part[hb->nparts - 1].pb))
+				continue;
+			hsink_try(s, hb, now);
+		}
+		/* a suspect only when nothing else can be the probe */
+		if (pol_gate(&hs->pol, &s->cfg, hs->requests_out, now) !=
+		    POL_GATE_PROBE || sink_more(s))
+			return;
+	}
+}
+
+static uint64_t hsink_at(uint64_t now, int64_t wall, int64_t t)
+{
+	return t <= wall ? now : now + (uint64_t)(t - wall) * 1000000ull;
 }
 
 static uint64_t hsink_tick(struct sink *s, uint64_t now)
 {
 	struct http_sink *hs = s->impl;
-	int64_t wall = hsink_now_ms(), open;
+	int64_t wall = hsink_now_ms(), open, own = INT64_MAX;
+	uint64_t next, over;
 	int i, waiting = 0;
 
-	/* waiting parts, oldest batch first (the probe is the oldest) */
-	for (;;) {
-		struct http_batch *best = NULL;
+	hsink_send_waiting(s, wall);
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
 
-		for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
-			struct http_batch *hb = &hs->hb[i];
-
-			if (hb->b && hb->waiting && !hb->req &&
-			    (!best || hb->b->first_seq < best->b->first_seq))
-				best = hb;
+		if (!hb->b || !hb->waiting)
+			continue;
+		/* held by a category limit (a protocol's), or an isolated
+		 * part's own schedule: a time of its own */
+		if (hb->held_until > wall) {
+			own = hb->held_until < own ? hb->held_until : own;
+			continue;
 		}
-		if (!best || !hsink_try(s, best, wall))
-			break;
+		waiting = 1;
+		if (hsink_ready_at(hb) > wall && hsink_ready_at(hb) < own)
+			own = hsink_ready_at(hb);
 	}
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		waiting |= hs->hb[i].b && hs->hb[i].waiting;
-	if (hs->pol.state != POL_OK && !hs->outage_base)
+	/* categories: republished when one expires */
+	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)
+		if (hs->pol.cats[i].until_ms > wall &&
+		    hs->pol.cats[i].until_ms < own)
+			own = hs->pol.cats[i].until_ms;
+	/* an outage restored from the state file: its counts start here */
+	if (hs->pol.outage_start_ms && !hs->outage_base)
 		hsink_outage_base(s);
+	hsink_publish_state(s);
 	hsink_summary(s, wall);
-	/* a deadline only when something waits for the gate: a waiting
-	 * part, or (not ok) the spool's next batch at the window's end;
-	 * otherwise a completion ticks the sink */
-	if (!waiting && hs->pol.state == POL_OK)
-		return UINT64_MAX;
+	next = hsink_flush_drops(s, now, 0);
+	over = hsink_outage_over(s, now, 0);
+	next = over < next ? over : next;
+	if (own != INT64_MAX && hsink_at(now, wall, own) < next)
+		next = hsink_at(now, wall, own);
+	if (hs->proto && hs->proto->ops->tick) {
+		uint64_t t = hs->proto->ops->tick(hs->proto, now);
+
+		next = t < next ? t : next;
+	}
+	/* The gate: at the end of a window (the probe; or, with nothing to
+	 * send, the state to show becomes ok). An open gate with a part
+	 * still waiting that could go means a local failure to post: look
+	 * again soon. Otherwise a completion, or the engine's own deadlines
+	 * (a new batch), tick the sink: an idle sink never spins. */
 	open = pol_next_open(&hs->pol, &s->cfg, hs->requests_out, wall);
-	if (open == POL_NEVER)
-		return UINT64_MAX;
-	if (open <= wall)
-		return now + 1000000ull;
-	return now + (uint64_t)(open - wall) * 1000000ull;
+	if (open != POL_NEVER && open > wall)
+		over = hsink_at(now, wall, open);
+	else if (open != POL_NEVER && waiting && own == INT64_MAX)
+		over = now + HSINK_RETRY_NS;
+	else
+		over = UINT64_MAX;
+	return over < next ? over : next;
 }
 
 static const struct pol_sink *hsink_policy(const struct sink *s)
@@ -695,8 +1207,25 @@ static size_t hsink_saved(const struct sink *s, struct pol_saved_batch *out,
 static int hsink_parked(const struct sink *s)
 {
 	const struct http_sink *hs = s->impl;
+	int64_t now = hsink_now_ms();
+	int i;
 
-	return hs && hs->pol.state != POL_OK && hs->requests_out == 0;
+	if (!hs || hs->requests_out)
+		return 0;
+	if (hs->pol.state != POL_OK)
+		return 1;
+	/* ok, but all that is held waits for its own schedule (isolated
+	 * poison parts) and nothing else is to be read */
+	if (sink_more(s))
+		return 0;
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+
+		if (hb->b && (!hb->waiting || (hsink_ready_at(hb) <= now &&
+						hb->held_until <= now)))
+			return 0;
+	}
+	return 1;
 }
 
 static uint32_t hsink_max_inflight(const struct sink *s)
@@ -715,4 +1244,6 @@ const struct sink_ops sink_http_ops = {
 	.policy = hsink_policy,
 	.saved = hsink_saved,
 	.parked = hsink_parked,
+	.stop = hsink_stop,
+	.benched = hsink_benched,
 };

@@ -242,7 +242,11 @@ struct obx_sink_counters {
 		 dropped_retries_exhausted, dropped_expired, dropped_rate_limited,
 		 dropped_too_large, splits, inflight, dropped_spool_full,
 		 dropped_spool_error, unknown_routed, dropped_invalid;
-	uint64_t reserved[11];
+	/* taken from reserved (same layout; an older reader sees zeros):
+	 * requests = 2xx + 3xx + 4xx + 5xx + other + network_errors +
+	 * cancelled + those in flight */
+	uint64_t responses_3xx, responses_other, requests_cancelled;
+	uint64_t reserved[8];
 };
 
 struct obx_sink_shm {

@@ -40,6 +40,11 @@ Admin API (same port; admin requests are never captured or scripted):
          "headers": {...}, "then": {"status": 200}}
       from now on for `seconds`, every upstream request gets `status`
       (with Retry-After when retry_after is not null), then "then".
+    Either form may carry content rules, checked first for every request:
+        "rules": [{"contains": "poison", "status": 500, "body": "..."}]
+      a request whose decoded body contains the text is answered by the
+      rule (any step keys but count) and consumes no step: an upstream
+      that refuses one malformed event whatever batch it comes in.
     Answers {"ok": true}, or 400 with {"error": "..."} for a bad script.
 
   GET /_admin/requests[?since=N][&bodies=1]
@@ -68,7 +73,8 @@ Admin API (same port; admin requests are never captured or scripted):
   POST /_admin/reset    clears captured requests, counters and the script.
   GET  /_admin/health   200 "ok".
 
-Bodies: Content-Encoding gzip / x-gzip / deflate are decoded; a request
+Bodies: Content-Encoding gzip / x-gzip / deflate / zstd are decoded (zstd
+by Debian's zstd command, every frame, with or without its size); a request
 body may be Content-Length or chunked; "Expect: 100-continue" is honoured.
 Events in a body, first match wins:
   - a JSON object with a "batch" list (Segment): its elements
@@ -226,6 +232,20 @@ def msgpack_dumps(v):
 
 # ---- body decoding and event counting --------------------------------------
 
+def zstd_decompress(raw):
+    """every frame of raw, through the reference decoder (Debian's zstd
+    command: the python3 running this may not be Debian's, so no binding
+    is assumed); OSError when a frame is damaged or cut short"""
+    try:
+        r = subprocess.run(["zstd", "-d", "-c", "-q"], input=raw,
+                           capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise OSError("zstd: %s" % e) from None
+    if r.returncode:
+        raise OSError("zstd: %s" % r.stderr.decode(errors="replace").strip())
+    return r.stdout
+
+
 def decode_body(raw, encoding):
     """(decoded bytes, error or None)"""
     enc = (encoding or "").strip().lower()
@@ -234,6 +254,8 @@ def decode_body(raw, encoding):
     try:
         if enc in ("gzip", "x-gzip"):
             return gzip.decompress(raw), None
+        if enc == "zstd":
+            return zstd_decompress(raw), None
         if enc == "deflate":
             try:
                 return zlib.decompress(raw), None
@@ -328,12 +350,25 @@ class State:
             self.then = {"status": 200}
             self.outage_until = None
             self.outage = None
+            self.rules = []           # [(bytes to look for, step)]
 
     def set_script(self, js):
         if not isinstance(js, dict):
             raise ValueError("script must be a JSON object")
         then = js.get("then", {"status": 200})
         check_step(then, "then")
+        rules = js.get("rules", [])
+        if not isinstance(rules, list):
+            raise ValueError("rules must be a list")
+        for i, r in enumerate(rules):
+            if not isinstance(r, dict) or \
+                    not isinstance(r.get("contains"), str) or \
+                    not r["contains"]:
+                raise ValueError("rules[%d]: needs a non-empty "
+                                 "\"contains\" string" % i)
+            check_step(r, "rules[%d]" % i)
+        with self.lock:
+            self.rules = [(r["contains"].encode(), r) for r in rules]
         if js.get("mode") == "outage":
             secs = js.get("seconds", 30)
             if not isinstance(secs, (int, float)) or secs < 0:
@@ -363,6 +398,14 @@ class State:
             self.then = then
             self.outage = None
             self.outage_until = None
+
+    def match_rule(self, body):
+        """The first rule whose text is in the decoded body, or None."""
+        with self.lock:
+            for text, rule in self.rules:
+                if body and text in body:
+                    return rule
+            return None
 
     def next_step(self):
         with self.lock:
@@ -650,7 +693,7 @@ class Handler(BaseHTTPRequestHandler):
             st.answered(seq, 400, None, ids, time.time())
             return self.reply(400, {"error": "unreadable body"}, close=True)
 
-        step = st.next_step()
+        step = st.match_rule(body) or st.next_step()
         delay = step.get("delay_ms", 0) / 1000.0
         action = step.get("action")
         if action == "hang":
@@ -949,6 +992,27 @@ def selftest():
                                  "200": 1}, "by_status actions %r" %
               s["by_status"])
         check(t.is_alive(), "still hung while others were served")
+
+        # 6b. content rules: checked first, consume no step
+        admin("POST", "/_admin/reset")
+        st, _ = admin("POST", "/_admin/script", {
+            "rules": [{"contains": "poison", "status": 500,
+                       "body": "bad event"}],
+            "steps": [{"status": 503}]})
+        check(st == 200, "rules accepted")
+        st, _, data = call("POST", "/r", b'{"id":"x","bad":"poison"}\n')
+        check(st == 500 and data == b"bad event", "rule answers")
+        st, _, _ = call("POST", "/r", gzip.compress(b'{"x":"poison"}'),
+                        {"Content-Encoding": "gzip"})
+        check(st == 500, "rule on the decoded body")
+        check(stats()["steps_left"] == 1, "a rule consumes no step")
+        st, _, _ = call("POST", "/r", b'{"id":"y"}\n')
+        check(st == 503, "then the steps")
+        for bad in ({"rules": [{"status": 500}]}, {"rules": 5},
+                    {"rules": [{"contains": ""}]},
+                    {"rules": [{"contains": "x", "status": "y"}]}):
+            st, _ = admin("POST", "/_admin/script", bad)
+            check(st == 400, "bad rules %r -> 400" % (bad,))
 
         # 7. outage mode
         admin("POST", "/_admin/reset")

@@ -874,7 +874,14 @@ static void *stats_writer(void *arg)
 		for (i = 0; i < n; i++)
 			((volatile uint64_t *)w)[i] = k;
 		stats_unlock(&g_seg.stats->seq);
-		k++;
+		/* Bursts of back-to-back updates (a reader that ignored
+		 * the seqlock would copy mid-burst most of the time), then
+		 * a pause: a writer that never leaves the even state open
+		 * for more than a few ns starves the reader past its 1 s
+		 * give-up on a loaded machine, which the broker, writing
+		 * every 100 ms, never does. */
+		if (++k % 512 == 0)
+			usleep(50);
 	}
 	return NULL;
 }
@@ -923,18 +930,27 @@ static void test_cli_stat_prometheus(void)
 	fill_stats(100);
 	cli_run(&r, NULL, "stat", "-s", g_shm, "--prometheus", NULL);
 	CU_ASSERT_EQUAL(r.status, 0);
-	CU_ASSERT(has(r.out, "# TYPE outbox_emitted_total counter\n"
-		      "outbox_emitted_total 100\n"));
-	CU_ASSERT(has(r.out, "# HELP outbox_emitted_total "));
+	CU_ASSERT(has(r.out, "# TYPE outbox_events_emitted_total counter\n"
+		      "outbox_events_emitted_total 100\n"));
+	CU_ASSERT(has(r.out, "# HELP outbox_events_emitted_total "));
 	CU_ASSERT(has(r.out, "# TYPE outbox_spool_bytes gauge\n"
 		      "outbox_spool_bytes 4096\n"));
-	CU_ASSERT(has(r.out, "\noutbox_spool_corrupt_total 1\n"));
-	CU_ASSERT(has(r.out, "\noutbox_dropped_total 17\n"));
+	/* drop reasons are rows of one family, under one HELP/TYPE */
+	CU_ASSERT(has(r.out, "# TYPE outbox_events_dropped_total counter\n"
+		      "outbox_events_dropped_total{reason=\"ring_full\"} 3\n"
+		      "outbox_events_dropped_total{reason=\"too_large\"} 2\n"));
+	CU_ASSERT(has(r.out, "\noutbox_events_dropped_total"
+		      "{reason=\"spool_corrupt\"} 1\n"));
+	CU_ASSERT_EQUAL(count(r.out, "\noutbox_events_dropped_total{"), 8);
 	CU_ASSERT(has(r.out, "\noutbox_identity_ok 1\n"));
-	CU_ASSERT(has(r.out, "\noutbox_sink_delivered_events_total"
+	CU_ASSERT(has(r.out, "\noutbox_sink_events_delivered_total"
 		      "{sink=\"api\"} 30\n"));
-	CU_ASSERT(has(r.out, "\noutbox_sink_delivered_events_total"
+	CU_ASSERT(has(r.out, "\noutbox_sink_events_delivered_total"
 		      "{sink=\"default\"} 40\n"));
+	CU_ASSERT(has(r.out, "\noutbox_sink_events_dropped_total"
+		      "{sink=\"api\",reason=\"rejected\"} 2\n"));
+	CU_ASSERT(has(r.out, "\noutbox_sink_responses_total"
+		      "{sink=\"api\",code=\"5xx\"} 3\n"));
 	CU_ASSERT(has(r.out, "\noutbox_sink_queued_events{sink=\"api\"} 3\n"));
 	CU_ASSERT(has(r.out, "\noutbox_sink_state{sink=\"api\","
 		      "state=\"backoff\"} 1\n"));
@@ -943,15 +959,17 @@ static void test_cli_stat_prometheus(void)
 	CU_ASSERT(has(r.out, "\noutbox_sink_state_until_seconds"
 		      "{sink=\"api\"} 1700000000.123\n"));
 	/* label escaping: \" \\ \n, per the exposition format */
-	CU_ASSERT(has(r.out, "\noutbox_sink_delivered_events_total"
+	CU_ASSERT(has(r.out, "\noutbox_sink_events_delivered_total"
 		      "{sink=\"q\\\"b\\\\s\\nx\"} 0\n"));
 	CU_ASSERT(has(r.out, "\noutbox_sink_category_limited_until_seconds"
 		      "{sink=\"q\\\"b\\\\s\\nx\",category=\"error\"} "
 		      "1700000001.123\n"));
-	CU_ASSERT(has(r.out, "\noutbox_producer_emitted_total{pid=\"12345\","
-		      "slot=\"3\"} 9\n"));
+	CU_ASSERT(has(r.out, "\noutbox_producer_events_emitted_total"
+		      "{pid=\"12345\",slot=\"3\"} 9\n"));
 	/* one HELP and one TYPE per family, all samples under it */
-	CU_ASSERT_EQUAL(count(r.out, "# TYPE outbox_sink_delivered_events_total "),
+	CU_ASSERT_EQUAL(count(r.out,
+			      "# TYPE outbox_sink_events_delivered_total "), 1);
+	CU_ASSERT_EQUAL(count(r.out, "# TYPE outbox_sink_events_dropped_total "),
 			1);
 	CU_ASSERT_EQUAL(count(r.out, "# HELP outbox_sink_state "), 1);
 	CU_ASSERT_EQUAL(count(r.out, "outbox_sink_state{"), 9);

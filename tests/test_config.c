@@ -44,6 +44,8 @@ static int suite_clean(void)
 	return rmdir(g_dir);
 }
 
+static gid_t g_gid = (gid_t)-1;         /* t_write(): chown to it */
+
 static void t_write(const char *path, const char *text, size_t len,
 		    mode_t mode)
 {
@@ -53,6 +55,8 @@ static void t_write(const char *path, const char *text, size_t len,
 	CU_ASSERT_EQUAL(fwrite(text, 1, len, f), len);
 	fclose(f);
 	CU_ASSERT_EQUAL(chmod(path, mode), 0);
+	if (g_gid != (gid_t)-1)
+		CU_ASSERT_EQUAL(chown(path, (uid_t)-1, g_gid), 0);
 }
 
 static void t_newpath(char *buf, size_t len)
@@ -212,6 +216,8 @@ static void assert_cfg_eq(const struct cfg *a, const struct cfg *b)
 	CU_ASSERT_EQUAL(a->shutdown_timeout_ms, b->shutdown_timeout_ms);
 	CU_ASSERT_EQUAL(a->log_level, b->log_level);
 	CU_ASSERT_EQUAL(a->segment_size, b->segment_size);
+	CU_ASSERT_EQUAL(a->stall_timeout_ms, b->stall_timeout_ms);
+	CU_ASSERT_EQUAL(a->stall_action, b->stall_action);
 	CU_ASSERT_EQUAL_FATAL(a->nsinks, b->nsinks);
 	for (i = 0; i < a->nsinks; i++)
 		assert_sink_eq(&a->sinks[i], &b->sinks[i]);
@@ -803,8 +809,10 @@ static const struct {
 	  "duplicate key 'type'" },
 	{ "[sink api]\ntype = segment\nurl = https://api.segment.io/v1/b\n",
 	  1, "sink 'api': type segment needs write_key" },
-	{ "[sink api]\ntype = segment\nwrite_key = k\n", 1,
-	  "sink 'api': type segment needs url" },
+	{ "[sink api]\ntype = segment\nwrite_key = k\nsettings_url = x\n",
+	  4, "settings_url: 'x' is not an http:// or https:// URL" },
+	{ "[sink api]\ntype = http\nurl = http://h/\nservice_name = s\n",
+	  4, "service_name does not apply to a http sink" },
 	{ "# c\n[sink x]\nbatch_max_events = 5\n", 2,
 	  "sink 'x': missing type" },
 	{ "[sink h]\ntype = http\n", 1, "type http needs url" },
@@ -896,8 +904,8 @@ static const struct {
 	  4, "backoff_max 5s is less than backoff_base 10s" },
 	{ "[sink a]\ntype = discard\nflush_interval = 5\n", 3,
 	  "flush_interval: unit missing" },
-	{ "[sink a]\ntype = discard\ncompression = zstd\n", 3,
-	  "one of: gzip, none" },
+	{ "[sink a]\ntype = discard\ncompression = brotli\n", 3,
+	  "one of: gzip, none, zstd" },
 	{ "[sink a]\ntype = discard\nencoding = xml\n", 3,
 	  "one of: ndjson, json, msgpack" },
 	{ "[sink a]\ntype = discard\non_rate_limit = panic\n", 3,
@@ -1075,33 +1083,44 @@ static void test_credential_warning(void)
 		const char *text;
 		mode_t mode;
 		bool warn;
+		bool root_group;        /* else the file's group is gid 1 */
 	} cases[] = {
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0644, true },
+		  "write_key = secret\n", 0644, true, false },
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0600, false },
+		  "write_key = secret\n", 0600, false, false },
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0640, true },
+		  "write_key = secret\n", 0640, true, false },
+		/* group root reading it is no exposure (the packaged
+		 * /etc/outbox/outbox.ini is outbox:root 0640) */
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0604, true },
+		  "write_key = secret\n", 0640, false, true },
 		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
-		  "write_key = secret\n", 0400, false },
+		  "write_key = secret\n", 0604, true, false },
+		{ "[sink s]\ntype = segment\nurl = https://s.example/\n"
+		  "write_key = secret\n", 0400, false, false },
 		{ "[sink e]\ntype = sentry\n"
-		  "dsn = https://pub@o1.ingest.sentry.io/42\n", 0644, true },
+		  "dsn = https://pub@o1.ingest.sentry.io/42\n", 0644, true, false },
 		{ "[sink h]\ntype = http\nurl = https://h.example/\n"
-		  "header = authorization: Bearer t\n", 0644, true },
+		  "header = authorization: Bearer t\n", 0644, true, false },
 		{ "[sink h]\ntype = http\nurl = https://h.example/\n"
-		  "header = Authorization: Bearer t\n", 0600, false },
+		  "header = Authorization: Bearer t\n", 0600, false, false },
 		{ "[sink h]\ntype = http\nurl = https://h.example/\n"
-		  "header = X-Trace: 1\n", 0644, false },
-		{ "[broker]\nlog_level = debug\n", 0666, false },
+		  "header = X-Trace: 1\n", 0644, false, false },
+		{ "[broker]\nlog_level = debug\n", 0666, false, false },
 	};
 	struct tload t;
 	size_t i;
 
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* chown needs root (the tests run as root in CI) */
+		if (geteuid() != 0 && (cases[i].mode & 040))
+			continue;
+		g_gid = geteuid() != 0 ? (gid_t)-1 :
+			cases[i].root_group ? 0 : 1;
 		CU_ASSERT_EQUAL(t_load_mode(&t, cases[i].text, cases[i].mode),
 				0);
+		g_gid = (gid_t)-1;
 		CU_ASSERT_EQUAL(t_warned(&t), cases[i].warn);
 		/* the warning is the only output, and never shows the key */
 		CU_ASSERT_EQUAL(t_lines(&t), cases[i].warn ? 1 : 0);
@@ -1131,6 +1150,8 @@ static const char rich_config[] =
 	"shutdown_timeout = 2m\n"
 	"log_level = debug\n"
 	"segment_size = 8M\n"
+	"stall_timeout = 1500ms\n"
+	"stall_action = kill\n"
 	"\n"
 	"[sink api]\n"
 	"type = segment\n"
@@ -1176,6 +1197,7 @@ static const char rich_config[] =
 	"type = otlp\n"
 	"url = http://127.0.0.1:4318/v1/logs\n"
 	"encoding = msgpack\n"
+	"compression = zstd\n"
 	"max_retries = 4294967295\n"
 	"batch_max_bytes = 18446744073709551615\n";
 
@@ -1215,6 +1237,8 @@ static void test_round_trip_rich(void)
 			       "/tmp/spool dir # not a comment ; really");
 	CU_ASSERT_EQUAL(t.c.sync_interval_ms, 1500);
 	CU_ASSERT_EQUAL(t.c.shutdown_timeout_ms, 120000);
+	CU_ASSERT_EQUAL(t.c.stall_timeout_ms, 1500);
+	CU_ASSERT_EQUAL(t.c.stall_action, STALL_KILL);
 	CU_ASSERT_EQUAL_FATAL(t.c.nsinks, 4);
 	s = &t.c.sinks[0];
 	ASSERT_STR(s->url,
@@ -1231,6 +1255,8 @@ static void test_round_trip_rich(void)
 	CU_ASSERT_EQUAL(t.c.sinks[1].on_rate_limit, RL_HOLD);
 	CU_ASSERT_EQUAL(t.c.sinks[3].batch_max_bytes, UINT64_MAX);
 	CU_ASSERT_EQUAL(t.c.sinks[3].max_retries, 4294967295u);
+	CU_ASSERT_EQUAL(t.c.sinks[3].compression, COMP_ZSTD);
+	CU_ASSERT_EQUAL(t.c.sinks[0].compression, COMP_NONE);
 
 	check_round_trip(&t.c);
 

@@ -85,7 +85,10 @@ static int wait_captured(int n, uint64_t timeout_ns)
 
 struct rec {
 	int calls;
-	int status, timeout, curl_code;
+	int status, timeout, curl_code, cancelled;
+	char body[HTTP_BODY_KEEP + 1];
+	size_t body_len;
+	char cause[512];
 	char error[CURL_ERROR_SIZE];
 	char ra[HTTP_MAX_HDR_VALUES][64];
 	int n_ra;
@@ -136,6 +139,12 @@ static void rec_done(void *arg, const struct http_result *r)
 	rc->status = r->status;
 	rc->timeout = r->timeout;
 	rc->curl_code = r->curl_code;
+	rc->cancelled = r->cancelled;
+	rc->body_len = r->body_len;
+	if (r->body_len)
+		memcpy(rc->body, r->body, r->body_len);
+	rc->body[r->body_len] = '\0';
+	http_cause(r, rc->cause, sizeof(rc->cause));
 	snprintf(rc->error, sizeof(rc->error), "%s", r->error);
 	rc->n_ra = r->n_retry_after;
 	for (i = 0; i < r->n_retry_after; i++)
@@ -454,6 +463,102 @@ static void t_interim_response_resets(void)
 	teardown();
 }
 
+/* The first HTTP_BODY_KEEP body bytes come with the result; the cause of
+ * a failure names the status and shows them, log-safe. */
+static void t_response_body(void)
+{
+	char big[1100], want[HTTP_BODY_KEEP + 1], script[1400];
+	struct rec a = { 0 }, b = { 0 }, c = { 0 };
+
+	memset(big, 'x', 1000);
+	big[1000] = '\0';
+	snprintf(script, sizeof(script), "{\"steps\": ["
+		 "{\"status\": 503, \"body\": \"db is\\r\\n down\\u0001\"}, "
+		 "{\"status\": 500, \"body\": \"%s\"}, {\"status\": 204}]}",
+		 big);
+	setup();
+	CU_ASSERT_EQUAL_FATAL(up_script(script), 0);
+	CU_ASSERT_EQUAL_FATAL(post(&a, "/a", "x", 1, NULL, 0, 5000), 0);
+	CU_ASSERT_EQUAL(loop_until(&a.calls, 1, 5 * SEC), 0);
+	CU_ASSERT_EQUAL_FATAL(post(&b, "/b", "x", 1, NULL, 0, 5000), 0);
+	CU_ASSERT_EQUAL(loop_until(&b.calls, 1, 5 * SEC), 0);
+	CU_ASSERT_EQUAL_FATAL(post(&c, "/c", "x", 1, NULL, 0, 5000), 0);
+	CU_ASSERT_EQUAL(loop_until(&c.calls, 1, 5 * SEC), 0);
+	printf("\n    causes: [%s] [%.40s...] [%s]", a.cause, b.cause, c.cause);
+	CU_ASSERT_EQUAL(a.status, 503);
+	CU_ASSERT_EQUAL(a.body_len, 13);
+	CU_ASSERT_EQUAL(memcmp(a.body, "db is\r\n down\x01", 13), 0);
+	CU_ASSERT_STRING_EQUAL(a.cause, "HTTP 503: db is down\\x01");
+	CU_ASSERT_EQUAL(b.status, 500);
+	CU_ASSERT_EQUAL(b.body_len, HTTP_BODY_KEEP);
+	memset(want, 'x', HTTP_BODY_KEEP);
+	want[HTTP_BODY_KEEP] = '\0';
+	CU_ASSERT_STRING_EQUAL(b.body, want);
+	CU_ASSERT_EQUAL(strncmp(b.cause, "HTTP 500: xxxx", 14), 0);
+	CU_ASSERT(strlen(b.cause) < 200);
+	CU_ASSERT_EQUAL(strcmp(b.cause + strlen(b.cause) - 3, "..."), 0);
+	CU_ASSERT_EQUAL(c.status, 204);
+	CU_ASSERT_EQUAL(c.body_len, 0);
+	CU_ASSERT_STRING_EQUAL(c.cause, "HTTP 204");
+	teardown();
+}
+
+/* tests/fake_upstream.py checks itself (scripts, content rules, actions,
+ * decoding) against a child server of its own */
+static void t_upstream_selftest(void)
+{
+	char buf[512], cmd[700];
+	const char *path = up_script_path(buf, sizeof(buf));
+	int rc;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(path);
+	snprintf(cmd, sizeof(cmd), "python3 '%s' --selftest >/dev/null",
+		 path);
+	rc = system(cmd);
+	CU_ASSERT(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+}
+
+/* http_excerpt, byte by byte */
+static void t_excerpt(void)
+{
+	static const struct {
+		const char *in;
+		size_t len;
+		size_t cap;
+		const char *out;
+	} rows[] = {
+		{ "plain", 5, 64, "plain" },
+		{ "a\r\n\r\n  b\t", 9, 64, "a b" },
+		{ "\n\nlead", 6, 64, "lead" },
+		{ "q\"uote\\", 7, 64, "q\"uote\\x5c" },
+		{ "\x00\x7f\xff", 3, 64, "\\x00\\x7f\\xff" },
+		{ "\xc3\xa9t\xc3\xa9", 5, 64, "\\xc3\\xa9t\\xc3\\xa9" },
+		{ "0123456789abcdef", 16, 12, "01234567..." },
+		{ "0123", 4, 8, "0123" },
+		{ "0123456", 7, 8, "0123456" },
+		{ "01234567", 8, 8, "0123..." },
+		{ "012\xff", 4, 8, "012\\xff" },
+		{ "0123\xff", 5, 8, "0123..." },	/* an escape is not cut */
+		{ "ab  ", 4, 8, "ab" },
+		{ "", 0, 64, "" },
+		{ "abc", 3, 4, "" },		/* cap too small */
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		char out[64];
+		size_t n;
+
+		memset(out, 'Z', sizeof(out));
+		n = http_excerpt(rows[i].in, rows[i].len, out, rows[i].cap);
+		if (strcmp(out, rows[i].out))
+			printf("\n    excerpt row %zu: [%s]", i, out);
+		CU_ASSERT_STRING_EQUAL(out, rows[i].out);
+		CU_ASSERT_EQUAL(n, strlen(rows[i].out));
+		CU_ASSERT(n < rows[i].cap);
+	}
+}
+
 static void t_conn_reset(void)
 {
 	struct rec a = { 0 };
@@ -500,6 +605,7 @@ static void t_hang_timeout(void)
 	CU_ASSERT_EQUAL(a.status, 0);
 	CU_ASSERT_EQUAL(a.timeout, 1);
 	CU_ASSERT_EQUAL(a.curl_code, CURLE_OPERATION_TIMEDOUT);
+	CU_ASSERT_EQUAL(a.cancelled, 0);	/* an outcome: no answer */
 	CU_ASSERT(strlen(a.error) > 0);
 	CU_ASSERT(a.t_done - a.t_post >= 450 * MS);
 	CU_ASSERT(a.t_done - a.t_post < 1500 * MS);
@@ -541,6 +647,12 @@ static void t_connect_refused(void)
 	CU_ASSERT_EQUAL(a.timeout, 0);
 	CU_ASSERT_EQUAL(a.curl_code, CURLE_COULDNT_CONNECT);
 	CU_ASSERT(strlen(a.error) > 0);
+	/* the log gets curl's own words and the system's, not "network
+	 * error" */
+	printf("\n    cause: %s", a.cause);
+	CU_ASSERT_EQUAL(strncmp(a.cause, a.error, strlen(a.error)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(a.cause, "127.0.0.1"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(a.cause, "Connection refused"));
 	CU_ASSERT(a.t_done - a.t_post < 1 * SEC);
 	teardown();
 }
@@ -581,6 +693,7 @@ static void t_connect_timeout(void)
 	CU_ASSERT_EQUAL(a.status, 0);
 	CU_ASSERT_EQUAL(a.timeout, 1);
 	CU_ASSERT_EQUAL(a.curl_code, CURLE_OPERATION_TIMEDOUT);
+	CU_ASSERT_EQUAL(a.cancelled, 0);	/* an outcome: no answer */
 	CU_ASSERT(a.t_done - a.t_post >= 250 * MS);
 	CU_ASSERT(a.t_done - a.t_post < 1500 * MS);
 	for (i = 0; i < 3; i++)
@@ -605,6 +718,7 @@ static void t_cancel(void)
 	CU_ASSERT_EQUAL(a.status, 0);
 	CU_ASSERT_EQUAL(a.timeout, 0);
 	CU_ASSERT_EQUAL(a.curl_code, CURLE_ABORTED_BY_CALLBACK);
+	CU_ASSERT_EQUAL(a.cancelled, 1);
 	CU_ASSERT(strlen(a.error) > 0);
 	CU_ASSERT_EQUAL(http_inflight(g_h), 0);
 
@@ -616,6 +730,7 @@ static void t_cancel(void)
 	c.cancel_rec = &b;
 	CU_ASSERT_EQUAL(loop_until(&c.calls, 1, 3 * SEC), 0);
 	CU_ASSERT_EQUAL(c.status, 200);
+	CU_ASSERT_EQUAL(c.cancelled, 0);
 	CU_ASSERT_EQUAL(c.cancel_calls_seen, 1);	/* from within c's */
 	CU_ASSERT_EQUAL(b.calls, 1);
 	CU_ASSERT_EQUAL(b.status, 0);
@@ -655,6 +770,7 @@ static void t_free_inflight(void)
 		CU_ASSERT_EQUAL(r[i].calls, 1);
 		CU_ASSERT_EQUAL(r[i].status, 0);
 		CU_ASSERT_EQUAL(r[i].curl_code, CURLE_ABORTED_BY_CALLBACK);
+		CU_ASSERT_EQUAL(r[i].cancelled, 1);
 	}
 	CU_ASSERT_EQUAL(r[1].post_ret, -ESHUTDOWN);
 	/* nothing more arrives: the reactor holds no op of ours */
@@ -778,6 +894,9 @@ static int add_http(void)
 	    !CU_add_test(s, "interim_response_resets",
 			 t_interim_response_resets) ||
 	    !CU_add_test(s, "conn_reset", t_conn_reset) ||
+	    !CU_add_test(s, "response_body", t_response_body) ||
+	    !CU_add_test(s, "excerpt", t_excerpt) ||
+	    !CU_add_test(s, "upstream_selftest", t_upstream_selftest) ||
 	    !CU_add_test(s, "hang_timeout", t_hang_timeout) ||
 	    !CU_add_test(s, "connect_refused", t_connect_refused) ||
 	    !CU_add_test(s, "connect_timeout", t_connect_timeout) ||

@@ -61,6 +61,7 @@ static const struct pol_outcome *t_oc(struct t_out *t, int status,
 				      const char *ra, const char *sl)
 {
 	memset(t, 0, sizeof(*t));
+	t->o.wall_ms = T0;	/* the wall clock of the answer (HTTP-dates) */
 	t->o.status = status;
 	t->o.net = status ? POL_NET_NONE : POL_NET_ERROR;
 	if (ra) {
@@ -84,7 +85,9 @@ static void t_send(struct pol_sink *s, const struct cfg_sink *c,
 	struct t_out t;
 
 	CU_ASSERT_EQUAL_FATAL(pol_begin(s, c, b, 0, now), 0);
-	pol_on_response(s, c, b, t_oc(&t, status, ra, sl), now, 0, r);
+	t_oc(&t, status, ra, sl);
+	t.o.wall_ms = now;
+	pol_on_response(s, c, b, &t.o, now, 0, r);
 }
 
 /* the same without the gate: a response to a request begun earlier */
@@ -94,7 +97,18 @@ static void t_resp(struct pol_sink *s, const struct cfg_sink *c,
 {
 	struct t_out t;
 
-	pol_on_response(s, c, b, t_oc(&t, status, ra, sl), now, 0, r);
+	t_oc(&t, status, ra, sl);
+	t.o.wall_ms = now;
+	pol_on_response(s, c, b, &t.o, now, 0, r);
+}
+
+/* b as a new batch (each request of a sequence its own, so none collects
+ * the strikes of a poison batch) */
+static void t_fresh(struct pol_batch *b)
+{
+	static uint64_t id = 1000;
+
+	pol_batch_init(b, id++, 5);
 }
 
 /* HTTP-date of a unix time, in one of the three forms */
@@ -303,12 +317,14 @@ static void test_why_text(void)
 	CU_ASSERT_STRING_EQUAL(r.why, "HTTP 429, rate limited for 12000 ms");
 	CU_ASSERT_EQUAL(r.wait_ms, 12000);
 	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 2, 3);
 	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
 	t_oc(&t, 0, NULL, NULL);
 	t.o.net = POL_NET_TIMEOUT;
 	pol_on_response(&s, &c, &b, &t.o, T0, 0, &r);
 	CU_ASSERT_STRING_EQUAL(r.why, "timeout");
 	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 3, 3);
 	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, T0), 0);
 	pol_on_response(&s, &c, &b, t_oc(&t, 0, NULL, NULL), T0, 0, &r);
 	CU_ASSERT_STRING_EQUAL(r.why, "network error");
@@ -378,7 +394,11 @@ static void test_status_overrides(void)
 		{ 400, ST_RETRY, 0, 400, 5, POL_V_RETRY, 0 },
 		{ 503, ST_DROP, 0, 503, 5, POL_V_DROP, POL_R_REJECTED },
 		{ 500, ST_SPLIT, 0, 500, 5, POL_V_SPLIT, 0 },
-		{ 500, ST_SPLIT, 0, 500, 1, POL_V_DROP, POL_R_TOO_LARGE },
+		/* a split other than 413 down to one event: that event
+		 * was refused, not too large */
+		{ 500, ST_SPLIT, 0, 500, 1, POL_V_DROP, POL_R_REJECTED },
+		{ 400, ST_SPLIT, 0, 400, 1, POL_V_DROP, POL_R_REJECTED },
+		{ 413, ST_SPLIT, 0, 413, 1, POL_V_DROP, POL_R_TOO_LARGE },
 		{ 413, ST_DROP, 0, 413, 5, POL_V_DROP, POL_R_REJECTED },
 		{ 413, ST_RETRY, 0, 413, 1, POL_V_RETRY, 0 },
 		{ 403, ST_REAUTH, 1, 403, 5, POL_V_REAUTH, 0 },
@@ -464,8 +484,9 @@ static void test_retry_after_seconds(void)
 		{ " 5 ", 0, 5000 },
 		{ "\t7\t", 0, 7000 },
 		{ "000012", 0, 12000 },
-		{ "0", 0, 1000 },		/* 1 s floor */
-		{ "00", 0, 1000 },
+		{ "0", 0, 250 },		/* 250 ms floor */
+		{ "00", 0, 250 },
+		{ "1", 0, 1000 },
 		{ "300", 0, 300000 },
 		{ "301", 0, 300000 },		/* capped */
 		{ "86400", 0, 300000 },
@@ -509,7 +530,8 @@ static void test_retry_after_dates(void)
 	} rows[] = {
 		{ 120 * SEC, 0, 0, 120000 },
 		{ 1 * SEC, 0, 0, 1000 },
-		{ 2 * SEC, 1500, 0, 1000 },	/* 500 ms ahead: 1 s floor */
+		{ 2 * SEC, 1500, 0, 500 },	/* 500 ms ahead */
+		{ 2 * SEC, 1900, 0, 250 },	/* 100 ms ahead: the floor */
 		{ 10 * MIN, 0, 0, 300000 },	/* capped */
 		{ 400 * 86400 * SEC, 0, 0, 300000 },
 		{ 0, 0, -EINVAL, 0 },		/* now is not the future */
@@ -623,7 +645,7 @@ static void test_retry_after_responses(void)
 		int64_t until;
 	} rows[] = {
 		{ "5", POL_RATE_LIMITED, 5000 },
-		{ "0", POL_RATE_LIMITED, 1000 },
+		{ "0", POL_RATE_LIMITED, 250 },
 		{ "100000", POL_RATE_LIMITED, 300000 },
 		{ "Tue, 14 Nov 2023 22:14:20 GMT", POL_RATE_LIMITED, 60000 },
 		{ "Tue, 14 Nov 2023 22:13:00 GMT", POL_BACKOFF, 500 },
@@ -687,8 +709,9 @@ static void test_sentry_parse(void)
 		  { 60000 } },
 		{ "2.5:error:key", 1, { "error" }, { 2500 } },
 		{ "1.2345:error", 1, { "error" }, { 1234 } },
-		{ "0.001:error", 1, { "error" }, { 1000 } },	/* floor */
-		{ "0:error", 1, { "error" }, { 1000 } },
+		{ "0.001:error", 1, { "error" }, { 250 } },	/* floor */
+		{ "0:error", 1, { "error" }, { 250 } },
+		{ "0.3:error", 1, { "error" }, { 300 } },
 		{ "1000:error", 1, { "error" }, { 300000 } },	/* cap */
 		{ "99999999999999999999999:error", 1, { "error" },
 		  { 300000 } },
@@ -924,13 +947,13 @@ static void test_parser_fuzz(void)
 		buf[len] = '\0';
 		if (!pol_parse_retry_after(buf, T0, 300000, &w)) {
 			ok_ra++;
-			CU_ASSERT(w >= 1000 && w <= 300000);
+			CU_ASSERT(w >= POL_RA_FLOOR_MS && w <= 300000);
 		}
 		n = pol_parse_sentry_limits(buf, 300000, l, 8);
 		CU_ASSERT(n >= 0 && n <= 8);
 		ok_sl += n > 0;
 		for (j = 0; j < n; j++) {
-			CU_ASSERT(l[j].wait_ms >= 1000 &&
+			CU_ASSERT(l[j].wait_ms >= POL_RA_FLOOR_MS &&
 				  l[j].wait_ms <= 300000);
 			CU_ASSERT(strlen(l[j].cat) < POL_CAT_MAX);
 			CU_ASSERT(!strpbrk(l[j].cat, ":;, \t"));
@@ -943,6 +966,9 @@ static void test_parser_fuzz(void)
 
 /* ---- budgets --------------------------------------------------------------- */
 
+/* a sink never rate limited: its rate-limit clock reads 0 */
+static struct pol_sink g_ok;
+
 /* Fails b once at now (the sink is reset each time, so the gate never
  * interferes): the verdict. */
 static struct pol_result fail_at(const struct cfg_sink *c,
@@ -953,6 +979,10 @@ static struct pol_result fail_at(const struct cfg_sink *c,
 	struct pol_result r;
 
 	pol_sink_init(&s, "api");
+	/* only its budgets are under test: a batch failing on fresh sinks
+	 * would otherwise be benched as a poison batch after two */
+	b->strikes = 0;
+	b->isolated = false;
 	t_send(&s, c, b, now, status, ra, NULL, &r);
 	return r;
 }
@@ -1050,7 +1080,7 @@ static void test_max_backoff_duration(void)
 		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
 		CU_ASSERT_EQUAL(b.first_failure_ms, T0);
 		/* checked before a resend too, with the same boundary */
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + rows[i].second),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + rows[i].second),
 				rows[i].why);
 		r = fail_at(&c, &b, T0 + rows[i].second, 503, NULL);
 		CU_ASSERT_EQUAL(r.verdict, rows[i].v);
@@ -1082,9 +1112,83 @@ static void test_max_backoff_duration(void)
 
 		t_cfg(&c);
 		pol_batch_init(&b, 1, 5);
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + 100 * HOUR),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + 100 * HOUR),
 				POL_R_NONE);
 	}
+}
+
+/* Rate limits count against no budget (PRODUCT.md section 7), including
+ * max_backoff_duration: the time the sink spent rate limited after a
+ * batch's first failure is left out of it. Issue 14: a batch dropped as
+ * expired at 3 s of which 0.5 s was backoff. */
+static void test_rate_limit_not_backoff_time(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch a, b;
+	struct pol_result r;
+	int64_t now = T0;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	c.max_backoff_duration_ms = 2000;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	/* the issue's case: 503, then the probe gets 429 Retry-After: 3 */
+	t_send(&s, &c, &a, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	now = s.until_ms;				/* T0 + 0.5 s */
+	t_send(&s, &c, &a, now, 429, "3", NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_FALSE(r.counted);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 3500);
+	/* 3.5 s after the first failure, 3 s of it rate limited: 0.5 s */
+	now = s.until_ms;
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now), POL_R_NONE);
+	t_send(&s, &c, &a, now, 503, NULL, NULL, &r);	/* the probe */
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	/* backoff time counts: 0.5 + 1.5 = 2.0 s still retries, 2.001 not */
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 1500), POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 1501),
+			POL_R_EXPIRED);
+
+	/* another batch's rate limit holds the whole sink: not this batch's
+	 * backoff time either */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	pol_batch_init(&b, 2, 5);
+	now = T0;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &a, 0, now), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 1, now), 0);
+	t_resp(&s, &c, &a, now, 503, NULL, NULL, &r);	/* a: first failure */
+	t_resp(&s, &c, &b, now + 100, 429, "60", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, now + 60100);
+	/* a waited 60.1 s, 60 s of it rate limited */
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 60100), POL_R_NONE);
+	/* a window over with its probe still out counts as waiting */
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62000),
+			POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62001),
+			POL_R_EXPIRED);
+	/* the probe succeeds: the rate-limited period is closed into the
+	 * clock, and a's budget still leaves it out */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now + 60100), 0);
+	t_resp(&s, &c, &b, now + 60200, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.rl_acc_ms, 60000);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62000),
+			POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, now + 62001),
+			POL_R_EXPIRED);
+	/* a failure before any limit: everything counts */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&a, 1, 5);
+	t_send(&s, &c, &a, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, T0 + 2000), POL_R_NONE);
+	CU_ASSERT_EQUAL(pol_batch_check(&s, &c, &a, T0 + 2001),
+			POL_R_EXPIRED);
 }
 
 static void test_max_rate_limit_duration(void)
@@ -1115,7 +1219,7 @@ static void test_max_rate_limit_duration(void)
 		CU_ASSERT_EQUAL(b.rl_start_ms, T0);
 		r = fail_at(&c, &b, T0 + 1000, 503, "300");
 		CU_ASSERT_EQUAL(b.rl_start_ms, T0);	/* same episode */
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + rows[i].later),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + rows[i].later),
 				rows[i].v == POL_V_DROP ? POL_R_RATE_LIMITED
 							: POL_R_NONE);
 		r = fail_at(&c, &b, T0 + rows[i].later, 429, "300");
@@ -1149,7 +1253,7 @@ static void test_max_rate_limit_duration(void)
 		CU_ASSERT_EQUAL(b.rl_start_ms, T0 + 70000);
 
 		c.on_rate_limit = RL_DROP_CATEGORY;
-		CU_ASSERT_EQUAL(pol_batch_check(&c, &b, T0 + 10 * HOUR),
+		CU_ASSERT_EQUAL(pol_batch_check(&g_ok, &c, &b, T0 + 10 * HOUR),
 				POL_R_NONE);
 	}
 }
@@ -1217,13 +1321,15 @@ static void test_backoff_delays(void)
 	t_cfg(&c);
 	for (l = 0; l < sizeof(seq) / sizeof(seq[0]); l++) {
 		int64_t jmax = seq[l] / 10;
+		/* at the cap the jitter goes below it */
+		int64_t sign = seq[l] == 60000 ? -1 : 1;
 
 		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, 0), seq[l]);
 		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, 1u << 31),
-				seq[l] + jmax / 2);
+				seq[l] + sign * (jmax / 2));
 		/* the jitter stays below 10 % of the delay */
 		CU_ASSERT_EQUAL(pol_backoff_delay(&c, l, UINT32_MAX),
-				seq[l] + jmax - 1);
+				seq[l] + sign * (jmax - 1));
 	}
 	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 63, 0), 60000);
 	CU_ASSERT_EQUAL(pol_backoff_delay(&c, 64, 0), 60000);
@@ -1259,7 +1365,9 @@ static void test_backoff_sequence_and_probe(void)
 	for (i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
 		/* rnd alternates 0 and max: both ends of the jitter */
 		uint32_t rnd = i % 2 ? UINT32_MAX : 0;
-		int64_t want = seq[i] + (i % 2 ? seq[i] / 10 - 1 : 0);
+		int64_t j = i % 2 ? seq[i] / 10 - 1 : 0;
+		/* below the cap the jitter is added, at the cap subtracted */
+		int64_t want = seq[i] + (seq[i] + j > 60000 ? -j : j);
 
 		pol_on_response(&s, &c, &b, t_oc(&t, 503, NULL, NULL), now,
 				rnd, &r);
@@ -1285,21 +1393,269 @@ static void test_backoff_sequence_and_probe(void)
 				-EAGAIN);
 		CU_ASSERT_EQUAL(pol_next_open(&s, &c, 1, now), POL_NEVER);
 	}
-	/* the probe succeeds: ok, level 0, recovery logged with its length */
+	/* the probe succeeds: ok at once; the outage is over (logged once,
+	 * with its length, level back to 0) after POL_FLAP_MS of health */
 	pol_on_response(&s, &c, &b, t_oc(&t, 200, NULL, NULL), now + 10, 0,
 			&r);
 	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);
 	CU_ASSERT_EQUAL(r.state, POL_OK);
-	CU_ASSERT_EQUAL(s.level, 0);
 	CU_ASSERT_EQUAL(s.until_ms, 0);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 10 + POL_FLAP_MS - 1, false, &r),
+			now + 10 + POL_FLAP_MS);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 10 + POL_FLAP_MS, false, &r),
+			POL_NEVER);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
 	CU_ASSERT_EQUAL(r.outage_ms, now + 10 - T0);
-	/* the next outage starts over at the base delay */
-	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, now + 20), 0);
-	pol_on_response(&s, &c, &b, t_oc(&t, 502, NULL, NULL), now + 20, 0,
+	CU_ASSERT_EQUAL(r.flaps, 0);
+	CU_ASSERT_EQUAL(s.level, 0);
+	/* once only */
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 20 + POL_FLAP_MS, true, &r),
+			POL_NEVER);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	/* the next outage starts over at the base delay (another batch: b
+	 * failed every probe, so it would be benched) */
+	now += 20 + POL_FLAP_MS;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &other, 0, now), 0);
+	pol_on_response(&s, &c, &other, t_oc(&t, 502, NULL, NULL), now, 0,
 			&r);
-	CU_ASSERT_EQUAL(s.until_ms, now + 20 + 500);
+	CU_ASSERT_EQUAL(s.until_ms, now + 500);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+}
+
+/* Issue 14, defect 3: 503/200 alternating gave 48 outage and 47 recovery
+ * lines in 30 s and reset the backoff level each time. A failure within
+ * POL_FLAP_MS of a recovery continues the outage: one outage line, the
+ * windows keep growing, one recovery line once it holds. */
+static void test_flapping(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	int64_t now = T0, last_ok = 0, win, prev_win = 0;
+	int i, outages = 0, recoveries = 0;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	c.backoff_max_ms = 4000;
+	pol_sink_init(&s, "api");
+	for (i = 0; i < 12; i++) {
+		/* a request fails (the first from ok, then each one right
+		 * after a recovery: a flap) ... */
+		pol_batch_init(&b, (uint64_t)i, 5);
+		t_send(&s, &c, &b, now, 503, NULL, NULL, &r);
+		outages += r.log == POL_LOG_OUTAGE;
+		recoveries += r.log == POL_LOG_RECOVERED;
+		CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+		CU_ASSERT_EQUAL(s.level, (uint32_t)i + 1);
+		win = s.until_ms - now;
+		/* 0.5, 1, 2, 4, 4 ...: the level is never reset */
+		CU_ASSERT(win >= prev_win);
+		prev_win = win;
+		/* ... and the probe after the window succeeds */
+		now = s.until_ms;
+		t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(s.state, POL_OK);
+		outages += r.log == POL_LOG_OUTAGE;
+		recoveries += r.log == POL_LOG_RECOVERED;
+		CU_ASSERT_EQUAL(pol_tick(&s, now + 100, false, &r),
+				now + POL_FLAP_MS);
+		recoveries += r.log == POL_LOG_RECOVERED;
+		last_ok = now;
+		now += 100;	/* the next request fails soon after */
+	}
+	CU_ASSERT_EQUAL(outages, 1);
+	CU_ASSERT_EQUAL(recoveries, 0);
+	CU_ASSERT_EQUAL(prev_win, 4000);
+	CU_ASSERT_EQUAL(s.flaps, 11);
+	CU_ASSERT_EQUAL(s.outage_start_ms, T0);
+	/* healthy for POL_FLAP_MS after the last recovery: over, once */
+	CU_ASSERT_EQUAL(pol_tick(&s, last_ok + POL_FLAP_MS - 1, false, &r),
+			last_ok + POL_FLAP_MS);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(pol_tick(&s, last_ok + POL_FLAP_MS, false, &r),
+			POL_NEVER);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(r.outage_ms, last_ok - T0);
+	CU_ASSERT_EQUAL(r.flaps, 11);
+	CU_ASSERT_EQUAL(s.level, 0);
+	CU_ASSERT_EQUAL(s.flaps, 0);
+	/* a failure after that is a new outage, from the base delay */
+	now = last_ok + POL_FLAP_MS + 1;
+	t_fresh(&b);
+	t_send(&s, &c, &b, now, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	CU_ASSERT_EQUAL(s.until_ms, now + 500);
+	CU_ASSERT_EQUAL(s.outage_start_ms, now);
+	/* the flap window is POL_FLAP_MS exactly: at it a failure still
+	 * continues the outage, 1 ms later it is a new one (when nobody
+	 * ticked: the old one ends unlogged) */
+	now = s.until_ms;
+	t_fresh(&b);
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_fresh(&b);
+	t_send(&s, &c, &b, now + POL_FLAP_MS, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(s.level, 2);
+	now = s.until_ms;
+	t_fresh(&b);
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_fresh(&b);
+	t_send(&s, &c, &b, now + POL_FLAP_MS + 1, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	CU_ASSERT_EQUAL(s.level, 1);
+	/* a rate limit soon after a recovery continues the outage too */
+	now = s.until_ms;
+	t_fresh(&b);
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	t_fresh(&b);
+	t_send(&s, &c, &b, now + 10, 429, "5", NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	/* the stop tells a recovery that has not held POL_FLAP_MS yet */
+	now = s.until_ms;
+	t_fresh(&b);
+	t_send(&s, &c, &b, now, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(pol_tick(&s, now + 5, true, &r), POL_NEVER);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(r.flaps, 1);
+}
+
+/* Issue 14, defect 1: the probe was always the oldest batch, so one batch
+ * the upstream refuses (a malformed event answered 500) held up the whole
+ * sink for as long as its budgets allowed (12 h by default). The batch
+ * whose failures set the sink's window twice in a row is a suspect: the
+ * next probe is another batch; once that one brings the sink back, the
+ * suspect is isolated - retried alone on its own schedule, its HTTP
+ * failures charged to it alone and bisected - until delivered or dropped
+ * by its own budgets. */
+static void test_poison_batch(void)
+{
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch p, g, h1, h2, one;
+	struct pol_result r;
+	int64_t t = T0;
+	int n;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	c.backoff_max_ms = 4000;
+	c.max_retries = 6;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&p, 1, 5);
+	pol_batch_init(&g, 2, 5);
+	/* the poison batch opens the outage: strike 1 */
+	t_send(&s, &c, &p, t, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_OUTAGE);
+	CU_ASSERT_EQUAL(p.strikes, 1);
+	CU_ASSERT_FALSE(pol_probe_suspect(&p));
+	/* it is the probe once more (the oldest): strike 2, a suspect */
+	t = s.until_ms;				/* T0 + 0.5 s */
+	t_send(&s, &c, &p, t, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(p.strikes, 2);
+	CU_ASSERT_TRUE(pol_probe_suspect(&p));
+	CU_ASSERT_FALSE(p.isolated);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 1500);
+	/* the next probe is another batch (the caller's choice): ok again,
+	 * two windows after the first failure */
+	t = s.until_ms;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &g, 0, t), 0);
+	CU_ASSERT_TRUE(g.probe);
+	t_resp(&s, &c, &g, t, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(t - T0, 1500);
+	/* the suspect goes out while ok: isolated, on its own schedule
+	 * (its last failure + delay(1) = T0 + 1.5 s) */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, t), 0);
+	CU_ASSERT_TRUE(p.isolated);
+	CU_ASSERT_FALSE(p.probe);
+	t_resp(&s, &c, &p, t, 500, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+	CU_ASSERT_TRUE(r.shielded);
+	CU_ASSERT_TRUE(r.bisect);
+	CU_ASSERT_TRUE(r.counted);
+	CU_ASSERT_EQUAL(r.log, POL_LOG_NONE);
+	/* the sink did not move: state, window, ramp, level */
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.until_ms, 0);
+	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
+	CU_ASSERT_EQUAL(s.level, 2);
+	CU_ASSERT_EQUAL(p.failures, 3);
+	CU_ASSERT_EQUAL(pol_batch_ready_at(&p), t + 2000);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, t + 1999), -EAGAIN);
+	/* bisected: the halves go at once, isolated, with its budgets */
+	pol_batch_split(&p, &h1, 10, 2);
+	pol_batch_split(&p, &h2, 11, 3);
+	CU_ASSERT_TRUE(h1.isolated && h2.isolated);
+	CU_ASSERT_EQUAL(h2.failures, 3);
+	CU_ASSERT_EQUAL(pol_batch_ready_at(&h1), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &h1, 0, t), 0);
+	t_resp(&s, &c, &h1, t, 200, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DELIVERED);	/* good events go */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &h2, 0, t), 0);
+	t_resp(&s, &c, &h2, t, 500, NULL, NULL, &r);
+	CU_ASSERT_TRUE(r.bisect);
+	CU_ASSERT_EQUAL(h2.failures, 4);
+	/* ... down to the poison event alone: retried on its schedule, no
+	 * bisect, until max_retries drops it (7 failures in its line) */
+	pol_batch_split(&h2, &one, 12, 1);
+	for (n = 0; n < 3; n++) {
+		CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, t), 0);
+		t_resp(&s, &c, &one, t, 500, NULL, NULL, &r);
+		CU_ASSERT_FALSE(r.bisect);
+		CU_ASSERT_TRUE(r.shielded);
+		if (n < 2) {
+			CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+			CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0,
+						  pol_batch_ready_at(&one) - 1),
+					-EAGAIN);
+			t = pol_batch_ready_at(&one);
+		}
+	}
+	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+	CU_ASSERT_EQUAL(r.reason, POL_R_RETRIES_EXHAUSTED);
+	CU_ASSERT_EQUAL(one.failures, 7);
+	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.flaps, 0);
+
+	/* an isolated batch still speaks for the upstream when there is no
+	 * HTTP answer at all */
+	pol_batch_init(&one, 20, 1);
+	one.isolated = true;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, t), 0);
+	t_resp(&s, &c, &one, t, 0, NULL, NULL, &r);
+	CU_ASSERT_FALSE(r.shielded);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	/* ... and when it is the probe (the caller had no other batch) */
+	t = s.until_ms;
+	one.next_ms = 0;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, t), 0);
+	CU_ASSERT_TRUE(one.probe);
+	n = (int)s.level;
+	t_resp(&s, &c, &one, t, 500, NULL, NULL, &r);
+	CU_ASSERT_FALSE(r.shielded);
+	CU_ASSERT_EQUAL(s.level, (uint32_t)n + 1);
+	/* a rate limit is the upstream's instruction, isolated or not */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&one, 21, 3);
+	one.isolated = true;
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &one, 0, T0), 0);
+	t_resp(&s, &c, &one, T0, 429, "5", NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_FALSE(r.bisect);
+	/* a batch that fails only as a stale request collects no strikes */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&p, 30, 5);
+	pol_batch_init(&g, 31, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &p, 0, T0), 0);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &g, 1, T0), 0);
+	t_resp(&s, &c, &g, T0, 503, NULL, NULL, &r);
+	t_resp(&s, &c, &p, T0 + 1, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(g.strikes, 1);
+	CU_ASSERT_EQUAL(p.strikes, 0);
 }
 
 static void test_probe_details(void)
@@ -1355,7 +1711,10 @@ static void test_probe_details(void)
 	t_resp(&s, &c, &a, T0 + 1800, 400, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
 	CU_ASSERT_EQUAL(s.state, POL_OK);
+	CU_ASSERT_EQUAL(s.recovered_ms, T0 + 1800);
+	pol_tick(&s, T0 + 1800 + POL_FLAP_MS, false, &r);
 	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(s.level, 0);
 	/* a rate limit ends with a probe too */
 	t_send(&s, &c, &a, T0 + 2000, 429, "10", NULL, &r);
 	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 11999), POL_GATE_WAIT);
@@ -1393,6 +1752,7 @@ static void test_probe_details(void)
 		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 5700), POL_GATE_WAIT);
 		t_resp(&s, &c, &p2, T0 + 5800, 200, NULL, NULL, &r);
 		CU_ASSERT_EQUAL(s.state, POL_OK);
+		pol_tick(&s, T0 + 5800 + POL_FLAP_MS, true, &r);
 		CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
 		CU_ASSERT_EQUAL(r.outage_ms, 5800);
 	}
@@ -1427,10 +1787,12 @@ static void test_concurrency_ramp(void)
 	pol_batch_init(&stale, 99, 5);
 	CU_ASSERT_EQUAL(pol_begin(&s, &c, &stale, 0, T0), 0);
 	pol_batch_init(&b[0], 0, 5);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
 	now = s.until_ms;
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
-	CU_ASSERT_EQUAL(r.log, POL_LOG_RECOVERED);
+	CU_ASSERT_EQUAL(s.recovered_ms, now);
 
 	/* rounds: limit 1, 2, 3, then 4 = done */
 	for (round = 1; round <= 3; round++) {
@@ -1466,24 +1828,30 @@ static void test_concurrency_ramp(void)
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);	/* never below 1 */
 	/* a failure mid-round resets the round */
 	pol_batch_init(&b[0], 0, 5);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
 	t_resp(&s, &c, &stale, now, 503, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
 	/* a live failure during the ramp: backoff, then the probe, then the
 	 * ramp starts at 1 again */
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 500, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
 	now = s.until_ms;
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
 
 	/* max_inflight 1: nothing to ramp */
 	c.max_inflight = 1;
 	pol_sink_init(&s, "api");
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], s.until_ms, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.limit, 0);
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 1);
@@ -1493,11 +1861,15 @@ static void test_concurrency_ramp(void)
 	/* a config reload lowering max_inflight caps the ramp */
 	c.max_inflight = 8;
 	pol_sink_init(&s, "api");
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], T0, 503, NULL, NULL, &r);
 	now = s.until_ms;
+	t_fresh(&b[0]);
 	t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
-	for (i = 0; i < 3; i++)
+	for (i = 0; i < 3; i++) {
+		t_fresh(&b[0]);
 		t_send(&s, &c, &b[0], now, 200, NULL, NULL, &r);
+	}
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 3);
 	c.max_inflight = 2;
 	CU_ASSERT_EQUAL(pol_limit(&s, &c), 2);
@@ -1556,25 +1928,101 @@ static void test_summary_due(void)
 
 	t_cfg(&c);
 	pol_sink_init(&s, "api");
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + HOUR), 0);	/* ok */
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + HOUR, true), 0);	/* ok */
 	pol_batch_init(&b, 1, 5);
 	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.outage_start_ms, T0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 59999), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60000), 1);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60001), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 119999), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 120000), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 59999, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60000, true), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 60001, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 119999, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 120000, true), 1);
 	/* recovered: none */
 	t_send(&s, &c, &b, s.until_ms > T0 + 130000 ? s.until_ms
 		: T0 + 130000, 200, NULL, NULL, &r);
 	CU_ASSERT_EQUAL(s.state, POL_OK);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 400000), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 400000, true), 0);
 	/* a new outage waits its own 60 s */
 	t_send(&s, &c, &b, T0 + 500000, 503, NULL, NULL, &r);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 559999), 0);
-	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 560000), 1);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 559999, true), 0);
+	CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 560000, true), 1);
+}
+
+/* Issue 14, defect 4: with nothing left to send the sink read "backoff
+ * until ... (1m05s ago)", obx_sink_state said BACKOFF with a past until,
+ * and "retrying 0 batches ... next attempt in 0.0 s" came every minute. A
+ * window that is over, with no probe out and nothing waiting, shows ok and
+ * asks for no summary; the policy state stays (the next request is the
+ * probe). */
+static void test_visible_state(void)
+{
+	static const struct {
+		enum pol_state st;
+		int64_t until;		/* relative to T0 */
+		bool probe_out, waiting;
+		int64_t now;		/* relative to T0 */
+		enum pol_state shown;
+	} rows[] = {
+		{ POL_OK, 0, 0, 0, 0, POL_OK },
+		{ POL_OK, 0, 0, 1, 0, POL_OK },
+		{ POL_BACKOFF, 500, 0, 0, 499, POL_BACKOFF },	/* in it */
+		{ POL_BACKOFF, 500, 0, 1, 499, POL_BACKOFF },
+		{ POL_BACKOFF, 500, 0, 0, 500, POL_OK },	/* over, idle */
+		{ POL_BACKOFF, 500, 0, 0, HOUR, POL_OK },
+		{ POL_BACKOFF, 500, 0, 1, 500, POL_BACKOFF },	/* data waits */
+		{ POL_BACKOFF, 500, 1, 0, 600, POL_BACKOFF },	/* probing */
+		{ POL_RATE_LIMITED, 300000, 0, 0, 299999, POL_RATE_LIMITED },
+		{ POL_RATE_LIMITED, 300000, 0, 0, 300000, POL_OK },
+		{ POL_RATE_LIMITED, 300000, 0, 1, 300000, POL_RATE_LIMITED },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct pol_sink s;
+
+		pol_sink_init(&s, "api");
+		s.state = rows[i].st;
+		s.until_ms = rows[i].st == POL_OK ? 0 : T0 + rows[i].until;
+		s.probe_out = rows[i].probe_out;
+		s.outage_start_ms = T0 - HOUR;
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + rows[i].now,
+						  rows[i].waiting),
+				rows[i].shown);
+		/* a summary is due (an hour into the outage) exactly when
+		 * the state shown is not ok */
+		CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + rows[i].now,
+						rows[i].waiting),
+				rows[i].shown != POL_OK);
+		/* the policy state itself is untouched */
+		CU_ASSERT_EQUAL(s.state, rows[i].st);
+	}
+	/* through the state machine: a batch dropped at its first failure
+	 * (max_retries = 0) leaves a window with nothing behind it */
+	{
+		struct cfg_sink c;
+		struct pol_sink s;
+		struct pol_batch b;
+		struct pol_result r;
+
+		t_cfg(&c);
+		c.max_retries = 0;
+		c.backoff_jitter_pct = 0;
+		pol_sink_init(&s, "api");
+		pol_batch_init(&b, 1, 5);
+		t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 499, false),
+				POL_BACKOFF);
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 500, false),
+				POL_OK);
+		CU_ASSERT_EQUAL(pol_summary_due(&s, T0 + 65000, false), 0);
+		/* new data: it is the probe */
+		CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 65000),
+				POL_GATE_PROBE);
+		CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 65000, true),
+				POL_BACKOFF);
+	}
 }
 
 static void test_names(void)
@@ -1656,6 +2104,7 @@ static void test_persist_round_trip(void)
 		a[i].level = (uint32_t)i * 3;
 		a[i].rl_start_ms = T0 - i;
 		a[i].outage_start_ms = T0 - 2 * i;
+		a[i].rl_acc_ms = 1000 * i;
 		a[i].ncats = i % (POL_MAX_CATS + 1);
 		for (j = 0; j < a[i].ncats; j++) {
 			snprintf(a[i].cats[j].name, POL_CAT_MAX, "c\"%d;%d",
@@ -1675,8 +2124,9 @@ static void test_persist_round_trip(void)
 		sb[i].b.first_failure_ms = T0 - 5000;
 		sb[i].b.rl_start_ms = i ? T0 - 10 : 0;
 		sb[i].b.reauth_done = i == 1;
+		sb[i].b.rl_base_ms = 333 * i;
 	}
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, a, NODD, sb, 3), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, a, NODD, sb, 3, 0), 0);
 	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
 
 	/* enum values are written as strings */
@@ -1687,7 +2137,7 @@ static void test_persist_round_trip(void)
 	CU_ASSERT_PTR_NOT_NULL(memmem(raw, len, "\xa2ok", 3));
 	free(raw);
 
-	CU_ASSERT_EQUAL_FATAL(pol_load(path, b, NODD, &lb, &nb), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, b, NODD, &lb, &nb, 0), 0);
 	for (i = 0; i < NODD; i++) {
 		CU_ASSERT_STRING_EQUAL(b[i].name, odd_names[i]);
 		CU_ASSERT_EQUAL(b[i].state, a[i].state);
@@ -1695,6 +2145,7 @@ static void test_persist_round_trip(void)
 		CU_ASSERT_EQUAL(b[i].level, a[i].level);
 		CU_ASSERT_EQUAL(b[i].rl_start_ms, a[i].rl_start_ms);
 		CU_ASSERT_EQUAL(b[i].outage_start_ms, a[i].outage_start_ms);
+		CU_ASSERT_EQUAL(b[i].rl_acc_ms, a[i].rl_acc_ms);
 		CU_ASSERT_EQUAL_FATAL(b[i].ncats, a[i].ncats);
 		for (j = 0; j < a[i].ncats; j++) {
 			CU_ASSERT_STRING_EQUAL(b[i].cats[j].name,
@@ -1716,17 +2167,18 @@ static void test_persist_round_trip(void)
 				sb[i].b.first_failure_ms);
 		CU_ASSERT_EQUAL(lb[i].b.rl_start_ms, sb[i].b.rl_start_ms);
 		CU_ASSERT_EQUAL(lb[i].b.reauth_done, sb[i].b.reauth_done);
+		CU_ASSERT_EQUAL(lb[i].b.rl_base_ms, sb[i].b.rl_base_ms);
 	}
 	free(lb);
 
 	/* overwrite in place, with nothing: still atomic, still loads */
-	CU_ASSERT_EQUAL(pol_save(path, a, 1, NULL, 0), 0);
-	CU_ASSERT_EQUAL(pol_load(path, b, NODD, &lb, &nb), 0);
+	CU_ASSERT_EQUAL(pol_save(path, a, 1, NULL, 0, 0), 0);
+	CU_ASSERT_EQUAL(pol_load(path, b, NODD, &lb, &nb, 0), 0);
 	CU_ASSERT_EQUAL(nb, 0);
 	CU_ASSERT_PTR_NULL(lb);
 	/* batches may be ignored by passing NULL */
-	CU_ASSERT_EQUAL(pol_save(path, a, NODD, sb, 3), 0);
-	CU_ASSERT_EQUAL(pol_load(path, b, NODD, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(pol_save(path, a, NODD, sb, 3, 0), 0);
+	CU_ASSERT_EQUAL(pol_load(path, b, NODD, NULL, NULL, 0), 0);
 	CU_ASSERT_EQUAL(t_count_files("rt.state.tmp"), 0);
 	unlink(path);
 }
@@ -1744,12 +2196,12 @@ static void test_persist_by_name(void)
 	saved[0].level = 4;
 	saved[1].state = POL_RATE_LIMITED;
 	saved[1].until_ms = T0 + 9000;
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, saved, 2, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, saved, 2, NULL, 0, 0), 0);
 	/* another order, a new sink, a prefix of a name */
 	pol_sink_init(&now[0], "new");
 	pol_sink_init(&now[1], "ap");
 	pol_sink_init(&now[2], "api");
-	CU_ASSERT_EQUAL(pol_load(path, now, 3, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(pol_load(path, now, 3, NULL, NULL, 0), 0);
 	CU_ASSERT_EQUAL(now[2].state, POL_BACKOFF);
 	CU_ASSERT_EQUAL(now[2].until_ms, T0 + 5000);
 	CU_ASSERT_EQUAL(now[2].level, 4);
@@ -1773,7 +2225,7 @@ static void test_persist_missing_and_corrupt(void)
 	s[0].level = 2;
 	ref = s[0];
 	t_path(path, sizeof(path), "missing.state");
-	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -ENOENT);
+	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -ENOENT);
 	CU_ASSERT_PTR_NULL(lb);
 	CU_ASSERT_EQUAL(nb, 0);
 	CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
@@ -1792,7 +2244,7 @@ static void test_persist_missing_and_corrupt(void)
 		w.ncats = 1;
 		strcpy(w.cats[0].name, "error");
 		w.cats[0].until_ms = T0 + 5;
-		CU_ASSERT_EQUAL_FATAL(pol_save(path, &w, 1, &sb, 1), 0);
+		CU_ASSERT_EQUAL_FATAL(pol_save(path, &w, 1, &sb, 1, 0), 0);
 	}
 	good = tu_read_file(path, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(good);
@@ -1800,7 +2252,7 @@ static void test_persist_missing_and_corrupt(void)
 	/* every truncation is corrupt, and changes nothing */
 	for (cut = 0; cut < len; cut++) {
 		t_write(path, good, cut);
-		rc = pol_load(path, s, 1, &lb, &nb);
+		rc = pol_load(path, s, 1, &lb, &nb, 0);
 		CU_ASSERT_EQUAL(rc, -EBADMSG);
 		CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
 		CU_ASSERT_PTR_NULL(lb);
@@ -1812,7 +2264,7 @@ static void test_persist_missing_and_corrupt(void)
 		memcpy(more, good, len);
 		more[len] = '\0';
 		t_write(path, more, len + 1);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		free(more);
 	}
 	/* every single flipped byte: rejected or loaded, never a crash, and
@@ -1824,7 +2276,7 @@ static void test_persist_missing_and_corrupt(void)
 		bad[cut] ^= 0x5a;
 		t_write(path, bad, len);
 		pol_sink_init(&s[0], "api");
-		rc = pol_load(path, s, 1, &lb, &nb);
+		rc = pol_load(path, s, 1, &lb, &nb, 0);
 		CU_ASSERT(rc == 0 || rc == -EBADMSG);
 		CU_ASSERT(s[0].state <= POL_RATE_LIMITED);
 		CU_ASSERT(s[0].ncats >= 0 && s[0].ncats <= POL_MAX_CATS);
@@ -1842,7 +2294,7 @@ static void test_persist_missing_and_corrupt(void)
 			bad[t_rand() % len] = (char)t_rand();
 		t_write(path, bad, len);
 		pol_sink_init(&s[0], "api");
-		rc = pol_load(path, s, 1, &lb, &nb);
+		rc = pol_load(path, s, 1, &lb, &nb, 0);
 		CU_ASSERT(rc == 0 || rc == -EBADMSG);
 		CU_ASSERT(s[0].state <= POL_RATE_LIMITED);
 		free(lb);
@@ -1857,7 +2309,7 @@ static void test_persist_missing_and_corrupt(void)
 		msgpack_packer pk;
 
 		t_write(path, junk, sizeof(junk));
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		msgpack_sbuffer_init(&buf);
 		msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
 		msgpack_pack_map(&pk, 2);
@@ -1869,10 +2321,10 @@ static void test_persist_missing_and_corrupt(void)
 		msgpack_pack_str_body(&pk, "sinks", 5);
 		msgpack_pack_array(&pk, 0);
 		t_write(path, buf.data, buf.size);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		msgpack_sbuffer_destroy(&buf);
 		t_write(path, "", 0);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		CU_ASSERT_EQUAL(memcmp(&s[0], &ref, sizeof(ref)), 0);
 	}
 	/* a state name that is not one of ours */
@@ -1885,14 +2337,14 @@ static void test_persist_missing_and_corrupt(void)
 		CU_ASSERT_PTR_NOT_NULL_FATAL(st);
 		memcpy(st, "rate_limitex", 12);
 		t_write(path, bad, len);
-		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), -EBADMSG);
+		CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), -EBADMSG);
 		free(bad);
 	}
 	/* a directory is not a state file */
-	CU_ASSERT_EQUAL(pol_load(g_dir, s, 1, &lb, &nb), -EBADMSG);
+	CU_ASSERT_EQUAL(pol_load(g_dir, s, 1, &lb, &nb, 0), -EBADMSG);
 	/* the original still loads */
 	t_write(path, good, len);
-	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb), 0);
+	CU_ASSERT_EQUAL(pol_load(path, s, 1, &lb, &nb, 0), 0);
 	CU_ASSERT_EQUAL(s[0].state, POL_RATE_LIMITED);
 	CU_ASSERT_EQUAL(s[0].until_ms, T0 + 99999);
 	CU_ASSERT_EQUAL(nb, 1);
@@ -1901,7 +2353,7 @@ static void test_persist_missing_and_corrupt(void)
 	unlink(path);
 	/* a save into a missing directory fails cleanly */
 	t_path(path, sizeof(path), "no/such/dir.state");
-	CU_ASSERT_EQUAL(pol_save(path, s, 1, NULL, 0), -ENOENT);
+	CU_ASSERT_EQUAL(pol_save(path, s, 1, NULL, 0, 0), -ENOENT);
 }
 
 /* PRODUCT.md section 7: a broker restarted during a 300 s Retry-After
@@ -1920,12 +2372,12 @@ static void test_restart_inside_window(void)
 	pol_batch_init(&b, 1, 5);
 	t_send(&s, &c, &b, T0, 429, "300", NULL, &r);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 300000);
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0, 0), 0);
 
 	/* the broker dies at T0 + 10 s and starts again */
 	pol_sink_init(&fresh, "api");
 	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 10000), POL_GATE_SEND);
-	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL, 0), 0);
 	pol_sink_clamp(&fresh, &c, T0 + 10000);
 	CU_ASSERT_EQUAL(fresh.state, POL_RATE_LIMITED);
 	CU_ASSERT_EQUAL(fresh.until_ms, T0 + 300000);
@@ -1944,9 +2396,9 @@ static void test_restart_inside_window(void)
 	/* a backoff window too; and a stale window needs a probe */
 	pol_sink_init(&s, "api");
 	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
-	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &s, 1, NULL, 0, 0), 0);
 	pol_sink_init(&fresh, "api");
-	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &fresh, 1, NULL, NULL, 0), 0);
 	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + 499), POL_GATE_WAIT);
 	CU_ASSERT_EQUAL(pol_gate(&fresh, &c, 0, T0 + HOUR), POL_GATE_PROBE);
 	CU_ASSERT_EQUAL(fresh.level, 1);
@@ -1969,15 +2421,175 @@ static void test_clamp(void)
 	pol_sink_clamp(&s, &c, T0);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 300000);	/* > 60 s + 10 % */
 	CU_ASSERT_EQUAL(s.cats[0].until_ms, T0 + 300000);
-	/* backoff_max with full jitter is the bound when it is larger */
+	/* backoff_max is the bound when it is larger: jitter never takes
+	 * a window past it */
 	c.backoff_max_ms = 600000;
 	s.until_ms = T0 + 86400 * SEC;
 	pol_sink_clamp(&s, &c, T0);
-	CU_ASSERT_EQUAL(s.until_ms, T0 + 600000 + 60000 - 1);
+	CU_ASSERT_EQUAL(s.until_ms, T0 + 600000);
 	/* a legitimate window is kept */
 	s.until_ms = T0 + 200000;
 	pol_sink_clamp(&s, &c, T0);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 200000);
+}
+
+/* Jitter never takes a window past backoff_max (issue 14: 4.34 s windows
+ * with backoff_max = 4s), whatever the base, cap, percentage and random
+ * word; below the cap it is added, at the cap it spreads below it. */
+static void test_jitter_cap(void)
+{
+	static const struct {
+		uint64_t base, cap;
+		uint32_t pct;
+	} rows[] = {
+		{ 500, 4000, 10 }, { 500, 60000, 10 }, { 300, 4000, 50 },
+		{ 1000, 1000, 10 }, { 3900, 4000, 10 }, { 7, 100, 100 },
+		{ 500, 4000, 0 }, { 1, UINT64_MAX / 4, 10 },
+	};
+	static const uint32_t rnds[] = { 0, 1, 1u << 31, 0xdeadbeef,
+					 UINT32_MAX - 1, UINT32_MAX };
+	size_t i, k;
+	uint32_t l;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct cfg_sink c;
+
+		t_cfg(&c);
+		c.backoff_base_ms = rows[i].base;
+		c.backoff_max_ms = rows[i].cap;
+		c.backoff_jitter_pct = rows[i].pct;
+		for (l = 0; l < 70; l++)
+			for (k = 0; k < sizeof(rnds) / sizeof(rnds[0]); k++) {
+				uint64_t d = l < 64 && rows[i].base <=
+					     (rows[i].cap >> l) ?
+					     rows[i].base << l : rows[i].cap;
+				int64_t got = pol_backoff_delay(&c, l,
+								rnds[k]);
+				uint64_t jmax = d / 100 * rows[i].pct +
+						d % 100 * rows[i].pct / 100;
+
+				if (d > rows[i].cap)
+					d = rows[i].cap;
+				if (got < 0 || (uint64_t)got > rows[i].cap)
+					fprintf(stderr, "jitter row %zu level "
+						"%u rnd %u: %lld > cap\n", i, l,
+						rnds[k], (long long)got);
+				CU_ASSERT((uint64_t)got <= rows[i].cap);
+				/* within the jitter of the capped delay */
+				CU_ASSERT((uint64_t)got + jmax >= d);
+				CU_ASSERT((uint64_t)got <= d + jmax);
+			}
+	}
+	/* the issue's case: base 500 ms, max 4 s, 10 %: the capped windows
+	 * lie in (3.6 s, 4 s] */
+	{
+		struct cfg_sink c;
+
+		t_cfg(&c);
+		c.backoff_max_ms = 4000;
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, 3, UINT32_MAX), 3601);
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, 9, 0), 4000);
+		CU_ASSERT_EQUAL(pol_backoff_delay(&c, 2, UINT32_MAX), 2199);
+	}
+}
+
+/* Windows are on the caller's monotonic clock; the wall clock of an
+ * answer only reads HTTP-dates. A wall-clock step between two answers
+ * changes no window. */
+static void test_monotonic_windows(void)
+{
+	const int64_t M0 = 5 * SEC;	/* monotonic: 5 s after boot */
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	struct t_out t;
+
+	t_cfg(&c);
+	c.backoff_jitter_pct = 0;
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 1, 5);
+	/* a 503 at M0 while the wall clock reads T0 */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0), 0);
+	t_oc(&t, 503, NULL, NULL);
+	t.o.wall_ms = T0;
+	pol_on_response(&s, &c, &b, &t.o, M0, 0, &r);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 500);
+	CU_ASSERT_EQUAL(b.first_failure_ms, M0);
+	/* the probe, with the wall clock an hour back: window M0 + 1.5 s */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0 + 500), 0);
+	t_oc(&t, 503, NULL, NULL);
+	t.o.wall_ms = T0 - HOUR;
+	pol_on_response(&s, &c, &b, &t.o, M0 + 500, 0, &r);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 1500);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, M0 + 1499), POL_GATE_WAIT);
+	CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, M0 + 1500), POL_GATE_PROBE);
+	/* an HTTP-date 60 s after the answer's wall time: 60 s from now on
+	 * the monotonic clock, whatever the wall clock said before */
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0 + 1500), 0);
+	t_oc(&t, 429, "Tue, 14 Nov 2023 21:14:20 GMT", NULL);
+	t.o.wall_ms = T0 - HOUR;	/* 21:13:20 */
+	pol_on_response(&s, &c, &b, &t.o, M0 + 1500, 0, &r);
+	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 1500 + 60000);
+	/* the same date read against a wall clock past it: absent, so a
+	 * counted backoff instead */
+	pol_sink_init(&s, "api");
+	pol_batch_init(&b, 2, 5);
+	CU_ASSERT_EQUAL(pol_begin(&s, &c, &b, 0, M0), 0);
+	t_oc(&t, 429, "Tue, 14 Nov 2023 21:14:20 GMT", NULL);
+	t.o.wall_ms = T0;
+	pol_on_response(&s, &c, &b, &t.o, M0, 0, &r);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	CU_ASSERT_EQUAL(s.until_ms, M0 + 500);
+}
+
+/* Persisted times are wall-clock: saved with one process's offset, read
+ * back with another's (a restart, a reboot), they land on the new
+ * monotonic clock at the same wall instants. 0 stays "none"; a time
+ * before the new monotonic origin is negative, never 0. */
+static void test_persist_wall_offset(void)
+{
+	const int64_t off1 = T0 - 5 * SEC;	/* boot 1: mono 5 s = T0 */
+	const int64_t off2 = T0 + 60 * SEC - 2 * SEC; /* boot 2, 60 s on */
+	struct pol_sink a, b;
+	struct pol_saved_batch sb, *lb = NULL;
+	size_t nb = 0;
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/offset.state", g_dir);
+	pol_sink_init(&a, "api");
+	a.state = POL_RATE_LIMITED;
+	a.until_ms = 5 * SEC + 300 * SEC;	/* T0 + 300 s */
+	a.rl_start_ms = 5 * SEC;
+	a.outage_start_ms = 4 * SEC;
+	a.ncats = 1;
+	strcpy(a.cats[0].name, "error");
+	a.cats[0].until_ms = 5 * SEC + 100 * SEC;
+	memset(&sb, 0, sizeof(sb));
+	strcpy(sb.sink, "api");
+	pol_batch_init(&sb.b, 7, 3);
+	sb.b.first_failure_ms = 3 * SEC;	/* T0 - 2 s */
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &a, 1, &sb, 1, off1), 0);
+	pol_sink_init(&b, "api");
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &b, 1, &lb, &nb, off2), 0);
+	/* the new boot's mono clock reads 2 s at T0 + 60 s */
+	CU_ASSERT_EQUAL(b.until_ms, T0 + 300 * SEC - off2);
+	CU_ASSERT_EQUAL(b.until_ms, 2 * SEC + 240 * SEC);
+	CU_ASSERT_EQUAL(b.cats[0].until_ms, 2 * SEC + 40 * SEC);
+	CU_ASSERT_EQUAL(b.rl_start_ms, 2 * SEC - 60 * SEC);
+	CU_ASSERT_EQUAL(b.outage_start_ms, 2 * SEC - 61 * SEC);
+	CU_ASSERT_EQUAL_FATAL(nb, 1);
+	CU_ASSERT_EQUAL(lb[0].b.first_failure_ms, 2 * SEC - 62 * SEC);
+	CU_ASSERT_EQUAL(lb[0].b.rl_start_ms, 0);	/* none stays none */
+	free(lb);
+	/* exactly the new origin: -1, not 0 ("none") */
+	sb.b.first_failure_ms = off2 - off1;	/* wall = off2 */
+	CU_ASSERT_EQUAL_FATAL(pol_save(path, &a, 1, &sb, 1, off1), 0);
+	CU_ASSERT_EQUAL_FATAL(pol_load(path, &b, 1, &lb, &nb, off2), 0);
+	CU_ASSERT_EQUAL(lb[0].b.first_failure_ms, -1);
+	free(lb);
+	unlink(path);
 }
 
 /* ---- registration ---------------------------------------------------------- */
@@ -2022,17 +2634,26 @@ static int add_policy_suite(void)
 			 test_rate_limits_not_counted) ||
 	    !CU_add_test(s, "max_backoff_duration",
 			 test_max_backoff_duration) ||
+	    !CU_add_test(s, "rate limits are no backoff time",
+			 test_rate_limit_not_backoff_time) ||
 	    !CU_add_test(s, "max_rate_limit_duration",
 			 test_max_rate_limit_duration) ||
 	    !CU_add_test(s, "episode never shortens",
 			 test_episode_never_shortens) ||
 	    !CU_add_test(s, "backoff delays", test_backoff_delays) ||
+	    !CU_add_test(s, "jitter never past the cap", test_jitter_cap) ||
+	    !CU_add_test(s, "monotonic windows", test_monotonic_windows) ||
+	    !CU_add_test(s, "persist wall offset",
+			 test_persist_wall_offset) ||
 	    !CU_add_test(s, "backoff sequence and probe",
 			 test_backoff_sequence_and_probe) ||
+	    !CU_add_test(s, "flapping", test_flapping) ||
+	    !CU_add_test(s, "poison batch", test_poison_batch) ||
 	    !CU_add_test(s, "probe details", test_probe_details) ||
 	    !CU_add_test(s, "concurrency ramp", test_concurrency_ramp) ||
 	    !CU_add_test(s, "X-Retry-Count", test_retry_count_header) ||
 	    !CU_add_test(s, "summary due", test_summary_due) ||
+	    !CU_add_test(s, "visible state", test_visible_state) ||
 	    !CU_add_test(s, "names", test_names) ||
 	    !CU_add_test(s, "persist round trip", test_persist_round_trip) ||
 	    !CU_add_test(s, "persist by name", test_persist_by_name) ||

@@ -3,6 +3,7 @@
  *   outbox emit   [-s SHM] [--sink NAME] [--type TYPE] [JSON | -]
  *   outbox stat   [-s SHM] [--json | --prometheus]
  *   outbox status [-s SHM]
+ *   outbox top    [-s SHM] [-d SECONDS]     (tools/top.c)
  *   outbox spool  ls|verify|dump [-d DIR] [--sink NAME]
  *
  * emit is an ordinary producer (liboutbox). stat and status only read the
@@ -13,8 +14,9 @@
  * any process that can open it, and a broken one must not crash the tool
  * an operator uses to find out what is wrong.
  *
- * JSON is read and written with jansson only (see broker/json.c);
- * Prometheus label values have their own escaping rules, done here.
+ * The counters, their names and the Prometheus text come from one table
+ * (broker/metrics.c), shared with the broker's /metrics endpoint. JSON is
+ * read and written with jansson only (see broker/json.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,24 +35,25 @@
 #include "buf.h"
 #include "envelope.h"
 #include "json.h"
+#include "metrics.h"
 #include "segment.h"
 #include "slots.h"
 #include "spool.h"
+#include "tool.h"
 
-#define EXIT_USAGE       2
+#define EXIT_USAGE       TOOL_EXIT_USAGE
 #define DEFAULT_SHM      "outbox"
 #define DEFAULT_SPOOL    "./outbox-spool"
 #define DEFAULT_TYPE     "event"
 #define JSON_IN_FLAGS    (JSON_DECODE_ANY | JSON_ALLOW_NUL)
 #define NS_PER_S         UINT64_C(1000000000)
 #define NS_PER_MS        UINT64_C(1000000)
-#define SEQ_WAIT_NS      NS_PER_S       /* give up on a stuck seqlock */
 #define BEAT_STALE_NS    (5 * NS_PER_S) /* broker heartbeat: every 1 s */
 #define EMIT_REPORT_MAX  10             /* drop messages before summing up */
 
 /* ---- small helpers ----------------------------------------------------- */
 
-static uint64_t now_ns(clockid_t clk)
+uint64_t tool_now_ns(clockid_t clk)
 {
 	struct timespec ts;
 
@@ -58,7 +61,7 @@ static uint64_t now_ns(clockid_t clk)
 	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
-static const char *shm_name(const char *opt)
+const char *tool_shm_name(const char *opt)
 {
 	const char *e;
 
@@ -68,22 +71,9 @@ static const char *shm_name(const char *opt)
 	return e && *e ? e : DEFAULT_SHM;
 }
 
-static const char *state_name(uint32_t st)
-{
-	switch (st) {
-	case OBX_SINK_OK:
-		return "ok";
-	case OBX_SINK_BACKOFF:
-		return "backoff";
-	case OBX_SINK_RATE_LIMITED:
-		return "rate_limited";
-	}
-	return "unknown";
-}
-
 /* RFC 3339: UTC with milliseconds ("...T10:00:03.250Z"), or local time
  * with its offset ("...T12:00:03+02:00"). */
-static void fmt_time(char *out, size_t len, uint64_t ns, int local)
+void tool_fmt_time(char *out, size_t len, uint64_t ns, int local)
 {
 	time_t t = (time_t)(ns / NS_PER_S);
 	struct tm tm;
@@ -106,7 +96,7 @@ static void fmt_time(char *out, size_t len, uint64_t ns, int local)
 }
 
 /* A duration for people: 850ms, 4.2s, 12s, 3m12s, 2h05m, 3d04h. */
-static void fmt_dur(char *out, size_t len, uint64_t ns)
+void tool_fmt_dur(char *out, size_t len, uint64_t ns)
 {
 	uint64_t s = ns / NS_PER_S;
 
@@ -129,20 +119,20 @@ static void fmt_dur(char *out, size_t len, uint64_t ns)
 }
 
 /* "in 12s" / "3s ago" relative to now (CLOCK_REALTIME ns) */
-static void fmt_rel(char *out, size_t len, uint64_t when, uint64_t now)
+void tool_fmt_rel(char *out, size_t len, uint64_t when, uint64_t now)
 {
 	char d[32];
 
 	if (when >= now) {
-		fmt_dur(d, sizeof(d), when - now);
+		tool_fmt_dur(d, sizeof(d), when - now);
 		snprintf(out, len, "in %s", d);
 	} else {
-		fmt_dur(d, sizeof(d), now - when);
+		tool_fmt_dur(d, sizeof(d), now - when);
 		snprintf(out, len, "%s ago", d);
 	}
 }
 
-static void fmt_bytes(char *out, size_t len, uint64_t b)
+void tool_fmt_bytes(char *out, size_t len, uint64_t b)
 {
 	static const char *unit[] = { "KiB", "MiB", "GiB", "TiB" };
 	double v = (double)b;
@@ -159,52 +149,9 @@ static void fmt_bytes(char *out, size_t len, uint64_t b)
 	snprintf(out, len, "%.1f %s", v, unit[u]);
 }
 
-/* A NUL-terminated copy of a fixed-size name field from shm. */
-static void shm_str(char *out, size_t outlen, const char *in, size_t inlen)
-{
-	size_t n = strnlen(in, inlen);
-
-	if (n >= outlen)
-		n = outlen - 1;
-	memcpy(out, in, n);
-	out[n] = 0;
-}
-
-/* Copies len bytes published under a seqlock: retries while the writer
- * holds it (odd) or moved it during the copy. The acquire load of seq
- * and the acquire fence after the copy pair with the broker's release
- * fence after its odd store and its release store of the even value
- * (broker/stats.c). A broker that died mid-update leaves seq odd for
- * good: after SEQ_WAIT_NS the (possibly torn) copy is kept and -EAGAIN
- * returned. */
-static int seq_read(const _Atomic uint64_t *seq, const void *src, void *dst,
-		    size_t len)
-{
-	uint64_t deadline = now_ns(CLOCK_MONOTONIC) + SEQ_WAIT_NS, s1, s2;
-	unsigned spins = 0;
-
-	for (;;) {
-		s1 = atomic_load_explicit(seq, memory_order_acquire);
-		if (!(s1 & 1)) {
-			memcpy(dst, src, len);
-			atomic_thread_fence(memory_order_acquire);
-			s2 = atomic_load_explicit(seq, memory_order_relaxed);
-			if (s1 == s2)
-				return 0;
-		} else {
-			memcpy(dst, src, len);
-		}
-		if (++spins < 1000)
-			continue;
-		if (now_ns(CLOCK_MONOTONIC) > deadline)
-			return -EAGAIN;
-		usleep(100);
-	}
-}
-
 /* Attaches without registering a producer. 0, or -errno after saying why
  * on stderr. */
-static int attach(const char *cmd, const char *name, struct seg *s)
+int tool_attach(const char *cmd, const char *name, struct seg *s)
 {
 	char why[256] = "";
 	int rc = seg_attach(s, name, why, sizeof(why));
@@ -219,311 +166,44 @@ static int attach(const char *cmd, const char *name, struct seg *s)
 	return rc;
 }
 
-/* ---- snapshot of the segment (stat, status) ---------------------------- */
+/* ---- snapshot of the segment (stat, status, top) ----------------------- */
 
-struct prod {
-	uint32_t slot, pid;
-	uint64_t emitted, dropped;
-};
-
-struct snap {
-	struct seg seg;
-	struct obx_stats g;
-	struct obx_sink_page *kp;       /* private copy */
-	uint32_t nsinks;                /* clamped */
-	struct prod *prods;
-	uint32_t nprods;
-	int torn;                       /* a seqlock read gave up */
-	/* broker identity (consumer page) */
-	uint32_t broker_pid;
-	uint64_t broker_start, beat_ns, boot_ns, head, tail;
-	int alive;
-	const char *why_dead;
-	/* the identity, see snap_compute() */
-	uint64_t delivered, dropped, queued;
-	int identity_ok;
-};
-
-static void snap_broker(struct snap *sn)
-{
-	const struct obx_consumer_page *c = sn->seg.cons;
-	uint64_t start = 0;
-	char st = 0;
-
-	sn->broker_pid = atomic_load(&c->broker_pid);
-	sn->broker_start = atomic_load(&c->broker_start);
-	sn->beat_ns = atomic_load(&c->broker_beat_ns);
-	sn->boot_ns = atomic_load(&c->broker_boot_ns);
-	sn->head = atomic_load(&c->head);
-	sn->tail = atomic_load(&sn->seg.hdr->tail);
-	sn->alive = 0;
-	if (!sn->broker_pid) {
-		sn->why_dead = "no broker has published its pid";
-	} else if (slot_proc_stat((pid_t)sn->broker_pid, &start, &st) < 0) {
-		sn->why_dead = "its process is gone";
-	} else if (st == 'Z' || st == 'X' || st == 'x') {
-		sn->why_dead = "its process is a zombie";
-	} else if (sn->broker_start && start != sn->broker_start) {
-		/* same pid, another process: the broker died long ago */
-		sn->why_dead = "its pid now belongs to another process";
-	} else {
-		sn->alive = 1;
-	}
-}
-
-static void snap_producers(struct snap *sn)
-{
-	uint32_t i, n = sn->seg.g.nslots;
-
-	sn->prods = calloc(n, sizeof(*sn->prods));
-	if (!sn->prods)
-		return;
-	for (i = 0; i < n; i++) {
-		const struct obx_slot *s = &sn->seg.slots[i];
-		struct prod *p;
-
-		if (atomic_load(&s->state) != OBX_SLOT_LIVE)
-			continue;
-		p = &sn->prods[sn->nprods++];
-		p->slot = i;
-		p->pid = atomic_load(&s->pid);
-		p->emitted = slot_emitted(s);
-		p->dropped = slot_dropped(s);
-	}
-}
-
-/* ---- counter tables ---------------------------------------------------- */
-
-/* How a counter enters the identity (snap_compute):
- *   CT_INFO   not an event count of the identity (or a gauge)
- *   CT_DROP   a drop reason, counted once in `dropped`
- *   CT_PART   a per-sink share of a global drop reason: part of the
- *             sink's own `dropped`, but not added again globally
- *   CT_QUEUE  events waiting in the spool
- *   CT_DONE   events delivered */
-enum ct_role { CT_INFO, CT_DROP, CT_PART, CT_QUEUE, CT_DONE };
-
-struct ctr {
-	const char *name;
-	size_t off;
-	int gauge;
-	enum ct_role role;
-	const char *help;
-};
-
-#define G(f, gauge, role, help) \
-	{ #f, offsetof(struct obx_stats, f), gauge, role, help }
-#define K(f, gauge, role, help) \
-	{ #f, offsetof(struct obx_sink_counters, f), gauge, role, help }
-
-/* PRODUCT.md section 6 first, in its order, then the extras */
-static const struct ctr g_ctrs[] = {
-	G(emitted, 0, CT_INFO,
-	  "Events producers tried to emit (live and retired producers)."),
-	G(dropped_ring_full, 0, CT_DROP,
-	  "Events dropped by producers because the ring was full."),
-	G(dropped_too_large, 0, CT_DROP,
-	  "Events dropped by producers because they exceed max_record."),
-	G(dropped_invalid, 0, CT_DROP,
-	  "Ring records dropped because they were not valid envelopes."),
-	G(ring_unblocked, 0, CT_DROP,
-	  "Records of dead producers recovered (dropped) by the broker."),
-	G(consumed, 0, CT_INFO, "Records the broker took from the ring."),
-	G(spool_bytes, 1, CT_INFO,
-	  "Bytes in the spool, on disk and buffered."),
-	G(spool_segments, 1, CT_INFO, "Spool segment files."),
-	G(dropped_spool_full, 0, CT_DROP,
-	  "Events dropped because the spool reached spool_max."),
-	G(spool_corrupt, 0, CT_DROP,
-	  "Damaged spool records skipped at recovery."),
-	G(dropped_late, 0, CT_DROP,
-	  "Events whose commit came after the broker gave the record up."),
-	G(ring_damaged, 0, CT_INFO, "Garbage words skipped in the ring."),
-	G(ring_stalls, 0, CT_INFO,
-	  "Claims of live producers that held the ring past stall_timeout."),
-	G(ring_stall_kills, 0, CT_INFO,
-	  "Owners of such claims SIGKILLed (stall_action = kill)."),
-	G(ring_skips, 0, CT_INFO,
-	  "Live claims the broker went past to deliver what lay behind."),
-	G(ring_aborted, 0, CT_INFO,
-	  "Reservations aborted by their producer (not emitted)."),
-	G(tail_repairs, 0, CT_INFO,
-	  "Ring tail found damaged (behind, misaligned, too far) and put back."),
-	G(segment_repairs, 0, CT_INFO,
-	  "Shm object found truncated or its header damaged, and repaired."),
-	G(segments_replaced, 0, CT_INFO,
-	  "Damaged or foreign shm objects moved aside at start."),
-	G(dropped_spool_error, 0, CT_DROP,
-	  "Events the spool refused (write error, record too large)."),
-	G(unknown_sink, 0, CT_INFO,
-	  "Events for an unknown sink, routed to the default sink."),
-};
-
-static const struct ctr k_ctrs[] = {
-	K(queued_events, 1, CT_QUEUE,
-	  "Events in the spool not yet delivered or dropped."),
-	K(queued_bytes, 1, CT_INFO, "Spool bytes not yet acknowledged."),
-	K(requests, 0, CT_INFO, "Requests sent upstream."),
-	K(responses_2xx, 0, CT_INFO, "2xx responses."),
-	K(responses_4xx, 0, CT_INFO, "4xx responses."),
-	K(responses_5xx, 0, CT_INFO, "5xx responses."),
-	K(network_errors, 0, CT_INFO,
-	  "Requests that failed without a response."),
-	K(retries, 0, CT_INFO, "Batches sent again after a failure."),
-	K(delivered_events, 0, CT_DONE, "Events accepted by the upstream."),
-	K(delivered_batches, 0, CT_INFO, "Batches accepted by the upstream."),
-	K(dropped_rejected, 0, CT_DROP,
-	  "Events dropped because the upstream rejected them."),
-	K(dropped_retries_exhausted, 0, CT_DROP,
-	  "Events dropped after max_retries."),
-	K(dropped_expired, 0, CT_DROP,
-	  "Events dropped after max_backoff_duration."),
-	K(dropped_rate_limited, 0, CT_DROP,
-	  "Events dropped while rate limited."),
-	K(splits, 0, CT_INFO, "Batches split in halves after a 413."),
-	K(inflight, 1, CT_INFO, "Requests in flight."),
-	K(dropped_too_large, 0, CT_DROP,
-	  "Events dropped as too large for the upstream."),
-	K(dropped_invalid, 0, CT_DROP,
-	  "Events dropped because the encoder could not convert them."),
-	K(dropped_spool_full, 0, CT_PART,
-	  "Events of this sink dropped because the spool was full."),
-	K(dropped_spool_error, 0, CT_PART,
-	  "Events of this sink the spool refused."),
-	K(unknown_routed, 0, CT_INFO,
-	  "Events for unknown sinks routed to this sink."),
-};
-
-#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
-
-static uint64_t ctr_get(const void *base, const struct ctr *c)
-{
-	uint64_t v;
-
-	memcpy(&v, (const uint8_t *)base + c->off, sizeof(v));
-	return v;
-}
-
-static const struct obx_sink_shm *snap_sink(const struct snap *sn,
-					    uint32_t i)
-{
-	return &sn->kp->sink[i];
-}
-
-/* Every drop reason of one sink, its spool drops included. */
-static uint64_t sink_dropped(const struct obx_sink_shm *k)
-{
-	uint64_t d = 0;
-	size_t i;
-
-	for (i = 0; i < NELEM(k_ctrs); i++)
-		if (k_ctrs[i].role == CT_DROP || k_ctrs[i].role == CT_PART)
-			d += ctr_get(&k->c, &k_ctrs[i]);
-	return d;
-}
-
-/* The identity of PRODUCT.md section 6, as `outbox stat` checks it:
- *
- *   emitted == delivered + dropped + queued
- *
- *   emitted    the stats page's `emitted`: every emit attempt of live
- *              and retired producers (aborted reservations excluded).
- *   delivered  sum over sinks of delivered_events.
- *   queued     sum over sinks of queued_events (appended to the spool,
- *              not yet acknowledged).
- *   dropped    global: dropped_ring_full + dropped_too_large +
- *              dropped_late + dropped_invalid + ring_unblocked +
- *              dropped_spool_full + dropped_spool_error + spool_corrupt
- *              plus, summed over sinks: dropped_rejected +
- *              dropped_retries_exhausted + dropped_expired +
- *              dropped_rate_limited + dropped_too_large + dropped_invalid.
- *
- * Not in it, on purpose: a sink's dropped_spool_full / _error are its
- * share of the global counters of the same name (the broker counts both
- * for the same event); ring_stalls, ring_skips and the repair counters
- * count events of the ring, not records; ring_damaged counts
- * garbage words, not events; unknown_sink / unknown_routed are routed,
- * not dropped; consumed is an intermediate stage (consumed records end
- * up invalid, queued, delivered or dropped).
- *
- * It holds at a quiet moment only: records still in the ring (or in
- * the broker between ring and spool) are in none of the terms. */
-static void snap_compute(struct snap *sn)
-{
-	uint32_t i;
-	size_t j;
-
-	sn->delivered = sn->dropped = sn->queued = 0;
-	for (j = 0; j < NELEM(g_ctrs); j++)
-		if (g_ctrs[j].role == CT_DROP)
-			sn->dropped += ctr_get(&sn->g, &g_ctrs[j]);
-	for (i = 0; i < sn->nsinks; i++) {
-		const struct obx_sink_shm *k = snap_sink(sn, i);
-
-		if (!k->in_use)
-			continue;
-		for (j = 0; j < NELEM(k_ctrs); j++) {
-			uint64_t v = ctr_get(&k->c, &k_ctrs[j]);
-
-			if (k_ctrs[j].role == CT_DROP)
-				sn->dropped += v;
-			else if (k_ctrs[j].role == CT_QUEUE)
-				sn->queued += v;
-			else if (k_ctrs[j].role == CT_DONE)
-				sn->delivered += v;
-		}
-	}
-	sn->identity_ok = sn->g.emitted ==
-			  sn->delivered + sn->dropped + sn->queued;
-}
-
-static void snap_free(struct snap *sn)
-{
-	free(sn->kp);
-	free(sn->prods);
-	seg_detach(&sn->seg);
-}
-
-/* 0, or -errno after a message */
-static int snap_take(const char *cmd, const char *name, struct snap *sn)
+/* Attaches to the segment and takes a snapshot of its pages (metrics.h):
+ * 0, or -errno after a message. A torn snapshot (a page stayed locked)
+ * is kept, with a warning, and sn->torn set. */
+int tool_snap_take(const char *cmd, const char *name, struct seg *seg,
+		   struct mx_snap *sn)
 {
 	int rc;
 
-	memset(sn, 0, sizeof(*sn));
-	sn->seg.fd = -1;
-	rc = attach(cmd, name, &sn->seg);
+	memset(seg, 0, sizeof(*seg));
+	seg->fd = -1;
+	rc = tool_attach(cmd, name, seg);
 	if (rc < 0)
 		return rc;
-	sn->kp = malloc(sizeof(*sn->kp));
-	if (!sn->kp) {
+	rc = mx_snap_take(sn, seg);
+	if (rc == -ENOMEM) {
 		fprintf(stderr, "outbox %s: out of memory\n", cmd);
-		seg_detach(&sn->seg);
-		return -ENOMEM;
+		seg_detach(seg);
+		return rc;
 	}
-	if (seq_read(&sn->seg.stats->seq, &sn->seg.stats->g, &sn->g,
-		     sizeof(sn->g)) < 0 ||
-	    seq_read(&sn->seg.sinks->seq, sn->seg.sinks, sn->kp,
-		     sizeof(*sn->kp)) < 0) {
-		sn->torn = 1;
+	if (rc < 0)
 		fprintf(stderr, "outbox %s: a counter page of /dev/shm/%s "
 			"stayed locked for 1 s (broker stuck mid-update?): "
 			"values may be inconsistent\n", cmd, name);
-	}
-	sn->nsinks = sn->kp->nsinks > OBX_MAX_SINKS ? OBX_MAX_SINKS :
-		     sn->kp->nsinks;
-	snap_broker(sn);
-	snap_producers(sn);
-	snap_compute(sn);
 	return 0;
 }
 
-/* The display name of sink i ("#i" if the broker left it empty). */
-static void sink_name(const struct snap *sn, uint32_t i, char *out,
-		      size_t len)
+void tool_snap_free(struct seg *seg, struct mx_snap *sn)
 {
-	shm_str(out, len, snap_sink(sn, i)->name, OBX_NAME_MAX);
-	if (!out[0])
-		snprintf(out, len, "#%u", i);
+	mx_snap_free(sn);
+	seg_detach(seg);
+}
+
+static const struct obx_sink_shm *snap_sink(const struct mx_snap *sn,
+					    uint32_t i)
+{
+	return &sn->kp->sink[i];
 }
 
 /* ---- stat: text -------------------------------------------------------- */
@@ -535,16 +215,16 @@ static void text_row(const char *name, uint64_t v)
 	printf("  %-*s %20" PRIu64 "\n", COL, name, v);
 }
 
-static void stat_text(const struct snap *sn)
+static void stat_text(const struct mx_snap *sn)
 {
 	char name[OBX_NAME_MAX + 8], t[64];
 	uint32_t i, ncat;
 	size_t j;
 
 	printf("outbox stat  /dev/shm/%s  broker %s\n\nglobal\n",
-	       sn->seg.name, sn->alive ? "running" : "not running");
-	for (j = 0; j < NELEM(g_ctrs); j++)
-		text_row(g_ctrs[j].name, ctr_get(&sn->g, &g_ctrs[j]));
+	       sn->seg->name, sn->alive ? "running" : "not running");
+	for (j = 0; j < mx_nglobal; j++)
+		text_row(mx_global[j].key, mx_get(&sn->g, &mx_global[j]));
 	text_row("delivered", sn->delivered);
 	text_row("dropped", sn->dropped);
 	text_row("queued", sn->queued);
@@ -556,29 +236,29 @@ static void stat_text(const struct snap *sn)
 
 		if (!k->in_use)
 			continue;
-		sink_name(sn, i, name, sizeof(name));
+		mx_sink_name(sn, i, name, sizeof(name));
 		printf("\nsinks.%s%s\n", name, i == sn->kp->default_sink ?
 		       "  (default)" : "");
 		if (k->state == OBX_SINK_OK || !k->until_ns) {
 			printf("  %-*s %20s\n", COL, "state",
-			       state_name(k->state));
+			       mx_state_name(k->state));
 		} else {
-			fmt_time(t, sizeof(t), k->until_ns, 0);
+			tool_fmt_time(t, sizeof(t), k->until_ns, 0);
 			printf("  %-*s %20s  until %s\n", COL, "state",
-			       state_name(k->state), t);
+			       mx_state_name(k->state), t);
 		}
 		ncat = k->ncats > OBX_MAX_CATS ? OBX_MAX_CATS : k->ncats;
 		for (j = 0; j < ncat; j++) {
 			char cat[OBX_CAT_MAX + 1];
 
-			shm_str(cat, sizeof(cat), k->cats[j], OBX_CAT_MAX);
-			fmt_time(t, sizeof(t), k->cat_until_ns[j], 0);
+			mx_shm_str(cat, sizeof(cat), k->cats[j], OBX_CAT_MAX);
+			tool_fmt_time(t, sizeof(t), k->cat_until_ns[j], 0);
 			printf("  %-*s %20s  until %s\n", COL,
 			       "rate_limited_category", cat, t);
 		}
-		for (j = 0; j < NELEM(k_ctrs); j++)
-			text_row(k_ctrs[j].name, ctr_get(&k->c, &k_ctrs[j]));
-		text_row("dropped", sink_dropped(k));
+		for (j = 0; j < mx_nsink; j++)
+			text_row(mx_sink[j].key, mx_get(&k->c, &mx_sink[j]));
+		text_row("dropped", mx_sink_dropped(k));
 	}
 	printf("\nproducers (%u live)\n", sn->nprods);
 	if (sn->nprods)
@@ -633,12 +313,12 @@ static json_t *stat_json_sink(const struct obx_sink_shm *k, int *err)
 		*err = 1;
 		return NULL;
 	}
-	jset(o, "state", json_string(state_name(k->state)), err);
+	jset(o, "state", json_string(mx_state_name(k->state)), err);
 	/* ms since the epoch; 0 when ok (as on the sink page) */
 	jset(o, "state_until", ju64(k->until_ns / NS_PER_MS), err);
-	for (j = 0; j < NELEM(k_ctrs); j++)
-		jset(o, k_ctrs[j].name, ju64(ctr_get(&k->c, &k_ctrs[j])), err);
-	jset(o, "dropped", ju64(sink_dropped(k)), err);
+	for (j = 0; j < mx_nsink; j++)
+		jset(o, mx_sink[j].key, ju64(mx_get(&k->c, &mx_sink[j])), err);
+	jset(o, "dropped", ju64(mx_sink_dropped(k)), err);
 	for (j = 0; j < ncat; j++) {
 		json_t *c = json_object();
 
@@ -656,7 +336,7 @@ static json_t *stat_json_sink(const struct obx_sink_shm *k, int *err)
 	return o;
 }
 
-static json_t *stat_json(const struct snap *sn)
+static json_t *stat_json(const struct mx_snap *sn)
 {
 	json_t *o = json_object(), *sinks = json_object(),
 	       *prods = json_array(), *broker = json_object();
@@ -672,8 +352,8 @@ static json_t *stat_json(const struct snap *sn)
 		json_decref(broker);
 		return NULL;
 	}
-	for (j = 0; j < NELEM(g_ctrs); j++)
-		jset(o, g_ctrs[j].name, ju64(ctr_get(&sn->g, &g_ctrs[j])),
+	for (j = 0; j < mx_nglobal; j++)
+		jset(o, mx_global[j].key, ju64(mx_get(&sn->g, &mx_global[j])),
 		     &err);
 	jset(o, "delivered", ju64(sn->delivered), &err);
 	jset(o, "dropped", ju64(sn->dropped), &err);
@@ -685,7 +365,7 @@ static json_t *stat_json(const struct snap *sn)
 
 		if (!k->in_use)
 			continue;
-		sink_name(sn, i, name, sizeof(name));
+		mx_sink_name(sn, i, name, sizeof(name));
 		so = stat_json_sink(k, &err);
 		if (so && i == sn->kp->default_sink)
 			jset(so, "default", json_true(), &err);
@@ -711,171 +391,13 @@ static json_t *stat_json(const struct snap *sn)
 	jset(broker, "alive", json_boolean(sn->alive), &err);
 	jset(broker, "heartbeat", ju64(sn->beat_ns / NS_PER_MS), &err);
 	jset(o, "broker", broker, &err);
-	jset(o, "shm", json_string_lossy(sn->seg.name, strlen(sn->seg.name)),
+	jset(o, "shm", json_string_lossy(sn->seg->name, strlen(sn->seg->name)),
 	     &err);
 	if (err) {
 		json_decref(o);
 		return NULL;
 	}
 	return o;
-}
-
-/* ---- stat: Prometheus text exposition ---------------------------------- */
-
-/* Label values: backslash, double quote and line feed are escaped, per
- * the exposition format (not JSON: no \uXXXX, no other escapes). They
- * must be UTF-8 too: a name from shm is repaired first. */
-static void prom_label(FILE *f, const char *name)
-{
-	json_t *fixed = json_string_lossy(name, strlen(name));
-	const char *s = fixed ? json_string_value(fixed) : "?";
-
-	for (; *s; s++) {
-		if (*s == '\\')
-			fputs("\\\\", f);
-		else if (*s == '"')
-			fputs("\\\"", f);
-		else if (*s == '\n')
-			fputs("\\n", f);
-		else
-			fputc(*s, f);
-	}
-	json_decref(fixed);
-}
-
-static void prom_head(FILE *f, const char *name, const char *suffix,
-		      int gauge, const char *help)
-{
-	fprintf(f, "# HELP outbox_%s%s %s\n# TYPE outbox_%s%s %s\n", name,
-		suffix, help, name, suffix, gauge ? "gauge" : "counter");
-}
-
-static void prom_sink_sample(FILE *f, const char *metric,
-			     const char *sink, const char *extra_k,
-			     const char *extra_v)
-{
-	fprintf(f, "outbox_%s{sink=\"", metric);
-	prom_label(f, sink);
-	if (extra_k) {
-		fprintf(f, "\",%s=\"", extra_k);
-		prom_label(f, extra_v);
-	}
-	fputs("\"} ", f);
-}
-
-static void stat_prom(FILE *f, const struct snap *sn)
-{
-	static const char *states[] = { "ok", "backoff", "rate_limited" };
-	char name[OBX_NAME_MAX + 8], metric[96];
-	uint32_t i, s, c;
-	size_t j;
-
-	for (j = 0; j < NELEM(g_ctrs); j++) {
-		const struct ctr *g = &g_ctrs[j];
-		const char *sfx = g->gauge ? "" : "_total";
-
-		prom_head(f, g->name, sfx, g->gauge, g->help);
-		fprintf(f, "outbox_%s%s %" PRIu64 "\n", g->name, sfx,
-			ctr_get(&sn->g, g));
-	}
-	prom_head(f, "delivered", "_total", 0,
-		  "Events delivered, summed over sinks.");
-	fprintf(f, "outbox_delivered_total %" PRIu64 "\n", sn->delivered);
-	prom_head(f, "dropped", "_total", 0,
-		  "Events dropped for any reason, global and per sink.");
-	fprintf(f, "outbox_dropped_total %" PRIu64 "\n", sn->dropped);
-	prom_head(f, "queued", "", 1,
-		  "Events queued in the spool, summed over sinks.");
-	fprintf(f, "outbox_queued %" PRIu64 "\n", sn->queued);
-	prom_head(f, "identity_ok", "", 1,
-		  "1 when emitted = delivered + dropped + queued.");
-	fprintf(f, "outbox_identity_ok %d\n", sn->identity_ok);
-	prom_head(f, "broker_up", "", 1, "1 when the broker process runs.");
-	fprintf(f, "outbox_broker_up %d\n", sn->alive);
-
-	/* per sink: one family at a time, every sink in it */
-	prom_head(f, "sink_state", "", 1,
-		  "Delivery state of the sink (1 for the current state).");
-	for (i = 0; i < sn->nsinks; i++) {
-		const struct obx_sink_shm *k = snap_sink(sn, i);
-
-		if (!k->in_use)
-			continue;
-		sink_name(sn, i, name, sizeof(name));
-		for (s = 0; s < 3; s++) {
-			prom_sink_sample(f, "sink_state", name, "state",
-					 states[s]);
-			fprintf(f, "%d\n", k->state == s);
-		}
-	}
-	prom_head(f, "sink_state_until_seconds", "", 1,
-		  "End of the backoff or rate limit, Unix time (0 when ok).");
-	for (i = 0; i < sn->nsinks; i++) {
-		const struct obx_sink_shm *k = snap_sink(sn, i);
-
-		if (!k->in_use)
-			continue;
-		sink_name(sn, i, name, sizeof(name));
-		prom_sink_sample(f, "sink_state_until_seconds", name, NULL,
-				 NULL);
-		fprintf(f, "%" PRIu64 ".%03" PRIu64 "\n",
-			k->until_ns / NS_PER_S,
-			k->until_ns / NS_PER_MS % 1000);
-	}
-	prom_head(f, "sink_category_limited_until_seconds", "", 1,
-		  "End of a rate limit of one category, Unix time.");
-	for (i = 0; i < sn->nsinks; i++) {
-		const struct obx_sink_shm *k = snap_sink(sn, i);
-		uint32_t ncat = k->ncats > OBX_MAX_CATS ? OBX_MAX_CATS :
-				k->ncats;
-
-		if (!k->in_use)
-			continue;
-		sink_name(sn, i, name, sizeof(name));
-		for (c = 0; c < ncat; c++) {
-			char cat[OBX_CAT_MAX + 1];
-
-			shm_str(cat, sizeof(cat), k->cats[c], OBX_CAT_MAX);
-			prom_sink_sample(f,
-				"sink_category_limited_until_seconds", name,
-				"category", cat);
-			fprintf(f, "%" PRIu64 ".%03" PRIu64 "\n",
-				k->cat_until_ns[c] / NS_PER_S,
-				k->cat_until_ns[c] / NS_PER_MS % 1000);
-		}
-	}
-	for (j = 0; j <= NELEM(k_ctrs); j++) {
-		/* the k_ctrs, then the computed per-sink `dropped` */
-		const struct ctr *kc = j < NELEM(k_ctrs) ? &k_ctrs[j] : NULL;
-		const char *sfx = kc && kc->gauge ? "" : "_total";
-
-		snprintf(metric, sizeof(metric), "sink_%s%s",
-			 kc ? kc->name : "dropped", sfx);
-		prom_head(f, metric, "", kc && kc->gauge, kc ? kc->help :
-			  "Events of the sink dropped for any reason.");
-		for (i = 0; i < sn->nsinks; i++) {
-			const struct obx_sink_shm *k = snap_sink(sn, i);
-
-			if (!k->in_use)
-				continue;
-			sink_name(sn, i, name, sizeof(name));
-			prom_sink_sample(f, metric, name, NULL, NULL);
-			fprintf(f, "%" PRIu64 "\n", kc ?
-				ctr_get(&k->c, kc) : sink_dropped(k));
-		}
-	}
-	prom_head(f, "producer_emitted", "_total", 0,
-		  "Events emitted by a live producer process.");
-	for (i = 0; i < sn->nprods; i++)
-		fprintf(f, "outbox_producer_emitted_total{pid=\"%u\","
-			"slot=\"%u\"} %" PRIu64 "\n", sn->prods[i].pid,
-			sn->prods[i].slot, sn->prods[i].emitted);
-	prom_head(f, "producer_dropped", "_total", 0,
-		  "Events dropped by a live producer process.");
-	for (i = 0; i < sn->nprods; i++)
-		fprintf(f, "outbox_producer_dropped_total{pid=\"%u\","
-			"slot=\"%u\"} %" PRIu64 "\n", sn->prods[i].pid,
-			sn->prods[i].slot, sn->prods[i].dropped);
 }
 
 /* ---- usage ------------------------------------------------------------- */
@@ -889,6 +411,8 @@ static const char usage_main[] =
 "         every counter: global, per sink, per producer\n"
 "  status [-s SHM]\n"
 "         broker liveness, sink states, spool usage (exit 1: no broker)\n"
+"  top    [-s SHM] [-d SECONDS]\n"
+"         live view: rates per sink and producer, ring, spool, drops\n"
 "  spool  ls|verify|dump [-d DIR] [--sink NAME]\n"
 "         inspect the spool offline (default dir " DEFAULT_SPOOL ")\n"
 "\n"
@@ -989,12 +513,12 @@ static void list_sinks(const char *shm, char *out, size_t len)
 		free(kp);
 		return;
 	}
-	seq_read(&s.sinks->seq, s.sinks, kp, sizeof(*kp));
+	mx_seq_read(&s.sinks->seq, s.sinks, kp, sizeof(*kp));
 	n = kp->nsinks > OBX_MAX_SINKS ? OBX_MAX_SINKS : kp->nsinks;
 	for (i = 0; i < n && o + 4 < len; i++) {
 		if (!kp->sink[i].in_use)
 			continue;
-		shm_str(name, sizeof(name), kp->sink[i].name, OBX_NAME_MAX);
+		mx_shm_str(name, sizeof(name), kp->sink[i].name, OBX_NAME_MAX);
 		o += (size_t)snprintf(out + o, len - o, "%s%s", o ? ", " : "",
 				      name);
 		if (o >= len)
@@ -1217,7 +741,7 @@ static int cmd_emit(int argc, char **argv)
 		buf_free(&e.text);
 		return 1;
 	}
-	if (emit_open(&e, shm_name(shm), sink) < 0) {
+	if (emit_open(&e, tool_shm_name(shm), sink) < 0) {
 		rc = 1;
 	} else if (strcmp(arg, "-") == 0) {
 		rc = emit_stdin(&e);
@@ -1241,7 +765,8 @@ static int cmd_stat(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *shm = NULL;
-	struct snap sn;
+	struct mx_snap sn;
+	struct seg seg;
 	int c, fmt = 0, rc = 0;
 	json_t *j;
 
@@ -1268,7 +793,7 @@ static int cmd_stat(int argc, char **argv)
 	if (optind < argc)
 		return usage_error(usage_stat, "unexpected argument '%s'",
 				   argv[optind]);
-	if (snap_take("stat", shm_name(shm), &sn) < 0)
+	if (tool_snap_take("stat", tool_shm_name(shm), &seg, &sn) < 0)
 		return 1;
 	if (fmt == 'j') {
 		j = stat_json(&sn);
@@ -1280,13 +805,13 @@ static int cmd_stat(int argc, char **argv)
 		putchar('\n');
 		json_decref(j);
 	} else if (fmt == 'p') {
-		stat_prom(stdout, &sn);
+		mx_prom(stdout, &sn);
 	} else {
 		stat_text(&sn);
 	}
 	if (sn.torn)
 		rc = 1;
-	snap_free(&sn);
+	tool_snap_free(&seg, &sn);
 	if (fflush(stdout) != 0)
 		rc = 1;
 	return rc;
@@ -1294,7 +819,7 @@ static int cmd_stat(int argc, char **argv)
 
 /* ---- status ------------------------------------------------------------ */
 
-static void status_broker(const struct snap *sn, uint64_t now)
+static void status_broker(const struct mx_snap *sn, uint64_t now)
 {
 	char t[64], d[64];
 
@@ -1305,50 +830,50 @@ static void status_broker(const struct snap *sn, uint64_t now)
 		else
 			printf("broker    not running: %s\n", sn->why_dead);
 		if (sn->beat_ns) {
-			fmt_time(t, sizeof(t), sn->beat_ns, 1);
-			fmt_rel(d, sizeof(d), sn->beat_ns, now);
+			tool_fmt_time(t, sizeof(t), sn->beat_ns, 1);
+			tool_fmt_rel(d, sizeof(d), sn->beat_ns, now);
 			printf("          last heartbeat %s (%s)\n", t, d);
 		}
 		return;
 	}
 	printf("broker    running, pid %u", sn->broker_pid);
 	if (sn->boot_ns && sn->boot_ns <= now) {
-		fmt_dur(d, sizeof(d), now - sn->boot_ns);
+		tool_fmt_dur(d, sizeof(d), now - sn->boot_ns);
 		printf(", up %s", d);
 	}
 	if (!sn->beat_ns) {
 		printf(", no heartbeat yet\n");
 		return;
 	}
-	fmt_rel(d, sizeof(d), sn->beat_ns, now);
+	tool_fmt_rel(d, sizeof(d), sn->beat_ns, now);
 	printf(", last heartbeat %s\n", d);
 	if (now > sn->beat_ns && now - sn->beat_ns > BEAT_STALE_NS)
 		printf("          warning: the heartbeat is late (every 1 s "
 		       "normally): the broker may be stuck\n");
 }
 
-static void status_sink(const struct snap *sn, uint32_t i, uint64_t now,
+static void status_sink(const struct mx_snap *sn, uint32_t i, uint64_t now,
 			int width)
 {
 	const struct obx_sink_shm *k = snap_sink(sn, i);
 	char name[OBX_NAME_MAX + 8], t[64], d[64], cat[OBX_CAT_MAX + 1];
 	uint32_t c, ncat = k->ncats > OBX_MAX_CATS ? OBX_MAX_CATS : k->ncats;
 
-	sink_name(sn, i, name, sizeof(name));
+	mx_sink_name(sn, i, name, sizeof(name));
 	printf("  %-*s ", width, name);
 	if (k->state == OBX_SINK_OK || !k->until_ns) {
-		printf("%s", state_name(k->state));
+		printf("%s", mx_state_name(k->state));
 	} else {
-		fmt_time(t, sizeof(t), k->until_ns, 1);
-		fmt_rel(d, sizeof(d), k->until_ns, now);
-		printf("%s until %s (%s)", state_name(k->state), t, d);
+		tool_fmt_time(t, sizeof(t), k->until_ns, 1);
+		tool_fmt_rel(d, sizeof(d), k->until_ns, now);
+		printf("%s until %s (%s)", mx_state_name(k->state), t, d);
 	}
 	printf("  queued %" PRIu64 "%s\n", k->c.queued_events,
 	       i == sn->kp->default_sink ? "  (default sink)" : "");
 	for (c = 0; c < ncat; c++) {
-		shm_str(cat, sizeof(cat), k->cats[c], OBX_CAT_MAX);
-		fmt_time(t, sizeof(t), k->cat_until_ns[c], 1);
-		fmt_rel(d, sizeof(d), k->cat_until_ns[c], now);
+		mx_shm_str(cat, sizeof(cat), k->cats[c], OBX_CAT_MAX);
+		tool_fmt_time(t, sizeof(t), k->cat_until_ns[c], 1);
+		tool_fmt_rel(d, sizeof(d), k->cat_until_ns[c], now);
 		printf("  %-*s   limited category %s until %s (%s)\n", width,
 		       "", cat, t, d);
 	}
@@ -1362,7 +887,8 @@ static int cmd_status(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *shm = NULL;
-	struct snap sn;
+	struct mx_snap sn;
+	struct seg seg;
 	char a[32], b[32];
 	uint64_t now, used;
 	uint32_t i;
@@ -1383,19 +909,19 @@ static int cmd_status(int argc, char **argv)
 	if (optind < argc)
 		return usage_error(usage_status, "unexpected argument '%s'",
 				   argv[optind]);
-	if (snap_take("status", shm_name(shm), &sn) < 0)
+	if (tool_snap_take("status", tool_shm_name(shm), &seg, &sn) < 0)
 		return 1;
-	now = now_ns(CLOCK_REALTIME);
-	printf("segment   /dev/shm/%s\n", sn.seg.name);
+	now = tool_now_ns(CLOCK_REALTIME);
+	printf("segment   /dev/shm/%s\n", sn.seg->name);
 	status_broker(&sn, now);
 	used = sn.tail - sn.head;
-	if (used > sn.seg.g.ring_size)
-		used = sn.seg.g.ring_size;
-	fmt_bytes(a, sizeof(a), used);
-	fmt_bytes(b, sizeof(b), sn.seg.g.ring_size);
+	if (used > sn.seg->g.ring_size)
+		used = sn.seg->g.ring_size;
+	tool_fmt_bytes(a, sizeof(a), used);
+	tool_fmt_bytes(b, sizeof(b), sn.seg->g.ring_size);
 	printf("ring      %s of %s in use, %u producer%s\n", a, b,
 	       sn.nprods, sn.nprods == 1 ? "" : "s");
-	fmt_bytes(a, sizeof(a), sn.g.spool_bytes);
+	tool_fmt_bytes(a, sizeof(a), sn.g.spool_bytes);
 	printf("spool     %s in %" PRIu64 " segment%s\n", a,
 	       sn.g.spool_segments, sn.g.spool_segments == 1 ? "" : "s");
 	for (i = 0; i < sn.nsinks; i++) {
@@ -1412,7 +938,7 @@ static int cmd_status(int argc, char **argv)
 		if (snap_sink(&sn, i)->in_use)
 			status_sink(&sn, i, now, width);
 	c = sn.alive ? 0 : 1;
-	snap_free(&sn);
+	tool_snap_free(&seg, &sn);
 	fflush(stdout);
 	return c;
 }
@@ -1533,5 +1059,7 @@ int main(int argc, char **argv)
 		return cmd_status(argc - 1, argv + 1);
 	if (!strcmp(cmd, "spool"))
 		return cmd_spool(argc - 1, argv + 1);
+	if (!strcmp(cmd, "top"))
+		return cmd_top(argc - 1, argv + 1);
 	return usage_error(usage_main, "unknown command '%s'", cmd);
 }
