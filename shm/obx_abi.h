@@ -211,9 +211,6 @@ struct obx_stats {
 	uint64_t dropped_spool_error;
 	uint64_t spool_corrupt;
 	uint64_t unknown_sink;       /* routed to the default sink */
-	/* broker state that must survive a broker restart */
-	uint64_t retired_emitted, retired_full, retired_too_large,
-		 retired_late, ring_gaps;
 	uint64_t ring_aborted;       /* DISCARD records skipped (aborts) */
 	uint64_t tail_repairs;       /* hostile tail put back in range */
 	uint64_t ring_skips;         /* live claims the cursor went past */
@@ -221,6 +218,9 @@ struct obx_stats {
 	uint64_t segment_repairs;    /* object resized / header rewritten */
 	uint64_t segments_replaced;  /* damaged or foreign objects moved
 	                              * aside at start */
+	/* broker state that must survive a broker restart */
+	uint64_t retired_emitted, retired_full, retired_too_large,
+		 retired_late, ring_gaps;
 	uint64_t reserved[6];
 };
 
