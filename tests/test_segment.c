@@ -1,7 +1,8 @@
 /* test_segment.c - the shm object as hostile input to the broker: an
  * object someone else made (never adopted), a damaged header at start
  * (moved aside, a fresh one made), an object truncated under a running
- * broker (survived, repaired).
+ * broker (survived, repaired); and outboxd itself under attack, and with
+ * a producer stopped while it holds a claim.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -413,6 +414,87 @@ static void test_broker_under_attack(void)
 	bt_cleanup(&t);
 }
 
+/* A producer stopped (SIGSTOP) between obx_reserve and obx_commit under
+ * a running outboxd with stall_timeout = 300ms: the events of others are
+ * delivered meanwhile, the stall is logged once with its pid and counted,
+ * and its own event arrives when it resumes. */
+static void test_broker_stalled_producer(void)
+{
+	static uint32_t c0[4000], c1[4];
+	uint32_t *counts[BT_MAXP] = { c0, c1 };
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	struct obx_stats g;
+	char want[96], *log;
+	uint64_t bad, got, i, sent, t0;
+	size_t loglen;
+	int status;
+	struct bt t;
+	pid_t kid;
+	obx_t *h;
+
+	CU_ASSERT_FATAL(bt_init(&t, "stall", "stall_timeout = 300ms\n",
+				NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	kid = fork();
+	if (kid == 0) {
+		struct obx_rsv r;
+		obx_t *k = bt_open(t.shm);
+
+		if (!k || obx_reserve(k, 0, "t", 64, &r) < 0)
+			_exit(2);
+		msgpack_pack_map(&r.pk, 2);
+		msgpack_pack_str_with_body(&r.pk, "p", 1);
+		msgpack_pack_int(&r.pk, 1);
+		msgpack_pack_str_with_body(&r.pk, "s", 1);
+		msgpack_pack_int(&r.pk, 0);
+		raise(SIGSTOP);
+		_exit(obx_commit(k, &r) == 0 ? 0 : 3);
+	}
+	CU_ASSERT_FATAL(waitpid(kid, &status, WUNTRACED) == kid &&
+			WIFSTOPPED(status));
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	sent = bt_emit_n(h, 0, 0, 2000);
+	CU_ASSERT_EQUAL(sent, 2000);
+	/* behind the stopped claim, delivered while it is stopped */
+	CU_ASSERT_EQUAL(bt_wait_out(&t, 0, sent), sent);
+	usleep(800000);                       /* past stall_timeout */
+	CU_ASSERT_EQUAL(bt_stats(&t, &g, sp), 0);
+	CU_ASSERT_EQUAL(g.ring_stalls, 1);
+	CU_ASSERT(g.ring_skips >= 1);
+	kill(kid, SIGCONT);
+	CU_ASSERT_EQUAL(waitpid(kid, &status, 0), kid);
+	CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	t0 = tu_now_ns();
+	do {
+		memset(c0, 0, sizeof(c0));
+		memset(c1, 0, sizeof(c1));
+		bt_read_output(t.out, counts, 4000, &bad);
+		got = c1[0];
+		if (!got)
+			usleep(50000);
+	} while (!got && tu_now_ns() - t0 < 5000000000ull);
+	CU_ASSERT_EQUAL(got, 1);
+	for (i = 0, got = 0; i < 4000; i++)
+		got += c0[i];
+	CU_ASSERT_EQUAL(got, sent);           /* each once */
+	if (got != sent)
+		printf("\n    %llu lines for %llu events\n",
+		       (unsigned long long)got, (unsigned long long)sent);
+	obx_close(h);
+	CU_ASSERT_EQUAL(bt_stop(&t, 5000), 0);
+	log = tu_read_file(t.log, &loglen);
+	snprintf(want, sizeof(want), "producer pid %d (slot", (int)kid);
+	CU_ASSERT(log && strstr(log, want) && strstr(log, "held a claim"));
+	printf("\n    stalls %llu, claims gone past %llu; log: %s\n",
+	       (unsigned long long)g.ring_stalls,
+	       (unsigned long long)g.ring_skips,
+	       log && strstr(log, want) ? "pid named" : "pid missing");
+	free(log);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("segment", NULL, NULL);
@@ -427,6 +509,8 @@ static int add_suites(void)
 		    test_truncated_while_running);
 	CU_add_test(s, "outboxd under attack: tail, header, truncation",
 		    test_broker_under_attack);
+	CU_add_test(s, "outboxd with a producer stopped holding a claim",
+		    test_broker_stalled_producer);
 	return 0;
 }
 
