@@ -62,7 +62,6 @@ struct broker {
 	/* global counters (others come from the ring and the spool) */
 	uint64_t dropped_invalid;
 	uint64_t unknown_sink;
-	uint64_t dropped_spool_full;  /* base carried over a restart */
 	uint64_t dropped_spool_error;
 	uint64_t seg_repairs;         /* segment resized / header rewritten */
 	uint64_t segs_replaced;       /* damaged or foreign object moved aside */
@@ -82,9 +81,22 @@ int drain_idle(struct broker *b);
 int drain_route(struct broker *b, const char *name, uint32_t len,
 		int *unknown);
 
-/* stats.c */
+/* Start-up after a crash: releases the ring up to pos without reading
+ * it (the drain journal says every record before pos is in the spool or
+ * was counted dropped). */
+void drain_catch_up(struct broker *b, uint64_t pos);
+
+/* stats.c (counters across restarts: see the comment there) */
 void stats_restore(struct broker *b);   /* after a restart */
 void stats_restore_sink(struct broker *b, struct sink *s);
+/* The drain journal's counters (the ring-tied ones), if it is of this
+ * ring: 1 with *ring_pos set, else 0. After the sinks are open. */
+int stats_restore_mark(struct broker *b, uint64_t *ring_pos);
+/* The ring-tied counters now, for the drain journal: bytes in buf. */
+uint32_t stats_mark(struct broker *b, uint8_t *buf, uint32_t cap);
+/* After an acknowledgement: the sink's seq-tied counters to its spool
+ * (written with the checkpoint that records the ack). */
+void stats_sink_acked(struct sink *s);
 void stats_publish(struct broker *b);
 
 #endif

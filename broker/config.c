@@ -1275,6 +1275,12 @@ static void cfg_sink_section(struct cfg_ctx *x, const char *p, const char *e)
 		}
 	memcpy(name, p, (size_t)(e - p));
 	name[e - p] = '\0';
+	/* the spool keeps each sink in <spool_dir>/<name>/ */
+	if (!strcmp(name, ".") || !strcmp(name, "..")) {
+		cfg_err(x, x->lineno, "sink name '%s' is reserved (it names a "
+			"directory of the spool)", name);
+		return;
+	}
 	i = cfg_sink_find(c, name);
 	if (i >= 0) {
 		cfg_err(x, x->lineno, "duplicate sink '%s' (first at line %d)",
@@ -1729,9 +1735,113 @@ static void cfg_print_kv(FILE *out, const char *name, const char *v)
 	fputs("\"\n", out);
 }
 
-static void cfg_print_key(FILE *out, const struct cfg_key *k,
-			  const void *base)
+/* ---- redaction (--print-config) ----------------------------------------
+ *
+ * What may be a credential is replaced by REDACTED: write_key and dsn
+ * keys (the .secret keys), the password (or a lone token) in a URL's
+ * user part, every query value, and every header value but a few that
+ * describe the body. Names stay, so the output still shows which
+ * settings exist. */
+
+#define CFG_REDACTED	"REDACTED"
+
+static void cfg_buf_add(char *buf, size_t cap, size_t *n, const char *p,
+			size_t len)
 {
+	if (*n + len >= cap)
+		len = *n < cap - 1 ? cap - 1 - *n : 0;
+	memcpy(buf + *n, p, len);
+	*n += len;
+	buf[*n] = '\0';
+}
+
+/* scheme://[user[:pass]@]host/path[?k=v&...][#frag] */
+static void cfg_redact_url(const char *v, char *buf, size_t cap)
+{
+	const char *p = strstr(v, "://"), *auth, *at, *colon, *q, *end;
+	size_t n = 0;
+
+	buf[0] = '\0';
+	if (!p) {
+		cfg_buf_add(buf, cap, &n, CFG_REDACTED, strlen(CFG_REDACTED));
+		return;
+	}
+	auth = p + 3;
+	end = auth + strcspn(auth, "/?#");
+	at = memchr(auth, '@', (size_t)(end - auth));
+	cfg_buf_add(buf, cap, &n, v, (size_t)(auth - v));
+	if (at) {
+		colon = memchr(auth, ':', (size_t)(at - auth));
+		if (colon)	/* user:password@ - the user stays */
+			cfg_buf_add(buf, cap, &n, auth,
+				    (size_t)(colon + 1 - auth));
+		cfg_buf_add(buf, cap, &n, CFG_REDACTED, strlen(CFG_REDACTED));
+		auth = at;
+	}
+	q = strchr(auth, '?');
+	if (!q) {
+		cfg_buf_add(buf, cap, &n, auth, strlen(auth));
+		return;
+	}
+	cfg_buf_add(buf, cap, &n, auth, (size_t)(q + 1 - auth));
+	for (p = q + 1; *p && *p != '#';) {
+		size_t klen = strcspn(p, "=&#"), vlen;
+
+		cfg_buf_add(buf, cap, &n, p, klen);
+		p += klen;
+		if (*p == '=') {
+			vlen = strcspn(p + 1, "&#");
+			cfg_buf_add(buf, cap, &n, "=", 1);
+			cfg_buf_add(buf, cap, &n, CFG_REDACTED,
+				    strlen(CFG_REDACTED));
+			p += 1 + vlen;
+		}
+		if (*p == '&')
+			cfg_buf_add(buf, cap, &n, p++, 1);
+	}
+	cfg_buf_add(buf, cap, &n, p, strlen(p));
+}
+
+static void cfg_redact_header(const char *v, char *buf, size_t cap)
+{
+	static const char *const plain[] = {
+		"content-type", "content-encoding", "accept", "user-agent",
+		NULL };
+	const char *colon = strchr(v, ':');
+	size_t n = 0, nlen = colon ? (size_t)(colon - v) : strlen(v);
+	int i;
+
+	buf[0] = '\0';
+	for (i = 0; plain[i]; i++)
+		if (strlen(plain[i]) == nlen && !strncasecmp(v, plain[i], nlen)) {
+			cfg_buf_add(buf, cap, &n, v, strlen(v));
+			return;
+		}
+	cfg_buf_add(buf, cap, &n, v, nlen);
+	cfg_buf_add(buf, cap, &n, ": " CFG_REDACTED, strlen(CFG_REDACTED) + 2);
+}
+
+/* The value of string key k as --print-config may show it. */
+static const char *cfg_shown(const struct cfg_key *k, const char *v,
+			     bool redact, char *buf, size_t cap)
+{
+	if (!redact)
+		return v;
+	if (k->kind == K_HEADER) {
+		cfg_redact_header(v, buf, cap);
+		return buf;
+	}
+	if (k->kind == K_URL || k->kind == K_DSN) {
+		cfg_redact_url(v, buf, cap);
+		return buf;
+	}
+	return k->secret ? CFG_REDACTED : v;
+}
+
+static void cfg_print_key(FILE *out, const struct cfg_key *k,
+			  const void *base, bool redact)
+{
+	char shown[CFG_LINE_MAX + 64];
 	const char *p = (const char *)base + k->off;
 	const struct cfg_sink *s = base;
 	uint64_t v;
@@ -1746,11 +1856,13 @@ static void cfg_print_key(FILE *out, const struct cfg_key *k,
 	case K_LISTEN:
 		memcpy(&str, p, sizeof(str));
 		if (str)
-			cfg_print_kv(out, k->name, str);
+			cfg_print_kv(out, k->name, cfg_shown(k, str, redact,
+				     shown, sizeof(shown)));
 		break;
 	case K_HEADER:
 		for (i = 0; i < s->nheaders; i++)
-			cfg_print_kv(out, k->name, s->headers[i]);
+			cfg_print_kv(out, k->name, cfg_shown(k, s->headers[i],
+				     redact, shown, sizeof(shown)));
 		break;
 	case K_SHM:
 		cfg_print_kv(out, k->name, p);
@@ -1773,29 +1885,40 @@ static void cfg_print_key(FILE *out, const struct cfg_key *k,
 	}
 }
 
-static void cfg_print_sink(FILE *out, const struct cfg_sink *s)
+static void cfg_print_sink(FILE *out, const struct cfg_sink *s, bool redact)
 {
 	int k;
 
 	fprintf(out, "\n[sink %s]\n", s->name);
 	for (k = 0; k < SK_N; k++)
 		if (!cfg_skeys[k].types || (cfg_skeys[k].types & TY(s->type)))
-			cfg_print_key(out, &cfg_skeys[k], s);
+			cfg_print_key(out, &cfg_skeys[k], s, redact);
 	for (k = 0; k < s->nstatus; k++)
 		fprintf(out, "status.%d = %s\n", s->status[k].code,
 			(unsigned)s->status[k].action < 4 ?
 			cfg_action_names[s->status[k].action] : "?");
 }
 
-void cfg_print(const struct cfg *c, FILE *out)
+static void cfg_print_all(const struct cfg *c, FILE *out, bool redact)
 {
 	int k;
 
 	fputs("# outboxd configuration\n[broker]\n", out);
 	for (k = 0; k < BK_N; k++)
-		cfg_print_key(out, &cfg_bkeys[k], c);
+		cfg_print_key(out, &cfg_bkeys[k], c, redact);
 	for (k = 0; k < c->nsinks; k++)
-		cfg_print_sink(out, &c->sinks[k]);
+		cfg_print_sink(out, &c->sinks[k], redact);
+}
+
+void cfg_print(const struct cfg *c, FILE *out)
+{
+	cfg_print_all(c, out, false);
+}
+
+void cfg_print_redacted(const struct cfg *c, FILE *out)
+{
+	fputs("# credentials are shown as " CFG_REDACTED "\n", out);
+	cfg_print_all(c, out, true);
 }
 
 /* ---- reload ------------------------------------------------------------ */

@@ -113,6 +113,10 @@ int cfg_load(struct cfg *c, const char *path, FILE *err);
 /* Writes the effective configuration as INI that cfg_load() reads back
  * to an equal struct (round trip). */
 void cfg_print(const struct cfg *c, FILE *out);
+/* The same for people (outboxd --print-config): write_key, DSN keys, URL
+ * passwords, query values and header values (but Content-Type,
+ * Content-Encoding, Accept, User-Agent) are printed as REDACTED. */
+void cfg_print_redacted(const struct cfg *c, FILE *out);
 
 /* 1 when two configs differ in something a reload cannot apply (shm,
  * shm_mode, ring_size, max_record, producer_slots, spool_dir, ...); the

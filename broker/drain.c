@@ -69,12 +69,14 @@ static void drain_flush_done(void *arg, int err)
 
 static void drain_flush(struct broker *b)
 {
-	struct ring_mark m = ring_mark(&b->rc);
+	struct ring_mark rm = ring_mark(&b->rc);
+	uint8_t blob[SPF_JR_BLOB_MAX];
+	struct spool_mark m;
 	int rc;
 
 	if (b->flush_inflight)
 		return;
-	if (m.pos == b->flush_mark.pos && m.seq == b->flush_mark.seq) {
+	if (rm.pos == b->flush_mark.pos && rm.seq == b->flush_mark.seq) {
 		/* nothing handed out since the last flush: what it covered
 		 * is durable; a pinned claim that ended without a record
 		 * (its owner died) lets head move on now */
@@ -82,11 +84,20 @@ static void drain_flush(struct broker *b)
 			ring_release_mark(&b->rc, b->flush_mark);
 		return;
 	}
-	if (m.pos == b->rc.head && !ring_cons_pinned(&b->rc))
+	if (rm.pos == b->rc.head && !ring_cons_pinned(&b->rc))
 		return;
-	b->flush_mark = m;
+	b->flush_mark = rm;
 	b->flush_inflight = 1;
-	rc = spool_set_flush(b->spool, drain_flush_done, b);
+	/* the drain journal: how far the ring is in the spool, and the
+	 * ring-tied counters exact at that point. Never past a pinned
+	 * claim: a restarted broker passes over what lies before that
+	 * position, and a live producer's claim must not be (what lay
+	 * behind it is read again: duplicates, DESIGN "Pinned claims") */
+	m.ring_id = b->seg.segment_id;
+	m.ring_pos = ring_cons_safe_pos(&b->rc);
+	m.blob = blob;
+	m.blob_len = stats_mark(b, blob, sizeof(blob));
+	rc = spool_set_flush_mark(b->spool, drain_flush_done, b, &m);
 	if (rc < 0) {
 		b->flush_inflight = 0;
 		if (rc != -EBUSY)
@@ -125,10 +136,9 @@ static int drain_one(struct broker *b, const struct ring_rec *r)
 	if (rc == -EAGAIN)
 		return 0;
 	if (rc == -ENOSPC) {
-		/* cap reached with drop-newest: the spool counts it
-		 * (dropped_full), published as dropped_spool_full */
-		log_rl(&b->rl_spool, LOG_WARN, "spool full (spool_max): "
-		       "dropping new events for sink %s", s->cfg.name);
+		/* spool_max or the disk full (drop-newest, or nothing left
+		 * to drop): the spool counts it (refused_full, published as
+		 * dropped_spool_full) and logs why, rate-limited */
 		return 1;
 	}
 	b->dropped_spool_error++;
@@ -185,6 +195,28 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 	if (b->flush_inflight || now - b->last_record_ns < DRAIN_IDLE_NS)
 		return now + DRAIN_POLL_NS;       /* traffic: poll, no futex */
 	return UINT64_MAX;                        /* idle: futex wake-up */
+}
+
+void drain_catch_up(struct broker *b, uint64_t pos)
+{
+	struct ring_cons *c = &b->rc;
+	uint64_t tail = atomic_load_explicit(&b->seg.hdr->tail,
+					     memory_order_acquire);
+
+	/* no walk over [head, pos): a broker killed inside ring_release()
+	 * left part of it zeroed, which reads as claims not written yet.
+	 * The journal says every record there was taken: jump, and clean
+	 * the whole range by releasing it (a journal that does not fit the
+	 * ring is not trusted). */
+	if (pos <= c->head || pos > tail ||
+	    pos - c->head > b->seg.g.ring_size || (pos & 7))
+		return;
+	log_info("ring: %llu bytes the previous broker had already spooled "
+		 "are passed over (it stopped before it released them)",
+		 (unsigned long long)(pos - c->head));
+	c->cursor = pos;
+	c->tail = tail;
+	ring_release(c, pos);
 }
 
 int drain_idle(struct broker *b)

@@ -244,6 +244,7 @@ static int broker_start(struct broker *b)
 		.log = spool_log,
 		.log_arg = NULL,
 	};
+	uint64_t ring_pos;
 	char why[512];
 	int created, rc;
 
@@ -282,6 +283,8 @@ static int broker_start(struct broker *b)
 			 "the ring", b->seg.name, (unsigned long long)
 			 (atomic_load(&b->seg.hdr->tail) - b->rc.head));
 	}
+	/* the spool acts on a drain journal of this very ring */
+	so.ring_id = b->seg.segment_id;
 	b->spool = spool_set_new(&b->rx, &so);
 	if (!b->spool) {
 		log_error("spool %s: %s", b->cfg.spool_dir, strerror(errno));
@@ -295,6 +298,10 @@ static int broker_start(struct broker *b)
 	rc = broker_open_sinks(b);
 	if (rc < 0)
 		return rc;
+	/* after a crash: the ring records the spool already has are passed
+	 * over, the ring-tied counters continue from the journal */
+	if (!created && stats_restore_mark(b, &ring_pos))
+		drain_catch_up(b, ring_pos);
 	rc = sig_setup(b);
 	if (rc < 0) {
 		log_error("signals: %s", strerror(-rc));
@@ -580,7 +587,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (print) {
-		cfg_print(&b->cfg, stdout);
+		cfg_print_redacted(&b->cfg, stdout);
 		return 0;
 	}
 	log_set_level(b->cfg.log_level);

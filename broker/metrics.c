@@ -85,6 +85,12 @@ const struct mx_ctr mx_global[] = {
 	  "spool_error", DROPPED_HELP),
 	G(unknown_sink, 0, MX_INFO, "events_unknown_sink_total", NULL, NULL,
 	  "Events for an unknown sink, routed to the default sink."),
+	G(redelivered, 0, MX_INFO, "events_redelivered_total", NULL, NULL,
+	  "Events sent again after a broker restart (possible duplicates)."),
+	G(spool_disk_free, 1, MX_INFO, "spool_disk_free_bytes", NULL, NULL,
+	  "Bytes free on the spool's file system (last look)."),
+	G(spool_write_errors, 0, MX_INFO, "spool_write_errors_total", NULL,
+	  NULL, "Failed spool writes since the broker started."),
 };
 const size_t mx_nglobal = NELEM(mx_global);
 
@@ -142,6 +148,8 @@ const struct mx_ctr mx_sink[] = {
 	  "reason", "spool_error", SINK_DROPPED_HELP),
 	K(unknown_routed, 0, MX_INFO, "sink_events_unknown_routed_total",
 	  NULL, NULL, "Events for unknown sinks routed to this sink."),
+	K(redelivered, 0, MX_INFO, "sink_events_redelivered_total", NULL,
+	  NULL, "Events of the sink sent again after a broker restart."),
 };
 const size_t mx_nsink = NELEM(mx_sink);
 

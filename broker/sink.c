@@ -373,6 +373,8 @@ void sink_batch_done(struct sink_batch *b, enum sink_result r)
 					 b->dropped;
 		s->c.delivered_batches++;
 	}
+	/* the checkpoint that records this ack carries these counters */
+	stats_sink_acked(s);
 	b->busy = 0;
 	s->inflight--;
 	s->c.inflight = s->inflight;

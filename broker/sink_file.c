@@ -2,13 +2,22 @@
  * io_uring (json_line_fast: JSON bodies passed through on one line,
  * msgpack bodies converted by jansson). One write in flight keeps
  * the file in spool order. Written = delivered: the line is in the page
- * cache, which survives a broker crash.
+ * cache, which survives a broker crash; with durability = fdatasync the
+ * output is also fdatasync'ed before the batch is acknowledged, so a
+ * power loss cannot lose lines the spool let go of.
+ *
+ * The output is never adopted from someone else: opened O_NOFOLLOW, it
+ * must be a regular file of ours with one link, in a directory that is
+ * ours or root's and not writable by everyone (unless sticky); anything
+ * else disables the sink (logged) and its events stay in the spool.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -63,21 +72,87 @@ static void file_cut_torn_line(struct sink *s, int fd)
 			 (long long)(end - pos), s->cfg.path);
 }
 
+/* Why the output's directory may let someone else swap the file under
+ * us, or NULL. */
+static const char *file_dir_untrusted(const char *path, char *buf,
+				      size_t len)
+{
+	char *copy = strdup(path);
+	struct stat st;
+	int rc;
+
+	if (!copy)
+		return "out of memory";
+	rc = stat(dirname(copy), &st);
+	free(copy);
+	if (rc < 0)
+		return NULL;		/* open() will say why */
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		snprintf(buf, len, "its directory belongs to uid %u",
+			 (unsigned)st.st_uid);
+		return buf;
+	}
+	if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+		return "its directory is writable by everyone (and not sticky)";
+	return NULL;
+}
+
+/* Why the opened output is not ours to append to, or NULL. */
+static const char *file_untrusted(int fd, char *buf, size_t len)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return strerror(errno);
+	if (!S_ISREG(st.st_mode))
+		return "not a regular file";
+	if (st.st_uid != geteuid()) {
+		snprintf(buf, len, "owned by uid %u", (unsigned)st.st_uid);
+		return buf;
+	}
+	if (st.st_nlink != 1)
+		return "it has other hard links";
+	return NULL;
+}
+
 static int file_open(struct sink *s)
 {
 	struct file_sink *f = calloc(1, sizeof(*f));
+	const char *why;
+	char buf[96];
+	int e;
 
 	if (!f)
 		return -ENOMEM;
-	f->fd = open(s->cfg.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-		     0640);
+	why = file_dir_untrusted(s->cfg.path, buf, sizeof(buf));
+	if (why) {
+		log_error("sink %s: refusing %s: %s; its events stay in the "
+			  "spool", s->cfg.name, s->cfg.path, why);
+		free(f);
+		return -EPERM;
+	}
+	/* O_RDWR, not O_WRONLY: the torn-line check reads the tail */
+	f->fd = open(s->cfg.path, O_RDWR | O_CREAT | O_APPEND | O_NOFOLLOW |
+		     O_CLOEXEC, 0640);
 	if (f->fd < 0) {
-		int e = -errno;
-
-		log_error("sink %s: cannot open %s: %s", s->cfg.name,
-			  s->cfg.path, strerror(errno));
+		e = -errno;
+		if (e == -ELOOP)
+			log_error("sink %s: refusing %s: a symbolic link; its "
+				  "events stay in the spool", s->cfg.name,
+				  s->cfg.path);
+		else
+			log_error("sink %s: cannot open %s: %s", s->cfg.name,
+				  s->cfg.path, strerror(-e));
 		free(f);
 		return e;
+	}
+	why = file_untrusted(f->fd, buf, sizeof(buf));
+	if (why) {
+		log_error("sink %s: refusing %s: %s; its events stay in the "
+			  "spool", s->cfg.name, s->cfg.path, why);
+		close(f->fd);
+		free(f);
+		return -EPERM;
 	}
 	file_cut_torn_line(s, f->fd);
 	env_reader_init(&f->er);
@@ -107,6 +182,8 @@ static uint32_t file_max_inflight(const struct sink *s)
 }
 
 static void file_write_more(struct sink_batch *b);
+static void file_sync(struct sink_batch *b);
+static void file_written(struct sink_batch *b);
 
 /* Starts the next queued write, if none is in flight. */
 static void file_next(struct sink *s)
@@ -151,9 +228,55 @@ static void file_write_done(struct rx_op *op, int res, uint32_t flags)
 		file_write_more(b);
 		return;
 	}
+	if (b->s->b->cfg.durability == DUR_FDATASYNC) {
+		file_sync(b);
+		return;
+	}
+	file_written(b);
+}
+
+/* The batch is in the file (and synced when asked): delivered. */
+static void file_written(struct sink_batch *b)
+{
+	struct file_sink *f = b->s->impl;
+
 	f->writing = 0;
 	sink_batch_done(b, SINK_OK);
 	file_next(b->s);
+}
+
+static void file_sync_done(struct rx_op *op, int res, uint32_t flags)
+{
+	struct sink_batch *b = (struct sink_batch *)op;
+	struct file_sink *f = b->s->impl;
+
+	(void)flags;
+	if (res < 0) {
+		/* after a failed fdatasync the page cache may have dropped
+		 * the lines: the whole batch is written again (duplicate
+		 * lines possible, never a lost one) */
+		log_rl(&f->rl, LOG_ERROR, "sink %s: fdatasync of %s failed: "
+		       "%s; writing the batch again", b->s->cfg.name,
+		       b->s->cfg.path, strerror(-res));
+		b->out_off = 0;
+		f->writing = 0;
+		f->retry_head = b;
+		sink_batch_done(b, SINK_RETRY);
+		return;
+	}
+	file_written(b);
+}
+
+/* durability = fdatasync: the lines reach the disk before the spool is
+ * told they are delivered */
+static void file_sync(struct sink_batch *b)
+{
+	struct file_sink *f = b->s->impl;
+	struct io_uring_sqe *sqe;
+
+	b->op.fn = file_sync_done;
+	sqe = rx_sqe(&b->s->b->rx, &b->op);
+	io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
 }
 
 static void file_write_more(struct sink_batch *b)

@@ -1,94 +1,11 @@
 /* spool.c - the durable spool: per sink, append-only segment files of
  * CRC-framed records, written and read with io_uring (see spool.h).
  *
- * On-disk format (version 1)
- * ==========================
- *
- * All integers are little-endian. CRCs are CRC-32C (Castagnoli,
- * reflected polynomial 0x82f63b78, init and final xor 0xffffffff, as in
- * iSCSI / ext4: crc32c("123456789") = 0xe3069283); spool_crc32c().
- *
- * <spool_dir>/                      mode 0700
- *   <sink>/                         mode 0700, one per sink
- *     seg-<first seq, 16 hex>.obx   segment files, mode 0600
- *     checkpoint                    acknowledged watermark (msgpack)
- *     checkpoint.tmp                transient (atomic replace), removed
- *                                   at open
- *
- * Segment file = 96-byte header, then frames back to back.
- *
- *   header (96 bytes)
- *     0   u32  magic      0x5358424f ("OBXS" on disk)
- *     4   u16  version    1
- *     6   u16  hdr_len    96 (frames start here)
- *     8   u64  first_seq  seq of the first record; equals the file name
- *     16  u64  created    CLOCK_REALTIME ns at creation (drop-oldest age)
- *     24  char sink[48]   sink name, NUL-padded; must equal the directory
- *     72  u8   zero[20]   reserved, written as 0
- *     92  u32  crc        crc32c of bytes 0..91
- *
- *   frame (8-byte aligned; 24-byte header + payload + zero padding)
- *     0   u32  magic      0x5258424f ("OBXR" on disk)
- *     4   u32  len        payload bytes (<= 1 GiB)
- *     8   u64  seq        record sequence number (per sink, from 1)
- *     16  u32  crc        crc32c over bytes 4..15 (len, seq), then the
- *                         payload (one running crc)
- *     20  u32  hcrc       crc32c of bytes 0..19: lets a scan reject a
- *                         false magic or a damaged len without reading
- *                         len bytes
- *     24  payload[len], then 0..7 zero bytes up to a multiple of 8
- *   frame size = 24 + round_up(len, 8). Within a file seqs strictly
- *   increase and are consecutive unless records were lost.
- *
- * Checkpoint = one msgpack map (written to checkpoint.tmp, fsync, rename
- * over checkpoint, fsync of the sink directory):
- *     {"version": 1, "sink": "<name>", "acked": u64, "next_seq": u64,
- *      "crc": u32}
- *   acked: every seq < acked is done. next_seq: one past the last record
- *   made durable (per the durability setting) when it was written; new
- *   seqs start at max(next_seq, last seq found + 1). crc = crc32c of
- *   acked (u64 LE), next_seq (u64 LE) and the sink name bytes. Unknown
- *   keys are ignored (forward compatible); a missing key, another
- *   version, another sink or a bad crc make the checkpoint "corrupt".
- *
- * Recovery (spool_open, synchronous)
- * ==================================
- * - Names other than seg-<16 lowercase hex>.obx / checkpoint /
- *   checkpoint.tmp are foreign: counted, logged, left alone. So is a
- *   segment-named file whose header is bad (magic, version, crc, name or
- *   first seq mismatch), except a file shorter than the header and
- *   newer than every valid segment: that is a crash during segment
- *   creation, it holds no record and is removed. If a foreign file ever takes the name of a
- *   segment we need to create, it is renamed to "<name>.damaged" first.
- * - Every segment is scanned in seq order, every frame checked (magic,
- *   hcrc, len within the file, seq increasing, crc). At a bad frame the
- *   scan steps forward 8 bytes at a time until a valid frame: the records
- *   in between are lost, counted as corrupt by the seq gap, and marked
- *   done so the watermark passes them.
- *   Seq gaps between segments count the same way (only seqs >= acked
- *   count: the rest were delivered).
- * - Damage with no valid frame after it, in the newest segment, is a
- *   torn tail: ftruncate + fsync there (truncated_bytes). It is not
- *   counted corrupt by itself: a torn write never completed, so its
- *   records were never acknowledged to the ring and are drained again;
- *   records that had been durable are counted by the checkpoint gap
- *   below. In an older segment the file is not modified; its lost seqs
- *   show as the gap to the next segment.
- * - Lost records are counted exactly, by seq: damaged bytes that cost
- *   no seq (garbage between or after frames) are logged, not counted.
- * - Checkpoint valid: seqs in [acked, first seq found) and in [last seq
- *   found + 1, next_seq) were durable and are gone (nothing is ever
- *   deleted before a checkpoint past it is durable): counted corrupt.
- * - Checkpoint missing or corrupt: acked = the first seq found (deliver
- *   everything present: duplicates possible, no loss), and a fresh
- *   checkpoint is written.
- * - A sparse index (seq -> file offset, one entry per 128 KiB of frames
- *   and after every damaged region) is built per segment, so reads never
- *   rescan and RAM is ~16 bytes per 128 KiB of backlog.
- * - Segments whose records are all below a durable checkpoint are
- *   deleted (a crash between checkpoint and unlink leaves them).
- * No content can make spool_open fail: only real I/O errors on the sink
- * directory itself (EACCES, ENOTDIR, EMFILE...) do.
+ * The on-disk format (segment headers, frames, checkpoint) and the
+ * recovery rules are described at the top of spool_format.c, which also
+ * holds the codec, the frame scanner and the offline tools. This file is
+ * the io_uring side: appends, flushes, reads, acknowledgements,
+ * checkpoints, deletion, and spool_open's recovery built on the scanner.
  *
  * Ordering of acknowledgement vs. deletion
  * ========================================
@@ -136,53 +53,39 @@
 #define _GNU_SOURCE
 #include "spool.h"
 
-#include <dirent.h>
-#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <msgpack.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <pthread.h>
-#if defined(__x86_64__)
-#include <nmmintrin.h>
-#endif
 
-#define SEG_MAGIC		0x5358424fu	/* "OBXS" */
-#define FRAME_MAGIC		0x5258424fu	/* "OBXR" */
-#define SEG_VERSION		1
-#define SEG_HDR			96u
-#define SEG_NAME_OFF		24
-#define SEG_NAME_LEN		48
-#define SEG_CRC_OFF		92
-#define FRAME_HDR		24u
-#define FRAME_LEN_MAX		(1u << 30)
+#include "spool_format.h"
+
 #define IDX_GRAN		(128u * 1024)
-#define CKPT_VERSION		1
-#define CKPT_MAX		4096
-#define CKPT_INTERVAL_NS	100000000ull	/* 100 ms */
 #define CKPT_RETRY_NS		1000000000ull	/* after a failure */
+#define RESERVE_MIN		(256ull << 10)
+#define RESERVE_MAX		(64ull << 20)
+#define STATVFS_NS		100000000ull	/* re-measure a full disk */
+#define LOG_RL_NS		10000000000ull	/* one line per 10 s per kind */
 #define DEF_SEGMENT		(16ull << 20)
 #define DEF_TAIL		(1ull << 20)
 #define BLK_MAX			(64u * 1024)
 #define BLK_MIN			(4u * 1024)
 #define READ_MIN		(64u * 1024)
 #define READ_MAX		(16u << 20)
-#define SCAN_BUF		(1u << 20)
 #define RUN_MAX_BLKS		512		/* iovecs per writev */
 #define CLOSE_WAIT_NS		(30ull * 1000000000ull)
 #define LOG_DAMAGE_MAX		20		/* damage lines per open */
-#define SEG_FNAME_LEN		24		/* "seg-" 16 hex ".obx" */
-#define CKPT_NAME		"checkpoint"
-#define CKPT_TMP		"checkpoint.tmp"
+
+_Static_assert(SPF_NAME_MAX == CFG_NAME_MAX, "sink name limits differ");
 
 #define container_of(p, T, m) ((T *)((char *)(p) - offsetof(T, m)))
 
@@ -205,7 +108,7 @@ struct seg {
 	uint32_t refs;			/* disk reads in flight */
 	uint32_t busy;			/* writes / syncs in flight */
 	uint32_t live;			/* blocks not B_DONE */
-	uint8_t hdr[SEG_HDR];
+	uint8_t hdr[SPF_SEG_HDR];
 };
 
 struct blk {
@@ -261,6 +164,9 @@ struct ckop {
 	struct spool *sp;
 };
 
+/* rate-limited log lines, per kind */
+enum { RL_WRITE, RL_FULL, RL_CKPT, RL_N };
+
 struct spool {
 	struct spool *next;
 	struct spool_set *set;
@@ -286,6 +192,9 @@ struct spool {
 	struct range *doomed;		/* dropped segments [first, end):
 					 * unlinked after a checkpoint */
 	uint32_t ndoomed, doomed_cap;
+	uint64_t read_hwm;		/* one past the last record read */
+	uint64_t resend_end;		/* a previous broker read up to here */
+	uint64_t flush_end;		/* next_seq when the flush started */
 
 	uint64_t bytes;			/* sum of segment sizes */
 	uint64_t pending;		/* bytes in B_PENDING blocks */
@@ -293,94 +202,76 @@ struct spool {
 	uint64_t done_mem;		/* capacity of B_DONE blocks */
 	uint32_t inflight;		/* io_uring ops referencing us */
 	bool dir_dirty;
+	bool wr_nospace;		/* a write of this flush hit ENOSPC */
 
-	struct ckop ck_ops[4];
-	struct rx_op ck_timer;
+	/* checkpoint: ck_fd stays open; ck_kick starts a write from the
+	 * reactor, ck_timer retries after a failure */
+	struct ckop ck_ops[2];
+	struct rx_op ck_kick, ck_timer;
 	struct __kernel_timespec ck_ts;
-	bool ck_inflight, ck_timer_armed, ck_dirty;
+	bool ck_inflight, ck_kicked, ck_timer_armed, ck_dirty;
 	int ck_pending, ck_err, ck_fd;
-	uint64_t ck_acked, ck_next, ck_last_ns;
+	uint64_t ck_gen;
 	uint64_t ck_next_durable;	/* next_seq in the durable one */
-	msgpack_sbuffer ck_buf;
+	struct spf_ckpt ck;		/* the one being written */
+	uint8_t *ck_slot;		/* SPF_CK_SLOT bytes */
+	uint32_t ck_len;
+	uint64_t base[SPF_CK_BASE_MAX];	/* the owner's counters */
+	uint32_t nbase, nbase_loaded;
+	uint64_t base_loaded[SPF_CK_BASE_MAX];
+	uint64_t epoch[3];		/* corrupt, dropped_full, redelivered
+					 * when the ring was new */
 
 	struct spool_stats st;
 	uint32_t log_damage;
 	bool closing;
 };
 
-enum fl_phase { FL_IDLE, FL_WRITE, FL_WAIT, FL_SYNC, FL_FINISH };
+enum fl_phase { FL_IDLE, FL_WRITE, FL_JOURNAL, FL_WAIT, FL_SYNC,
+		FL_FINISH };
 
 struct spool_set {
 	struct rx *rx;
 	struct spool_set_opts o;
 	char *dir;
+	int dfd;			/* spool_dir, checked at open */
 	struct spool *sinks;
 	uint64_t bytes;
 	bool stalled;
 	uint64_t max_payload;
-
-	uint32_t none_inflight;		/* durability=none writes */
-	bool none_err;
 	uint64_t last_sync_ns;
+
+	/* free space: measured at every flush and when full, minus what
+	 * was appended since */
+	uint64_t disk_free, reserve, statvfs_ns;
+
+	/* drain journal: the one being written, and the one found at open
+	 * (its cut information is used by the spool_open()s of start-up,
+	 * until the first flush) */
+	int jr_fd;
+	uint64_t jr_gen;
+	struct spf_journal *jr, *jr_loaded;
+	bool jr_cut_ok, jr_want;
+	uint8_t *jr_slot;
+	uint32_t jr_len;
+	struct rx_op jr_op;
 
 	enum fl_phase fl_phase;
 	int fl_inflight, fl_err;
+	bool fl_nospace;
 	void (*fl_done)(void *arg, int err);
 	void *fl_arg;
 	struct rx_op fl_nop, fl_timer;
 	struct __kernel_timespec fl_ts;
 	bool fl_timer_armed, closing;
 	uint32_t inflight;		/* set-level ops (nop, timer) */
+
+	struct {
+		uint64_t next_ns, suppressed;
+	} rl[RL_N];
 };
 
 /* ---- small helpers ---------------------------------------------------- */
-
-static inline void put16(uint8_t *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, 2);
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static inline void put64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static inline uint16_t get16(const uint8_t *p)
-{
-	uint16_t v;
-
-	memcpy(&v, p, 2);
-	return le16toh(v);
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
-static inline uint64_t get64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-
-static inline uint64_t frame_len(uint32_t len)
-{
-	return FRAME_HDR + (((uint64_t)len + 7) & ~7ull);
-}
 
 static inline uint64_t min64(uint64_t a, uint64_t b)
 {
@@ -406,95 +297,6 @@ static void ns_to_ts(struct __kernel_timespec *ts, uint64_t ns)
 	ts->tv_nsec = (long long)(ns % 1000000000ull);
 }
 
-/* ---- CRC-32C ----------------------------------------------------------
- *
- * Castagnoli, reflected polynomial 0x82f63b78, initial value and final
- * xor 0xffffffff (iSCSI, ext4, btrfs): crc32c("123456789") = 0xe3069283.
- * Chosen over zlib's crc32() for speed: the SSE4.2 instruction does a
- * 256-byte record in ~30 ns where zlib takes ~250 ns, and every record
- * is summed once on append. Other CPUs use slicing-by-8 tables.
- */
-
-static uint32_t crc32c_tab[8][256];
-static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
-
-static void crc32c_init(void)
-{
-	uint32_t i, j, c;
-
-	for (i = 0; i < 256; i++) {
-		c = i;
-		for (j = 0; j < 8; j++)
-			c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-		crc32c_tab[0][i] = c;
-	}
-	for (i = 0; i < 256; i++)
-		for (j = 1; j < 8; j++)
-			crc32c_tab[j][i] = (crc32c_tab[j - 1][i] >> 8) ^
-					   crc32c_tab[0][crc32c_tab[j - 1][i] & 0xff];
-}
-
-uint32_t spool_crc32c_sw(uint32_t crc, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-	uint32_t x = ~crc;
-
-	pthread_once(&crc32c_once, crc32c_init);
-	while (n >= 8) {
-		uint32_t lo = x ^ get32(p), hi = get32(p + 4);
-
-		x = crc32c_tab[7][lo & 0xff] ^ crc32c_tab[6][(lo >> 8) & 0xff] ^
-		    crc32c_tab[5][(lo >> 16) & 0xff] ^ crc32c_tab[4][lo >> 24] ^
-		    crc32c_tab[3][hi & 0xff] ^ crc32c_tab[2][(hi >> 8) & 0xff] ^
-		    crc32c_tab[1][(hi >> 16) & 0xff] ^ crc32c_tab[0][hi >> 24];
-		p += 8;
-		n -= 8;
-	}
-	while (n--)
-		x = (x >> 8) ^ crc32c_tab[0][(x ^ *p++) & 0xff];
-	return ~x;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-	uint64_t x = ~crc;
-
-	while (n >= 8) {
-		uint64_t v;
-
-		memcpy(&v, p, 8);
-		x = _mm_crc32_u64(x, v);
-		p += 8;
-		n -= 8;
-	}
-	while (n--)
-		x = _mm_crc32_u8((uint32_t)x, *p++);
-	return ~(uint32_t)x;
-}
-
-uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t n)
-{
-	static int hw = -1;
-
-	if (hw < 0)
-		hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-	return hw ? crc32c_hw(crc, buf, n) : spool_crc32c_sw(crc, buf, n);
-}
-#else
-uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t n)
-{
-	return spool_crc32c_sw(crc, buf, n);
-}
-#endif
-
-static inline uint32_t crc_of(uint32_t crc, const void *p, size_t n)
-{
-	return spool_crc32c(crc, p, n);
-}
-
 static void sp_log(const struct spool_set *set, int level, const char *fmt,
 		   ...) __attribute__((format(printf, 3, 4)));
 
@@ -512,433 +314,32 @@ static void sp_log(const struct spool_set *set, int level, const char *fmt,
 	set->o.log(set->o.log_arg, level, msg);
 }
 
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
+static void sp_log_rl(struct spool_set *set, int kind, int level,
+		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* At most one line per kind every 10 s; the next one says how many
+ * were left out. */
+static void sp_log_rl(struct spool_set *set, int kind, int level,
+		      const char *fmt, ...)
 {
-	size_t got = 0;
+	uint64_t now = now_ns(CLOCK_MONOTONIC);
+	char msg[448];
+	va_list ap;
 
-	while (got < len) {
-		ssize_t r = pread(fd, (char *)buf + got, len - got,
-				  (off_t)(off + got));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (int)(got == len ? 0 : -ENODATA);
-}
-
-static int write_full(int fd, const void *buf, size_t len)
-{
-	size_t put = 0;
-
-	while (put < len) {
-		ssize_t r = write(fd, (const char *)buf + put, len - put);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		put += (size_t)r;
-	}
-	return 0;
-}
-
-/* ---- formats ---------------------------------------------------------- */
-
-static void seg_hdr_build(uint8_t *h, const char *sink, uint64_t first,
-			  uint64_t created)
-{
-	memset(h, 0, SEG_HDR);
-	put32(h, SEG_MAGIC);
-	put16(h + 4, SEG_VERSION);
-	put16(h + 6, SEG_HDR);
-	put64(h + 8, first);
-	put64(h + 16, created);
-	memcpy(h + SEG_NAME_OFF, sink, strnlen(sink, SEG_NAME_LEN - 1));
-	put32(h + SEG_CRC_OFF, crc_of(0, h, SEG_CRC_OFF));
-}
-
-/* 0 when the header is ours; sink NULL accepts any sink name (the sink
- * is then returned in sink_out when given). */
-static int seg_hdr_check(const uint8_t *h, const char *sink, uint64_t *first,
-			 uint64_t *created, char *sink_out)
-{
-	char name[SEG_NAME_LEN + 1];
-
-	if (get32(h) != SEG_MAGIC || get16(h + 4) != SEG_VERSION ||
-	    get16(h + 6) != SEG_HDR ||
-	    get32(h + SEG_CRC_OFF) != crc_of(0, h, SEG_CRC_OFF))
-		return -EINVAL;
-	memcpy(name, h + SEG_NAME_OFF, SEG_NAME_LEN);
-	name[SEG_NAME_LEN] = 0;
-	if (sink && strcmp(name, sink) != 0)
-		return -EINVAL;
-	if (sink_out)
-		strcpy(sink_out, name);
-	*first = get64(h + 8);
-	if (created)
-		*created = get64(h + 16);
-	return 0;
-}
-
-static void frame_build(uint8_t *p, uint64_t seq, const void *rec,
-			uint32_t len)
-{
-	uint64_t flen = frame_len(len);
-	uint32_t crc;
-
-	put32(p, FRAME_MAGIC);
-	put32(p + 4, len);
-	put64(p + 8, seq);
-	memcpy(p + FRAME_HDR, rec, len);
-	memset(p + FRAME_HDR + len, 0, flen - FRAME_HDR - len);
-	crc = crc_of(0, p + 4, 12);
-	crc = crc_of(crc, rec, len);
-	put32(p + 16, crc);
-	put32(p + 20, crc_of(0, p, 20));
-}
-
-/* The header alone: magic and hcrc. */
-static bool frame_hdr_ok(const uint8_t *h, uint32_t *len, uint64_t *seq)
-{
-	if (get32(h) != FRAME_MAGIC || get32(h + 20) != crc_of(0, h, 20))
-		return false;
-	*len = get32(h + 4);
-	*seq = get64(h + 8);
-	return *len <= FRAME_LEN_MAX;
-}
-
-static bool frame_crc_ok(const uint8_t *p, uint32_t len)
-{
-	uint32_t crc = crc_of(0, p + 4, 12);
-
-	return crc_of(crc, p + FRAME_HDR, len) == get32(p + 16);
-}
-
-/* "seg-<16 lowercase hex>.obx" -> first seq */
-static bool seg_name_parse(const char *name, uint64_t *first)
-{
-	uint64_t v = 0;
-	int i;
-
-	if (strlen(name) != SEG_FNAME_LEN || strncmp(name, "seg-", 4) ||
-	    strcmp(name + 20, ".obx"))
-		return false;
-	for (i = 4; i < 20; i++) {
-		char c = name[i];
-
-		if (c >= '0' && c <= '9')
-			v = v << 4 | (uint64_t)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v = v << 4 | (uint64_t)(c - 'a' + 10);
-		else
-			return false;
-	}
-	*first = v;
-	return true;
-}
-
-static void seg_name(char *buf, size_t len, uint64_t first)
-{
-	snprintf(buf, len, "seg-%016" PRIx64 ".obx", first);
-}
-
-static bool sink_name_ok(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	return n > 0 && n < CFG_NAME_MAX && strcmp(s, ".") &&
-	       strcmp(s, "..") && !strchr(s, '/');
-}
-
-/* ---- checkpoint file -------------------------------------------------- */
-
-static uint32_t ck_crc(const char *sink, uint64_t acked, uint64_t next)
-{
-	uint8_t b[16];
-
-	put64(b, acked);
-	put64(b + 8, next);
-	return crc_of(crc_of(0, b, 16), sink, strlen(sink));
-}
-
-static int ck_pack(msgpack_sbuffer *sb, const char *sink, uint64_t acked,
-		   uint64_t next)
-{
-	msgpack_packer pk;
-
-	msgpack_sbuffer_clear(sb);
-	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-	if (msgpack_pack_map(&pk, 5) ||
-	    msgpack_pack_str(&pk, 7) || msgpack_pack_str_body(&pk, "version", 7) ||
-	    msgpack_pack_uint32(&pk, CKPT_VERSION) ||
-	    msgpack_pack_str(&pk, 4) || msgpack_pack_str_body(&pk, "sink", 4) ||
-	    msgpack_pack_str(&pk, strlen(sink)) ||
-	    msgpack_pack_str_body(&pk, sink, strlen(sink)) ||
-	    msgpack_pack_str(&pk, 5) || msgpack_pack_str_body(&pk, "acked", 5) ||
-	    msgpack_pack_uint64(&pk, acked) ||
-	    msgpack_pack_str(&pk, 8) ||
-	    msgpack_pack_str_body(&pk, "next_seq", 8) ||
-	    msgpack_pack_uint64(&pk, next) ||
-	    msgpack_pack_str(&pk, 3) || msgpack_pack_str_body(&pk, "crc", 3) ||
-	    msgpack_pack_uint32(&pk, ck_crc(sink, acked, next)))
-		return -ENOMEM;
-	return 0;
-}
-
-static bool mp_key(const msgpack_object *k, const char *s)
-{
-	size_t n = strlen(s);
-
-	return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-	       !memcmp(k->via.str.ptr, s, n);
-}
-
-/* 1 valid, 0 missing, -1 corrupt (or unreadable). */
-static int ck_load(int dfd, const char *sink, uint64_t *acked, uint64_t *next)
-{
-	char buf[CKPT_MAX];
-	msgpack_unpacked u;
-	uint64_t a = 0, nx = 0, ver = 0, crc = 0;
-	int have = 0, fd, ret = -1;
-	ssize_t n;
-	uint32_t i;
-
-	fd = openat(dfd, CKPT_NAME, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -1;
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
-	if (n <= 0 || n == (ssize_t)sizeof(buf))
-		return -1;
-	msgpack_unpacked_init(&u);
-	if (msgpack_unpack_next(&u, buf, (size_t)n, NULL) !=
-	    MSGPACK_UNPACK_SUCCESS || u.data.type != MSGPACK_OBJECT_MAP)
-		goto out;
-	for (i = 0; i < u.data.via.map.size; i++) {
-		const msgpack_object *k = &u.data.via.map.ptr[i].key;
-		const msgpack_object *v = &u.data.via.map.ptr[i].val;
-
-		if (mp_key(k, "sink")) {
-			if (v->type != MSGPACK_OBJECT_STR ||
-			    v->via.str.size != strlen(sink) ||
-			    memcmp(v->via.str.ptr, sink, strlen(sink)))
-				goto out;
-			have |= 1;
-			continue;
-		}
-		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-			continue;
-		if (mp_key(k, "version"))
-			ver = v->via.u64, have |= 2;
-		else if (mp_key(k, "acked"))
-			a = v->via.u64, have |= 4;
-		else if (mp_key(k, "next_seq"))
-			nx = v->via.u64, have |= 8;
-		else if (mp_key(k, "crc"))
-			crc = v->via.u64, have |= 16;
-	}
-	if (have == 31 && ver == CKPT_VERSION &&
-	    crc == ck_crc(sink, a, nx)) {
-		*acked = a;
-		*next = nx;
-		ret = 1;
-	}
-out:
-	msgpack_unpacked_destroy(&u);
-	return ret;
-}
-
-/* Synchronous atomic replace: tmp, fsync, rename, fsync dir. */
-static int ck_write_sync(int dfd, const char *sink, uint64_t acked,
-			 uint64_t next)
-{
-	msgpack_sbuffer sb;
-	int fd, ret;
-
-	msgpack_sbuffer_init(&sb);
-	ret = ck_pack(&sb, sink, acked, next);
-	if (ret)
-		goto out;
-	fd = openat(dfd, CKPT_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-		    0600);
-	if (fd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	ret = write_full(fd, sb.data, sb.size);
-	if (!ret && fsync(fd) < 0)
-		ret = -errno;
-	close(fd);
-	if (!ret && renameat(dfd, CKPT_TMP, dfd, CKPT_NAME) < 0)
-		ret = -errno;
-	if (!ret && fsync(dfd) < 0)
-		ret = -errno;
-out:
-	msgpack_sbuffer_destroy(&sb);
-	return ret;
-}
-
-/* ---- scanning a segment file (recovery, verify, dump) ---------------- */
-
-struct scan {
-	int fd;
-	uint64_t size;
-	uint8_t *buf;
-	size_t cap;
-	uint64_t boff;
-	size_t blen;
-	int err;
-};
-
-enum { FR_OK, FR_BAD, FR_TRUNC, FR_BADCRC, FR_IOERR };
-
-/* Pointer to file bytes [off, off + len), or NULL (past EOF, I/O error
- * in s->err, or no memory). The window grows to hold a whole frame. */
-static const uint8_t *scan_at(struct scan *s, uint64_t off, size_t len)
-{
-	size_t want, got = 0;
-
-	if (off > s->size || len > s->size - off)
-		return NULL;
-	if (s->blen && off >= s->boff && off + len <= s->boff + s->blen)
-		return s->buf + (off - s->boff);
-	if (len > s->cap) {
-		size_t ncap = (len + 65535) & ~(size_t)65535;
-		uint8_t *nb = realloc(s->buf, ncap);
-
-		if (!nb) {
-			s->err = -ENOMEM;
-			return NULL;
-		}
-		s->buf = nb;
-		s->cap = ncap;
-	}
-	want = (size_t)min64(s->cap, s->size - off);
-	s->blen = 0;
-	while (got < want) {
-		ssize_t r = pread(s->fd, s->buf + got, want - got,
-				  (off_t)(off + got));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			s->err = -errno;
-			return NULL;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	s->boff = off;
-	s->blen = got;
-	if (got < len) {
-		s->err = -EIO;		/* the file shrank under us */
-		return NULL;
-	}
-	return s->buf;
-}
-
-static int frame_at(struct scan *s, uint64_t off, uint64_t min_seq,
-		    uint64_t *seq, uint32_t *len, const uint8_t **payload)
-{
-	const uint8_t *h = scan_at(s, off, FRAME_HDR);
-	uint64_t flen;
-
-	if (!h)
-		return s->err ? FR_IOERR : FR_TRUNC;
-	if (!frame_hdr_ok(h, len, seq) || *seq < min_seq)
-		return FR_BAD;
-	flen = frame_len(*len);
-	if (flen > s->size - off)
-		return FR_TRUNC;
-	h = scan_at(s, off, flen);
-	if (!h)
-		return s->err ? FR_IOERR : FR_TRUNC;
-	if (!frame_crc_ok(h, *len))
-		return FR_BADCRC;
-	*payload = h + FRAME_HDR;
-	return FR_OK;
-}
-
-struct scan_cb {
-	void (*frame)(void *ctx, uint64_t off, uint64_t seq,
-		      const uint8_t *payload, uint32_t len);
-	void (*damage)(void *ctx, uint64_t off, uint64_t end);
-};
-
-struct scan_res {
-	uint64_t nrec;
-	uint64_t last_seq;		/* 0: none */
-	uint64_t tail_off;		/* trailing damage starts (size: none) */
-	bool tail_bitrot;		/* ... with a whole frame, bad crc */
-	int err;			/* I/O error: scan stopped at tail_off */
-};
-
-static void seg_scan(int fd, uint64_t size, uint64_t first,
-		     const struct scan_cb *cb, void *ctx, struct scan_res *r)
-{
-	struct scan s = { .fd = fd, .size = size };
-	uint64_t off = SEG_HDR, min_seq = first, seq, o;
-	const uint8_t *pl;
-	uint32_t len;
-	int rc;
-
-	memset(r, 0, sizeof(*r));
-	s.cap = SCAN_BUF;
-	s.buf = malloc(s.cap);
-	if (!s.buf) {
-		r->err = -ENOMEM;
-		r->tail_off = off;
+	if (now < set->rl[kind].next_ns) {
+		set->rl[kind].suppressed++;
 		return;
 	}
-	while (off < size) {
-		rc = frame_at(&s, off, min_seq, &seq, &len, &pl);
-		if (rc == FR_IOERR)
-			goto ioerr;
-		if (rc == FR_OK) {
-			if (cb && cb->frame)
-				cb->frame(ctx, off, seq, pl, len);
-			r->nrec++;
-			r->last_seq = seq;
-			min_seq = seq + 1;
-			off += frame_len(len);
-			continue;
-		}
-		/* damaged at off: look for the next valid frame */
-		r->tail_bitrot = rc == FR_BADCRC;
-		for (o = off + 8; o + FRAME_HDR <= size; o += 8) {
-			int rc2 = frame_at(&s, o, min_seq, &seq, &len, &pl);
-
-			if (rc2 == FR_OK)
-				break;
-			if (rc2 == FR_IOERR) {
-				off = o;
-				goto ioerr;
-			}
-		}
-		if (o + FRAME_HDR > size) {
-			r->tail_off = off;
-			goto out;
-		}
-		r->tail_bitrot = false;
-		if (cb && cb->damage)
-			cb->damage(ctx, off, o);
-		off = o;
-	}
-	r->tail_off = size;
-	r->tail_bitrot = false;
-	goto out;
-ioerr:
-	r->err = s.err ? s.err : -EIO;
-	r->tail_off = off;
-	r->tail_bitrot = false;
-out:
-	free(s.buf);
+	set->rl[kind].next_ns = now + LOG_RL_NS;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (set->rl[kind].suppressed)
+		sp_log(set, level, "%s (%" PRIu64 " similar lines in the last "
+		       "10 s not shown)", msg, set->rl[kind].suppressed);
+	else
+		sp_log(set, level, "%s", msg);
+	set->rl[kind].suppressed = 0;
 }
 
 /* ---- segments --------------------------------------------------------- */
@@ -966,7 +367,7 @@ static uint64_t seg_idx_find(const struct seg *s, uint64_t seq)
 	uint32_t lo = 0, hi = s->nidx;
 
 	if (!s->nidx || s->idx[0].seq >= seq)
-		return s->nidx ? s->idx[0].off : SEG_HDR;
+		return s->nidx ? s->idx[0].off : SPF_SEG_HDR;
 	while (hi - lo > 1) {
 		uint32_t mid = lo + (hi - lo) / 2;
 
@@ -1065,8 +466,8 @@ static int seg_open_fd(struct spool *sp, struct seg *s)
 
 	if (s->fd >= 0)
 		return 0;
-	seg_name(name, sizeof(name), s->first);
-	s->fd = openat(sp->dfd, name, O_RDONLY | O_CLOEXEC);
+	spf_seg_name(name, sizeof(name), s->first);
+	s->fd = openat(sp->dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	return s->fd < 0 ? -errno : 0;
 }
 
@@ -1102,12 +503,12 @@ static int seg_create(struct spool *sp)
 	s = seg_alloc(sp->next_seq);
 	if (!s)
 		return -ENOMEM;
-	seg_name(name, sizeof(name), s->first);
-	fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-		    0600);
+	spf_seg_name(name, sizeof(name), s->first);
+	fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW |
+		    O_CLOEXEC, 0600);
 	if (fd < 0 && errno == EEXIST && seg_move_aside(sp, name) == 0)
-		fd = openat(sp->dfd, name,
-			    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		fd = openat(sp->dfd, name, O_RDWR | O_CREAT | O_EXCL |
+			    O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		ret = -errno;
 		seg_free(s);
@@ -1115,8 +516,8 @@ static int seg_create(struct spool *sp)
 	}
 	s->fd = fd;
 	s->created_ns = now_ns(CLOCK_REALTIME);
-	s->size = SEG_HDR;
-	seg_hdr_build(s->hdr, sp->name, s->first, s->created_ns);
+	s->size = SPF_SEG_HDR;
+	spf_seg_hdr_build(s->hdr, sp->name, s->first, s->created_ns);
 	ret = segs_push(sp, s);
 	if (ret) {
 		close(fd);
@@ -1126,8 +527,8 @@ static int seg_create(struct spool *sp)
 	}
 	sp->active = s;
 	sp->dir_dirty = true;
-	sp->bytes += SEG_HDR;
-	sp->set->bytes += SEG_HDR;
+	sp->bytes += SPF_SEG_HDR;
+	sp->set->bytes += SPF_SEG_HDR;
 	if (old)
 		seg_maybe_close(sp, old);
 	return 0;
@@ -1231,6 +632,26 @@ static uint64_t rng_count_open(const struct spool *sp, uint64_t a,
 	return n;
 }
 
+/* Is seq done (below the watermark or in a done range)? */
+static bool rng_done(const struct spool *sp, uint64_t seq)
+{
+	uint32_t lo = 0, hi = sp->nrng;
+
+	if (seq < sp->acked)
+		return true;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (sp->rng[mid].b <= seq)
+			lo = mid + 1;
+		else if (sp->rng[mid].a > seq)
+			hi = mid;
+		else
+			return true;
+	}
+	return false;
+}
+
 /* Marks [a, b) done; returns how many seqs were newly done. */
 static uint64_t rng_add(struct spool *sp, uint64_t a, uint64_t b)
 {
@@ -1283,7 +704,17 @@ static uint64_t rng_add(struct spool *sp, uint64_t a, uint64_t b)
 	return newly;
 }
 
-/* ---- checkpoint, asynchronous ----------------------------------------- */
+/* ---- checkpoint ---------------------------------------------------------
+ *
+ * Written after every acknowledgement, back to back: while one is being
+ * written, later acks mark it dirty and the next write covers them all.
+ * A write overwrites the older slot of the preallocated checkpoint file
+ * (one pwrite; linked to an fdatasync when durability = fdatasync), so it
+ * never needs new disk space. It is started from a NOP completion, never
+ * inside spool_ack(): the owner updates its counters (spool_set_base) in
+ * the same turn as the ack, so a checkpoint always pairs a done-set with
+ * the counters that go with it. Segments are deleted once a checkpoint
+ * covering them is written (durable, with fdatasync). */
 
 static void sp_gc(struct spool *sp);
 static void ck_start(struct spool *sp);
@@ -1291,6 +722,74 @@ static void ck_start(struct spool *sp);
 static bool sp_closing(const struct spool *sp)
 {
 	return sp->closing || sp->set->closing;
+}
+
+static uint64_t ck_next_seq(const struct spool *sp)
+{
+	return max64(sp->visible, sp->acked);
+}
+
+/* The state a checkpoint records, now. */
+static void ck_snapshot(const struct spool *sp, struct spf_ckpt *ck)
+{
+	uint32_t i;
+
+	ck->version = 2;
+	ck->acked = sp->acked;
+	ck->next_seq = ck_next_seq(sp);
+	ck->sent = max64(max64(sp->read_hwm, sp->resend_end), sp->acked);
+	/* more ranges than fit: the rest is delivered again after a
+	 * crash (counted twice then; never lost) */
+	ck->nranges = min64(sp->nrng, SPF_CK_RANGES_MAX);
+	for (i = 0; i < ck->nranges; i++) {
+		ck->ranges[i].a = sp->rng[i].a;
+		ck->ranges[i].b = sp->rng[i].b;
+	}
+	ck->corrupt = sp->st.corrupt;
+	ck->dropped_full = sp->st.dropped_full;
+	ck->redelivered = sp->st.redelivered;
+	ck->ring_id = sp->set->o.ring_id;
+	memcpy(ck->epoch, sp->epoch, sizeof(ck->epoch));
+	ck->nbase = sp->nbase;
+	memcpy(ck->base, sp->base, sizeof(ck->base));
+}
+
+/* Synchronous: the current state into the file (created when there is
+ * none yet), fdatasync'ed. Start-up, close, spool_sync_ack(). */
+static int ck_write_now(struct spool *sp)
+{
+	int ret = 0;
+
+	ck_snapshot(sp, &sp->ck);
+	sp->ck.gen = sp->ck_gen + 1;
+	if (sp->ck_fd < 0) {
+		sp->ck.gen = 1;
+		ret = spf_ck_create(sp->dfd, sp->name, &sp->ck);
+		if (ret >= 0) {
+			sp->ck_fd = ret;
+			ret = 0;
+		}
+	} else {
+		size_t n = spf_ck_encode(sp->ck_slot, sp->name, &sp->ck);
+		ssize_t w = n ? pwrite(sp->ck_fd, sp->ck_slot, n, (off_t)
+				       ((sp->ck.gen & 1) * SPF_CK_SLOT)) : -1;
+
+		if (!n)
+			ret = -EOVERFLOW;
+		else if (w != (ssize_t)n)
+			ret = w < 0 ? -errno : -EIO;
+		else if (fdatasync(sp->ck_fd) < 0)
+			ret = -errno;
+	}
+	if (ret) {
+		sp->st.write_errors++;
+		return ret;
+	}
+	sp->ck_gen = sp->ck.gen;
+	sp->ck_next_durable = sp->ck.next_seq;
+	sp->durable_acked = max64(sp->durable_acked, sp->ck.acked);
+	sp->ck_dirty = false;
+	return 0;
 }
 
 static void ck_timer_fn(struct rx_op *op, int res, uint32_t flags)
@@ -1319,25 +818,44 @@ static void ck_arm(struct spool *sp, uint64_t delay_ns)
 	sp->inflight++;
 }
 
-/* Checkpoints at most every 100 ms; later acks ride on the timer. */
-static void ck_schedule(struct spool *sp)
+static void ck_kick_fn(struct rx_op *op, int res, uint32_t flags)
 {
-	uint64_t now, due;
+	struct spool *sp = container_of(op, struct spool, ck_kick);
 
-	sp->ck_dirty = true;
-	if (sp->ck_inflight || sp->ck_timer_armed || sp_closing(sp))
-		return;
-	now = now_ns(CLOCK_MONOTONIC);
-	due = sp->ck_last_ns + CKPT_INTERVAL_NS;
-	if (now >= due)
+	sp->inflight--;
+	sp->ck_kicked = false;
+	if (sp_closing(sp) || sp->ck_timer_armed)
+		return;		/* closing; or a failure waits for its retry */
+	if (sp->ck_dirty && !sp->ck_inflight)
 		ck_start(sp);
-	else
-		ck_arm(sp, due - now);
 }
 
-static uint64_t ck_next_seq(const struct spool *sp)
+/* Something to checkpoint: the next write starts from the reactor, as
+ * soon as none is in flight. */
+static void ck_schedule(struct spool *sp)
 {
-	return max64(sp->visible, sp->acked);
+	struct io_uring_sqe *sqe;
+
+	sp->ck_dirty = true;
+	if (sp->ck_inflight || sp->ck_kicked || sp->ck_timer_armed ||
+	    sp_closing(sp))
+		return;
+	sp->ck_kick.fn = ck_kick_fn;
+	sqe = rx_sqe(sp->set->rx, &sp->ck_kick);
+	io_uring_prep_nop(sqe);
+	sp->ck_kicked = true;
+	sp->inflight++;
+}
+
+/* Records up to `end` were read for delivery: the next checkpoint says
+ * so (sent), so that after a crash their re-sends count as redelivered
+ * (it is written right after the batch goes out). */
+static void sp_read_to(struct spool *sp, uint64_t end)
+{
+	if (end <= sp->read_hwm)
+		return;
+	sp->read_hwm = end;
+	ck_schedule(sp);
 }
 
 static void ck_op_fn(struct rx_op *op, int res, uint32_t flags)
@@ -1350,76 +868,75 @@ static void ck_op_fn(struct rx_op *op, int res, uint32_t flags)
 		sp->ck_err = res;
 	/* the first op is the write: a short one is an error */
 	if (c == &sp->ck_ops[0] && res >= 0 &&
-	    (size_t)res != sp->ck_buf.size && !sp->ck_err)
+	    (uint32_t)res != sp->ck_len && !sp->ck_err)
 		sp->ck_err = -EIO;
 	if (--sp->ck_pending)
 		return;
-	close(sp->ck_fd);
-	sp->ck_fd = -1;
 	sp->ck_inflight = false;
-	sp->ck_last_ns = now_ns(CLOCK_MONOTONIC);
 	if (sp->ck_err) {
 		sp->st.write_errors++;
-		sp_log(sp->set, LOG_WARN, "spool %s: checkpoint failed: %s",
-		       sp->name, strerror(-sp->ck_err));
+		sp_log_rl(sp->set, RL_CKPT, LOG_WARN, "spool %s: checkpoint "
+			  "failed: %s (retried every second)", sp->name,
+			  strerror(-sp->ck_err));
 		sp->ck_dirty = true;
 		ck_arm(sp, CKPT_RETRY_NS);
 		return;
 	}
-	sp->durable_acked = max64(sp->durable_acked, sp->ck_acked);
-	sp->ck_next_durable = sp->ck_next;
+	sp->ck_gen = sp->ck.gen;
+	sp->durable_acked = max64(sp->durable_acked, sp->ck.acked);
+	sp->ck_next_durable = sp->ck.next_seq;
 	sp_gc(sp);
 	if (sp->ck_dirty)
 		ck_schedule(sp);
 }
 
-/* tmp write -> fsync -> rename -> fsync(dir), one linked chain: a link
- * fails the rest (-ECANCELED) when any step fails, so the rename never
- * runs before the data is on disk. */
+/* The older slot, with one pwrite (-> fdatasync: linked, so the sync
+ * covers it). */
 static void ck_start(struct spool *sp)
 {
 	struct rx *rx = sp->set->rx;
 	struct io_uring_sqe *sqe;
+	bool sync = sp->set->o.durability == DUR_FDATASYNC;
 	int i;
 
+	if (sp->ck_fd < 0) {
+		/* the file could not be made at open (disk full then):
+		 * try again; that one write needs the space */
+		if (ck_write_now(sp) == 0)
+			sp_gc(sp);
+		else
+			ck_arm(sp, CKPT_RETRY_NS);
+		return;
+	}
 	sp->ck_dirty = false;
-	sp->ck_acked = sp->acked;
-	sp->ck_next = ck_next_seq(sp);
-	if (ck_pack(&sp->ck_buf, sp->name, sp->ck_acked, sp->ck_next))
-		goto fail;
-	sp->ck_fd = openat(sp->dfd, CKPT_TMP,
-			   O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (sp->ck_fd < 0)
-		goto fail;
+	ck_snapshot(sp, &sp->ck);
+	sp->ck.gen = sp->ck_gen + 1;
+	sp->ck_len = (uint32_t)spf_ck_encode(sp->ck_slot, sp->name, &sp->ck);
+	if (!sp->ck_len) {
+		sp->st.write_errors++;
+		sp->ck_dirty = true;
+		ck_arm(sp, CKPT_RETRY_NS);
+		return;
+	}
 	/* the chain must not be split by a submit inside rx_sqe() */
-	if (io_uring_sq_space_left(&rx->ring) < 4)
+	if (io_uring_sq_space_left(&rx->ring) < 2)
 		rx_submit(rx);
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < 2; i++) {
 		sp->ck_ops[i].op.fn = ck_op_fn;
 		sp->ck_ops[i].sp = sp;
 	}
 	sqe = rx_sqe(rx, &sp->ck_ops[0].op);
-	io_uring_prep_write(sqe, sp->ck_fd, sp->ck_buf.data,
-			    (unsigned)sp->ck_buf.size, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = rx_sqe(rx, &sp->ck_ops[1].op);
-	io_uring_prep_fsync(sqe, sp->ck_fd, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = rx_sqe(rx, &sp->ck_ops[2].op);
-	io_uring_prep_renameat(sqe, sp->dfd, CKPT_TMP, sp->dfd, CKPT_NAME, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	sqe = rx_sqe(rx, &sp->ck_ops[3].op);
-	io_uring_prep_fsync(sqe, sp->dfd, 0);
-	sp->ck_pending = 4;
+	io_uring_prep_write(sqe, sp->ck_fd, sp->ck_slot, sp->ck_len,
+			    (sp->ck.gen & 1) * SPF_CK_SLOT);
+	if (sync) {
+		sqe->flags |= IOSQE_IO_LINK;
+		sqe = rx_sqe(rx, &sp->ck_ops[1].op);
+		io_uring_prep_fsync(sqe, sp->ck_fd, IORING_FSYNC_DATASYNC);
+	}
+	sp->ck_pending = sync ? 2 : 1;
 	sp->ck_err = 0;
 	sp->ck_inflight = true;
-	sp->inflight += 4;
-	return;
-fail:
-	sp->st.write_errors++;
-	sp->ck_dirty = true;
-	sp->ck_last_ns = now_ns(CLOCK_MONOTONIC);
-	ck_arm(sp, CKPT_RETRY_NS);
+	sp->inflight += (uint32_t)sp->ck_pending;
 }
 
 /* ---- deleting segments ------------------------------------------------ */
@@ -1432,7 +949,7 @@ static void seg_remove(struct spool *sp, uint32_t i, bool unlink)
 	/* its blocks are written and at the front: free them first */
 	while (sp->bhead && sp->bhead->seg == s)
 		blk_free_head(sp);
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	if (unlink && unlinkat(sp->dfd, name, 0) < 0 && errno != ENOENT)
 		sp_log(sp->set, LOG_WARN, "spool %s: cannot delete %s: %s",
 		       sp->name, name, strerror(errno));
@@ -1487,7 +1004,7 @@ static void sp_gc(struct spool *sp)
 			sp->doomed[j++] = sp->doomed[i];
 			continue;
 		}
-		seg_name(name, sizeof(name), sp->doomed[i].a);
+		spf_seg_name(name, sizeof(name), sp->doomed[i].a);
 		if (unlinkat(sp->dfd, name, 0) < 0 && errno != ENOENT)
 			sp_log(sp->set, LOG_WARN, "spool %s: cannot delete "
 			       "%s: %s", sp->name, name, strerror(errno));
@@ -1495,15 +1012,59 @@ static void sp_gc(struct spool *sp)
 	sp->ndoomed = j;
 }
 
-/* ---- cap --------------------------------------------------------------- */
+/* ---- room: spool_max and the disk -------------------------------------
+ *
+ * Two limits, one policy: spool_max (bytes of all sinks' segments and
+ * tail buffers) and the file system's free space minus a reserve
+ * (measured with fstatvfs at every flush and, while short, at most every
+ * 100 ms; appends in between are subtracted). Whichever is hit, spool_full
+ * applies: drop-newest refuses the append (refused_full), drop-oldest
+ * deletes the oldest idle segment of any sink (its undelivered records
+ * dropped_full) until the record fits. Deleting needs no space: the
+ * checkpoint that must precede the unlink overwrites a preallocated
+ * slot. */
+
+static void disk_measure(struct spool_set *set)
+{
+	const struct spool *sp;
+	uint64_t unwritten = 0, fs, freeb;
+	struct statvfs vs;
+
+	set->statvfs_ns = now_ns(CLOCK_MONOTONIC);
+	if (fstatvfs(set->dfd, &vs) < 0) {
+		set->disk_free = UINT64_MAX;	/* unknown: spool_max only */
+		return;
+	}
+	fs = (uint64_t)vs.f_blocks * vs.f_frsize;
+	if (!set->reserve)
+		set->reserve = set->o.disk_reserve ? set->o.disk_reserve :
+			min64(min64(max64(fs / 64, RESERVE_MIN), RESERVE_MAX),
+			      fs / 8);
+	/* what is appended and not written yet will take space too */
+	for (sp = set->sinks; sp; sp = sp->next)
+		unwritten += sp->unwritten;
+	freeb = (uint64_t)vs.f_bavail * vs.f_frsize;
+	set->disk_free = freeb > unwritten ? freeb - unwritten : 0;
+}
+
+/* Would `need` more bytes eat into the reserve? */
+static bool disk_short(struct spool_set *set, uint64_t need)
+{
+	if (set->disk_free >= set->reserve + need)
+		return false;
+	/* space may have come back since the last look */
+	if (now_ns(CLOCK_MONOTONIC) - set->statvfs_ns >= STATVFS_NS)
+		disk_measure(set);
+	return set->disk_free < set->reserve + need;
+}
 
 /* drop-oldest: the oldest (by creation time) first segment of any sink
- * that is neither written nor read. */
-static int cap_drop_oldest(struct spool_set *set)
+ * that is neither written nor read. Its size, or 0 when there is none. */
+static uint64_t drop_oldest(struct spool_set *set, const char *why)
 {
 	struct spool *sp, *vsp = NULL;
 	struct seg *v = NULL;
-	uint64_t lost;
+	uint64_t lost, size;
 
 	for (sp = set->sinks; sp; sp = sp->next) {
 		struct seg *s;
@@ -1519,15 +1080,16 @@ static int cap_drop_oldest(struct spool_set *set)
 		}
 	}
 	if (!v)
-		return -ENOSPC;
+		return 0;
 	sp = vsp;
+	size = v->size;
 	lost = rng_count_open(sp, v->first, v->end);
 	sp->st.dropped_full += lost;
-	sp_log(set, LOG_WARN,
-	       "spool %s: spool_max reached, deleted the oldest segment "
-	       "(seqs %" PRIu64 "..%" PRIu64 ", %" PRIu64 " undelivered "
-	       "records dropped)", sp->name, v->first,
-	       v->end > v->first ? v->end - 1 : v->first, lost);
+	sp_log_rl(set, RL_FULL, LOG_WARN,
+		  "spool %s: %s, deleted the oldest segment (seqs %" PRIu64
+		  "..%" PRIu64 ", %" PRIu64 " undelivered records dropped)",
+		  sp->name, why, v->first,
+		  v->end > v->first ? v->end - 1 : v->first, lost);
 	/* everything up to the next segment is gone: the watermark moves */
 	rng_add(sp, sp->acked, sp->nsegs > 1 ? sp->segs[1]->first : v->end);
 	/* out of the accounting now; the file goes once a checkpoint past
@@ -1536,22 +1098,50 @@ static int cap_drop_oldest(struct spool_set *set)
 	seg_remove(sp, 0, !doom_add(sp, v->first, v->end));
 	blk_trim(sp);
 	ck_schedule(sp);
-	return 0;
+	return size;
 }
 
-static int cap_make_room(struct spool *sp, uint64_t need)
+/* 0 when `need` bytes fit (after drop-oldest made room), else -ENOSPC
+ * and *why. */
+static int room_make(struct spool *sp, uint64_t need, const char **why)
+{
+	struct spool_set *set = sp->set;
+	uint64_t freed;
+
+	for (;;) {
+		bool disk = false;
+
+		if (set->o.max_bytes && set->bytes + need > set->o.max_bytes)
+			*why = "spool_max reached";
+		else if ((disk = disk_short(set, need)))
+			*why = "disk full";
+		else
+			return 0;
+		if (set->o.full != SPOOL_DROP_OLDEST)
+			return -ENOSPC;
+		freed = drop_oldest(set, *why);
+		if (!freed)
+			return -ENOSPC;
+		if (disk)	/* unlinked once its checkpoint is written */
+			set->disk_free += freed;
+	}
+}
+
+/* An append refused for lack of room: counted, logged (rate-limited). */
+static int sp_refuse(struct spool *sp, const char *why)
 {
 	struct spool_set *set = sp->set;
 
-	if (!set->o.max_bytes)
-		return 0;
-	while (set->bytes + need > set->o.max_bytes) {
-		if (set->o.full != SPOOL_DROP_OLDEST)
-			return -ENOSPC;
-		if (cap_drop_oldest(set))
-			return -ENOSPC;
-	}
-	return 0;
+	sp->st.refused_full++;
+	if (!strcmp(why, "disk full"))
+		sp_log_rl(set, RL_FULL, LOG_WARN, "spool %s: disk full (%"
+			  PRIu64 " bytes free, %" PRIu64 " kept in reserve): "
+			  "new events are dropped (dropped_spool_full)",
+			  sp->name, set->disk_free, set->reserve);
+	else
+		sp_log_rl(set, RL_FULL, LOG_WARN, "spool %s: %s: new events "
+			  "are dropped (dropped_spool_full)", sp->name, why);
+	return -ENOSPC;
 }
 
 /* ---- append ------------------------------------------------------------ */
@@ -1559,8 +1149,9 @@ static int cap_make_room(struct spool *sp, uint64_t need)
 int spool_append(struct spool *sp, const void *rec, uint32_t len)
 {
 	struct spool_set *set = sp->set;
-	uint64_t flen = frame_len(len), seq, off;
+	uint64_t flen = spf_frame_len(len), seq, off, need;
 	struct seg *s = sp->active;
+	const char *why;
 	struct blk *b;
 	bool roll;
 	int ret;
@@ -1573,18 +1164,21 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 		return -EAGAIN;		/* back-pressure: flush first */
 	roll = !s || s->sealed || s->end != sp->next_seq ||
 	       (s->size + flen > set->o.segment_size && s->end > s->first);
-	if (cap_make_room(sp, flen + (roll ? SEG_HDR : 0))) {
-		sp->st.dropped_full++;
-		return -ENOSPC;
-	}
+	need = flen + (roll ? SPF_SEG_HDR : 0);
+	if (room_make(sp, need, &why))
+		return sp_refuse(sp, why);
 	if (roll) {
 		ret = seg_create(sp);
+		if (ret == -ENOSPC || ret == -EDQUOT) {
+			disk_measure(set);
+			return sp_refuse(sp, "disk full");
+		}
 		if (ret) {
 			sp->st.write_errors++;
 			set->stalled = true;
-			sp_log(set, LOG_ERROR,
-			       "spool %s: cannot create a segment: %s",
-			       sp->name, strerror(-ret));
+			sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool %s: cannot "
+				  "create a segment: %s", sp->name,
+				  strerror(-ret));
 			return -EAGAIN;
 		}
 		s = sp->active;
@@ -1598,7 +1192,7 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 	}
 	seq = sp->next_seq++;
 	off = s->size;
-	frame_build(b->data + b->len, seq, rec, len);
+	spf_frame_build(b->data + b->len, seq, rec, len);
 	if (!b->len)
 		b->first_seq = seq;
 	b->len += (uint32_t)flen;
@@ -1611,13 +1205,27 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
 	set->bytes += flen;
 	sp->pending += flen;
 	sp->unwritten += flen;
+	set->disk_free = set->disk_free > need ? set->disk_free - need : 0;
 	return 0;
 }
 
-/* ---- flush: writes ----------------------------------------------------- */
+/* ---- flush: writes -----------------------------------------------------
+ *
+ * Phases: FL_WRITE (one writev per run of pending blocks) -> FL_JOURNAL
+ * (with a mark: the drain journal's older slot, one pwrite) -> FL_WAIT /
+ * FL_SYNC (fdatasync only: at most one per sync_interval) -> FL_FINISH
+ * (the callback, from a NOP completion). A write that fails for lack of
+ * space does not fail the flush: sp_rewind() drops what could not be
+ * written, so the ring moves on; any other error does (data kept,
+ * appends stalled, retried by the next flush). */
 
 static void fl_writes_done(struct spool_set *set);
 static void fl_finish(struct spool_set *set, int err);
+
+static bool err_nospace(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT;
+}
 
 static void wop_submit(struct spool_set *set, struct wop *w)
 {
@@ -1660,9 +1268,17 @@ static void wop_fn(struct rx_op *op, int res, uint32_t flags)
 	if (res < 0) {
 		st = B_PENDING;
 		sp->st.write_errors++;
-		set->stalled = true;
-		sp_log(set, LOG_ERROR, "spool %s: write failed: %s "
-		       "(kept in memory, retried)", sp->name, strerror(-res));
+		if (err_nospace(res)) {
+			sp->wr_nospace = true;
+			set->fl_nospace = true;
+		} else {
+			set->stalled = true;
+			if (!set->fl_err)
+				set->fl_err = res;
+			sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool %s: write "
+				  "failed: %s (kept in memory, retried)",
+				  sp->name, strerror(-res));
+		}
 	} else {
 		st = set->o.durability == DUR_FDATASYNC ? B_UNSYNCED : B_DONE;
 	}
@@ -1670,27 +1286,15 @@ static void wop_fn(struct rx_op *op, int res, uint32_t flags)
 		blk_set_state(sp, b, st);
 	w->seg->busy--;
 	sp->inflight--;
-	if (w->attached) {
-		if (res < 0 && !set->fl_err)
-			set->fl_err = res;
-		if (--set->fl_inflight == 0 && set->fl_phase == FL_WRITE)
-			fl_writes_done(set);
-	} else {
-		if (res < 0)
-			set->none_err = true;
-		if (--set->none_inflight == 0) {
-			if (!set->none_err)
-				set->stalled = false;
-			set->none_err = false;
-		}
-	}
+	if (--set->fl_inflight == 0 && set->fl_phase == FL_WRITE)
+		fl_writes_done(set);
 	seg_maybe_close(sp, w->seg);
 	blk_trim(sp);
 	free(w);
 }
 
 /* One writev per run of pending blocks of one segment. */
-static int sp_submit_writes(struct spool *sp, bool attached)
+static int sp_submit_writes(struct spool *sp)
 {
 	struct spool_set *set = sp->set;
 	struct blk *b = sp->bhead;
@@ -1716,7 +1320,7 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 			n++;
 		}
 		b = x;
-		hdr = first->file_off == SEG_HDR;
+		hdr = first->file_off == SPF_SEG_HDR;
 		w = calloc(1, sizeof(*w) + 2 * (n + 1) * sizeof(struct iovec));
 		if (!w)
 			return nops;	/* stays pending; the next flush */
@@ -1725,12 +1329,11 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 		w->seg = first->seg;
 		w->first = first;
 		w->nblk = n;
-		w->attached = attached;
 		w->off = hdr ? 0 : first->file_off;
 		if (hdr) {
 			w->iov[k].iov_base = first->seg->hdr;
-			w->iov[k].iov_len = SEG_HDR;
-			w->total += SEG_HDR;
+			w->iov[k].iov_len = SPF_SEG_HDR;
+			w->total += SPF_SEG_HDR;
 			k++;
 		}
 		for (x = first; x != b; x = x->next) {
@@ -1744,14 +1347,166 @@ static int sp_submit_writes(struct spool *sp, bool attached)
 		w->cur = w->iov + k;
 		w->seg->busy++;
 		sp->inflight++;
-		if (attached)
-			set->fl_inflight++;
-		else
-			set->none_inflight++;
+		set->fl_inflight++;
 		wop_submit(set, w);
 		nops++;
 	}
 	return nops;
+}
+
+/* ---- flush: no space left ------------------------------------------------ */
+
+/* Cuts segment s back to `off` bytes (the frames before stay). */
+static void seg_cut(struct spool *sp, struct seg *s, uint64_t off,
+		    uint64_t end)
+{
+	char name[32];
+	int fd = s->fd;
+
+	spf_seg_name(name, sizeof(name), s->first);
+	if (fd < 0)
+		fd = openat(sp->dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	/* ftruncate never needs space; if it fails the garbage stays and
+	 * the next open skips it */
+	if (fd < 0 || ftruncate(fd, (off_t)off) < 0)
+		sp_log(sp->set, LOG_WARN, "spool %s: cannot cut %s back to %"
+		       PRIu64 " bytes: %s", sp->name, name, off,
+		       strerror(errno));
+	if (fd >= 0 && fd != s->fd)
+		close(fd);
+	sp->bytes -= s->size - off;
+	sp->set->bytes -= s->size - off;
+	s->size = off;
+	s->end = end;
+	while (s->nidx && s->idx[s->nidx - 1].off >= off)
+		s->nidx--;
+	s->idx_last = s->nidx ? s->idx[s->nidx - 1].off : 0;
+	s->sealed = true;
+}
+
+/* A write of this flush failed with ENOSPC/EDQUOT (someone else took the
+ * space the reserve kept): every record of the sink from the first one
+ * not written on is dropped (dropped_full, marked done), its segment is
+ * cut back and sealed, segments made for them are deleted. The newest
+ * records go (the disk is full: as drop-newest would have refused them),
+ * the ring moves on, nothing half written stays. No write of the set is
+ * in flight here. */
+static void sp_rewind(struct spool *sp)
+{
+	struct blk *b, *prev = NULL, *first;
+	uint64_t from, lost, later, mid, cut_off;
+	struct seg *cut_seg;
+	uint32_t i;
+
+	for (first = sp->bhead; first && first->state != B_PENDING;
+	     first = first->next)
+		prev = first;
+	if (!first)
+		return;
+	from = first->first_seq;
+	cut_seg = first->seg;
+	cut_off = first->file_off;
+	/* the blocks from first on leave (written ones after it too: they
+	 * are newer, and no reader got them - visible stops at first) */
+	if (prev)
+		prev->next = NULL;
+	else
+		sp->bhead = NULL;
+	sp->btail = prev;
+	for (b = first; b;) {
+		struct blk *n = b->next;
+
+		if (b->state == B_PENDING)
+			sp->pending -= b->len;
+		if (b->state == B_DONE) {
+			sp->done_mem -= b->cap;
+		} else {
+			sp->unwritten -= b->len;
+			b->seg->live--;
+		}
+		free(b);
+		b = n;
+	}
+	for (i = sp->nsegs; i-- > 0;) {
+		struct seg *s = sp->segs[i];
+
+		if (s->first >= from)
+			seg_remove(sp, i, true);	/* nothing of it left */
+		else if (s == cut_seg)
+			seg_cut(sp, s, cut_off, from);
+	}
+	sp->active = NULL;	/* the next append starts a new segment */
+	/* this flush's records (their ring range is released with it):
+	 * seq-tied drops, in the checkpoint; those appended after it
+	 * started belong to the next flush's ring range: refusals, counted
+	 * with that flush's journal - either way a crash before the next
+	 * journal cannot count one twice */
+	mid = max64(from, min64(sp->flush_end, sp->next_seq));
+	lost = rng_count_open(sp, from, mid);
+	later = rng_count_open(sp, mid, sp->next_seq);
+	sp->st.dropped_full += lost;
+	sp->st.refused_full += later;
+	rng_add(sp, from, sp->next_seq);
+	sp_log_rl(sp->set, RL_WRITE, LOG_ERROR, "spool %s: disk full: %"
+		  PRIu64 " records whose write failed were dropped "
+		  "(dropped_spool_full)", sp->name, lost + later);
+	ck_schedule(sp);
+}
+
+/* ---- flush: the drain journal ---------------------------------------- */
+
+static void fl_sync_phase(struct spool_set *set);
+
+static void jr_fn(struct rx_op *op, int res, uint32_t flags)
+{
+	struct spool_set *set = container_of(op, struct spool_set, jr_op);
+
+	set->inflight--;
+	if (res != (int)set->jr_len) {
+		int err = res < 0 ? res : -EIO;
+
+		set->stalled = true;
+		sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool: drain journal "
+			  "write failed: %s (retried)", strerror(-err));
+		fl_finish(set, err);
+		return;
+	}
+	set->jr_gen = set->jr->gen;
+	fl_sync_phase(set);
+}
+
+/* The older slot of the journal: where the ring stands, now that every
+ * write of this flush completed. */
+static void jr_submit(struct spool_set *set)
+{
+	struct io_uring_sqe *sqe;
+
+	set->fl_phase = FL_JOURNAL;
+	set->jr->gen = set->jr_gen + 1;
+	set->jr_len = (uint32_t)spf_jr_encode(set->jr_slot, set->jr);
+	if (set->jr_fd < 0 && set->jr_len) {
+		/* none yet (the disk was full at open): made now */
+		int fd = spf_slot_file_create(set->dfd, SPF_JOURNAL_NAME,
+					      SPF_JOURNAL_TMP, SPF_JR_SLOT,
+					      set->jr_slot, set->jr_len);
+
+		if (fd >= 0) {
+			set->jr_fd = fd;
+			set->jr_gen = set->jr->gen;
+			fl_sync_phase(set);
+			return;
+		}
+		set->jr_len = 0;
+	}
+	if (!set->jr_len) {
+		fl_finish(set, set->jr_fd < 0 ? -ENOSPC : -EOVERFLOW);
+		return;
+	}
+	set->jr_op.fn = jr_fn;
+	sqe = rx_sqe(set->rx, &set->jr_op);
+	io_uring_prep_write(sqe, set->jr_fd, set->jr_slot, set->jr_len,
+			    (set->jr->gen & 1) * SPF_JR_SLOT);
+	set->inflight++;
 }
 
 /* ---- flush: fdatasync and completion ------------------------------------ */
@@ -1768,8 +1523,9 @@ static void sop_fn(struct rx_op *op, int res, uint32_t flags)
 		set->stalled = true;
 		if (!set->fl_err)
 			set->fl_err = res;
-		sp_log(set, LOG_ERROR, "spool %s: fdatasync failed: %s "
-		       "(data rewritten)", sp->name, strerror(-res));
+		sp_log_rl(set, RL_WRITE, LOG_ERROR, "spool %s: fdatasync "
+			  "failed: %s (data rewritten)", sp->name,
+			  strerror(-res));
 	}
 	if (!o->seg) {
 		if (res < 0)
@@ -1867,19 +1623,16 @@ static bool set_needs_sync(const struct spool_set *set)
 	return false;
 }
 
-static void fl_writes_done(struct spool_set *set)
+/* After the writes (and the journal): fdatasync when asked, at most one
+ * per sync_interval. */
+static void fl_sync_phase(struct spool_set *set)
 {
 	uint64_t now, due;
 
-	if (set->fl_err) {
-		fl_finish(set, set->fl_err);
-		return;
-	}
 	if (set->o.durability != DUR_FDATASYNC || !set_needs_sync(set)) {
 		fl_finish(set, 0);
 		return;
 	}
-	/* at most one fdatasync per sync_interval: wait for the slot */
 	now = now_ns(CLOCK_MONOTONIC);
 	due = set->last_sync_ns + set->o.sync_interval_ms * 1000000ull;
 	if (set->last_sync_ns && now < due) {
@@ -1895,6 +1648,28 @@ static void fl_writes_done(struct spool_set *set)
 		return;
 	}
 	fl_sync_submit(set);
+}
+
+static void fl_writes_done(struct spool_set *set)
+{
+	struct spool *sp;
+
+	if (set->fl_nospace) {
+		for (sp = set->sinks; sp; sp = sp->next)
+			if (sp->wr_nospace)
+				sp_rewind(sp);
+		set->fl_nospace = false;
+		disk_measure(set);
+	}
+	if (set->fl_err) {
+		fl_finish(set, set->fl_err);
+		return;
+	}
+	if (set->jr_want) {
+		jr_submit(set);
+		return;
+	}
+	fl_sync_phase(set);
 }
 
 /* A sink's readable end: everything before the first block that is not
@@ -1918,14 +1693,10 @@ static void fl_nop_fn(struct rx_op *op, int res, uint32_t flags)
 	struct spool *sp;
 
 	set->inflight--;
-	if (set->o.durability != DUR_NONE) {
-		for (sp = set->sinks; sp; sp = sp->next)
-			sp_update_visible(sp);
-		if (!err)
-			set->stalled = false;
-	} else {
-		err = 0;	/* the data is in memory: that is "none" */
-	}
+	for (sp = set->sinks; sp; sp = sp->next)
+		sp_update_visible(sp);
+	if (!err)
+		set->stalled = false;
 	set->fl_phase = FL_IDLE;
 	set->fl_done = NULL;
 	if (done && !set->closing)
@@ -1946,8 +1717,30 @@ static void fl_finish(struct spool_set *set, int err)
 	set->inflight++;
 }
 
-int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
-		    void *arg)
+/* The journal entry for this flush: the mark, and each sink's end. */
+static void jr_prepare(struct spool_set *set, const struct spool_mark *m)
+{
+	struct spf_journal *j = set->jr;
+	struct spool *sp;
+
+	j->ring_id = m->ring_id;
+	j->ring_pos = m->ring_pos;
+	j->blob_len = (uint32_t)min64(m->blob_len, SPF_JR_BLOB_MAX);
+	if (m->blob && j->blob_len)
+		memcpy(j->blob, m->blob, j->blob_len);
+	j->nsinks = 0;
+	for (sp = set->sinks; sp && j->nsinks < SPF_JR_SINKS_MAX;
+	     sp = sp->next) {
+		snprintf(j->sinks[j->nsinks].name,
+			 sizeof(j->sinks[j->nsinks].name), "%s", sp->name);
+		j->sinks[j->nsinks].end_seq = sp->next_seq;
+		j->nsinks++;
+	}
+}
+
+int spool_set_flush_mark(struct spool_set *set,
+			 void (*done)(void *arg, int err), void *arg,
+			 const struct spool_mark *m)
 {
 	struct spool *sp;
 
@@ -1957,24 +1750,42 @@ int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
 	set->fl_arg = arg;
 	set->fl_err = 0;
 	set->fl_inflight = 0;
-	if (set->o.durability == DUR_NONE) {
-		for (sp = set->sinks; sp; sp = sp->next) {
-			sp_submit_writes(sp, false);
-			sp->visible = sp->next_seq;
-		}
-		/* nothing failed is left unwritten (e.g. a segment that
-		 * could not be created): appends may try again */
-		if (!set->none_inflight)
-			set->stalled = false;
-		fl_finish(set, 0);
-		return 0;
-	}
+	set->fl_nospace = false;
+	set->jr_want = m && set->jr;
+	if (set->jr_want)
+		jr_prepare(set, m);
+	/* from now on the journal found at open describes history: the
+	 * spools opened later (a reload) are not cut by it */
+	set->jr_cut_ok = false;
+	disk_measure(set);
 	set->fl_phase = FL_WRITE;
-	for (sp = set->sinks; sp; sp = sp->next)
-		sp_submit_writes(sp, true);
+	for (sp = set->sinks; sp; sp = sp->next) {
+		sp->wr_nospace = false;
+		sp->flush_end = sp->next_seq;
+		sp_submit_writes(sp);
+	}
 	if (!set->fl_inflight)
 		fl_writes_done(set);
 	return 0;
+}
+
+int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
+		    void *arg)
+{
+	return spool_set_flush_mark(set, done, arg, NULL);
+}
+
+int spool_set_loaded_mark(const struct spool_set *set, struct spool_mark *m)
+{
+	const struct spf_journal *j = set->jr_loaded;
+
+	if (!j)
+		return 0;
+	m->ring_id = j->ring_id;
+	m->ring_pos = j->ring_pos;
+	m->blob = j->blob;
+	m->blob_len = j->blob_len;
+	return 1;
 }
 
 uint64_t spool_set_pending(const struct spool_set *set)
@@ -2025,7 +1836,8 @@ static int batch_reserve_recs(struct spool_batch *b, uint32_t n)
 
 static int batch_reserve_buf(struct spool_batch *b, uint64_t n)
 {
-	if (n > b->buf_cap) {
+	/* never NULL, even for empty records: b->buf + off stays defined */
+	if (n > b->buf_cap || !b->buf) {
 		uint64_t ncap = b->buf_cap ? b->buf_cap : 4096;
 		uint8_t *p;
 
@@ -2055,12 +1867,15 @@ static int mem_read(struct spool *sp, uint64_t from, uint64_t limit,
 
 		if (k->end_seq <= from)
 			continue;
-		for (p = 0; p < k->len; p += (uint32_t)frame_len(get32(k->data + p + 4))) {
+		for (p = 0; p < k->len;
+		     p += (uint32_t)spf_frame_len(spf_get32(k->data + p + 4))) {
 			const uint8_t *h = k->data + p;
-			uint32_t len = get32(h + 4);
-			uint64_t seq = get64(h + 8);
+			uint32_t len = spf_get32(h + 4);
+			uint64_t seq = spf_get64(h + 8);
 
-			if (seq < from)
+			/* done ones (a range acknowledged before a
+			 * restart) are not handed out again */
+			if (seq < from || rng_done(sp, seq))
 				continue;
 			if (seq >= limit || b->n >= max_events ||
 			    (b->n && bytes + len > max_bytes))
@@ -2068,7 +1883,7 @@ static int mem_read(struct spool *sp, uint64_t from, uint64_t limit,
 			if (batch_reserve_recs(b, b->n + 1) ||
 			    batch_reserve_buf(b, b->buf_len + len))
 				return -ENOMEM;
-			memcpy(b->buf + b->buf_len, h + FRAME_HDR, len);
+			memcpy(b->buf + b->buf_len, h + SPF_FRAME_HDR, len);
 			b->recs[b->n].seq = seq;
 			b->recs[b->n].len = len;
 			b->recs[b->n].data = (const uint8_t *)(uintptr_t)b->buf_len;
@@ -2081,6 +1896,8 @@ out:
 	for (i = 0; i < b->n; i++)
 		b->recs[i].data = b->buf + (uintptr_t)b->recs[i].data;
 	b->next = b->n ? b->recs[b->n - 1].seq + 1 : max64(from, b->next);
+	if (b->n)
+		sp_read_to(sp, b->next);
 	sp->st.reads_mem++;
 	return 0;
 }
@@ -2135,10 +1952,12 @@ static void rd_finish(struct rd *r, int err)
 	sp->inflight--;
 	if (err)
 		r->b->n = 0;
-	if (r->b->n)
+	if (r->b->n) {
 		r->b->next = r->b->recs[r->b->n - 1].seq + 1;
-	else
+		sp_read_to(sp, r->b->next);
+	} else {
 		r->b->next = max64(r->b->next, r->from);
+	}
 	if (!err && r->b->n && r->seg && r->end_off) {
 		/* the next sequential read starts right here */
 		sp->hint_seg = r->seg;
@@ -2160,10 +1979,10 @@ static uint32_t rd_window(const struct rd *r, const struct seg *s,
 {
 	uint64_t per = 1024, w;
 
-	if (s->end > s->first && s->size > SEG_HDR)
-		per = (s->size - SEG_HDR) / (s->end - s->first) + 1;
-	w = min64(r->max_bytes + (uint64_t)r->max_events * (FRAME_HDR + 8),
-		  (uint64_t)r->max_events * per * 5 / 4) + 2 * FRAME_HDR;
+	if (s->end > s->first && s->size > SPF_SEG_HDR)
+		per = (s->size - SPF_SEG_HDR) / (s->end - s->first) + 1;
+	w = min64(r->max_bytes + (uint64_t)r->max_events * (SPF_FRAME_HDR + 8),
+		  (uint64_t)r->max_events * per * 5 / 4) + 2 * SPF_FRAME_HDR;
 	if (!exact)
 		w += IDX_GRAN;
 	return (uint32_t)min64(max64(w, READ_MIN), READ_MAX);
@@ -2178,7 +1997,7 @@ static uint64_t rd_drop_missing(struct spool *sp, struct seg *s,
 	uint64_t to = max64(n ? n->first : s->end, from + 1);
 	char name[32];
 
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	sp_log(sp->set, LOG_ERROR, "spool %s: %s disappeared", sp->name,
 	       name);
 	rd_lost(sp, from, to);
@@ -2225,7 +2044,7 @@ static int rd_locate(struct rd *r)
 		exact = s == sp->hint_seg && r->from == sp->hint_seq;
 		r->off = exact ? sp->hint_off : seg_idx_find(s, r->from);
 		end = seg_read_end(sp, s);
-		if (r->off + FRAME_HDR > end) {
+		if (r->off + SPF_FRAME_HDR > end) {
 			struct seg *n = segs_next(sp, s);
 			uint64_t to = n ? min64(n->first, limit) : limit;
 
@@ -2292,17 +2111,17 @@ static int rd_parse(struct rd *r, uint32_t got)
 	bool to_mem = false;
 
 	b->n = 0;
-	while ((uint64_t)p + FRAME_HDR <= got) {
+	while ((uint64_t)p + SPF_FRAME_HDR <= got) {
 		const uint8_t *h = b->buf + p;
 		uint64_t seq, flen;
 		uint32_t len;
 
-		if (!frame_hdr_ok(h, &len, &seq) || seq <= prev ||
+		if (!spf_frame_hdr_ok(h, &len, &seq) || seq <= prev ||
 		    seq < r->seg->first) {
 			p += 8;
 			continue;
 		}
-		flen = frame_len(len);
+		flen = spf_frame_len(len);
 		if (p + flen > got) {
 			if (r->off + p + flen > seg_end) {
 				p += 8;
@@ -2318,7 +2137,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 			need = (uint32_t)flen;	/* a bigger window */
 			break;
 		}
-		if (!frame_crc_ok(h, len)) {
+		if (!spf_frame_crc_ok(h, len)) {
 			p += 8;
 			continue;
 		}
@@ -2331,6 +2150,14 @@ static int rd_parse(struct rd *r, uint32_t got)
 			to_mem = true;
 			break;
 		}
+		if (rng_done(sp, seq)) {
+			/* acknowledged before a restart: not again */
+			if (seq > r->expect)
+				rd_lost(sp, r->expect, seq);
+			r->expect = seq + 1;
+			p += (uint32_t)flen;
+			continue;
+		}
 		if (b->n >= r->max_events || (b->n && bytes + len > r->max_bytes))
 			break;
 		if (seq > r->expect)
@@ -2339,7 +2166,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 			return -ENOMEM;
 		b->recs[b->n].seq = seq;
 		b->recs[b->n].len = len;
-		b->recs[b->n].data = b->buf + p + FRAME_HDR;
+		b->recs[b->n].data = b->buf + p + SPF_FRAME_HDR;
 		b->n++;
 		bytes += len;
 		r->expect = seq + 1;
@@ -2358,7 +2185,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 		r->len = (uint32_t)min64(max64(need, r->len), seg_end - r->off);
 		return rd_submit(r);
 	}
-	if (r->off + got >= seg_end || got < FRAME_HDR) {
+	if (r->off + got >= seg_end || got < SPF_FRAME_HDR) {
 		/* this segment has nothing more at or after from */
 		struct seg *n = segs_next(sp, r->seg);
 		uint64_t to = n ? min64(n->first, limit) : limit;
@@ -2368,7 +2195,7 @@ static int rd_parse(struct rd *r, uint32_t got)
 		return RD_NEXT;
 	}
 	/* nothing whole in this window yet: slide it (p > 0 here, since
-	 * the loop ran over at least FRAME_HDR bytes) */
+	 * the loop ran over at least SPF_FRAME_HDR bytes) */
 	r->off += p;
 	r->len = (uint32_t)min64(rd_window(r, r->seg, true), seg_end - r->off);
 	return RD_SLIDE;
@@ -2489,17 +2316,42 @@ uint64_t spool_ack_n(struct spool *sp, uint64_t first, uint64_t n)
 	if (first + n < first)
 		n = UINT64_MAX - first;
 	end = min64(first + n, sp->next_seq);
+	/* below what a previous broker had read: sent again after its
+	 * crash (it had not checkpointed them done) */
+	if (first < sp->resend_end)
+		sp->st.redelivered += rng_count_open(sp, first,
+						     min64(end, sp->resend_end));
 	newly = rng_add(sp, first, end);
-	if (sp->acked != old) {
+	if (sp->acked != old)
 		blk_trim(sp);
+	if (newly)
 		ck_schedule(sp);
-	}
 	return newly;
 }
 
 void spool_ack(struct spool *sp, uint64_t first, uint64_t n)
 {
 	spool_ack_n(sp, first, n);
+}
+
+void spool_set_base(struct spool *sp, const uint64_t *v, uint32_t n)
+{
+	n = (uint32_t)min64(n, SPF_CK_BASE_MAX);
+	memcpy(sp->base, v, n * sizeof(*v));
+	sp->nbase = n;
+}
+
+uint64_t spool_refused(const struct spool *sp)
+{
+	return sp->st.refused_full;
+}
+
+uint32_t spool_base(const struct spool *sp, uint64_t *v, uint32_t max)
+{
+	uint32_t n = (uint32_t)min64(sp->nbase_loaded, max);
+
+	memcpy(v, sp->base_loaded, n * sizeof(*v));
+	return n;
 }
 
 static void sp_wait(struct spool *sp, bool (*cond)(const struct spool *sp))
@@ -2523,18 +2375,12 @@ int spool_sync_ack(struct spool *sp)
 	sp_wait(sp, ck_idle);
 	if (sp->ck_inflight)
 		return -ETIMEDOUT;
-	if (sp->durable_acked == sp->acked && !sp->ck_dirty &&
-	    sp->ck_next_durable == ck_next_seq(sp))
+	if (sp->ck_fd >= 0 && sp->durable_acked == sp->acked &&
+	    !sp->ck_dirty && sp->ck_next_durable == ck_next_seq(sp))
 		return 0;
-	ret = ck_write_sync(sp->dfd, sp->name, sp->acked, ck_next_seq(sp));
-	if (ret) {
-		sp->st.write_errors++;
+	ret = ck_write_now(sp);
+	if (ret)
 		return ret;
-	}
-	sp->ck_next_durable = ck_next_seq(sp);
-	sp->ck_dirty = false;
-	sp->ck_last_ns = now_ns(CLOCK_MONOTONIC);
-	sp->durable_acked = sp->acked;
 	sp_gc(sp);
 	return 0;
 }
@@ -2568,6 +2414,10 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *st)
 	uint32_t i;
 
 	*st = sp->st;
+	/* the totals since the ring's counters started */
+	st->corrupt -= min64(sp->epoch[0], st->corrupt);
+	st->dropped_full -= min64(sp->epoch[1], st->dropped_full);
+	st->redelivered -= min64(sp->epoch[2], st->redelivered);
 	st->mem_bytes = sizeof(*sp) + sp->segs_cap * sizeof(*sp->segs) +
 			sp->rng_cap * sizeof(*sp->rng);
 	for (b = sp->bhead; b; b = b->next)
@@ -2577,6 +2427,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *st)
 				 sp->segs[i]->idx_cap * sizeof(struct idx_ent);
 	st->bytes = sp->bytes;
 	st->segments = sp->nsegs;
+	st->disk_free = sp->set->disk_free;
 	st->queued_events = sp->next_seq - sp->acked;
 	for (i = 0; i < sp->nrng; i++)
 		st->queued_events -= sp->rng[i].b - sp->rng[i].a;
@@ -2587,7 +2438,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *st)
 		if (s->end <= sp->acked)
 			continue;
 		if (s->first >= sp->acked)
-			qb += s->size - SEG_HDR;
+			qb += s->size - SPF_SEG_HDR;
 		else
 			qb += s->size - seg_idx_find(s, sp->acked);
 	}
@@ -2611,12 +2462,16 @@ void spool_set_get_stats(const struct spool_set *set, struct spool_stats *st)
 		st->corrupt += s.corrupt;
 		st->truncated_bytes += s.truncated_bytes;
 		st->dropped_full += s.dropped_full;
+		st->refused_full += s.refused_full;
+		st->redelivered += s.redelivered;
+		st->cut_records += s.cut_records;
 		st->write_errors += s.write_errors;
 		st->foreign += s.foreign;
 		st->reads_mem += s.reads_mem;
 		st->reads_disk += s.reads_disk;
 		st->mem_bytes += s.mem_bytes;
 	}
+	st->disk_free = set->disk_free;
 }
 
 /* ---- set ------------------------------------------------------------------ */
@@ -2642,23 +2497,200 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
+/* ---- directories we trust ----------------------------------------------
+ *
+ * The spool directory and every sink directory must be a directory (not
+ * a symlink, not a file), owned by our euid, with no group or other bits
+ * (0700): anything else may have been made or prepared by someone else
+ * (a symlink planted where we write, files we would adopt). Such an
+ * entry is never used: it is renamed to "<name>~aside" (".1", ".2"...
+ * when taken; '~' is not a sink-name character, so no sink can collide),
+ * logged, and a fresh 0700 directory is made in its place. */
+
+static int dir_move_aside(int pfd, const char *name, char *to, size_t tolen)
+{
+	int i;
+
+	for (i = 0; i < 100; i++) {
+		if (i)
+			snprintf(to, tolen, "%s" SPF_ASIDE ".%d", name, i);
+		else
+			snprintf(to, tolen, "%s" SPF_ASIDE, name);
+		if (renameat2(pfd, name, pfd, to, RENAME_NOREPLACE) == 0)
+			return 0;
+		if (errno != EEXIST)
+			return -errno;
+	}
+	return -EEXIST;
+}
+
+/* Why the directory open at fd (or the failed open, err) is not ours to
+ * use; NULL when it is. */
+static const char *dir_untrusted(int fd, int err, char *buf, size_t len)
+{
+	struct stat st;
+
+	if (fd < 0)
+		return err == ELOOP ? "a symbolic link" : "not a directory";
+	if (fstat(fd, &st) < 0)
+		return strerror(errno);
+	if (st.st_uid != geteuid()) {
+		snprintf(buf, len, "owned by uid %u, not by us (uid %u)",
+			 (unsigned)st.st_uid, (unsigned)geteuid());
+		return buf;
+	}
+	if (st.st_mode & 077) {
+		snprintf(buf, len, "mode %04o, wider than 0700",
+			 (unsigned)(st.st_mode & 07777));
+		return buf;
+	}
+	return NULL;
+}
+
+/* Opens (creating it 0700 when missing) the directory `name` in pfd,
+ * moving an untrusted entry of that name aside first. fd or -errno. */
+static int dir_open_trusted(const struct spool_set *set, int pfd,
+			    const char *name, const char *label)
+{
+	char why_buf[96], to[300];
+	const char *why;
+	int attempt, fd, ret;
+
+	for (attempt = 0; attempt < 3; attempt++) {
+		fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			    O_CLOEXEC);
+		if (fd < 0 && errno == ENOENT) {
+			if (mkdirat(pfd, name, 0700) < 0 && errno != EEXIST)
+				return -errno;
+			continue;
+		}
+		if (fd < 0 && errno != ENOTDIR && errno != ELOOP)
+			return -errno;
+		why = dir_untrusted(fd, errno, why_buf, sizeof(why_buf));
+		if (!why)
+			return fd;
+		if (fd >= 0)
+			close(fd);
+		ret = dir_move_aside(pfd, name, to, sizeof(to));
+		if (ret) {
+			sp_log(set, LOG_ERROR, "spool: %s is %s and cannot be "
+			       "moved aside: %s", label, why, strerror(-ret));
+			return -EPERM;
+		}
+		sp_log(set, LOG_WARN, "spool: %s was %s: moved aside to %s "
+		       "(nothing in it is used), made a new one", label, why,
+		       to);
+	}
+	return -EAGAIN;		/* someone keeps re-creating it */
+}
+
+/* spool_dir: the components above it are created (0700) when missing
+ * and taken as they are (the operator chose the path); the last one is
+ * opened with dir_open_trusted(). */
+static int spool_dir_open(const struct spool_set *set, const char *path)
+{
+	char buf[4096], why_buf[96];
+	const char *parent, *name, *why;
+	char *slash;
+	size_t n = strlen(path);
+	int pfd, fd, ret;
+
+	if (n >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, path, n + 1);
+	while (n > 1 && buf[n - 1] == '/')
+		buf[--n] = '\0';
+	slash = strrchr(buf, '/');
+	if (!slash) {
+		parent = ".";
+		name = buf;
+	} else if (slash == buf) {
+		parent = "/";
+		name = buf + 1;
+	} else {
+		*slash = '\0';
+		parent = buf;
+		name = slash + 1;
+	}
+	if (!*name || !strcmp(name, ".") || !strcmp(name, "..")) {
+		/* "." or "/": nothing to move aside; use it only if ours */
+		fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		why = dir_untrusted(fd, 0, why_buf, sizeof(why_buf));
+		if (!why)
+			return fd;
+		close(fd);
+		sp_log(set, LOG_ERROR, "spool: %s is %s; refusing it", path,
+		       why);
+		return -EPERM;
+	}
+	if (parent != buf || (ret = mkdir_p(parent, 0700)) == 0) {
+		pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		ret = pfd < 0 ? -errno : 0;
+	}
+	if (ret)
+		return ret;
+	fd = dir_open_trusted(set, pfd, name, path);
+	close(pfd);
+	return fd;
+}
+
+/* The drain journal: the one a previous broker left (kept for the
+ * spool_open()s of start-up and the owner's counters), and the file
+ * made ready for this one's flushes (created when missing or unusable,
+ * with what was found, so a crash before the first flush loses
+ * nothing). 0, or -ENOMEM. */
+static int jr_open(struct spool_set *set)
+{
+	struct spf_journal *found;
+	int rc;
+
+	set->jr_fd = -1;
+	set->jr = calloc(1, sizeof(*set->jr));
+	set->jr_slot = calloc(1, SPF_JR_SLOT);
+	found = calloc(1, sizeof(*found));
+	if (!set->jr || !set->jr_slot || !found) {
+		free(found);
+		return -ENOMEM;
+	}
+	rc = spf_jr_load(set->dfd, found);
+	if (rc < 0)
+		sp_log(set, LOG_WARN, "spool: %s/%s is damaged; ignored (the "
+		       "ring is drained again from its head)", set->dir,
+		       SPF_JOURNAL_NAME);
+	if (rc > 0) {
+		set->jr_loaded = found;
+		set->jr_gen = found->gen;
+		set->jr_cut_ok = set->o.ring_id &&
+				 found->ring_id == set->o.ring_id;
+		*set->jr = *found;
+	} else {
+		free(found);
+	}
+	set->jr_fd = spf_slot_file_open(set->dfd, SPF_JOURNAL_NAME,
+					SPF_JR_SLOT);
+	if (set->jr_fd < 0) {
+		size_t n;
+
+		set->jr->gen = set->jr_gen + 1;
+		n = spf_jr_encode(set->jr_slot, set->jr);
+		set->jr_fd = n ? spf_slot_file_create(set->dfd,
+				SPF_JOURNAL_NAME, SPF_JOURNAL_TMP, SPF_JR_SLOT,
+				set->jr_slot, n) : -EOVERFLOW;
+		if (set->jr_fd >= 0)
+			set->jr_gen = set->jr->gen;
+		/* else: made by the first flush (disk full now) */
+	}
+	return 0;
+}
+
 struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 {
 	struct spool_set *set;
-	struct stat st;
-	int ret;
 
 	if (!rx || !o || !o->dir || !*o->dir) {
 		errno = EINVAL;
-		return NULL;
-	}
-	ret = mkdir_p(o->dir, 0700);
-	if (!ret && stat(o->dir, &st) < 0)
-		ret = -errno;
-	if (!ret && !S_ISDIR(st.st_mode))
-		ret = -ENOTDIR;
-	if (ret) {
-		errno = -ret;
 		return NULL;
 	}
 	set = calloc(1, sizeof(*set));
@@ -2673,15 +2705,30 @@ struct spool_set *spool_set_new(struct rx *rx, const struct spool_set_opts *o)
 		return NULL;
 	}
 	set->o.dir = set->dir;
+	set->dfd = spool_dir_open(set, set->dir);
+	if (set->dfd < 0) {
+		int e = -set->dfd;
+
+		free(set->dir);
+		free(set);
+		errno = e;
+		return NULL;
+	}
 	if (!set->o.segment_size)
 		set->o.segment_size = DEF_SEGMENT;
-	if (set->o.segment_size < SEG_HDR + FRAME_HDR + 8)
-		set->o.segment_size = SEG_HDR + FRAME_HDR + 8;
+	if (set->o.segment_size < SPF_SEG_HDR + SPF_FRAME_HDR + 8)
+		set->o.segment_size = SPF_SEG_HDR + SPF_FRAME_HDR + 8;
 	if (!set->o.tail_buffer)
 		set->o.tail_buffer = DEF_TAIL;
 	/* a record must fit a segment with its header and padding */
-	set->max_payload = min64((set->o.segment_size - SEG_HDR - FRAME_HDR) &
-				 ~7ull, FRAME_LEN_MAX);
+	set->max_payload = min64((set->o.segment_size - SPF_SEG_HDR -
+				  SPF_FRAME_HDR) & ~7ull, SPF_FRAME_LEN_MAX);
+	if (jr_open(set) < 0) {
+		spool_set_free(set);
+		errno = ENOMEM;
+		return NULL;
+	}
+	disk_measure(set);
 	return set;
 }
 
@@ -2711,18 +2758,26 @@ void spool_set_free(struct spool_set *set)
 			break;
 	if (!set_idle(set))
 		return;		/* ops still point at us: leak, never UAF */
+	if (set->jr_fd >= 0)
+		close(set->jr_fd);
+	free(set->jr);
+	free(set->jr_loaded);
+	free(set->jr_slot);
+	close(set->dfd);
 	free(set->dir);
 	free(set);
 }
 
 /* ---- open / recovery -------------------------------------------------- */
 
+enum { REC_FOREIGN, REC_SEG, REC_SHORT, REC_HDR_DAMAGED };
+
 struct rec_seg {
 	uint64_t first;
-	char name[SEG_FNAME_LEN + 1];
-	uint8_t state;			/* rec_check() */
+	char name[SPF_SEG_FNAME_LEN + 1];
+	uint8_t state;			/* rec_check(): REC_* */
 	uint64_t size, created;
-	uint8_t hdr[SEG_HDR];
+	uint8_t hdr[SPF_SEG_HDR];
 };
 
 struct rec_ctx {
@@ -2732,6 +2787,11 @@ struct rec_ctx {
 	bool damaged;
 	bool after_damage;
 	uint64_t ck_acked;		/* count recovered from here */
+	uint64_t cut_seq;		/* frames from here: a flush the
+					 * previous broker did not finish
+					 * (0: no cut) */
+	uint64_t cut_first, cut_off;	/* where the first of them is */
+	uint64_t cut_n;
 	struct range *gaps;		/* lost seqs; a == b: 1 damaged */
 	uint32_t ngaps, gaps_cap;
 	bool oom;
@@ -2761,6 +2821,15 @@ static void rec_frame(void *ctx, uint64_t off, uint64_t seq,
 	struct rec_ctx *c = ctx;
 	struct seg *s = c->seg;
 
+	if (c->cut_seq && seq >= c->cut_seq) {
+		/* written by the flush that did not finish: still in the
+		 * ring, drained again; cut below */
+		if (!c->cut_n++) {
+			c->cut_first = s->first;
+			c->cut_off = off;
+		}
+		return;
+	}
 	/* lost records are counted by their seqs, exactly: damaged bytes
 	 * that cost no seq (garbage between frames) count nothing */
 	if (c->expect && seq > c->expect)
@@ -2783,87 +2852,23 @@ static void rec_damage(void *ctx, uint64_t off, uint64_t end)
 
 	c->damaged = true;
 	c->after_damage = true;
-	seg_name(name, sizeof(name), c->seg->first);
+	spf_seg_name(name, sizeof(name), c->seg->first);
 	if (sp->log_damage++ < LOG_DAMAGE_MAX)
 		sp_log(sp->set, LOG_WARN, "spool %s: %s: damaged bytes "
 		       "%" PRIu64 "..%" PRIu64 " skipped", sp->name, name,
 		       off, end);
 }
 
-struct seg_file {
-	char name[256];
-	uint64_t first;
-	bool is_seg;
-};
-
-static int seg_file_cmp(const void *a, const void *b)
-{
-	const struct seg_file *x = a, *y = b;
-
-	if (x->is_seg != y->is_seg)
-		return x->is_seg ? -1 : 1;
-	if (x->is_seg)
-		return x->first < y->first ? -1 : x->first > y->first;
-	return strcmp(x->name, y->name);
-}
-
-/* Every file of a sink directory but the checkpoint: segments first, in
- * order, then the others by name. Used by recovery and by the offline
- * tools (ls, verify, dump). */
-static int list_files(int dfd, struct seg_file **out, int *nout)
-{
-	struct seg_file *v = NULL;
-	int n = 0, cap = 0, fd;
-	struct dirent *de;
-	DIR *d;
-
-	fd = dup(dfd);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
-		    !strcmp(de->d_name, CKPT_NAME))
-			continue;
-		if (n == cap) {
-			int ncap = cap ? cap * 2 : 16;
-			struct seg_file *nv = realloc(v, (size_t)ncap *
-						      sizeof(*nv));
-
-			if (!nv) {
-				free(v);
-				closedir(d);
-				return -ENOMEM;
-			}
-			v = nv;
-			cap = ncap;
-		}
-		snprintf(v[n].name, sizeof(v[n].name), "%s", de->d_name);
-		v[n].is_seg = seg_name_parse(de->d_name, &v[n].first);
-		n++;
-	}
-	closedir(d);
-	if (n)
-		qsort(v, (size_t)n, sizeof(*v), seg_file_cmp);
-	*out = v;
-	*nout = n;
-	return 0;
-}
-
 /* Lists the sink directory: our segments (sorted), foreign files counted
  * and logged; stale checkpoint.tmp removed. */
 static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
 {
-	struct seg_file *f;
+	struct spf_file *f;
 	struct rec_seg *v;
 	uint32_t n = 0;
 	int nf, i, rc;
 
-	rc = list_files(sp->dfd, &f, &nf);
+	rc = spf_list_files(sp->dfd, &f, &nf);
 	if (rc)
 		return rc;
 	v = calloc(nf ? (size_t)nf : 1, sizeof(*v));
@@ -2873,8 +2878,8 @@ static int rec_list(struct spool *sp, struct rec_seg **out, uint32_t *nout)
 	}
 	/* segments come first, already in order */
 	for (i = 0; i < nf; i++) {
-		if (!strcmp(f[i].name, CKPT_TMP)) {
-			unlinkat(sp->dfd, CKPT_TMP, 0);
+		if (!strcmp(f[i].name, SPF_CKPT_TMP)) {
+			unlinkat(sp->dfd, SPF_CKPT_TMP, 0);
 		} else if (!f[i].is_seg) {
 			sp->st.foreign++;
 			sp_log(sp->set, LOG_WARN, "spool %s: ignoring foreign "
@@ -2898,7 +2903,7 @@ static void rec_truncate(struct spool *sp, struct seg *s, int fd,
 {
 	char name[32];
 
-	seg_name(name, sizeof(name), s->first);
+	spf_seg_name(name, sizeof(name), s->first);
 	if (ftruncate(fd, (off_t)at) < 0 || fsync(fd) < 0) {
 		sp_log(sp->set, LOG_WARN, "spool %s: %s: cannot truncate the "
 		       "torn tail at %" PRIu64 ": %s", sp->name, name, at,
@@ -2916,47 +2921,45 @@ static void rec_truncate(struct spool *sp, struct seg *s, int fd,
 	s->size = at;
 }
 
-/* Pass 1 for one file: 1 = a segment of this sink (header in rs),
- * 0 = foreign (counted, logged, left alone), 2 = shorter than a header
- * (decided by the caller). */
+/* Pass 1 for one file: REC_SEG (header in rs), REC_HDR_DAMAGED (its
+ * frames are scanned anyway), REC_FOREIGN (counted, logged, left alone)
+ * or REC_SHORT (shorter than a header: decided by the caller). */
+
 static int rec_check(struct spool *sp, struct rec_seg *rs)
 {
-	const char *why = NULL;
-	uint64_t first;
-	struct stat st;
+	struct spf_seg_info si;
 	int fd;
 
-	fd = openat(sp->dfd, rs->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		why = strerror(errno);
-	else if (fstat(fd, &st) < 0)
-		why = strerror(errno);
-	else if (!S_ISREG(st.st_mode))
-		why = "not a regular file";
-	else if ((uint64_t)st.st_size < SEG_HDR) {
-		close(fd);
-		rs->size = (uint64_t)st.st_size;
-		return 2;
-	} else if (read_full(fd, rs->hdr, SEG_HDR, 0) ||
-		   seg_hdr_check(rs->hdr, sp->name, &first, &rs->created,
-				 NULL) || first != rs->first)
-		why = "not a segment of this sink (bad header)";
+	fd = spf_seg_open(sp->dfd, rs->name, rs->first, sp->name,
+			  O_RDONLY | SPF_OPEN_OWNER, &si);
 	if (fd >= 0)
 		close(fd);
-	if (why) {
+	rs->size = si.size;
+	rs->created = si.created;
+	memcpy(rs->hdr, si.hdr, SPF_SEG_HDR);
+	switch (si.state) {
+	case SPF_SEG_OK:
+		return REC_SEG;
+	case SPF_SEG_HDR_DAMAGED:
+		return REC_HDR_DAMAGED;
+	case SPF_SEG_SHORT:
+		return REC_SHORT;
+	default:
 		sp->st.foreign++;
 		sp_log(sp->set, LOG_WARN, "spool %s: ignoring '%s': %s",
-		       sp->name, rs->name, why);
-		return 0;
+		       sp->name, rs->name, si.why);
+		return REC_FOREIGN;
 	}
-	return 1;
 }
 
-/* Pass 2 for one valid segment: scan, index, torn tail. */
+/* Pass 2 for one valid segment: scan, index, torn tail. A segment with
+ * a damaged header is sealed (never appended to); if no frame of it is
+ * valid either, it is foreign after all. */
 static int rec_one(struct spool *sp, struct rec_ctx *c,
 		   const struct rec_seg *rs, bool newest)
 {
-	struct scan_res r;
+	bool hdr_damaged = rs->state == REC_HDR_DAMAGED;
+	struct spf_scan_res r;
 	struct stat st;
 	struct seg *s;
 	int fd, ret;
@@ -2981,13 +2984,28 @@ static int rec_one(struct spool *sp, struct rec_ctx *c,
 		close(fd);
 		return -ENOMEM;
 	}
-	memcpy(s->hdr, rs->hdr, SEG_HDR);
+	memcpy(s->hdr, rs->hdr, SPF_SEG_HDR);
 	s->created_ns = rs->created;
 	s->size = (uint64_t)st.st_size;
 	c->seg = s;
 	c->after_damage = false;
-	seg_scan(fd, s->size, s->first,
-		 &(struct scan_cb){ rec_frame, rec_damage }, c, &r);
+	spf_seg_scan(fd, s->size, s->first,
+		     &(struct spf_scan_cb){ rec_frame, rec_damage }, c, &r);
+	if (hdr_damaged && !r.nrec) {
+		sp->st.foreign++;
+		sp_log(sp->set, LOG_WARN, "spool %s: ignoring '%s': damaged "
+		       "segment header and no valid record", sp->name,
+		       rs->name);
+		close(fd);
+		seg_free(s);
+		return 0;
+	}
+	if (hdr_damaged) {
+		s->sealed = true;
+		sp_log(sp->set, LOG_WARN, "spool %s: %s: damaged segment "
+		       "header; %" PRIu64 " records recovered from its frames",
+		       sp->name, rs->name, r.nrec);
+	}
 	if (r.err) {
 		sp_log(sp->set, LOG_ERROR, "spool %s: %s: read error at %"
 		       PRIu64 ": %s (rest of the file skipped)", sp->name,
@@ -3023,8 +3041,8 @@ static int rec_one(struct spool *sp, struct rec_ctx *c,
 }
 
 /* Header pass over every segment-named file, then the scan of the valid
- * ones in seq order; the newest valid one is the only one that can have
- * a torn tail. A file shorter than a header after the newest valid
+ * ones (and of those with a damaged header) in seq order; the newest
+ * intact one is the only one whose torn tail is cut. A file shorter than a header after the newest valid
  * segment is a crash during creation: it holds nothing and goes. */
 static int rec_files(struct spool *sp, struct rec_ctx *c,
 		     struct rec_seg *list, uint32_t n)
@@ -3036,14 +3054,14 @@ static int rec_files(struct spool *sp, struct rec_ctx *c,
 
 	for (i = 0; i < n; i++) {
 		list[i].state = (uint8_t)rec_check(sp, &list[i]);
-		if (list[i].state == 1) {
+		if (list[i].state == REC_SEG) {
 			last_first = list[i].first;
 			last = i;
 			have = true;
 		}
 	}
 	for (i = 0; i < n; i++) {
-		if (list[i].state != 2)
+		if (list[i].state != REC_SHORT)
 			continue;
 		if (!have || list[i].first > last_first) {
 			sp->st.truncated_bytes += list[i].size;
@@ -3060,8 +3078,11 @@ static int rec_files(struct spool *sp, struct rec_ctx *c,
 		}
 	}
 	for (i = 0; i < n; i++) {
-		if (list[i].state != 1)
+		if (list[i].state != REC_SEG &&
+		    list[i].state != REC_HDR_DAMAGED)
 			continue;
+		/* only an intact newest segment may have its torn tail cut
+		 * and take appends */
 		ret = rec_one(sp, c, &list[i], have && i == last);
 		if (ret < 0)
 			return ret;
@@ -3069,25 +3090,135 @@ static int rec_files(struct spool *sp, struct rec_ctx *c,
 	return 0;
 }
 
+/* The drain journal of start-up names this sink: records from its end
+ * on were written by a flush the previous broker did not finish (the
+ * ring still has them). 0 when there is nothing to cut. */
+static uint64_t rec_cut_seq(const struct spool *sp, const struct spf_ckpt *ck,
+			    int ckv)
+{
+	const struct spool_set *set = sp->set;
+	uint32_t i;
+
+	if (!set->jr_cut_ok || !set->jr_loaded)
+		return 0;
+	for (i = 0; i < set->jr_loaded->nsinks; i++) {
+		uint64_t end = set->jr_loaded->sinks[i].end_seq;
+
+		if (strcmp(set->jr_loaded->sinks[i].name, sp->name))
+			continue;
+		/* never below what a checkpoint already counted on */
+		if (ckv > 0)
+			end = max64(end, max64(ck->acked, ck->next_seq));
+		return max64(end, 1);
+	}
+	return 0;
+}
+
+/* Cuts what rec_frame() set aside: segments made by the unfinished
+ * flush go, the one it continued is cut back at its first record. */
+static void rec_apply_cut(struct spool *sp, const struct rec_ctx *c)
+{
+	uint32_t i;
+
+	if (!c->cut_n)
+		return;
+	for (i = sp->nsegs; i-- > 0;) {
+		struct seg *s = sp->segs[i];
+
+		if (s->first >= c->cut_seq)
+			seg_remove(sp, i, true);
+		else if (s->first == c->cut_first)
+			seg_cut(sp, s, c->cut_off, s->end);
+	}
+	sp->st.cut_records = c->cut_n;
+	sp_log(sp->set, LOG_INFO, "spool %s: cut %" PRIu64 " records written "
+	       "by a flush the previous broker did not finish (they are still "
+	       "in the ring and are drained again)", sp->name, c->cut_n);
+}
+
+/* durability = fdatasync: what a killed broker wrote but had not synced
+ * yet may now only be here (the ring has let it go): synced before
+ * anything else. */
+static void rec_sync_recent(struct spool *sp, uint64_t durable_next)
+{
+	uint32_t i;
+
+	if (sp->set->o.durability != DUR_FDATASYNC)
+		return;
+	for (i = 0; i < sp->nsegs; i++) {
+		struct seg *s = sp->segs[i];
+		char name[32];
+		int fd;
+
+		if (s->end <= durable_next)
+			continue;
+		spf_seg_name(name, sizeof(name), s->first);
+		fd = s->fd >= 0 ? s->fd : openat(sp->dfd, name, O_RDONLY |
+						  O_CLOEXEC | O_NOFOLLOW);
+		if (fd >= 0 && fdatasync(fd) < 0)
+			sp->st.write_errors++;
+		if (fd >= 0 && fd != s->fd)
+			close(fd);
+	}
+	if (fsync(sp->dfd) < 0)
+		sp->st.write_errors++;
+}
+
+/* The checkpoint's totals and counters come back with its done-set.
+ * Counters are of one ring (its shm segment): for another ring (a new
+ * one after a reboot, counting from zero like the ring's own) the
+ * owner's counters are not handed back and this spool's totals count
+ * from here. */
+static void rec_take_ckpt(struct spool *sp, const struct spf_ckpt *ck)
+{
+	bool same = ck->ring_id == sp->set->o.ring_id;
+	uint32_t i;
+
+	sp->acked = ck->acked;
+	for (i = 0; i < ck->nranges; i++)
+		rng_add(sp, ck->ranges[i].a, ck->ranges[i].b);
+	sp->st.corrupt = ck->corrupt;
+	sp->st.dropped_full = ck->dropped_full;
+	sp->st.redelivered = ck->redelivered;
+	sp->resend_end = ck->sent > ck->acked ? ck->sent : 0;
+	if (same) {
+		memcpy(sp->epoch, ck->epoch, sizeof(sp->epoch));
+		sp->nbase_loaded = ck->nbase;
+		memcpy(sp->base_loaded, ck->base, sizeof(ck->base));
+		/* until the owner says otherwise, checkpoints carry them */
+		sp->nbase = ck->nbase;
+		memcpy(sp->base, ck->base, sizeof(ck->base));
+	} else {
+		sp->epoch[0] = ck->corrupt;
+		sp->epoch[1] = ck->dropped_full;
+		sp->epoch[2] = ck->redelivered;
+	}
+}
+
 static int sp_recover(struct spool *sp)
 {
 	struct rec_ctx c = { .sp = sp };
-	uint64_t ck_acked = 0, ck_next = 0, first_found = 0;
+	struct spf_ckpt *ck = &sp->ck;
+	uint64_t ck_acked, ck_next, first_found = 0;
 	struct rec_seg *list = NULL;
 	uint32_t n = 0, i;
-	int ck, ret;
+	int ckv, ret;
 
-	ck = ck_load(sp->dfd, sp->name, &ck_acked, &ck_next);
-	if (ck < 0)
+	ckv = spf_ck_load(sp->dfd, sp->name, ck);
+	if (ckv < 0)
 		sp_log(sp->set, LOG_WARN, "spool %s: checkpoint is corrupt: "
 		       "delivering everything in the spool again", sp->name);
-	c.ck_acked = ck > 0 ? ck_acked : 0;
+	ck_acked = ckv > 0 ? ck->acked : 0;
+	ck_next = ckv > 0 ? ck->next_seq : 0;
+	c.ck_acked = ck_acked;
+	c.cut_seq = rec_cut_seq(sp, ck, ckv);
 	ret = rec_list(sp, &list, &n);
 	if (ret)
 		return ret;
 	ret = rec_files(sp, &c, list, n);
 	if (ret < 0)
 		goto out;
+	rec_apply_cut(sp, &c);
 	for (i = 0; i < sp->nsegs; i++)
 		if (sp->segs[i]->end > sp->segs[i]->first) {
 			first_found = sp->segs[i]->first;
@@ -3102,7 +3233,7 @@ static int sp_recover(struct spool *sp)
 	if (sp->nsegs)
 		sp->next_seq = max64(sp->next_seq,
 				     sp->segs[sp->nsegs - 1]->end);
-	if (ck > 0) {
+	if (ckv > 0) {
 		/* durable once (the checkpoint said so), not here now */
 		uint64_t from = c.expect ? c.expect : ck_acked;
 
@@ -3110,17 +3241,22 @@ static int sp_recover(struct spool *sp)
 			rec_gap(&c, from, ck_next);
 		sp->next_seq = max64(sp->next_seq, max64(ck_next, ck_acked));
 	}
-	/* acked: from the checkpoint. Seqs in [acked, first found) were
-	 * deleted only if a checkpoint past them was durable first (acks
-	 * and drop-oldest alike), so they are lost: counted. Without a
-	 * checkpoint: the first seq found, everything is delivered again. */
-	if (ck > 0) {
-		sp->acked = ck_acked;
+	/* acked and the done ranges: from the checkpoint. Seqs in [acked,
+	 * first found) were deleted only if a checkpoint past them was
+	 * durable first (acks and drop-oldest alike), so they are lost:
+	 * counted. Without a checkpoint: the first seq found, everything
+	 * is delivered again. */
+	if (ckv > 0) {
+		rec_take_ckpt(sp, ck);
 		if (first_found > ck_acked)
 			rec_gap(&c, ck_acked, first_found);
 	} else {
 		sp->acked = first_found ? first_found : sp->next_seq;
 	}
+	/* seqs are never reused: a done range (records dropped when their
+	 * write failed, never on disk) may reach past everything found */
+	if (sp->nrng)
+		sp->next_seq = max64(sp->next_seq, sp->rng[sp->nrng - 1].b);
 	sp->acked = min64(sp->acked, sp->next_seq);
 	for (i = 0; i < c.ngaps; i++) {
 		struct range *g = &c.gaps[i];
@@ -3145,19 +3281,21 @@ static int sp_recover(struct spool *sp)
 		if (last->fd >= 0 && sp->active != last)
 			seg_maybe_close(sp, last);
 	}
-	if (ck <= 0 || ck_acked != sp->acked || ck_next != sp->next_seq) {
-		int r2 = ck_write_sync(sp->dfd, sp->name, sp->acked,
-				       sp->next_seq);
-
-		if (r2)
-			sp_log(sp->set, LOG_WARN, "spool %s: cannot write the "
-			       "checkpoint: %s", sp->name, strerror(-r2));
-		else
-			ck = 1;
-		ck_next = sp->next_seq;
+	rec_sync_recent(sp, ckv > 0 ? ck_next : 0);
+	/* the file is reused when it is a version 2 one of ours; a missing,
+	 * corrupt or version 1 checkpoint is replaced by a new file */
+	if (ckv > 0 && ck->version == 2) {
+		sp->ck_fd = spf_slot_file_open(sp->dfd, SPF_CKPT_NAME,
+					       SPF_CK_SLOT);
+		sp->ck_gen = ck->gen;
+		if (sp->ck_fd < 0)
+			sp->ck_fd = -1;
 	}
-	sp->ck_next_durable = ck > 0 ? ck_next : 0;
-	sp->durable_acked = ck > 0 ? sp->acked : 0;
+	ret = ck_write_now(sp);
+	if (ret)
+		sp_log(sp->set, LOG_WARN, "spool %s: cannot write the "
+		       "checkpoint: %s (retried)", sp->name, strerror(-ret));
+	ret = 0;
 	sp_gc(sp);
 	if (sp->log_damage > LOG_DAMAGE_MAX)
 		sp_log(sp->set, LOG_WARN, "spool %s: %u damaged regions in all",
@@ -3179,7 +3317,7 @@ static void sp_free_mem(struct spool *sp)
 	free(sp->segs);
 	free(sp->rng);
 	free(sp->doomed);
-	msgpack_sbuffer_destroy(&sp->ck_buf);
+	free(sp->ck_slot);
 	if (sp->ck_fd >= 0)
 		close(sp->ck_fd);
 	if (sp->dfd >= 0)
@@ -3190,9 +3328,10 @@ static void sp_free_mem(struct spool *sp)
 struct spool *spool_open(struct spool_set *set, const char *sink)
 {
 	struct spool *sp;
-	int ret, pfd;
+	char label[4096 + SPF_NAME_MAX];
+	int ret;
 
-	if (!sink_name_ok(sink)) {
+	if (!spf_sink_name_ok(sink)) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -3207,22 +3346,16 @@ struct spool *spool_open(struct spool_set *set, const char *sink)
 	sp->set = set;
 	sp->dfd = -1;
 	sp->ck_fd = -1;
-	msgpack_sbuffer_init(&sp->ck_buf);
+	sp->ck_slot = calloc(1, SPF_CK_SLOT);
+	if (!sp->ck_slot) {
+		free(sp);
+		return NULL;
+	}
 	strcpy(sp->name, sink);
 	sp->blk_size = min64(max64(set->o.tail_buffer / 4, BLK_MIN), BLK_MAX);
-	pfd = open(set->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (pfd < 0) {
-		ret = -errno;
-		goto fail;
-	}
-	if (mkdirat(pfd, sink, 0700) < 0 && errno != EEXIST) {
-		ret = -errno;
-		close(pfd);
-		goto fail;
-	}
-	sp->dfd = openat(pfd, sink, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	ret = sp->dfd < 0 ? -errno : 0;
-	close(pfd);
+	snprintf(label, sizeof(label), "%s/%s", set->dir, sink);
+	sp->dfd = dir_open_trusted(set, set->dfd, sink, label);
+	ret = sp->dfd < 0 ? sp->dfd : 0;
 	if (ret)
 		goto fail;
 	ret = sp_recover(sp);
@@ -3286,317 +3419,4 @@ void spool_close(struct spool *sp)
 	spool_sync_ack(sp);
 	set->bytes -= sp->bytes;
 	sp_free_mem(sp);
-}
-
-/* ---- offline: ls / verify / dump ---------------------------------------- */
-
-typedef int (*sink_fn)(const char *dir, const char *sink, int dfd,
-		       FILE *out, void *ctx);
-
-/* Calls fn for every sink directory (or only the one named); other
- * entries are reported (report) and counted as problems (count). */
-static int for_each_sink(const char *dir, const char *only, sink_fn fn,
-			 FILE *out, void *ctx, bool report, bool count)
-{
-	struct dirent **names = NULL;
-	int n, i, total = 0, ret = 0;
-
-	n = scandir(dir, &names, NULL, alphasort);
-	if (n < 0)
-		return -errno;
-	for (i = 0; i < n; i++) {
-		const char *name = names[i]->d_name;
-		char path[4096];
-		struct stat st;
-		int dfd, r;
-
-		if (name[0] == '.' || (only && strcmp(only, name)))
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, name);
-		if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-			if (!only && report)
-				fprintf(out, "foreign file %s (not a sink "
-					"directory)\n", path);
-			if (!only && count)
-				total++;
-			continue;
-		}
-		dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd < 0) {
-			ret = -errno;
-			fprintf(out, "%s: %s\n", path, strerror(errno));
-			continue;
-		}
-		r = fn(dir, name, dfd, out, ctx);
-		close(dfd);
-		if (r < 0)
-			ret = r;
-		else
-			total += r;
-	}
-	for (i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-	return ret < 0 && !total ? ret : total;
-}
-
-/* Opens a segment read-only and checks its header: fd or -1 (why in
- * *why). */
-static int seg_open_check(int dfd, const struct seg_file *f, const char *sink,
-			  uint64_t *size, uint64_t *created, const char **why)
-{
-	uint8_t hdr[SEG_HDR];
-	uint64_t first;
-	struct stat st;
-	int fd;
-
-	*why = NULL;
-	fd = openat(dfd, f->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		*why = strerror(errno);
-		return -1;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		*why = "not a regular file";
-	else if ((uint64_t)st.st_size < SEG_HDR)
-		*why = "shorter than a segment header";
-	else if (read_full(fd, hdr, SEG_HDR, 0) ||
-		 seg_hdr_check(hdr, sink, &first, created, NULL))
-		*why = "bad segment header";
-	else if (first != f->first)
-		*why = "header and file name disagree";
-	if (*why) {
-		close(fd);
-		return -1;
-	}
-	*size = (uint64_t)st.st_size;
-	return fd;
-}
-
-static void fmt_time(char *buf, size_t len, uint64_t ns)
-{
-	time_t t = (time_t)(ns / 1000000000ull);
-	struct tm tm;
-
-	if (!gmtime_r(&t, &tm) || !strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm))
-		snprintf(buf, len, "?");
-}
-
-static int ls_sink(const char *dir, const char *sink, int dfd, FILE *out,
-		   void *ctx)
-{
-	struct seg_file *v = NULL;
-	uint64_t acked = 0, next = 0, total = 0;
-	int n = 0, i, ck, nseg = 0, ret;
-
-	ret = list_files(dfd, &v, &n);
-	if (ret)
-		return ret;
-	for (i = 0; i < n; i++) {
-		struct stat st;
-
-		if (v[i].is_seg && !fstatat(dfd, v[i].name, &st, 0)) {
-			total += (uint64_t)st.st_size;
-			nseg++;
-		}
-	}
-	ck = ck_load(dfd, sink, &acked, &next);
-	fprintf(out, "%s: %d segments, %" PRIu64 " bytes, ", sink, nseg, total);
-	if (ck > 0)
-		fprintf(out, "checkpoint acked=%" PRIu64 " next_seq=%" PRIu64
-			"\n", acked, next);
-	else
-		fprintf(out, "checkpoint %s\n", ck ? "corrupt" : "missing");
-	for (i = 0; i < n; i++) {
-		uint64_t size = 0, created = 0;
-		const char *why = NULL;
-		char when[64];
-		int fd;
-
-		if (!v[i].is_seg) {
-			fprintf(out, "  %-28s foreign (ignored)\n", v[i].name);
-			continue;
-		}
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0) {
-			fprintf(out, "  %-28s %s\n", v[i].name, why);
-			continue;
-		}
-		close(fd);
-		fmt_time(when, sizeof(when), created);
-		fprintf(out, "  %-28s first=%" PRIu64 " bytes=%" PRIu64
-			" created=%s\n", v[i].name, v[i].first, size, when);
-	}
-	free(v);
-	return 0;
-}
-
-int spool_ls(const char *dir, FILE *out)
-{
-	int ret = for_each_sink(dir, NULL, ls_sink, out, NULL, true, false);
-
-	return ret < 0 ? ret : 0;
-}
-
-struct verify_ctx {
-	FILE *out;
-	const char *sink;
-	const char *file;
-	uint64_t expect;
-	int problems;
-};
-
-static void ver_frame(void *ctx, uint64_t off, uint64_t seq,
-		      const uint8_t *payload, uint32_t len)
-{
-	struct verify_ctx *c = ctx;
-
-	if (c->expect && seq != c->expect) {
-		fprintf(c->out, "%s/%s: seqs %" PRIu64 "..%" PRIu64
-			" missing (before offset %" PRIu64 ")\n", c->sink,
-			c->file, c->expect, seq - 1, off);
-		c->problems++;
-	}
-	c->expect = seq + 1;
-}
-
-static void ver_damage(void *ctx, uint64_t off, uint64_t end)
-{
-	struct verify_ctx *c = ctx;
-
-	fprintf(c->out, "%s/%s: damaged bytes %" PRIu64 "..%" PRIu64 "\n",
-		c->sink, c->file, off, end);
-	c->problems++;
-}
-
-static int verify_sink(const char *dir, const char *sink, int dfd, FILE *out,
-		       void *ctx)
-{
-	struct verify_ctx c = { .out = out, .sink = sink };
-	struct seg_file *v = NULL;
-	uint64_t acked, next, nrec = 0;
-	int n = 0, i, ck, ret;
-
-	ret = list_files(dfd, &v, &n);
-	if (ret)
-		return ret;
-	ck = ck_load(dfd, sink, &acked, &next);
-	if (ck < 0) {
-		fprintf(out, "%s/checkpoint: corrupt\n", sink);
-		c.problems++;
-	}
-	for (i = 0; i < n; i++) {
-		uint64_t size = 0, created;
-		const char *why;
-		struct scan_res r;
-		int fd;
-
-		c.file = v[i].name;
-		if (!v[i].is_seg) {
-			fprintf(out, "%s/%s: foreign file\n", sink, v[i].name);
-			c.problems++;
-			continue;
-		}
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0) {
-			fprintf(out, "%s/%s: %s\n", sink, v[i].name, why);
-			c.problems++;
-			continue;
-		}
-		seg_scan(fd, size, v[i].first,
-			 &(struct scan_cb){ ver_frame, ver_damage }, &c, &r);
-		close(fd);
-		nrec += r.nrec;
-		if (r.err) {
-			fprintf(out, "%s/%s: read error at %" PRIu64 ": %s\n",
-				sink, v[i].name, r.tail_off, strerror(-r.err));
-			c.problems++;
-		} else if (r.tail_off < size) {
-			fprintf(out, "%s/%s: torn or damaged tail: %" PRIu64
-				" bytes at offset %" PRIu64 "\n", sink,
-				v[i].name, size - r.tail_off, r.tail_off);
-			c.problems++;
-		}
-	}
-	fprintf(out, "%s: %" PRIu64 " records, %d problems\n", sink, nrec,
-		c.problems);
-	free(v);
-	return c.problems;
-}
-
-int spool_verify(const char *dir, FILE *out)
-{
-	return for_each_sink(dir, NULL, verify_sink, out, NULL, true, true);
-}
-
-struct dump_ctx {
-	FILE *out;
-	const char *sink;
-	void (*fmt)(FILE *out, const uint8_t *p, uint32_t n);
-};
-
-static void dump_frame(void *ctx, uint64_t off, uint64_t seq,
-		       const uint8_t *payload, uint32_t len)
-{
-	struct dump_ctx *c = ctx;
-	uint32_t i;
-
-	fprintf(c->out, "%s %" PRIu64 " %u ", c->sink, seq, len);
-	if (c->fmt) {
-		c->fmt(c->out, payload, len);
-	} else {
-		for (i = 0; i < len; i++)
-			fprintf(c->out, "%02x", payload[i]);
-	}
-	fputc('\n', c->out);
-}
-
-static int dump_sink(const char *dir, const char *sink, int dfd, FILE *out,
-		     void *ctx)
-{
-	struct dump_ctx c = { .out = out, .sink = sink,
-			      .fmt = ((struct dump_ctx *)ctx)->fmt };
-	struct seg_file *v = NULL;
-	int n = 0, i, ret;
-
-	ret = list_files(dfd, &v, &n);
-	if (ret)
-		return ret;
-	for (i = 0; i < n; i++) {
-		uint64_t size, created;
-		const char *why;
-		struct scan_res r;
-		int fd;
-
-		if (!v[i].is_seg)
-			continue;
-		fd = seg_open_check(dfd, &v[i], sink, &size, &created, &why);
-		if (fd < 0)
-			continue;
-		seg_scan(fd, size, v[i].first,
-			 &(struct scan_cb){ dump_frame, NULL }, &c, &r);
-		close(fd);
-	}
-	free(v);
-	return 0;
-}
-
-int spool_dump(const char *dir, const char *sink, FILE *out,
-	       void (*fmt_payload)(FILE *out, const uint8_t *p, uint32_t n))
-{
-	struct dump_ctx c = { .fmt = fmt_payload };
-	struct stat st;
-	int ret;
-
-	if (sink) {
-		char path[4096];
-
-		snprintf(path, sizeof(path), "%s/%s", dir, sink);
-		if (stat(path, &st) < 0)
-			return -errno;
-		if (!S_ISDIR(st.st_mode))
-			return -ENOTDIR;
-	}
-	ret = for_each_sink(dir, sink, dump_sink, out, &c, false, false);
-	return ret < 0 ? ret : 0;
 }

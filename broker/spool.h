@@ -2,36 +2,50 @@
  * CRC-framed records, written and read with io_uring through the reactor.
  *
  * Layout: <spool_dir>/<sink>/ (mode 0700), segment files
- * "seg-<first seq, 16 hex>.obx" (0600), and "checkpoint" (msgpack,
- * atomic replace) holding the acknowledged watermark. Formats in
- * docs/DESIGN.md ("Spool").
+ * "seg-<first seq, 16 hex>.obx" (0600), and "checkpoint" (a preallocated
+ * two-slot file) holding the acknowledged watermark; <spool_dir>/
+ * drain-state (the same kind of file) says where the ring stands with the
+ * spool. The format is spool_format.h / spool_format.c (which also has
+ * the offline tools).
  *
  * Sequence numbers: every record of a sink gets the next seq (u64, from
- * 1, never reused; continues across restarts). acked = every seq < acked
- * is done (delivered or dropped for a counted reason). Out-of-order acks
- * above the watermark are kept in memory only; after a restart those are
- * sent again (bounded by the batches that were in flight).
+ * 1). acked = every seq < acked is done (delivered or dropped for a
+ * counted reason); done ranges above it are kept too, and written with
+ * every checkpoint (up to SPF_CK_RANGES_MAX).
  *
  * The drain side appends into an in-memory tail buffer and flushes all
- * sinks at once; the callback says when everything flushed is durable per
- * the durability setting (none: at once; write: the writes completed;
- * fdatasync: a following fdatasync completed, batched by sync_interval).
- * Only then does the broker advance the ring head.
+ * sinks at once; the callback says when everything flushed is in the
+ * spool per the durability setting (none and write: the writes
+ * completed - a broker crash must lose nothing the ring gave up, so
+ * `none` waits for the write too; fdatasync: a following fdatasync,
+ * batched by sync_interval). Only then does the broker advance the ring
+ * head. With a mark (spool_set_flush_mark), the drain journal is
+ * rewritten once the writes completed, before the callback: a broker
+ * killed before it moved the head finds there how far the ring is
+ * already in the spool, and the spool cuts what a flush left half
+ * written (so nothing is spooled twice).
  *
- * Cap: spool_max bytes across all sinks (segment files + tail buffers).
- * A segment leaves the accounting when it is deleted: once all of it is
- * acknowledged AND a checkpoint covering it is durable (checkpoints are
- * written at most every 100 ms, from the reactor, so the reactor must
- * run). So the cap holds the undelivered records plus ~100 ms of
- * acknowledged ones; when delivery is slower than appends, it fills
- * with undelivered records and the policy below applies.
- * drop-newest refuses appends (-ENOSPC, counted dropped_spool_full);
+ * Checkpoint: written after every acknowledgement (back to back, from
+ * the reactor; fdatasync'ed when durability = fdatasync), overwriting
+ * the older of two preallocated slots: acknowledging and deleting
+ * delivered segments never need new disk space. It carries the done
+ * ranges, this spool's drop and damage totals, and an opaque array of
+ * the owner's counters (spool_set_base), so counters and done-set come
+ * back together after any crash.
+ *
+ * Full: spool_max bytes across all sinks (segment files + tail
+ * buffers), and the file system's free space minus a reserve
+ * (statvfs; disk_reserve, default 1/64 of the file system, 256 KiB to
+ * 64 MiB). drop-newest refuses appends (-ENOSPC, counted refused_full);
  * drop-oldest deletes the oldest whole segment of any sink that is not
- * being written or read (its unacked records counted dropped_spool_full)
- * and then accepts. A write error (ENOSPC, EIO) keeps the data in memory,
- * stops accepting appends (-EAGAIN) until a retry succeeds (the broker
- * retries every second), counts spool_errors and never loses what it had
- * accepted.
+ * being written or read (its unacked records counted dropped_full) and
+ * then accepts. A write that still fails with ENOSPC or EDQUOT (someone
+ * else took the space) drops the records it carried (dropped_full) and
+ * cuts its segment back: the ring keeps flowing, the spool stops
+ * growing, and it takes appends again by itself when space returns.
+ * Any other write error (EIO) keeps the data in memory, stops accepting
+ * appends (-EAGAIN) until a retry succeeds (the broker retries every
+ * second), counts write_errors and never loses what it had accepted.
  */
 #ifndef OBX_SPOOL_H
 #define OBX_SPOOL_H
@@ -41,6 +55,7 @@
 #include <stdio.h>
 #include "reactor.h"
 #include "config.h"
+#include "spool_format.h"
 
 struct spool_set;   /* every sink: shared cap, flush, counters */
 struct spool;       /* one sink */
@@ -57,6 +72,10 @@ struct spool_set_opts {
 	 * errors (level: enum cfg_log_level); NULL = silent */
 	void (*log)(void *log_arg, int level, const char *msg);
 	void *log_arg;
+	uint64_t disk_reserve;          /* free bytes kept; 0 = default */
+	uint64_t ring_id;               /* the ring's segment_id: a drain
+					 * journal of the same ring is acted
+					 * on at open; 0 = never */
 };
 
 struct spool_stats {
@@ -67,16 +86,30 @@ struct spool_stats {
 	uint64_t recovered;             /* records found at open */
 	uint64_t corrupt;               /* damaged records skipped at open */
 	uint64_t truncated_bytes;       /* torn tails cut at open */
-	uint64_t dropped_full;          /* refused or deleted for the cap */
-	uint64_t write_errors;          /* failed writes/fsyncs (retried) */
+	uint64_t dropped_full;          /* accepted, then given up: deleted
+					 * by drop-oldest, or their write
+					 * failed for lack of space (carried
+					 * across restarts) */
+	uint64_t refused_full;          /* appends refused: spool_max or
+					 * disk full (this process only) */
+	uint64_t write_errors;          /* failed writes/fsyncs */
 	/* additions */
 	uint64_t foreign;               /* files ignored at open */
 	uint64_t reads_mem;             /* spool_read served from memory */
 	uint64_t reads_disk;            /* io_uring reads of segment files */
 	uint64_t mem_bytes;             /* RAM held: blocks, index, state */
+	uint64_t redelivered;           /* acknowledged again after a
+					 * restart below what a previous
+					 * broker had read for delivery */
+	uint64_t disk_free;             /* bytes free on its file system
+					 * (last statvfs, set-wide) */
+	uint64_t cut_records;           /* half-written flush cut at open */
 };
 
-/* NULL + errno. Creates dir (0700) if needed. */
+/* NULL + errno. Creates dir (0700) if needed; a dir that is not ours
+ * (another uid, mode wider than 0700, a symlink, a file) is moved aside
+ * to "<dir>~aside" (logged) and a new one made. spool_open() does the
+ * same for the sink's directory. */
 struct spool_set *spool_set_new(struct rx *rx,
 				const struct spool_set_opts *o);
 /* Flushes nothing: call spool_set_flush and wait for it first. */
@@ -101,6 +134,25 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len);
  * the next flush). -EBUSY while a previous flush is in flight. */
 int spool_set_flush(struct spool_set *set, void (*done)(void *arg, int err),
 		    void *arg);
+
+/* Where the ring stands with the spool, written to the drain journal by
+ * a flush once its writes completed: every ring record before ring_pos
+ * is in the spool or was dropped and counted in blob (the owner's
+ * counters, opaque, up to SPF_JR_BLOB_MAX bytes). */
+struct spool_mark {
+	uint64_t ring_id;
+	uint64_t ring_pos;
+	const void *blob;
+	uint32_t blob_len;
+};
+
+/* spool_set_flush() that also writes m (copied) to the drain journal. */
+int spool_set_flush_mark(struct spool_set *set,
+			 void (*done)(void *arg, int err), void *arg,
+			 const struct spool_mark *m);
+/* The journal found at open: 1 (m filled, blob valid while the set
+ * lives), 0 none. */
+int spool_set_loaded_mark(const struct spool_set *set, struct spool_mark *m);
 
 /* Bytes buffered and not yet flushed, across sinks. */
 uint64_t spool_set_pending(const struct spool_set *set);
@@ -171,22 +223,17 @@ uint64_t spool_visible(const struct spool *sp);
 int spool_set_stalled(const struct spool_set *set);
 const char *spool_name(const struct spool *sp);
 
-/* CRC-32C of the on-disk format (chainable: pass the previous value, 0
- * to start); hardware (SSE4.2) when the CPU has it. _sw: the portable
- * table version, for tests. */
-uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
-uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n);
+/* The owner's counters that belong with the done-set (e.g. delivered
+ * events): the latest values, written with every checkpoint. Call it in
+ * the same reactor turn as the spool_ack() they go with. spool_base()
+ * gives back what the checkpoint found at open held: how many values
+ * (0 when it held none, or they were of another ring: opts.ring_id). */
+void spool_set_base(struct spool *sp, const uint64_t *v, uint32_t n);
+uint32_t spool_base(const struct spool *sp, uint64_t *v, uint32_t max);
+/* Appends refused for lack of room by this spool (refused_full), cheap. */
+uint64_t spool_refused(const struct spool *sp);
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);
 void spool_set_get_stats(const struct spool_set *set, struct spool_stats *st);
-
-/* Offline inspection for the CLI (no broker needed). Print to out;
- * return 0, or the number of problems found (verify), or -errno. */
-int spool_ls(const char *dir, FILE *out);
-int spool_verify(const char *dir, FILE *out);
-/* One line per record: "<sink> <seq> <len> <payload as JSON or hex>";
- * fmt_payload may be NULL (hex). */
-int spool_dump(const char *dir, const char *sink, FILE *out,
-	       void (*fmt_payload)(FILE *out, const uint8_t *p, uint32_t n));
 
 #endif

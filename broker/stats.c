@@ -5,9 +5,12 @@
  * before and after their copy.
  */
 #define _GNU_SOURCE
+#include <msgpack.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "broker.h"
+#include "mpcheck.h"
 
 static void stats_begin(_Atomic uint64_t *seq)
 {
@@ -22,8 +25,55 @@ static void stats_end(_Atomic uint64_t *seq)
 			      memory_order_relaxed) + 1, memory_order_release);
 }
 
+/* ---- counters across restarts ---------------------------------------
+ *
+ * Three homes, so that after any sequence of kills each counter is
+ * exactly what happened to the records (DESIGN.md, "Counters and the
+ * identity"):
+ * - ring-tied (what the drain did with a ring record: consumed,
+ *   dropped_invalid, unknown_sink / unknown_routed, dropped_spool_error,
+ *   spool_full refusals): in the drain journal, written by every flush
+ *   with the ring position it is exact at; a restarted broker takes them
+ *   and passes over the ring records before that position;
+ * - seq-tied (the fate of a spooled record: delivered, the sinks' drop
+ *   reasons; the spool's own corrupt and dropped_full): in each sink's
+ *   spool checkpoint, written with the done-set they go with;
+ * - the rest (producers' counts, ring recovery, requests, responses):
+ *   the stats page, which outlives the broker (published every 100 ms,
+ *   so up to 100 ms of these may be missing after a kill).
+ */
+
+/* the seq-tied counters of a sink, handed to its spool's checkpoint */
+static const size_t stats_seq_tied[] = {
+	offsetof(struct obx_sink_counters, delivered_events),
+	offsetof(struct obx_sink_counters, delivered_batches),
+	offsetof(struct obx_sink_counters, dropped_rejected),
+	offsetof(struct obx_sink_counters, dropped_retries_exhausted),
+	offsetof(struct obx_sink_counters, dropped_expired),
+	offsetof(struct obx_sink_counters, dropped_rate_limited),
+	offsetof(struct obx_sink_counters, dropped_too_large),
+	offsetof(struct obx_sink_counters, dropped_invalid),
+};
+#define STATS_SEQ_TIED (sizeof(stats_seq_tied) / sizeof(stats_seq_tied[0]))
+
+static uint64_t *stats_ctr(struct obx_sink_counters *c, size_t off)
+{
+	return (uint64_t *)(void *)((uint8_t *)c + off);
+}
+
+void stats_sink_acked(struct sink *s)
+{
+	uint64_t v[STATS_SEQ_TIED];
+	size_t i;
+
+	for (i = 0; i < STATS_SEQ_TIED; i++)
+		v[i] = *stats_ctr(&s->c, stats_seq_tied[i]);
+	spool_set_base(s->spool, v, (uint32_t)STATS_SEQ_TIED);
+}
+
 /* A restarted broker continues the counters of the one before it: they
- * live in the segment, which outlived it. */
+ * live in the segment, which outlived it. (The ring-tied ones are taken
+ * from the drain journal afterwards, stats_restore_mark().) */
 void stats_restore(struct broker *b)
 {
 	const struct obx_stats *g = &b->seg.stats->g;
@@ -45,16 +95,18 @@ void stats_restore(struct broker *b)
 	b->segs_replaced = g->segments_replaced;
 	b->dropped_invalid = g->dropped_invalid;
 	b->unknown_sink = g->unknown_sink;
-	b->dropped_spool_full = g->dropped_spool_full;
 	b->dropped_spool_error = g->dropped_spool_error;
 }
 
-/* Per-sink counters carried over a restart, matched by name. The spool's
- * own drop count restarts at zero, so what the page had is the base. */
+/* Per-sink counters carried over a restart, matched by name: the page's,
+ * then the seq-tied ones from the spool's checkpoint. The spool keeps
+ * its own totals (dropped_full, corrupt, redelivered); the refusals are
+ * the journal's (s->c.dropped_spool_full holds their base). */
 void stats_restore_sink(struct broker *b, struct sink *s)
 {
 	const struct obx_sink_page *kp = b->seg.sinks;
 	uint32_t i, n = kp->nsinks > OBX_MAX_SINKS ? OBX_MAX_SINKS : kp->nsinks;
+	uint64_t v[SPF_CK_BASE_MAX];
 
 	for (i = 0; i < n; i++) {
 		const struct obx_sink_shm *o = &kp->sink[i];
@@ -64,14 +116,152 @@ void stats_restore_sink(struct broker *b, struct sink *s)
 			continue;
 		s->c = o->c;
 		s->c.inflight = 0;
-		return;
+		break;
 	}
+	s->c.dropped_spool_full = 0;
+	if (spool_base(s->spool, v, SPF_CK_BASE_MAX) == STATS_SEQ_TIED)
+		for (i = 0; i < STATS_SEQ_TIED; i++)
+			*stats_ctr(&s->c, stats_seq_tied[i]) = v[i];
+	stats_sink_acked(s);
+}
+
+/* ---- the drain journal's counters ----------------------------------------
+ * {"consumed", "dropped_invalid", "unknown_sink", "dropped_spool_error",
+ *  "sinks": {name: [spool_full refusals, dropped_spool_error,
+ *                   unknown_routed]}} */
+
+static void mp_kv(msgpack_packer *pk, const char *k, uint64_t v)
+{
+	msgpack_pack_str_with_body(pk, k, strlen(k));
+	msgpack_pack_uint64(pk, v);
+}
+
+uint32_t stats_mark(struct broker *b, uint8_t *buf, uint32_t cap)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	uint32_t n = 0;
+	int i;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 5);
+	mp_kv(&pk, "consumed", b->rc.st.consumed);
+	mp_kv(&pk, "dropped_invalid", b->dropped_invalid + b->rc.st.bad_len);
+	mp_kv(&pk, "unknown_sink", b->unknown_sink);
+	mp_kv(&pk, "dropped_spool_error", b->dropped_spool_error);
+	msgpack_pack_str_with_body(&pk, "sinks", 5);
+	msgpack_pack_map(&pk, (size_t)b->nsinks);
+	for (i = 0; i < b->nsinks; i++) {
+		struct sink *s = b->sinks[i];
+
+		msgpack_pack_str_with_body(&pk, s->cfg.name,
+					   strlen(s->cfg.name));
+		msgpack_pack_array(&pk, 3);
+		msgpack_pack_uint64(&pk, s->c.dropped_spool_full +
+				    spool_refused(s->spool));
+		msgpack_pack_uint64(&pk, s->c.dropped_spool_error);
+		msgpack_pack_uint64(&pk, s->c.unknown_routed);
+	}
+	if (sb.data && sb.size <= cap) {
+		memcpy(buf, sb.data, sb.size);
+		n = (uint32_t)sb.size;
+	}
+	msgpack_sbuffer_destroy(&sb);
+	return n;
+}
+
+static bool mark_u64(const msgpack_object *v, uint64_t *out)
+{
+	if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+		return false;
+	*out = v->via.u64;
+	return true;
+}
+
+static bool mark_key(const msgpack_object *k, const char *s)
+{
+	return k->type == MSGPACK_OBJECT_STR &&
+	       k->via.str.size == strlen(s) &&
+	       !memcmp(k->via.str.ptr, s, k->via.str.size);
+}
+
+static struct sink *mark_sink(struct broker *b, const msgpack_object *k)
+{
+	int i;
+
+	if (k->type != MSGPACK_OBJECT_STR)
+		return NULL;
+	for (i = 0; i < b->nsinks; i++)
+		if (mark_key(k, b->sinks[i]->cfg.name))
+			return b->sinks[i];
+	return NULL;
+}
+
+static void mark_sinks(struct broker *b, const msgpack_object *m)
+{
+	uint32_t i;
+
+	if (m->type != MSGPACK_OBJECT_MAP)
+		return;
+	for (i = 0; i < m->via.map.size; i++) {
+		const msgpack_object *v = &m->via.map.ptr[i].val;
+		struct sink *s = mark_sink(b, &m->via.map.ptr[i].key);
+		uint64_t x[3];
+
+		if (!s || v->type != MSGPACK_OBJECT_ARRAY ||
+		    v->via.array.size != 3 ||
+		    !mark_u64(&v->via.array.ptr[0], &x[0]) ||
+		    !mark_u64(&v->via.array.ptr[1], &x[1]) ||
+		    !mark_u64(&v->via.array.ptr[2], &x[2]))
+			continue;
+		s->c.dropped_spool_full = x[0];
+		s->c.dropped_spool_error = x[1];
+		s->c.unknown_routed = x[2];
+	}
+}
+
+int stats_restore_mark(struct broker *b, uint64_t *ring_pos)
+{
+	struct spool_mark m;
+	msgpack_unpacked u;
+	uint32_t i;
+	int ok = 0;
+
+	if (!spool_set_loaded_mark(b->spool, &m) ||
+	    m.ring_id != b->seg.segment_id ||
+	    mp_check(m.blob, m.blob_len))	/* bounded allocations */
+		return 0;
+	msgpack_unpacked_init(&u);
+	if (msgpack_unpack_next(&u, m.blob, m.blob_len, NULL) ==
+	    MSGPACK_UNPACK_SUCCESS && u.data.type == MSGPACK_OBJECT_MAP) {
+		for (i = 0; i < u.data.via.map.size; i++) {
+			const msgpack_object *k = &u.data.via.map.ptr[i].key;
+			const msgpack_object *v = &u.data.via.map.ptr[i].val;
+
+			if (mark_key(k, "consumed"))
+				ok |= mark_u64(v, &b->rc.st.consumed);
+			else if (mark_key(k, "dropped_invalid"))
+				mark_u64(v, &b->dropped_invalid);
+			else if (mark_key(k, "unknown_sink"))
+				mark_u64(v, &b->unknown_sink);
+			else if (mark_key(k, "dropped_spool_error"))
+				mark_u64(v, &b->dropped_spool_error);
+			else if (mark_key(k, "sinks"))
+				mark_sinks(b, v);
+		}
+		b->rc.st.bad_len = 0;	/* in dropped_invalid */
+	}
+	msgpack_unpacked_destroy(&u);
+	*ring_pos = m.ring_pos;
+	return ok;
 }
 
 static void stats_fill_global(struct broker *b, struct obx_stats *g)
 {
 	struct spool_stats ss;
 	uint64_t e, f, t, l;
+	int i;
 
 	ring_totals(&b->rc, &e, &f, &t, &l);
 	spool_set_get_stats(b->spool, &ss);
@@ -86,7 +276,11 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->consumed = b->rc.st.consumed;
 	g->spool_bytes = ss.bytes;
 	g->spool_segments = ss.segments;
-	g->dropped_spool_full = b->dropped_spool_full + ss.dropped_full;
+	/* every sink's: its refusals (base + this broker's) and its
+	 * spool's drops */
+	g->dropped_spool_full = ss.refused_full + ss.dropped_full;
+	for (i = 0; i < b->nsinks; i++)
+		g->dropped_spool_full += b->sinks[i]->c.dropped_spool_full;
 	g->dropped_spool_error = b->dropped_spool_error;
 	g->spool_corrupt = ss.corrupt;
 	g->unknown_sink = b->unknown_sink;
@@ -101,6 +295,9 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->ring_stall_kills = b->rc.st.stall_kills;
 	g->segment_repairs = b->seg_repairs;
 	g->segments_replaced = b->segs_replaced;
+	g->redelivered = ss.redelivered;
+	g->spool_disk_free = ss.disk_free;
+	g->spool_write_errors = ss.write_errors;
 }
 
 static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)
@@ -119,8 +316,10 @@ static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)
 	memcpy(o->cats, s->cats, sizeof(o->cats));
 	memcpy(o->cat_until_ns, s->cat_until_ns, sizeof(o->cat_until_ns));
 	o->c = s->c;
-	/* drop-oldest deletions are counted by the spool */
-	o->c.dropped_spool_full = s->c.dropped_spool_full + ss.dropped_full;
+	/* refusals (base + this broker's) and the spool's own drops */
+	o->c.dropped_spool_full = s->c.dropped_spool_full + ss.refused_full +
+				  ss.dropped_full;
+	o->c.redelivered = ss.redelivered;
 }
 
 void stats_publish(struct broker *b)

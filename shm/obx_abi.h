@@ -221,7 +221,11 @@ struct obx_stats {
 	/* broker state that must survive a broker restart */
 	uint64_t retired_emitted, retired_full, retired_too_large,
 		 retired_late, ring_gaps;
-	uint64_t reserved[6];
+	/* appended (issue 13): spool */
+	uint64_t redelivered;        /* sent again after a broker restart */
+	uint64_t spool_disk_free;    /* gauge: bytes free for the spool */
+	uint64_t spool_write_errors; /* failed spool writes (this broker) */
+	uint64_t reserved[9];
 };
 
 struct obx_stats_page {
@@ -246,7 +250,8 @@ struct obx_sink_counters {
 	 * requests = 2xx + 3xx + 4xx + 5xx + other + network_errors +
 	 * cancelled + those in flight */
 	uint64_t responses_3xx, responses_other, requests_cancelled;
-	uint64_t reserved[8];
+	uint64_t redelivered;        /* appended (issue 13) */
+	uint64_t reserved[7];
 };
 
 struct obx_sink_shm {

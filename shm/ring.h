@@ -392,6 +392,16 @@ static inline struct ring_mark ring_mark(const struct ring_cons *c)
 void ring_release_mark(struct ring_cons *c, struct ring_mark m);
 void ring_release(struct ring_cons *c, uint64_t upto);
 
+/* Everything before this position was handed out or skipped: the cursor,
+ * or the oldest pinned claim (not yet handed out). What a restarted
+ * broker may pass over. */
+static inline uint64_t ring_cons_safe_pos(const struct ring_cons *c)
+{
+	if (c->npins && (int64_t)(c->cursor - c->pins[0].start) > 0)
+		return c->pins[0].start;
+	return c->cursor;
+}
+
 /* 1 while pinned claims wait: the caller must come back (poll), not only
  * sleep until a producer wakes it. */
 static inline int ring_cons_pinned(const struct ring_cons *c)

@@ -202,7 +202,8 @@ uint64_t bt_sum_dropped(const struct obx_stats *g,
 {
 	uint64_t d = g->dropped_ring_full + g->dropped_too_large +
 		     g->dropped_late + g->dropped_invalid + g->ring_unblocked +
-		     g->dropped_spool_full + g->dropped_spool_error;
+		     g->dropped_spool_full + g->dropped_spool_error +
+		     g->spool_corrupt;
 	uint32_t i;
 
 	*deliv = 0;

@@ -9,10 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 
 #include "testutil.h"
 #include "brokertest.h"
+#include "broker.h"
 #include "envelope.h"
 #include "outbox.h"
 #include "ring.h"
@@ -284,6 +287,368 @@ static void test_second_broker_and_check(void)
 	bt_cleanup(&t);
 }
 
+/* --print-config shows the effective configuration, never a credential:
+ * write_key, the DSN key, URL passwords, query values, header values. */
+static void test_print_config_redacts(void)
+{
+	static const char *const secrets[] = {
+		"wk-s3cret", "dsnkey0123", "hunter2", "qk-999", "tok-abc",
+		"bearer-xyz", "dd-key-777",
+	};
+	char cmd[1024], out[8192];
+	struct bt t;
+	size_t i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "printcfg", NULL,
+		"[sink seg]\ntype = segment\n"
+		"url = https://api.segment.io/v1/batch\nwrite_key = wk-s3cret\n"
+		"[sink sen]\ntype = sentry\n"
+		"dsn = https://dsnkey0123@o1.ingest.sentry.io/42\n"
+		"[sink h]\ntype = http\n"
+		"url = https://bob:hunter2@collector.example/v1?api_key=qk-999"
+		"&token=tok-abc#frag\n"
+		"header = Authorization: Bearer bearer-xyz\n"
+		"header = DD-API-KEY: dd-key-777\n"
+		"header = Content-Type: application/x-ndjson\n") == 0);
+	snprintf(cmd, sizeof(cmd), "%s --print-config -c %s 2>&1",
+		 bt_bin("outboxd"), t.conf);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	for (i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+		CU_ASSERT_PTR_NULL(strstr(out, secrets[i]));
+		if (strstr(out, secrets[i]))
+			printf("\n    printed in clear: %s\n", secrets[i]);
+	}
+	/* what is not a credential is still shown */
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "https://api.segment.io/v1/batch"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "@o1.ingest.sentry.io/42"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "https://bob:"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "@collector.example/v1?api_key="));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "header = Authorization: "));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out,
+		"header = Content-Type: application/x-ndjson"));
+	bt_cleanup(&t);
+}
+
+/* Start-up never stops on a spool_dir that is a regular file: it is
+ * moved aside (logged) and the spool made; events flow. */
+static void test_spool_dir_is_a_file(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	char path[400];
+	struct obx_stats g;
+	struct bt t;
+	obx_t *h;
+	FILE *f;
+	int i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "spoolfile", NULL, NULL) == 0);
+	f = fopen(t.spool, "w");
+	CU_ASSERT_FATAL(f != NULL);
+	fputs("precious\n", f);
+	fclose(f);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < 10; i++)
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", "{\"a\":1}", 7,
+					 OBX_BODY_JSON), 0);
+	obx_close(h);
+	for (i = 0; i < 100; i++) {
+		usleep(50000);
+		if (bt_stats(&t, &g, sp) == 0 &&
+		    sp->sink[0].c.delivered_events == 10)
+			break;
+	}
+	CU_ASSERT_EQUAL(sp->sink[0].c.delivered_events, 10);
+	snprintf(path, sizeof(path), "%s~aside", t.spool);
+	f = fopen(path, "r");
+	CU_ASSERT_PTR_NOT_NULL(f);
+	if (f)
+		fclose(f);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
+static int log_has(struct bt *t, const char *what);
+static void sed_conf(struct bt *t, const char *expr);
+
+/* Emits n small events {"p":0,"s":i} and waits until the default sink
+ * delivered `want` in all (or ms pass). */
+static uint64_t emit_wait(struct bt *t, int n, uint64_t want, int ms)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	struct obx_stats g;
+	uint64_t d = 0;
+	char body[64];
+	obx_t *h = bt_open(t->shm);
+	int i, len;
+
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < n; i++) {
+		len = snprintf(body, sizeof(body), "{\"p\":0,\"s\":%d}", i);
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+					 OBX_BODY_JSON), 0);
+	}
+	obx_close(h);
+	for (i = 0; i < ms; i += 50) {
+		usleep(50000);
+		if (bt_stats(t, &g, sp) == 0 &&
+		    (d = sp->sink[0].c.delivered_events) >= want)
+			break;
+	}
+	free(sp);
+	return d;
+}
+
+/* The file sink cuts a torn last line (a broker killed mid-write)
+ * before it appends: the next event is not glued to the fragment. */
+static void test_file_sink_torn_line(void)
+{
+	uint32_t *counts[BT_MAXP] = { 0 };
+	uint64_t bad;
+	struct bt t;
+	FILE *f;
+	int i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "torn", NULL, NULL) == 0);
+	f = fopen(t.out, "w");
+	CU_ASSERT_FATAL(f != NULL);
+	fputs("{\"id\":\"00\",\"body\":{\"p\":0,\"s\":0}}\n"
+	      "{\"id\":\"01\",\"body\":{\"p\"", f);	/* torn */
+	fclose(f);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 5, 5, 10000), 5);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	counts[0] = calloc(8, sizeof(uint32_t));
+	CU_ASSERT_EQUAL(bt_read_output(t.out, counts, 8, &bad), 6);
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_EQUAL(counts[0][0], 2);	/* the old line + the new */
+	for (i = 1; i < 5; i++)
+		CU_ASSERT_EQUAL(counts[0][i], 1);
+	free(counts[0]);
+	bt_cleanup(&t);
+}
+
+/* cachestat(2) (Linux 6.5): dirty and writeback pages of a file */
+struct bt_cachestat_range {
+	uint64_t off, len;
+};
+
+struct bt_cachestat {
+	uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted,
+		 nr_recently_evicted;
+};
+
+/* With durability = fdatasync the file sink syncs its output before it
+ * acknowledges the lines to the spool: once `delivered` shows them, no
+ * page of the output is dirty (a power loss would lose nothing marked
+ * delivered). Without the sync, pages stay dirty for ~30 s. */
+static void test_file_sink_fdatasync(void)
+{
+	struct bt_cachestat_range r = { 0, 0 };
+	struct bt_cachestat cs;
+	struct bt t;
+	int fd, rc;
+
+	CU_ASSERT_FATAL(bt_init(&t, "fsync", "durability = fdatasync\n"
+				"sync_interval = 10ms", NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 3000, 3000, 10000), 3000);
+	fd = open(t.out, O_RDONLY);
+	CU_ASSERT_FATAL(fd >= 0);
+	rc = (int)syscall(451 /* __NR_cachestat */, fd, &r, &cs, 0);
+	close(fd);
+	if (rc < 0) {
+		printf("\n    skipped: cachestat(2): %s\n", strerror(errno));
+	} else {
+		CU_ASSERT(cs.nr_cache > 0);
+		CU_ASSERT_EQUAL(cs.nr_dirty, 0);
+		CU_ASSERT_EQUAL(cs.nr_writeback, 0);
+		if (cs.nr_dirty)
+			printf("\n    %llu dirty pages after delivery\n",
+			       (unsigned long long)cs.nr_dirty);
+	}
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+}
+
+/* The file sink never writes through a symlink, nor into a file or a
+ * hard link someone else owns: it refuses (logged) and its events stay
+ * in the spool. */
+static void test_file_sink_symlink(void)
+{
+	char victim[400];
+	struct bt t;
+	size_t len;
+	char *v;
+	FILE *f;
+
+	CU_ASSERT_FATAL(bt_init(&t, "fsymlink", NULL, NULL) == 0);
+	snprintf(victim, sizeof(victim), "%s/victim", t.dir);
+	f = fopen(victim, "w");
+	CU_ASSERT_FATAL(f != NULL);
+	fputs("precious\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL_FATAL(symlink(victim, t.out), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 5, 5, 1000), 0);
+	CU_ASSERT(log_has(&t, "refusing"));
+	v = tu_read_file(victim, &len);
+	CU_ASSERT(v && !strcmp(v, "precious\n"));
+	free(v);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+}
+
+/* Offset of frame i (0-based) of a segment file image. */
+static long frame_off(const uint8_t *img, size_t len, int i)
+{
+	size_t off = 96;
+
+	while (i-- > 0 && off + 24 <= len) {
+		uint32_t n;
+
+		memcpy(&n, img + off + 4, 4);
+		off += 24 + ((n + 7) & ~7u);
+	}
+	return off + 24 <= len ? (long)off : -1;
+}
+
+/* spool_corrupt counts damaged records once and keeps counting them
+ * across plain restarts, also once delivery has passed them (it went
+ * back to 0 at the next start). */
+static void test_corrupt_survives_restart(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	char path[400], cmd[900];
+	struct obx_stats g;
+	struct bt t;
+	uint8_t *img;
+	size_t len;
+	int fd, i, k;
+
+	CU_ASSERT_FATAL(bt_init(&t, "corrupt", "durability = write",
+				"[sink hold]\ntype = segment\n"
+				"url = http://127.0.0.1:9/\nwrite_key = k\n")
+			== 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	/* 20 events to a sink whose upstream refuses connections (port 9):
+	 * they stay in its spool, retried */
+	{
+		obx_t *h = bt_open(t.shm);
+		int sink;
+
+		CU_ASSERT_FATAL(h != NULL);
+		sink = obx_sink(h, "hold");
+		CU_ASSERT_FATAL(sink >= 0);
+		for (i = 0; i < 20; i++)
+			CU_ASSERT_EQUAL(obx_emit(h, sink, "t", "{\"a\":1}", 7,
+						 OBX_BODY_JSON), 0);
+		obx_close(h);
+	}
+	usleep(500000);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	/* two records rot on disk (a payload byte each) */
+	snprintf(path, sizeof(path), "%s/hold/seg-0000000000000001.obx",
+		 t.spool);
+	img = (uint8_t *)tu_read_file(path, &len);
+	CU_ASSERT_FATAL(img != NULL);
+	fd = open(path, O_RDWR);
+	CU_ASSERT_FATAL(fd >= 0);
+	for (k = 3; k <= 9; k += 6) {
+		long off = frame_off(img, len, k);
+
+		CU_ASSERT_FATAL(off > 0);
+		CU_ASSERT_EQUAL(pwrite(fd, "X", 1, off + 26), 1);
+	}
+	close(fd);
+	free(img);
+	/* the sink delivers now: past the holes */
+	sed_conf(&t, "s/^type = segment$/type = file/");
+	snprintf(path, sizeof(path), "s|^url = http://127.0.0.1:9/$|path = "
+		 "%.250s/hold.ndjson|", t.dir);
+	sed_conf(&t, path);
+	sed_conf(&t, "/^write_key = k$/d");
+	for (i = 0; i < 3; i++) {
+		uint64_t d = 0;
+		int w;
+
+		CU_ASSERT_FATAL(bt_start(&t) == 0);
+		for (w = 0; w < 60 && d != 18; w++) {
+			usleep(50000);
+			CU_ASSERT_EQUAL(bt_stats(&t, &g, sp), 0);
+			d = sp->sink[0].c.delivered_events +
+			    sp->sink[1].c.delivered_events;
+		}
+		CU_ASSERT_EQUAL(d, 18);
+		CU_ASSERT_EQUAL(g.spool_corrupt, 2);
+		CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	}
+	/* the damage is still there for the operator to see */
+	snprintf(cmd, sizeof(cmd), "%s spool verify -d %s >/dev/null 2>&1",
+		 bt_bin("outbox"), t.spool);
+	CU_ASSERT_NOT_EQUAL(system(cmd), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
+/* A broker killed inside ring_release() (it zeroes the released range
+ * before it moves head) leaves zeroed words at head, which read as
+ * claims not written yet; the drain journal says the range was taken.
+ * The next broker releases up to the journal's position without
+ * reading the range (walking it stopped at the zeros, and the records
+ * behind them were taken again: spooled and counted twice). */
+static void test_catch_up_half_released(void)
+{
+	static struct broker b;
+	struct seg_geom g = { .ring_size = 1 << 20, .max_record = 4096,
+			      .nslots = 16 };
+	const char *name = tu_shm_name("catchup");
+	struct ring_rec r;
+	uint64_t pos, zero;
+	char why[256], body[64];
+	obx_t *h;
+	int created, i, len;
+
+	seg_unlink(name);
+	CU_ASSERT_FATAL(seg_open_broker(&b.seg, name, &g, 0600, &created,
+					why, sizeof(why)) == 0);
+	CU_ASSERT_FATAL(ring_cons_init(&b.rc, &b.seg) == 0);
+	h = obx_open(name);
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < 100; i++) {
+		len = snprintf(body, sizeof(body), "{\"s\":%d}", i);
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+					 OBX_BODY_JSON), 0);
+	}
+	/* the killed broker had taken 60 records and journaled that */
+	for (i = 0; i < 60; i++)
+		CU_ASSERT_EQUAL(ring_next(&b.rc, &r, tu_now_ns()),
+				RING_RECORD);
+	pos = b.rc.cursor;
+	/* ... and zeroed the first half of them before it died */
+	zero = ((pos - b.rc.head) / 2) & ~7ull;
+	memset(b.seg.ring + (b.rc.head & (g.ring_size - 1)), 0, zero);
+	/* the next broker starts at head */
+	ring_cons_fini(&b.rc);
+	CU_ASSERT_FATAL(ring_cons_init(&b.rc, &b.seg) == 0);
+	CU_ASSERT(b.rc.head < pos);
+	drain_catch_up(&b, pos);
+	CU_ASSERT_EQUAL(b.rc.head, pos);
+	CU_ASSERT_EQUAL(atomic_load(&b.seg.cons->head), pos);
+	/* the next record is the 61st */
+	CU_ASSERT_EQUAL(ring_next(&b.rc, &r, tu_now_ns()), RING_RECORD);
+	CU_ASSERT_EQUAL(r.pos, pos);
+	/* a journal that does not fit the ring is not trusted */
+	drain_catch_up(&b, atomic_load(&b.seg.hdr->tail) + 4096);
+	CU_ASSERT_EQUAL(b.rc.head, pos);
+	obx_close(h);
+	ring_cons_fini(&b.rc);
+	seg_detach(&b.seg);
+	seg_unlink(name);
+}
+
 static int log_has(struct bt *t, const char *what)
 {
 	char cmd[600], out[16];
@@ -306,7 +671,7 @@ static int wait_log(struct bt *t, const char *what, int ms)
 
 static void sed_conf(struct bt *t, const char *expr)
 {
-	char cmd[700];
+	char cmd[1100];
 
 	snprintf(cmd, sizeof(cmd), "sed -i '%s' '%s'", expr, t->conf);
 	CU_ASSERT_EQUAL(system(cmd), 0);
@@ -455,6 +820,20 @@ static int add_suites(void)
 		return -1;
 	CU_add_test(s, "second broker refuses; --check errors",
 		    test_second_broker_and_check);
+	CU_add_test(s, "--print-config redacts credentials",
+		    test_print_config_redacts);
+	CU_add_test(s, "spool_dir is a regular file: moved aside",
+		    test_spool_dir_is_a_file);
+	CU_add_test(s, "file sink: a torn last line is cut",
+		    test_file_sink_torn_line);
+	CU_add_test(s, "file sink: fdatasync before acknowledging",
+		    test_file_sink_fdatasync);
+	CU_add_test(s, "file sink: never through a symlink",
+		    test_file_sink_symlink);
+	CU_add_test(s, "spool_corrupt survives restarts",
+		    test_corrupt_survives_restart);
+	CU_add_test(s, "catch-up over a half-released ring",
+		    test_catch_up_half_released);
 	CU_add_test(s, "routing, msgpack bodies, invalid records",
 		    test_routing_and_formats);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",

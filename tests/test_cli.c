@@ -31,6 +31,8 @@
 #include "slots.h"
 #include "reactor.h"
 #include "spool.h"
+#include "persist.h"
+#include "policy.h"
 
 /* ---- helpers: msgpack -> JSON text ------------------------------------- */
 
@@ -1402,6 +1404,34 @@ static void test_cli_spool(void)
 	cli_run(&r, NULL, "spool", "verify", "-d", dir, NULL);
 	CU_ASSERT_EQUAL(r.status, 0);
 	CU_ASSERT(has(r.out, "api: 2 records, 0 problems"));
+	cli_free(&r);
+
+	/* the broker's own files at the top of spool_dir are not foreign:
+	 * the delivery state, written by the broker's own code, and the
+	 * temp file a crash can leave while it is replaced */
+	{
+		struct pol_sink ps;
+
+		pol_sink_init(&ps, "api");
+		ps.state = POL_BACKOFF;
+		ps.until_ms = 1;
+		snprintf(path, sizeof(path), "%s/%s", dir, PERSIST_FILE);
+		CU_ASSERT_EQUAL(pol_save(path, &ps, 1, NULL, 0, 0), 0);
+		snprintf(path, sizeof(path), "%s/%s.tmp.Ab3dE9", dir,
+			 PERSIST_FILE);
+		fd = open(path, O_CREAT | O_WRONLY, 0600);
+		CU_ASSERT(fd >= 0);
+		if (fd >= 0)
+			close(fd);
+	}
+	cli_run(&r, NULL, "spool", "verify", "-d", dir, NULL);
+	CU_ASSERT_EQUAL(r.status, 0);
+	CU_ASSERT(has(r.out, "api: 2 records, 0 problems"));
+	CU_ASSERT(!has(r.out, "foreign"));
+	cli_free(&r);
+	cli_run(&r, NULL, "spool", "ls", "-d", dir, NULL);
+	CU_ASSERT_EQUAL(r.status, 0);
+	CU_ASSERT(!has(r.out, "foreign"));
 	cli_free(&r);
 
 	/* a foreign file is a problem for verify: exit 1 */

@@ -823,6 +823,9 @@ static const struct {
 	  "is too long" },
 	{ "[sink a/b]\ntype = discard\n", 1, "has a character other than" },
 	{ "[sink a b]\n", 1, "has a character other than" },
+	/* the spool keeps a sink in <spool_dir>/<name>/ */
+	{ "[sink .]\ntype = discard\n", 1, "sink name '.' is reserved" },
+	{ "[sink ..]\ntype = discard\n", 1, "sink name '..' is reserved" },
 	{ "[sink]\n", 1, "sink section without a name" },
 	{ "[sink   ]\n", 1, "sink section without a name" },
 	{ "ring_size = 1M\n[broker]\n", 1, "outside of any section" },
@@ -951,6 +954,13 @@ static void test_sink_name_limits(void)
 
 	CU_ASSERT_EQUAL(t_load(&t, "[sink A-z_0.9]\ntype = discard\n"), 0);
 	ASSERT_STR(t.c.sinks[0].name, "A-z_0.9");
+	t_done(&t);
+
+	/* dots are name characters: only "." and ".." are not names */
+	CU_ASSERT_EQUAL(t_load(&t, "[sink ...]\ntype = discard\n[sink .a]\n"
+			       "type = discard\n"), 0);
+	ASSERT_STR(t.c.sinks[0].name, "...");
+	ASSERT_STR(t.c.sinks[1].name, ".a");
 	t_done(&t);
 }
 

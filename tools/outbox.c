@@ -38,7 +38,7 @@
 #include "metrics.h"
 #include "segment.h"
 #include "slots.h"
-#include "spool.h"
+#include "spool_format.h"
 #include "tool.h"
 
 #define EXIT_USAGE       TOOL_EXIT_USAGE
