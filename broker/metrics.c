@@ -24,6 +24,7 @@
 #define NS_PER_S     UINT64_C(1000000000)
 #define NS_PER_MS    UINT64_C(1000000)
 #define SEQ_WAIT_NS  NS_PER_S          /* give up on a stuck seqlock */
+#define SEQ_LIVE_NS  (5 * NS_PER_S)    /* ... or on one that never settles */
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -207,12 +208,14 @@ uint64_t mx_ring_used(const struct mx_snap *sn)
  * the copy. The acquire load of seq and the acquire fence after the copy
  * pair with the broker's release fence after its odd store and its
  * release store of the even value (broker/stats.c). A broker that died
- * mid-update leaves seq odd for good: after SEQ_WAIT_NS the (possibly
- * torn) copy is kept and -EAGAIN returned. */
+ * mid-update leaves seq odd for good: once seq has not moved for
+ * SEQ_WAIT_NS the (possibly torn) copy is kept and -EAGAIN returned. A
+ * writer that keeps moving it is alive: the reader waits for a quiet
+ * moment, up to SEQ_LIVE_NS in all. */
 int mx_seq_read(const _Atomic uint64_t *seq, const void *src, void *dst,
 		size_t len)
 {
-	uint64_t deadline = mono_ns() + SEQ_WAIT_NS, s1, s2;
+	uint64_t start = mono_ns(), moved = start, last = UINT64_MAX, s1, s2;
 	unsigned spins = 0;
 
 	for (;;) {
@@ -226,7 +229,13 @@ int mx_seq_read(const _Atomic uint64_t *seq, const void *src, void *dst,
 		}
 		if (++spins < 1000)
 			continue;
-		if (mono_ns() > deadline)
+		spins = 0;
+		if (s1 != last) {
+			last = s1;
+			moved = mono_ns();
+		}
+		if (mono_ns() - moved > SEQ_WAIT_NS ||
+		    mono_ns() - start > SEQ_LIVE_NS)
 			return -EAGAIN;
 		usleep(100);
 	}

@@ -910,8 +910,14 @@ static void test_cli_stat_seqlock_consistent(void)
 			CU_ASSERT(v0 > 0);
 			for (i = 1; i < (int)(sizeof(keys) / sizeof(keys[0]));
 			     i++)
-				if (jget(j, keys[i]) != v0)
+				if (jget(j, keys[i]) != v0) {
 					torn++;
+					fprintf(stderr, "torn: %s = %lld, %s = "
+						"%lld; stderr: %s\n", keys[0],
+						(long long)v0, keys[i],
+						(long long)jget(j, keys[i]),
+						r.err);
+				}
 			if (prev >= 0 && v0 != prev)
 				changed++;
 			prev = (int)v0;
