@@ -38,7 +38,7 @@ struct broker {
 
 	/* drain -> spool -> head */
 	int flush_inflight;
-	uint64_t flush_pos;          /* ring cursor the flush in flight covers */
+	struct ring_mark flush_mark; /* what the flush in flight covers */
 	int spool_stalled;           /* a flush failed: retry at stall_retry */
 	uint64_t stall_retry;
 	uint64_t last_record_ns;     /* mono: last record drained */
@@ -63,9 +63,12 @@ struct broker {
 	uint64_t dropped_invalid;
 	uint64_t unknown_sink;
 	uint64_t dropped_spool_error;
+	uint64_t seg_repairs;         /* segment resized / header rewritten */
+	uint64_t segs_replaced;       /* damaged or foreign object moved aside */
 
 	uint64_t next_stats, next_reap, next_beat;
-	struct log_rl rl_invalid, rl_unknown, rl_spool, rl_ring;
+	struct log_rl rl_invalid, rl_unknown, rl_spool, rl_ring, rl_stall,
+		      rl_seg;
 };
 
 /* drain.c */

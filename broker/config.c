@@ -62,7 +62,8 @@ _Static_assert(sizeof(enum cfg_sink_type) == 4 &&
 	       sizeof(enum cfg_encoding) == 4 &&
 	       sizeof(enum cfg_compression) == 4 &&
 	       sizeof(enum cfg_on_rate_limit) == 4 &&
-	       sizeof(enum cfg_log_level) == 4 && sizeof(mode_t) == 4,
+	       sizeof(enum cfg_log_level) == 4 &&
+	       sizeof(enum cfg_stall_action) == 4 && sizeof(mode_t) == 4,
 	       "enum and mode_t fields are accessed as 32-bit numbers");
 
 static const char cfg_def_spool_dir[] = "./outbox-spool";
@@ -84,6 +85,7 @@ static const char *const cfg_action_names[] = {
 	"retry", "drop", "split", "reauth", NULL };
 static const char *const cfg_log_names[] = {
 	"error", "warn", "info", "debug", NULL };
+static const char *const cfg_stall_names[] = { "wait", "kill", NULL };
 
 enum cfg_kind {
 	K_STR,		/* non-empty string */
@@ -119,7 +121,7 @@ enum {
 	BK_SHM, BK_SHM_MODE, BK_RING_SIZE, BK_MAX_RECORD, BK_PRODUCER_SLOTS,
 	BK_SPOOL_DIR, BK_SPOOL_MAX, BK_SPOOL_FULL, BK_DURABILITY,
 	BK_SYNC_INTERVAL, BK_SHUTDOWN_TIMEOUT, BK_LOG_LEVEL, BK_SEGMENT_SIZE,
-	BK_METRICS_LISTEN,
+	BK_STALL_TIMEOUT, BK_STALL_ACTION, BK_METRICS_LISTEN,
 	BK_N
 };
 
@@ -151,6 +153,10 @@ static const struct cfg_key cfg_bkeys[BK_N] = {
 		BF(log_level), .names = cfg_log_names },
 	[BK_SEGMENT_SIZE] = { .name = "segment_size", .kind = K_SIZE,
 		BF(segment_size), .min = 64 * KIB, .max = GIB },
+	[BK_STALL_TIMEOUT] = { .name = "stall_timeout", .kind = K_DUR,
+		BF(stall_timeout_ms), .min = 10, .max = 24 * HOUR_MS },
+	[BK_STALL_ACTION] = { .name = "stall_action", .kind = K_ENUM,
+		BF(stall_action), .names = cfg_stall_names },
 	[BK_METRICS_LISTEN] = { .name = "metrics_listen", .kind = K_LISTEN,
 		BF(metrics_listen) },
 };
@@ -584,6 +590,8 @@ void cfg_default(struct cfg *c)
 	c->shutdown_timeout_ms = 5 * SEC_MS;
 	c->log_level = LOG_INFO;
 	c->segment_size = 16 * MIB;
+	c->stall_timeout_ms = 10 * SEC_MS;
+	c->stall_action = STALL_WAIT;
 	cfg_default_sink(&c->sinks[0]);
 	c->nsinks = 1;
 }

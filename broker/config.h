@@ -29,6 +29,7 @@ enum cfg_compression { COMP_GZIP, COMP_NONE, COMP_ZSTD };
 enum cfg_on_rate_limit { RL_HOLD, RL_DROP_CATEGORY };
 enum cfg_status_action { ST_RETRY, ST_DROP, ST_SPLIT, ST_REAUTH };
 enum cfg_log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+enum cfg_stall_action { STALL_WAIT, STALL_KILL };
 
 struct cfg_status_override {
 	int code;                        /* 100..599 */
@@ -86,6 +87,9 @@ struct cfg {
 	uint64_t shutdown_timeout_ms;    /* 5000 */
 	enum cfg_log_level log_level;    /* info */
 	uint64_t segment_size;           /* spool segment file size, 16M */
+	uint64_t stall_timeout_ms;       /* 10s: a live claim held this long
+	                                  * is counted and logged */
+	enum cfg_stall_action stall_action; /* wait (or kill) */
 	char *metrics_listen;            /* ADDR:PORT of /metrics, NULL: off */
 	struct cfg_sink sinks[CFG_MAX_SINKS];
 	int nsinks;                      /* "default" always exists */

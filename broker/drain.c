@@ -62,25 +62,39 @@ static void drain_flush_done(void *arg, int err)
 	if (b->spool_stalled)
 		log_info("spool writes work again");
 	b->spool_stalled = 0;
-	/* durable: the ring may forget everything up to flush_pos */
-	ring_release(&b->rc, b->flush_pos);
+	/* durable: the ring may forget every record handed out before the
+	 * flush began (records from pinned claims included) */
+	ring_release_mark(&b->rc, b->flush_mark);
 }
 
 static void drain_flush(struct broker *b)
 {
-	uint64_t pos = b->rc.cursor;
+	struct ring_mark rm = ring_mark(&b->rc);
 	uint8_t blob[SPF_JR_BLOB_MAX];
 	struct spool_mark m;
 	int rc;
 
-	if (b->flush_inflight || pos == b->rc.head)
+	if (b->flush_inflight)
 		return;
-	b->flush_pos = pos;
+	if (rm.pos == b->flush_mark.pos && rm.seq == b->flush_mark.seq) {
+		/* nothing handed out since the last flush: what it covered
+		 * is durable; a pinned claim that ended without a record
+		 * (its owner died) lets head move on now */
+		if (ring_cons_pinned(&b->rc))
+			ring_release_mark(&b->rc, b->flush_mark);
+		return;
+	}
+	if (rm.pos == b->rc.head && !ring_cons_pinned(&b->rc))
+		return;
+	b->flush_mark = rm;
 	b->flush_inflight = 1;
 	/* the drain journal: how far the ring is in the spool, and the
-	 * ring-tied counters exact at that point */
+	 * ring-tied counters exact at that point. Never past a pinned
+	 * claim: a restarted broker passes over what lies before that
+	 * position, and a live producer's claim must not be (what lay
+	 * behind it is read again: duplicates, DESIGN "Pinned claims") */
 	m.ring_id = b->seg.segment_id;
-	m.ring_pos = pos;
+	m.ring_pos = ring_cons_safe_pos(&b->rc);
 	m.blob = blob;
 	m.blob_len = stats_mark(b, blob, sizeof(blob));
 	rc = spool_set_flush_mark(b->spool, drain_flush_done, b, &m);
@@ -176,6 +190,8 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 		return b->stall_retry;
 	if (rc == RING_STALLED)
 		return now + DRAIN_NAP_NS;        /* a producer mid-emit */
+	if (ring_cons_pinned(&b->rc))
+		return now + DRAIN_POLL_NS;       /* stalled claims: look again */
 	if (b->flush_inflight || now - b->last_record_ns < DRAIN_IDLE_NS)
 		return now + DRAIN_POLL_NS;       /* traffic: poll, no futex */
 	return UINT64_MAX;                        /* idle: futex wake-up */

@@ -169,6 +169,57 @@ static void broker_publish_identity(struct broker *b)
 	atomic_fetch_add(&b->seg.cons->config_gen, 1);
 }
 
+/* A live producer held a ring claim past stall_timeout (ring.c counts
+ * it): one line per minute at most, with the pid, whatever the count. */
+static void broker_on_stall(void *arg, const struct ring_stall_info *si)
+{
+	struct broker *b = arg;
+	char what[96];
+
+	if (si->killed == 1)
+		snprintf(what, sizeof(what), "killed it (stall_action = kill)");
+	else if (si->killed < 0)
+		snprintf(what, sizeof(what), "could not kill it: %s",
+			 strerror(-si->killed));
+	else
+		snprintf(what, sizeof(what), "its space stays reserved; "
+			 "records behind it are delivered");
+	log_rl(&b->rl_stall, LOG_WARN, "ring: producer pid %u (slot %u) has "
+	       "held a claim for %.1f s without committing; %s", si->pid,
+	       si->slot, (double)si->held_ns / 1e9, what);
+}
+
+static void broker_ring_settings(struct broker *b)
+{
+	b->rc.stall_timeout = b->cfg.stall_timeout_ms * 1000000ull;
+	b->rc.stall_kill = b->cfg.stall_action == STALL_KILL;
+	b->rc.on_stall = broker_on_stall;
+	b->rc.stall_arg = b;
+}
+
+/* Housekeeping: the object truncated or its header overwritten under
+ * us (by anyone with the group's write access) is repaired in place,
+ * counted and logged; producers keep their mappings. */
+static void broker_check_segment(struct broker *b)
+{
+	char why[256];
+	int rc = seg_check(&b->seg, why, sizeof(why));
+
+	if (rc == 0)
+		return;
+	if (rc < 0) {
+		log_rl(&b->rl_seg, LOG_ERROR, "segment /dev/shm/%s: check "
+		       "failed: %s", b->seg.name, strerror(-rc));
+		return;
+	}
+	b->seg_repairs++;
+	ring_cons_repair(&b->rc);
+	broker_publish_identity(b);
+	stats_publish(b);
+	log_rl(&b->rl_seg, LOG_WARN, "segment /dev/shm/%s damaged: %s",
+	       b->seg.name, why);
+}
+
 static void spool_log(void *arg, int level, const char *msg)
 {
 	(void)arg;
@@ -201,6 +252,8 @@ static int broker_start(struct broker *b)
 	b->rl_unknown = (struct log_rl)LOG_RL_INIT(60);
 	b->rl_spool = (struct log_rl)LOG_RL_INIT(10);
 	b->rl_ring = (struct log_rl)LOG_RL_INIT(60);
+	b->rl_stall = (struct log_rl)LOG_RL_INIT(60);
+	b->rl_seg = (struct log_rl)LOG_RL_INIT(1);   /* rare, each one matters */
 	env_reader_init(&b->er);
 	rc = rx_init(&b->rx, 512);
 	if (rc < 0) {
@@ -213,9 +266,17 @@ static int broker_start(struct broker *b)
 		log_error("%s", why);
 		return rc;
 	}
+	if (created == 2) {
+		log_warn("%s", why);      /* foreign or damaged, moved aside */
+		b->segs_replaced++;
+	}
+	rc = seg_guard(&b->seg);
+	if (rc < 0)
+		log_warn("SIGBUS guard: %s", strerror(-rc));
 	rc = ring_cons_init(&b->rc, &b->seg);
 	if (rc < 0)
 		return rc;
+	broker_ring_settings(b);
 	if (!created) {
 		stats_restore(b);
 		log_info("re-attached to /dev/shm/%s: %llu bytes waiting in "
@@ -314,6 +375,7 @@ static void broker_reload(struct broker *b)
 	cfg_free(&b->cfg);
 	b->cfg = n;
 	log_set_level(b->cfg.log_level);
+	broker_ring_settings(b);
 	for (i = 0; i < b->nsinks; i++)
 		if (!strcmp(b->sinks[i]->cfg.name, "default"))
 			b->default_sink = i;
@@ -383,6 +445,7 @@ static uint64_t min64(uint64_t a, uint64_t c)
 static void broker_housekeeping(struct broker *b, uint64_t now)
 {
 	if (now >= b->next_reap) {
+		broker_check_segment(b);
 		ring_reap(&b->rc);
 		b->next_reap = now + HOUSEKEEPING_NS;
 	}

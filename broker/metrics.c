@@ -24,6 +24,7 @@
 #define NS_PER_S     UINT64_C(1000000000)
 #define NS_PER_MS    UINT64_C(1000000)
 #define SEQ_WAIT_NS  NS_PER_S          /* give up on a stuck seqlock */
+#define SEQ_LIVE_NS  (5 * NS_PER_S)    /* ... or on one that never settles */
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -67,8 +68,20 @@ const struct mx_ctr mx_global[] = {
 	  DROPPED_HELP),
 	G(ring_damaged, 0, MX_INFO, "ring_damaged_words_total", NULL, NULL,
 	  "Garbage words skipped in the ring."),
-	G(ring_timeouts, 0, MX_INFO, "ring_stall_timeouts_total", NULL, NULL,
-	  "Records of stalled live producers given up after the timeout."),
+	G(ring_stalls, 0, MX_INFO, "ring_stalls_total", NULL, NULL,
+	  "Claims of live producers that held the ring past stall_timeout."),
+	G(ring_stall_kills, 0, MX_INFO, "ring_stall_kills_total", NULL, NULL,
+	  "Owners of such claims SIGKILLed (stall_action = kill)."),
+	G(ring_skips, 0, MX_INFO, "ring_skips_total", NULL, NULL,
+	  "Live claims the broker went past to deliver what lay behind."),
+	G(ring_aborted, 0, MX_INFO, "ring_aborted_total", NULL, NULL,
+	  "Reservations aborted by their producer (not emitted)."),
+	G(tail_repairs, 0, MX_INFO, "ring_tail_repairs_total", NULL, NULL,
+	  "Ring tail found damaged (behind, misaligned, too far) and put back."),
+	G(segment_repairs, 0, MX_INFO, "segment_repairs_total", NULL, NULL,
+	  "Shm object found truncated or its header damaged, and repaired."),
+	G(segments_replaced, 0, MX_INFO, "segments_replaced_total", NULL, NULL,
+	  "Damaged or foreign shm objects moved aside at start."),
 	G(dropped_spool_error, 0, MX_DROP, "events_dropped_total", "reason",
 	  "spool_error", DROPPED_HELP),
 	G(unknown_sink, 0, MX_INFO, "events_unknown_sink_total", NULL, NULL,
@@ -238,12 +251,14 @@ uint64_t mx_ring_used(const struct mx_snap *sn)
  * the copy. The acquire load of seq and the acquire fence after the copy
  * pair with the broker's release fence after its odd store and its
  * release store of the even value (broker/stats.c). A broker that died
- * mid-update leaves seq odd for good: after SEQ_WAIT_NS the (possibly
- * torn) copy is kept and -EAGAIN returned. */
+ * mid-update leaves seq odd for good: once seq has not moved for
+ * SEQ_WAIT_NS the (possibly torn) copy is kept and -EAGAIN returned. A
+ * writer that keeps moving it is alive: the reader waits for a quiet
+ * moment, up to SEQ_LIVE_NS in all. */
 int mx_seq_read(const _Atomic uint64_t *seq, const void *src, void *dst,
 		size_t len)
 {
-	uint64_t deadline = mono_ns() + SEQ_WAIT_NS, s1, s2;
+	uint64_t start = mono_ns(), moved = start, last = UINT64_MAX, s1, s2;
 	unsigned spins = 0;
 
 	for (;;) {
@@ -257,7 +272,13 @@ int mx_seq_read(const _Atomic uint64_t *seq, const void *src, void *dst,
 		}
 		if (++spins < 1000)
 			continue;
-		if (mono_ns() > deadline)
+		spins = 0;
+		if (s1 != last) {
+			last = s1;
+			moved = mono_ns();
+		}
+		if (mono_ns() - moved > SEQ_WAIT_NS ||
+		    mono_ns() - start > SEQ_LIVE_NS)
 			return -EAGAIN;
 		usleep(100);
 	}
@@ -336,9 +357,10 @@ uint64_t mx_sink_dropped(const struct obx_sink_shm *k)
  *
  * Not in it, on purpose: a sink's dropped_spool_full / _error (MX_PART)
  * are its share of the global counters of the same name (the broker
- * counts both for the same event); ring_timeouts counts the same records
- * that show as dropped_late once their slow owner commits; ring_damaged
- * counts garbage words, not events; unknown_sink / unknown_routed are
+ * counts both for the same event); ring_stalls, ring_skips and the
+ * repair counters count events of the ring, not records (ring_aborted is
+ * already subtracted from emitted); ring_damaged counts garbage words,
+ * not events; unknown_sink / unknown_routed are
  * routed, not dropped; consumed is an intermediate stage.
  *
  * It holds at a quiet moment only: records still in the ring (or in

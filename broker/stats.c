@@ -85,8 +85,14 @@ void stats_restore(struct broker *b)
 	b->rc.st.consumed = g->consumed;
 	b->rc.st.unblocked = g->ring_unblocked;
 	b->rc.st.damaged = g->ring_damaged;
-	b->rc.st.timeouts = g->ring_timeouts;
+	b->rc.st.stalls = g->ring_stalls;
 	b->rc.st.gaps = g->ring_gaps;
+	b->rc.st.aborted = g->ring_aborted;
+	b->rc.st.tail_repairs = g->tail_repairs;
+	b->rc.st.skips = g->ring_skips;
+	b->rc.st.stall_kills = g->ring_stall_kills;
+	b->seg_repairs = g->segment_repairs;
+	b->segs_replaced = g->segments_replaced;
 	b->dropped_invalid = g->dropped_invalid;
 	b->unknown_sink = g->unknown_sink;
 	b->dropped_spool_error = g->dropped_spool_error;
@@ -289,7 +295,7 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->dropped_invalid = b->dropped_invalid + b->rc.st.bad_len;
 	g->ring_unblocked = b->rc.st.unblocked;
 	g->ring_damaged = b->rc.st.damaged;
-	g->ring_timeouts = b->rc.st.timeouts;
+	g->ring_stalls = b->rc.st.stalls;
 	g->consumed = b->rc.st.consumed;
 	g->spool_bytes = ss.bytes;
 	g->spool_segments = ss.segments;
@@ -306,6 +312,12 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->retired_too_large = b->rc.retired_too_large;
 	g->retired_late = b->rc.retired_late;
 	g->ring_gaps = b->rc.st.gaps;
+	g->ring_aborted = b->rc.st.aborted;
+	g->tail_repairs = b->rc.st.tail_repairs;
+	g->ring_skips = b->rc.st.skips;
+	g->ring_stall_kills = b->rc.st.stall_kills;
+	g->segment_repairs = b->seg_repairs;
+	g->segments_replaced = b->segs_replaced;
 	g->redelivered = ss.redelivered;
 	g->spool_disk_free = ss.disk_free;
 	g->spool_write_errors = ss.write_errors;

@@ -1,19 +1,25 @@
 /* outbox.c - liboutbox: the producer side of the ring.
  *
- * A handle owns one producer slot per process. fork() is detected through
- * a pthread_atfork child hook that bumps a generation; the next emit in
- * the child claims a fresh slot (the parent keeps its own). Sink names are
- * resolved into a small immutable table so the emit path neither hashes
- * nor allocates.
+ * A handle owns one producer slot per process, and keeps it OFD-locked on
+ * its own open file description of the shm object: the broker's proof
+ * that the process lives. fork() is detected through a pthread_atfork
+ * child hook that bumps a generation and gives the child a description of
+ * its own (the inherited one is the parent's: holding it would keep the
+ * parent's lock alive after the parent died); the next emit in the child
+ * claims a fresh slot. Sink names are resolved into a small immutable
+ * table so the emit path neither hashes nor allocates.
  */
 #define _GNU_SOURCE
 #include "outbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +44,9 @@ struct obx {
 	struct obx *next;              /* g_open list */
 	struct seg seg;
 	pthread_mutex_t lock;          /* registration, name table */
+	char fdpath[32];               /* /proc/self/fd/N of seg.fd */
+	dev_t dev;                     /* the object, to re-open it */
+	ino_t ino;
 	struct obx_slot *_Atomic slot; /* this process's slot */
 	uint16_t sidx;
 	_Atomic unsigned gen;          /* fork generation the slot is for */
@@ -57,14 +66,30 @@ _Static_assert(sizeof(struct obx_rsv_priv) <= sizeof(((struct obx_rsv *)0)->priv
 
 #ifdef OBX_FAULT_INJECT
 #include <signal.h>
-/* test hooks: SIGKILL ourselves the n-th time `where` is reached */
+/* Test hooks: raise obx_fault_signal (SIGKILL unless set) the n-th time
+ * `where` is reached; obx_fault_hook, when set, runs at every point
+ * first. */
 int obx_fault_where;
 long obx_fault_countdown;
+int obx_fault_signal;
+void (*obx_fault_hook)(int where);
 
 void obx_fault_point(int where)
 {
+	if (obx_fault_hook)
+		obx_fault_hook(where);
 	if (where == obx_fault_where && --obx_fault_countdown == 0)
-		raise(SIGKILL);
+		raise(obx_fault_signal ? obx_fault_signal : SIGKILL);
+}
+
+/* The handle's mapping, with the broker's pages made writable: threaded
+ * tests consume through the producers' own mapping so that
+ * ThreadSanitizer, which keys on addresses, sees one address per word. */
+struct seg *obx_fi_seg(obx_t *h)
+{
+	mprotect(h->seg.base + OBX_PAGE, (size_t)(h->seg.ring_off - OBX_PAGE),
+		 PROT_READ | PROT_WRITE);
+	return &h->seg;
 }
 #endif
 
@@ -88,9 +113,79 @@ static _Atomic uint32_t g_next_token = 1;
 static uint8_t g_tail[ENV_TAIL_LEN];    /* env_tail_template() */
 static __thread char g_open_err[256];
 
+/* fork() with other threads running: one of them may hold g_open_lock or
+ * a handle's lock, and the child would wait for it forever on its first
+ * emit (it re-registers under h->lock). So the forking thread takes every
+ * library lock before the fork (lock order: g_open_lock, then each handle
+ * in list order, as everywhere else) and both sides release them after. */
+static void obx_atfork_prepare(void)
+{
+	struct obx *h;
+
+	pthread_mutex_lock(&g_open_lock);
+	for (h = g_open; h; h = h->next)
+		pthread_mutex_lock(&h->lock);
+}
+
+static void obx_atfork_unlock(void)
+{
+	struct obx *h;
+
+	for (h = g_open; h; h = h->next)
+		pthread_mutex_unlock(&h->lock);
+	pthread_mutex_unlock(&g_open_lock);
+}
+
+/* In the child: a new open file description of the same object in place
+ * of the inherited one (open(2) of /proc/self/fd/N, dup3(2): both
+ * async-signal-safe, as a fork handler must be). Without /proc the
+ * inherited one is closed all the same; the child's registration opens
+ * the object by name then. */
+static void obx_fd_renew(struct obx *h)
+{
+	int fd;
+
+	if (h->seg.fd < 0)
+		return;
+	fd = open(h->fdpath, O_RDWR | O_CLOEXEC);
+	if (fd >= 0 && dup3(fd, h->seg.fd, O_CLOEXEC) >= 0) {
+		close(fd);
+		return;
+	}
+	if (fd >= 0)
+		close(fd);
+	close(h->seg.fd);
+	h->seg.fd = -1;
+}
+
 static void obx_atfork_child(void)
 {
+	struct obx *h;
+
 	atomic_fetch_add_explicit(&g_fork_gen, 1, memory_order_relaxed);
+	for (h = g_open; h; h = h->next)
+		obx_fd_renew(h);
+	obx_atfork_unlock();
+}
+
+/* A description of the object for this process when the fork handler
+ * could not make one: by name, and only if it is still the same object. */
+static int obx_fd_reopen(obx_t *h)
+{
+	char path[sizeof(h->seg.name) + 1];
+	struct stat st;
+	int fd;
+
+	snprintf(path, sizeof(path), "/%s", h->seg.name);
+	fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || st.st_dev != h->dev || st.st_ino != h->ino) {
+		close(fd);
+		return -ESTALE;   /* replaced since: this handle is stale */
+	}
+	h->seg.fd = fd;
+	return 0;
 }
 
 static void obx_lane_release(void *arg)
@@ -112,7 +207,7 @@ static void obx_init_once(void)
 {
 	pthread_key_create(&g_lane_key, obx_lane_release);
 	env_tail_template(g_tail);
-	pthread_atfork(NULL, NULL, obx_atfork_child);
+	pthread_atfork(obx_atfork_prepare, obx_atfork_unlock, obx_atfork_child);
 }
 
 const char *obx_open_error(void)
@@ -129,8 +224,10 @@ static int obx_register(obx_t *h)
 	pthread_mutex_lock(&h->lock);
 	if (atomic_load(&h->gen) == gen && atomic_load(&h->slot))
 		goto out;
+	if (h->seg.fd < 0 && (rc = obx_fd_reopen(h)) < 0)
+		goto out;
 	slot_proc_stat(getpid(), &start, NULL);
-	idx = slot_claim(h->seg.slots, h->seg.g.nslots, getpid(), start);
+	idx = slot_claim(&h->seg, h->seg.fd, getpid(), start);
 	if (idx < 0) {
 		rc = idx;
 		goto out;
@@ -198,6 +295,16 @@ obx_t *obx_open(const char *shm_name)
 	rc = seg_attach(&h->seg, shm_name, g_open_err, sizeof(g_open_err));
 	if (rc < 0)
 		goto err;
+	{
+		struct stat st;
+
+		if (fstat(h->seg.fd, &st) == 0) {
+			h->dev = st.st_dev;
+			h->ino = st.st_ino;
+		}
+		snprintf(h->fdpath, sizeof(h->fdpath), "/proc/self/fd/%d",
+			 h->seg.fd);
+	}
 	/* id 0 is always the default sink "" */
 	h->names[0].pre_len = (uint32_t)env_prefix_template(h->names[0].pre,
 					sizeof(h->names[0].pre), "", 0);
@@ -229,16 +336,22 @@ err:
 void obx_close(obx_t *h)
 {
 	struct obx **pp;
+	int found = 0;
 
 	if (!h)
 		return;
+	/* Only a handle on the open list is touched: a second close of the
+	 * same handle finds nothing and returns without dereferencing it. */
 	pthread_mutex_lock(&g_open_lock);
 	for (pp = &g_open; *pp; pp = &(*pp)->next)
 		if (*pp == h) {
 			*pp = h->next;
+			found = 1;
 			break;
 		}
 	pthread_mutex_unlock(&g_open_lock);
+	if (!found)
+		return;
 	/* only the process that owns the slot gives it up */
 	if (atomic_load(&h->gen) == atomic_load(&g_fork_gen) &&
 	    atomic_load(&h->slot))
@@ -388,9 +501,8 @@ static inline int obx_begin(obx_t *h, int sink, const char *type,
 	if (__builtin_expect(tlen > ENV_NAME_MAX, 0))
 		return -EINVAL;
 	head = nm->pre_len + obx_str_hdr_len(tlen) + tlen + ENV_TAIL_LEN;
-	need = head + body_room;
-	if (need > UINT32_MAX)
-		need = UINT32_MAX;
+	/* no wrap: body_room may be anything the caller passed */
+	need = body_room > UINT32_MAX - head ? UINT32_MAX : head + body_room;
 	p->lane = obx_my_lane(h, p->slot);
 	rc = ring_reserve(&h->seg, p->slot, p->lane, h->sidx, (uint32_t)need,
 			  &p->c);
@@ -421,6 +533,8 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	uint8_t *d;
 	int rc;
 
+	if (__builtin_expect(!body && len, 0))
+		return -EINVAL;
 	switch (kind) {
 	case OBX_BODY_JSON:
 		room = obx_str_hdr_len(len) + len;
@@ -429,11 +543,17 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 		room = obx_bin_hdr_len(len) + len;
 		break;
 	case OBX_BODY_MSGPACK:
+		if (__builtin_expect(len == 0, 0))
+			return -EINVAL;   /* no object: not an envelope */
 		room = len;
 		break;
 	default:
 		return -EINVAL;
 	}
+	/* Check the length before it takes part in any sum: a failed read()
+	 * passes (size_t)-1. Too large for any record: counted a drop. */
+	if (__builtin_expect(len > h->seg.g.max_record, 0))
+		room = SIZE_MAX;
 	rc = obx_begin(h, sink, type, room, kind == OBX_BODY_MSGPACK ? 0 : len,
 		       &p);
 	if (rc < 0)
@@ -443,11 +563,16 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 		d += env_str_header(d, len);
 	else if (kind == OBX_BODY_BYTES)
 		d += env_bin_header(d, len);
+#ifdef OBX_FAULT_INJECT
+	/* the kill tests stop here, half the body copied */
 	memcpy(d, body, len / 2);
 	OBX_FAULT(OBX_FP_MID_COPY);
 	memcpy(d + len / 2, (const char *)body + len / 2, len - len / 2);
+#else
+	memcpy(d, body, len);
+#endif
 	d += len;
-	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)(d - p.b.p), 0);
+	return ring_commit(&h->seg, p.slot, &p.c, (uint32_t)(d - p.b.p));
 }
 
 int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,
@@ -474,7 +599,7 @@ int obx_commit(obx_t *h, struct obx_rsv *r)
 		atomic_fetch_add(&p->slot->drop_too_large, 1);
 		return -EMSGSIZE;
 	}
-	return ring_commit(&h->seg, p->slot, &p->c, (uint32_t)p->b.len, 0);
+	return ring_commit(&h->seg, p->slot, &p->c, (uint32_t)p->b.len);
 }
 
 void obx_abort(obx_t *h, struct obx_rsv *r)
@@ -555,13 +680,6 @@ int obx_counters(obx_t *h, struct obx_counters *out)
 
 int obx_broker_alive(obx_t *h)
 {
-	struct obx_slot probe;
-	uint32_t pid = atomic_load(&h->seg.cons->broker_pid);
-
-	if (!pid)
-		return 0;
-	memset(&probe, 0, sizeof(probe));
-	atomic_store(&probe.pid, pid);
-	atomic_store(&probe.start, atomic_load(&h->seg.cons->broker_start));
-	return slot_owner_alive(&probe);
+	return slot_pid_alive(atomic_load(&h->seg.cons->broker_pid),
+			      atomic_load(&h->seg.cons->broker_start));
 }

@@ -12,7 +12,23 @@
  * path never blocks, never allocates and makes no syscall while the broker
  * is awake: a full ring is a counted drop (-EAGAIN), an oversized event a
  * counted drop (-EMSGSIZE). Thread-safe; fork-safe (a child re-registers
- * itself on its first emit).
+ * itself on its first emit; fork() may happen while other threads use the
+ * library).
+ *
+ * Signals: obx_emit(), obx_reserve(), obx_commit() and obx_abort() are
+ * async-signal-safe once the calling thread has emitted through the
+ * handle before (in that process, after any fork): a handler that
+ * interrupts its thread in the middle of an emit, even between the
+ * claim and its header, emits through the slot's shared counters instead
+ * of the thread's lane, and neither record is lost or damaged. The very
+ * first emit of a thread or of a forked child registers it (a lock, an
+ * allocation-free but not signal-safe path): do one before installing a
+ * handler that emits.
+ *
+ * Liveness: the broker knows this process is alive because it holds a
+ * lock on the segment's file (an open file description of its own).
+ * Closing file descriptors the library opened (closefrom(), close_range()
+ * over them) makes the process look dead to the broker: don't.
  */
 #ifndef OUTBOX_H
 #define OUTBOX_H
@@ -41,7 +57,9 @@ obx_t *obx_open(const char *shm_name);
 /* The reason the last obx_open() of this thread failed. */
 const char *obx_open_error(void);
 
-/* Releases the producer slot and unmaps the segment. */
+/* Releases the producer slot and unmaps the segment. NULL, or a handle
+ * already closed, is ignored (as long as no obx_open() since has been
+ * given the same address). */
 void obx_close(obx_t *h);
 
 /* Resolves a sink name to an id, once. NULL: $OUTBOX_SINK, else the
@@ -54,16 +72,23 @@ int obx_sink(obx_t *h, const char *name);
 
 /* Emits one event (copied). type may be NULL. 0, -EAGAIN (ring full,
  * dropped), -EMSGSIZE (too large, dropped: over max_record, or a JSON or
- * bytes body longer than the sink's event_max_bytes taken by obx_sink();
- * a msgpack body is checked by the broker), -EINVAL (bad sink id or
- * kind), -ETIMEDOUT (the broker gave the record up as stalled, dropped). */
+ * bytes body longer than the sink's event_max_bytes taken by obx_sink(),
+ * a msgpack body being checked by the broker; any len, (size_t)-1
+ * included, is checked before use), -EINVAL (bad sink id or kind, NULL
+ * body with a length, an empty OBX_BODY_MSGPACK body), -ETIMEDOUT (the
+ * record's header was overwritten meanwhile - the broker judged this
+ * process dead or something damaged the ring - dropped, counted). */
 int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	     size_t len, int kind);
 
 /* Zero-copy: reserve room for a body of at most max_body bytes, pack
  * exactly one msgpack object with r->pk (it writes straight into the
- * ring), then commit or abort. Between reserve and commit the record
- * holds up the broker: keep it short. */
+ * ring), then commit or abort. Between reserve and commit the record's
+ * space cannot be reused: the broker delivers what comes after it, but
+ * once the ring has gone round other producers drop (counted) until it
+ * is committed; keep it short. A claim held past the broker's
+ * stall_timeout is logged with the pid (and with stall_action = kill the
+ * process is killed). */
 struct obx_rsv {
 	msgpack_packer pk;
 	uint64_t priv[12];      /* opaque */

@@ -7,10 +7,13 @@
  *                   then the producer line (tail) and the wake line.
  *   page 1          struct obx_consumer_page: head and broker identity.
  *                   Written by the broker only; producers map it read-only.
- *   slots_off       nslots x struct obx_slot (one cache line per producer
- *                   process). Each slot is written by its owner process,
- *                   except `state` transitions to DEAD/FREE and
- *                   `unblocked`, which the broker writes.
+ *   slots_off       nslots x struct obx_slot (one per producer process).
+ *                   Each slot is written by its owner process, except
+ *                   `state` transitions to DEAD/FREE, which the broker
+ *                   writes. A producer holds an OFD write lock on the
+ *                   first byte of its slot (OBX_SLOT_LOCK_OFF) on its own
+ *                   open file description for as long as it owns the
+ *                   slot: the kernel's record of its liveness.
  *   stats_off       struct obx_stats_page: broker-written counters.
  *                   Producers map it read-only.
  *   sinks_off       struct obx_sink_page: sink names and delivery state,
@@ -24,7 +27,7 @@
  *                   sees 1 exchanges it to 0 and issues FUTEX_WAKE
  *   head            the broker only (store-release)
  *   record headers  producers (0 -> BUSY, BUSY -> COMMIT|DISCARD by CAS); the
- *                   broker (BUSY -> DISCARD by CAS for dead owners, zero gap
+ *                   broker (BUSY -> PAD by CAS for dead owners, zero gap
  *                   -> PAD, and back to 0 when it cleans behind itself)
  *
  * All integers are little-endian host order, fixed width. A change of any
@@ -37,7 +40,7 @@
 #include <stdatomic.h>
 
 #define OBX_MAGIC        0x3130584f4254554fULL /* "OUTBOX01" */
-#define OBX_ABI_VERSION  1u
+#define OBX_ABI_VERSION  2u
 #define OBX_CACHELINE    64u
 #define OBX_PAGE         4096u
 
@@ -61,16 +64,21 @@
  *                     (or never claimed: the consumer cleans behind itself)
  *   BUSY              owner is writing the payload
  *   COMMIT            payload complete (CAS BUSY->COMMIT, release)
- *   DISCARD           aborted by the owner, or recovered by the broker from
- *                     a dead owner (CAS BUSY->DISCARD)
- *   PAD               broker-written over a zero gap whose owner is gone
+ *   DISCARD           aborted by its owner (CAS BUSY->DISCARD)
+ *   PAD               broker-written over a zero gap whose owner is gone,
+ *                     or over a dead owner's BUSY record (CAS BUSY->PAD)
  *   0 again           the broker zeroes consumed space before moving head
  */
 struct obx_rec_hdr {
 	_Atomic uint64_t word;
 	uint32_t len;
-	uint32_t flags;             /* OBX_REC_F_* of the payload */
+	uint32_t flags;             /* OBX_REC_F_*, written before word */
 };
+
+/* flags: the lane the record was claimed through (its index + 1; 0 = the
+ * slot's shared counters). Lets the broker tell, for a dead owner's BUSY
+ * record, whether that claim is the lane's open one (see ring.c, C3). */
+#define OBX_REC_F_LANE     0xffu
 
 #define OBX_REC_HDR        16u
 #define OBX_REC_MARK       0x0bu
@@ -134,22 +142,36 @@ struct obx_consumer_page {
 #define OBX_LANES       4u
 
 /* A lane is one thread's claim window marker. A thread of the owner
- * process takes a free lane once (CAS on owner) and from then on writes
- * busy and reserved with plain stores: being the only writer, it needs no
- * locked instruction on the emit path. Threads beyond OBX_LANES use the
- * slot's shared counters (fetch_add). */
+ * process takes a free lane once (CAS on owner) and from then on is its
+ * only writer: it updates `claim` with one non-locked add per step (one
+ * instruction, so a signal handler cannot split it), no locked
+ * instruction on the emit path. Threads beyond OBX_LANES, and a signal
+ * handler that interrupts its thread inside P1..P5, use the slot's
+ * shared counters (fetch_add). */
 struct obx_lane {
 	_Atomic uint32_t owner;     /* 0 free, else a thread token */
-	_Atomic uint32_t busy;      /* 1 between P1 and P5 */
-	_Atomic uint64_t reserved;  /* claims made through this lane */
-	uint8_t  pad[OBX_CACHELINE - 16];
+	uint32_t flags;             /* this lane's OBX_REC_F_LANE value (its
+	                             * index + 1), set when it is taken */
+	_Atomic uint64_t claim;     /* claims made << 1 | busy (P1..P5) */
+	_Atomic uint64_t pos;       /* ring position of the claim whose claim */
+	_Atomic uint64_t pos_n;     /* word (busy) is pos_n; both stored right
+	                             * after P2 */
+	uint8_t  pad[OBX_CACHELINE - 32];
 };
+
+#define OBX_LANE_BUSY      1ull
+#define OBX_LANE_CLAIMS(w) ((w) >> 1)
+
+/* The byte each slot's owner keeps OFD-write-locked on the shm object. */
+#define OBX_SLOT_LOCK_OFF(slots_off, i) \
+	((slots_off) + (uint64_t)(i) * sizeof(struct obx_slot))
 
 struct obx_slot {
 	/* line 0: identity, and the shared claim counters for threads
 	 * without a lane: reserved - settled = their claims whose header
 	 * is not written yet (reserved++ before the tail fetch_add,
-	 * settled++ after the header store or an abandoned overshoot). */
+	 * settled++ after the header store; an abandoned claim takes its
+	 * reserved++ back). */
 	_Atomic uint32_t state;     /* FREE -CAS(producer)-> LIVE -(broker)->
 	                             * DEAD -(broker)-> FREE */
 	_Atomic uint32_t pid;
@@ -162,13 +184,15 @@ struct obx_slot {
 	_Atomic uint64_t drop_too_large;
 	_Atomic uint64_t drop_late;  /* commit found its record unblocked */
 	_Atomic uint64_t aborted;    /* obx_abort(): never emitted */
-	_Atomic uint64_t overshoot;  /* part of drop_full, after reserved++ */
-	uint8_t  pad1[OBX_CACHELINE - 40];
+	uint8_t  pad1[OBX_CACHELINE - 32];
 	struct obx_lane lane[OBX_LANES];
 };
 
-/* emitted by one slot = reserved + sum(lane.reserved) - overshoot
- *                       + drop_full + drop_too_large - aborted */
+/* Emit attempts of one slot = reserved + sum(lane claims) + drop_full
+ * + drop_too_large; the process's own `emitted` subtracts its aborted.
+ * The broker's global `emitted` subtracts the DISCARD records it skipped
+ * instead (ring_aborted): that count cannot be torn by a SIGKILL between
+ * the abort's CAS and a counter increment. */
 
 /* ---- stats page (broker-written) --------------------------------------- */
 struct obx_stats {
@@ -179,7 +203,7 @@ struct obx_stats {
 	uint64_t dropped_invalid;    /* not a valid envelope */
 	uint64_t ring_unblocked;     /* records recovered from dead producers */
 	uint64_t ring_damaged;       /* garbage words skipped */
-	uint64_t ring_timeouts;      /* live-owner stalls unblocked by timeout */
+	uint64_t ring_stalls;        /* live claims held past stall_timeout */
 	uint64_t consumed;
 	uint64_t spool_bytes;
 	uint64_t spool_segments;
@@ -187,6 +211,13 @@ struct obx_stats {
 	uint64_t dropped_spool_error;
 	uint64_t spool_corrupt;
 	uint64_t unknown_sink;       /* routed to the default sink */
+	uint64_t ring_aborted;       /* DISCARD records skipped (aborts) */
+	uint64_t tail_repairs;       /* hostile tail put back in range */
+	uint64_t ring_skips;         /* live claims the cursor went past */
+	uint64_t ring_stall_kills;   /* owners SIGKILLed (stall_action) */
+	uint64_t segment_repairs;    /* object resized / header rewritten */
+	uint64_t segments_replaced;  /* damaged or foreign objects moved
+	                              * aside at start */
 	/* broker state that must survive a broker restart */
 	uint64_t retired_emitted, retired_full, retired_too_large,
 		 retired_late, ring_gaps;

@@ -3,26 +3,37 @@
  * are in docs/DESIGN.md ("Ring protocol"); the short version:
  *
  * Producer (any process, any thread, never blocks):
- *   P0  t = tail (relaxed), h = head (acquire)      pre-check the window
- *   P1  lane.busy = 1 (relaxed)  or  slot.reserved += 1 (no lane)
- *   P2  pos = tail.fetch_add(size)    (seq_cst)     the claim; its
- *       release half publishes P1 to whoever sees the new tail (C2)
- *   P3  h = head (acquire); pos+size-h > ring_size  overshoot: abandon
- *   P4  hdr.word = BUSY|size|slot     (relaxed) + release fence
- *   P5  lane.busy = 0 (release)  or  slot.settled += 1   pairs with C2
+ *   P0  t = tail (relaxed), h = head (acquire); signed t+size-h > window
+ *       -> full (a stale t only underestimates the fill)
+ *   P1  lane.claim += 3 (claims+1, busy; one instruction) if the lane is
+ *       not already busy (a signal handler inside P1..P5), else
+ *       slot.reserved += 1 (fetch_add)
+ *   P2  pos = tail.fetch_add(size)    (release)     the claim; publishes
+ *       P1 to whoever reads this tail (C2); lane.pos = pos, lane.pos_n =
+ *       the claim's number (release): where a stalled claim is
+ *   P3  h = head (acquire); pos-h > ring_size-size or pos misaligned
+ *       -> abandon: take P1 back (lane.claim -= 3 / reserved -= 1)
+ *   P4  hdr.flags = lane; hdr.word = BUSY|size|slot (release)
+ *   P5  lane.claim -= 1 (release)  or  slot.settled += 1 (release);
+ *       then a release fence: P5 is visible before any payload byte
  *   P6  payload written in place
  *   P7  hdr.len = len; CAS BUSY->COMMIT (seq_cst)   pairs with C1
  *   P8  wake (seq_cst load) == 1 -> xchg 0 -> FUTEX_WAKE   pairs with C5
  *
  * Consumer (the broker, one thread):
- *   C1  w = hdr.word (acquire) at cursor
- *   C2  zero word: tail (seq_cst), then every LIVE slot's lanes' busy and
- *       shared reserved/settled (acquire); no live owner between P1 and
- *       P5 and the word is still zero -> dead or abandoned: PAD the gap
- *   C3  BUSY whose owner is dead -> CAS BUSY->DISCARD (the owner's P7 CAS
- *       then fails and it counts a late drop if it was in fact alive)
+ *   C1  w = hdr.word (acquire) at cursor; never reads at or beyond
+ *       head + ring_size (that memory is the previous lap)
+ *   C2  zero word: tail (seq_cst), then a snapshot of every claimer
+ *       between P1 and P5 (acquire); once each has moved on or died, a
+ *       still-zero word is dead or abandoned: PAD the gap. A claimer that
+ *       does not move on (stopped, preempted) has its gap pinned and the
+ *       cursor goes past it.
+ *   C3  BUSY: owner dead -> CAS BUSY->PAD; owner alive for longer than
+ *       skip_ns -> pinned, the cursor goes past it. A pinned claim keeps
+ *       head from passing it for as long as its owner lives.
  *   C4  after the spool has the records: zero [head, upto) then
- *       head = upto (release), pairs with P0/P3
+ *       head = upto (release), upto never past a pinned claim; pairs
+ *       with P0/P3
  *   C5  before sleeping: wake = 1 (seq_cst), re-read tail; pairs with P8
  */
 #ifndef OBX_RING_H
@@ -44,6 +55,10 @@
 #define OBX_FP_AFTER_HDR     2   /* after P5: BUSY, no payload */
 #define OBX_FP_MID_COPY      3   /* half the payload written */
 #define OBX_FP_BEFORE_COMMIT 4   /* payload written, not committed */
+#define OBX_FP_WINDOW        5   /* P0: between the tail and head loads */
+#define OBX_FP_CLAIM_MID     6   /* after P1, before P2 */
+#define OBX_FP_BEFORE_SETTLE 7   /* P4 done (header BUSY), P5 not yet */
+#define OBX_FP_N             8
 #ifdef OBX_FAULT_INJECT
 void obx_fault_point(int where);
 #define OBX_FAULT(w) obx_fault_point(w)
@@ -65,32 +80,36 @@ static inline uint64_t ring_window(const struct seg *s)
 	return s->g.ring_size - (s->g.ring_size >> 3);
 }
 
-/* P1 / P5 through the thread's lane (plain stores, single writer) or,
- * without one, through the slot's shared counters. */
-static inline void ring_claim_begin(struct obx_slot *slot,
-				    struct obx_lane *lane)
+/* The lane's claim word takes one add per step. It has one writer, the
+ * lane's thread, so the add need not be atomic between CPUs, only
+ * indivisible for a signal handler on that thread: one non-locked x86
+ * instruction (a store, so release under x86-TSO). The C11 fallback
+ * (other CPUs, OBX_NO_ASM for ThreadSanitizer) is a fetch_add. The
+ * "memory" clobber keeps the compiler from moving stores across it. */
+static inline void ring_lane_add(_Atomic uint64_t *w, int64_t v)
 {
-	if (__builtin_expect(lane != NULL, 1)) {
-		atomic_store_explicit(&lane->reserved, atomic_load_explicit(
-			&lane->reserved, memory_order_relaxed) + 1,
-			memory_order_relaxed);
-		atomic_store_explicit(&lane->busy, 1, memory_order_relaxed);
-	} else {
-		atomic_fetch_add_explicit(&slot->reserved, 1,
-					  memory_order_relaxed);
-	}
+#if defined(__x86_64__) && !defined(OBX_NO_ASM)
+	__asm__ volatile("addq %1, %0" : "+m"(*(uint64_t *)w) : "er"(v) :
+			 "memory");
+#else
+	atomic_fetch_add_explicit(w, (uint64_t)v, memory_order_release);
+#endif
 }
 
-static inline void ring_claim_end(struct obx_slot *slot,
-				  struct obx_lane *lane)
+/* P1: opens the claim window on the thread's lane; returns its claim
+ * word while this claim is open (odd). 0 when the lane is already inside
+ * P1..P5 (this is a signal handler that interrupted its thread there):
+ * the caller then uses the shared counters. If a handler runs between the
+ * load and the add, it completes its own P1..P5 (+3, -1) before the add:
+ * the count stays right. */
+static inline uint64_t ring_lane_open(struct obx_lane *lane)
 {
-	/* release: pairs with the acquire loads in ring.c (C2); the header
-	 * store precedes it */
-	if (__builtin_expect(lane != NULL, 1))
-		atomic_store_explicit(&lane->busy, 0, memory_order_release);
-	else
-		atomic_fetch_add_explicit(&slot->settled, 1,
-					  memory_order_release);
+	uint64_t w = atomic_load_explicit(&lane->claim, memory_order_relaxed);
+
+	if (w & OBX_LANE_BUSY)
+		return 0;
+	ring_lane_add(&lane->claim, 3);
+	return w + 3;
 }
 
 /* Claims room for `payload_max` bytes. 0, -EMSGSIZE (counted
@@ -101,7 +120,7 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 			       uint32_t payload_max, struct ring_claim *c)
 {
 	struct obx_shm_hdr *hdr = s->hdr;
-	uint64_t t, h, pos;
+	uint64_t t, h, pos, n = 0;
 	uint32_t size;
 	struct obx_rec_hdr *rec;
 
@@ -111,34 +130,72 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 		return -EMSGSIZE;
 	}
 	size = RING_ALIGN(OBX_REC_HDR + payload_max);
-	/* P0: cheap pre-check; keeps a full ring from pushing tail ahead */
+	/* P0: cheap pre-check; keeps a full ring from pushing tail ahead.
+	 * A thread preempted between the loads sees a head newer than its
+	 * tail: the difference is negative (not full), never a wrapped
+	 * huge value. P3 is what guarantees room. */
 	t = atomic_load_explicit(&hdr->tail, memory_order_relaxed);
+	OBX_FAULT(OBX_FP_WINDOW);
 	h = atomic_load_explicit(&s->cons->head, memory_order_acquire);
-	if (__builtin_expect(t + size - h > ring_window(s), 0))
+	if (__builtin_expect((int64_t)(t + size - h) >
+			     (int64_t)ring_window(s), 0))
 		goto full;
-	/* P1: made visible by the release half of P2 */
-	ring_claim_begin(slot, lane);
-	/* P2: acq_rel; a consumer that reads this tail (acquire) sees P1 */
+	/* P1: made visible by the release of P2 */
+	if (lane && !(n = ring_lane_open(lane)))
+		lane = NULL;
+	if (!lane)
+		atomic_fetch_add_explicit(&slot->reserved, 1,
+					  memory_order_relaxed);
+	OBX_FAULT(OBX_FP_CLAIM_MID);
+	/* P2: release is all the claim needs. It publishes P1 to a
+	 * consumer that reads this tail (C2, acquire). Nothing here must
+	 * see another thread's writes through it: P3 reads head with its
+	 * own acquire, and a head read early is only older, i.e. more
+	 * likely to abandon. On x86 every locked RMW is a full barrier
+	 * anyway. */
 	pos = atomic_fetch_add_explicit(&hdr->tail, size,
-					memory_order_acq_rel);
+					memory_order_release);
+	/* where the claim with claim word n is, for the consumer (C2/C3):
+	 * pos before pos_n */
+	if (lane) {
+		atomic_store_explicit(&lane->pos, pos, memory_order_relaxed);
+		atomic_store_explicit(&lane->pos_n, n, memory_order_release);
+	}
 	OBX_FAULT(OBX_FP_AFTER_ADD);
-	/* P3: never write where the consumer has not cleaned yet. Pairs
+	/* P3: never write where the consumer has not cleaned yet, nor
+	 * behind head, nor at a misaligned position (a damaged tail: then
+	 * pos << 61 is at least 2^61, beyond any ring size). Pairs
 	 * with the head store-release in ring_release(). */
 	h = atomic_load_explicit(&s->cons->head, memory_order_acquire);
-	if (__builtin_expect(pos + size - h > s->g.ring_size, 0)) {
-		atomic_fetch_add_explicit(&slot->overshoot, 1,
-					  memory_order_relaxed);
-		ring_claim_end(slot, lane);
+	if (__builtin_expect(((pos - h) | (pos << 61)) >
+			     s->g.ring_size - size, 0)) {
+		/* abandoned: the claim is taken back in one step, so this
+		 * attempt counts once, as the drop below */
+		if (lane)
+			ring_lane_add(&lane->claim, -3);
+		else
+			atomic_fetch_sub_explicit(&slot->reserved, 1,
+						  memory_order_release);
 		goto full;
 	}
 	rec = seg_rec(s, pos);
 	/* P4: the header precedes every payload byte (the consumer's zero
-	 * gap scan relies on a headerless claim having an all-zero body). */
+	 * gap scan relies on a headerless claim having an all-zero body);
+	 * flags (the lane) are visible with it. */
+	rec->flags = lane ? lane->flags : 0;
 	atomic_store_explicit(&rec->word, OBX_REC_WORD(size, sidx,
-			      OBX_REC_BUSY), memory_order_relaxed);
+			      OBX_REC_BUSY), memory_order_release);
+	OBX_FAULT(OBX_FP_BEFORE_SETTLE);
+	/* P5: release, pairs with the consumer's acquire loads (C2); the
+	 * fence after it orders it before the payload stores, which the
+	 * consumer relies on when it checks a stalled claimer has not
+	 * moved while it scanned (compiles to nothing on x86). */
+	if (lane)
+		ring_lane_add(&lane->claim, -1);
+	else
+		atomic_fetch_add_explicit(&slot->settled, 1,
+					  memory_order_release);
 	atomic_thread_fence(memory_order_release);
-	/* P5 */
-	ring_claim_end(slot, lane);
 	OBX_FAULT(OBX_FP_AFTER_HDR);
 	c->pos = pos;
 	c->size = size;
@@ -162,20 +219,19 @@ static inline void ring_producer_kick(const struct seg *s)
 			0);
 }
 
-/* Publishes the record. 0, or -ETIMEDOUT when the broker unblocked the
- * record meanwhile (counted drop_late: the payload is not delivered). */
+/* Publishes the record. 0, or -ETIMEDOUT when the header is no longer
+ * ours (the broker judged the owner dead, or a hostile writer): counted
+ * drop_late, the payload is not delivered. */
 static inline int ring_commit(const struct seg *s, struct obx_slot *slot,
-			      const struct ring_claim *c, uint32_t len,
-			      uint32_t flags)
+			      const struct ring_claim *c, uint32_t len)
 {
 	struct obx_rec_hdr *rec = seg_rec(s, c->pos);
 	uint64_t busy = OBX_REC_WORD(c->size, c->slot, OBX_REC_BUSY);
 
 	OBX_FAULT(OBX_FP_BEFORE_COMMIT);
 	rec->len = len;
-	rec->flags = flags;
-	/* P7: release of len/flags/payload; seq_cst so that the wake load
-	 * in ring_producer_kick() cannot pass it (pairs with C5). */
+	/* P7: release of len/payload; seq_cst so that the wake load in
+	 * ring_producer_kick() cannot pass it (pairs with C5). */
 	if (__builtin_expect(!atomic_compare_exchange_strong_explicit(
 			&rec->word, &busy,
 			OBX_REC_WORD(c->size, c->slot, OBX_REC_COMMIT),
@@ -188,18 +244,18 @@ static inline int ring_commit(const struct seg *s, struct obx_slot *slot,
 	return 0;
 }
 
-/* Gives the claim up: the consumer skips it. Counted as aborted. */
+/* Gives the claim up: the consumer skips it (and counts it aborted). */
 static inline void ring_abort(const struct seg *s, struct obx_slot *slot,
 			      const struct ring_claim *c)
 {
 	struct obx_rec_hdr *rec = seg_rec(s, c->pos);
 	uint64_t busy = OBX_REC_WORD(c->size, c->slot, OBX_REC_BUSY);
 
-	atomic_fetch_add_explicit(&slot->aborted, 1, memory_order_relaxed);
 	if (atomic_compare_exchange_strong_explicit(&rec->word, &busy,
 			OBX_REC_WORD(c->size, c->slot, OBX_REC_DISCARD),
 			memory_order_release, memory_order_relaxed))
 		ring_producer_kick(s);
+	atomic_fetch_add_explicit(&slot->aborted, 1, memory_order_relaxed);
 }
 
 /* ---- consumer ---------------------------------------------------------- */
@@ -210,16 +266,60 @@ struct ring_rec {
 	uint32_t len;
 	uint32_t flags;
 	uint16_t slot;
+	uint8_t late;           /* from a pinned claim, behind the cursor */
 };
 
 struct ring_cstats {
 	uint64_t consumed;      /* committed records handed out */
 	uint64_t unblocked;     /* records recovered from dead producers */
 	uint64_t damaged;       /* garbage headers skipped (8-byte steps) */
-	uint64_t timeouts;      /* live-owner stalls ended by the timeout */
 	uint64_t gaps;          /* zero gaps padded */
 	uint64_t bad_len;       /* committed records with an impossible len */
-	uint64_t tail_repairs;  /* tail found behind the cursor */
+	uint64_t tail_repairs;  /* tail behind the cursor, misaligned, or
+	                         * beyond head + ring_size: put back */
+	uint64_t aborted;       /* DISCARD records skipped */
+	uint64_t skips;         /* live claims the cursor went past */
+	uint64_t late;          /* records delivered from pinned claims */
+	uint64_t stalls;        /* live claims held past stall_timeout */
+	uint64_t stall_kills;   /* their owners SIGKILLed (stall_kill) */
+};
+
+/* A claimer seen between P1 and P5 (C2). */
+struct ring_who {
+	uint32_t slot;
+	int32_t lane;           /* -1: the slot's shared counters */
+	uint64_t val;           /* lane: its claim word; shared: settled */
+};
+
+/* A claim that holds the ring up: since when, when its owner's liveness
+ * was last checked, whether its stall was counted. */
+struct ring_wait {
+	uint64_t pos;
+	uint64_t since;
+	uint64_t checked;
+	int counted;
+};
+
+#define RING_PINS      32
+#define RING_PIN_WHO   8
+
+/* A pinned claim: [start, end) may not be handed back to producers while
+ * its owner lives. x is where parsing it resumes; seq the hand-out number
+ * of the last record delivered from it (it stays pinned until a release
+ * covers that). who: the stalled claimers of a pinned zero gap. */
+struct ring_pin {
+	uint64_t start, x, end, seq;
+	struct ring_wait w;
+	uint32_t nwho;
+	struct ring_who who[RING_PIN_WHO];
+};
+
+/* What a stall callback is told. */
+struct ring_stall_info {
+	uint32_t slot;
+	uint32_t pid;           /* as the slot says (its own namespace's) */
+	uint64_t held_ns;
+	int killed;             /* 1 SIGKILLed, 0 not asked, -errno failed */
 };
 
 struct ring_cons {
@@ -228,11 +328,25 @@ struct ring_cons {
 	uint64_t head;          /* published head: everything before is
 	                         * cleaned and reusable */
 	uint64_t tail;          /* last tail read */
-	uint64_t stall_pos;     /* record position we are stuck on */
-	uint64_t stall_since;   /* CLOCK_MONOTONIC ns */
-	uint64_t last_check;    /* last liveness check during the stall */
-	uint64_t stall_timeout; /* live-owner fallback, default 10 s */
+	uint64_t handed;        /* records handed out so far (their seq) */
+	uint64_t skip_ns;       /* a live claim holds the cursor this long
+	                         * before it is pinned and gone past (2 ms) */
+	uint64_t stall_timeout; /* a live claim held this long is counted
+	                         * and reported (default 10 s) */
+	int stall_kill;         /* and its owner SIGKILLed (same uid only) */
+	void (*on_stall)(void *arg, const struct ring_stall_info *si);
+	void *stall_arg;
 	uint64_t *dead_tail;    /* per slot, broker private */
+	/* the zero gap at the cursor: tail and claimers seen when found */
+	int gap_on;
+	uint64_t gap_tail;
+	uint32_t gap_nwho, gap_cap;
+	struct ring_who *gap_who;
+	uint64_t gap_scan_at, gap_scan;     /* the gap's end found from */
+	uint32_t gap_scan_who;              /* there, with that many left */
+	struct ring_wait wait;  /* the claim at the cursor, while it waits */
+	uint32_t npins;
+	struct ring_pin pins[RING_PINS];    /* in position order */
 	struct ring_cstats st;
 	/* folded from reaped slots */
 	uint64_t retired_emitted, retired_full, retired_too_large,
@@ -247,18 +361,53 @@ struct ring_cons {
 int ring_cons_init(struct ring_cons *c, struct seg *s);
 void ring_cons_fini(struct ring_cons *c);
 
-/* Next committed record at the cursor, or RING_EMPTY / RING_STALLED.
- * Skips discarded and padded records, recovers dead producers, counts
- * damage; never reads outside the mapping. The record stays valid until
- * ring_release() passes it. now = CLOCK_MONOTONIC ns. */
+/* Next committed record, or RING_EMPTY / RING_STALLED. Skips discarded
+ * and padded records, recovers dead producers, goes past live stalled
+ * claims (pinning them), counts damage; never reads outside the mapping
+ * nor the previous lap; bounded work per call (RING_STALLED when the
+ * budget ran out: call again). The record stays valid until a release
+ * covers it. now = CLOCK_MONOTONIC ns. */
 int ring_next(struct ring_cons *c, struct ring_rec *r, uint64_t now);
 
 /* Puts the record last returned back: the next ring_next() returns it
  * again (the broker could not take it, e.g. the spool is stalled). */
 void ring_unread(struct ring_cons *c, const struct ring_rec *r);
 
-/* Cleans [head, upto) and publishes head = upto (C4). upto <= cursor. */
+/* What has been handed out so far, for a release once it is durable. */
+struct ring_mark {
+	uint64_t pos;           /* the cursor */
+	uint64_t seq;           /* records handed out */
+};
+
+static inline struct ring_mark ring_mark(const struct ring_cons *c)
+{
+	struct ring_mark m = { c->cursor, c->handed };
+
+	return m;
+}
+
+/* Every record handed out up to mark m is taken care of: cleans up to
+ * m.pos (never past a pinned claim still in use) and publishes head (C4).
+ * ring_release(c, upto) is the same with everything handed out so far. */
+void ring_release_mark(struct ring_cons *c, struct ring_mark m);
 void ring_release(struct ring_cons *c, uint64_t upto);
+
+/* Everything before this position was handed out or skipped: the cursor,
+ * or the oldest pinned claim (not yet handed out). What a restarted
+ * broker may pass over. */
+static inline uint64_t ring_cons_safe_pos(const struct ring_cons *c)
+{
+	if (c->npins && (int64_t)(c->cursor - c->pins[0].start) > 0)
+		return c->pins[0].start;
+	return c->cursor;
+}
+
+/* 1 while pinned claims wait: the caller must come back (poll), not only
+ * sleep until a producer wakes it. */
+static inline int ring_cons_pinned(const struct ring_cons *c)
+{
+	return c->npins != 0;
+}
 
 /* C5: arm the wake word; returns 1 when the ring is still empty and the
  * caller may sleep on &hdr->wake == 1, 0 when it must consume instead. */
@@ -272,7 +421,11 @@ void ring_cons_wait(struct ring_cons *c, uint64_t timeout_ns);
  * behind head, folds their counters. Call about once per 100 ms. */
 void ring_reap(struct ring_cons *c);
 
-/* Totals across live and retired slots. */
+/* After the segment was repaired in place (seg_check): publishes head
+ * again and gives back LIVE to slots whose owner still holds its lock. */
+void ring_cons_repair(struct ring_cons *c);
+
+/* Totals across live and retired slots; emitted excludes aborts. */
 void ring_totals(const struct ring_cons *c, uint64_t *emitted,
 		 uint64_t *full, uint64_t *too_large, uint64_t *late);
 

@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,25 +78,20 @@ int seg_layout(const struct seg_geom *g, uint64_t *slots_off,
 	return 0;
 }
 
-/* Maps the object of `total` bytes with the ring twice back to back. */
-static int seg_map(struct seg *s, uint64_t ring_off, uint64_t total)
+/* Maps the object at va (reserved): the whole object, then the ring a
+ * second time right after it. MAP_FIXED replaces whatever was there. */
+static int seg_map_at(struct seg *s, uint8_t *va, uint64_t ring_off,
+		      uint64_t total)
 {
-	size_t len = (size_t)(total + s->g.ring_size);
-	uint8_t *va, *p;
-
-	va = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (va == MAP_FAILED)
-		return -errno;
 	/* MAP_POPULATE: fault every page in now, at attach, instead of one
 	 * minor fault per 4 KiB on the emit path during the first lap. */
-	p = mmap(va, (size_t)total, PROT_READ | PROT_WRITE,
-		 MAP_SHARED | MAP_FIXED | MAP_POPULATE, s->fd, 0);
-	if (p == MAP_FAILED)
-		goto err;
-	p = mmap(va + total, (size_t)s->g.ring_size, PROT_READ | PROT_WRITE,
-		 MAP_SHARED | MAP_FIXED | MAP_POPULATE, s->fd, (off_t)ring_off);
-	if (p == MAP_FAILED)
-		goto err;
+	if (mmap(va, (size_t)total, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_FIXED | MAP_POPULATE, s->fd, 0) == MAP_FAILED)
+		return -errno;
+	if (mmap(va + total, (size_t)s->g.ring_size, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_FIXED | MAP_POPULATE, s->fd,
+		 (off_t)ring_off) == MAP_FAILED)
+		return -errno;
 	/* The ring is written, so prefault it writable: the PTEs then carry
 	 * the dirty bit already and the first lap of emits does not pay a
 	 * page-table update per 4 KiB (a large cost on a VM). Best effort. */
@@ -102,16 +99,29 @@ static int seg_map(struct seg *s, uint64_t ring_off, uint64_t total)
 	madvise(va + ring_off, (size_t)(total - ring_off), MADV_POPULATE_WRITE);
 	madvise(va + total, (size_t)s->g.ring_size, MADV_POPULATE_WRITE);
 #endif
+	return 0;
+}
+
+/* Maps the object of `total` bytes with the ring twice back to back. */
+static int seg_map(struct seg *s, uint64_t ring_off, uint64_t total)
+{
+	size_t len = (size_t)(total + s->g.ring_size);
+	uint8_t *va;
+	int rc;
+
+	va = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (va == MAP_FAILED)
+		return -errno;
+	rc = seg_map_at(s, va, ring_off, total);
+	if (rc < 0) {
+		munmap(va, len);
+		return rc;
+	}
 	s->base = va;
 	s->map_len = len;
+	s->ring_off = ring_off;
+	s->total = total;
 	return 0;
-err:
-	{
-		int e = -errno;
-
-		munmap(va, len);
-		return e;
-	}
 }
 
 static void seg_bind(struct seg *s, uint64_t slots_off, uint64_t stats_off,
@@ -163,8 +173,8 @@ static int seg_check_hdr(const struct obx_shm_hdr *h, uint64_t st_size,
 	if (h->page_size != OBX_PAGE || h->slots_off != so ||
 	    h->stats_off != sto || h->sinks_off != sio || h->ring_off != ro ||
 	    h->total_size != tot || st_size != tot) {
-		snprintf(why, whylen, "layout mismatch (object %llu bytes, "
-			 "header says %llu, expected %llu)",
+		snprintf(why, whylen, "layout mismatch: offsets or sizes "
+			 "(object %llu bytes, header says %llu, expected %llu)",
 			 (unsigned long long)st_size,
 			 (unsigned long long)h->total_size,
 			 (unsigned long long)tot);
@@ -199,6 +209,7 @@ static int seg_attach_fd(struct seg *s, int broker, char *why, size_t whylen)
 	}
 	seg_bind(s, so, sto, sio, ro);
 	s->segment_id = h.segment_id;
+	s->trusted = h;
 	s->broker = broker;
 	if (!broker)
 		seg_protect_producer(s, sto, ro);
@@ -295,25 +306,106 @@ static int seg_init_new(struct seg *s, const struct seg_geom *g, char *why,
 	 * costs far more than later ones (host-side allocation); producers
 	 * must not pay that on their first lap. */
 	memset(s->ring, 0, (size_t)g->ring_size);
+	s->trusted = *h;
+	s->trusted.magic = OBX_MAGIC;
 	/* Publish: pairs with the acquire load in seg_check_hdr(). */
 	atomic_store_explicit((_Atomic uint64_t *)&h->magic, OBX_MAGIC,
 			      memory_order_release);
 	return 0;
 }
 
+/* Renames /dev/shm/NAME out of the way (NAME.<why>-<time>-<pid>): kept
+ * for a post-mortem, never adopted. */
+static int seg_move_aside(const char *path, const char *reason, char *to,
+			  size_t tolen)
+{
+	char from[96];
+
+	snprintf(from, sizeof(from), "/dev/shm%s", path);
+	snprintf(to, tolen, "/dev/shm%s.%s-%lld-%d", path, reason,
+		 (long long)time(NULL), (int)getpid());
+	return rename(from, to) < 0 ? -errno : 0;
+}
+
+/* Is an existing object ours to use: our uid, no wider a mode than the
+ * one configured? 0, or -EPERM with why. */
+static int seg_owned(int fd, mode_t mode, char *why, size_t whylen)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (st.st_uid != geteuid()) {
+		snprintf(why, whylen, "owned by uid %u, not by us (uid %u)",
+			 (unsigned)st.st_uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (st.st_mode & 07777 & ~mode) {
+		snprintf(why, whylen, "mode 0%o is wider than shm_mode 0%o",
+			 (unsigned)(st.st_mode & 07777), (unsigned)mode);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* The object is not usable (foreign or damaged): move it aside and start
+ * over with a fresh one. */
+static int seg_open(struct seg *s, const char *name,
+		    const struct seg_geom *g, mode_t mode, int *created,
+		    char *why, size_t whylen, int tries);
+
+static int seg_replace(struct seg *s, const char *name, const char *path,
+		       const struct seg_geom *g, mode_t mode, int *created,
+		       const char *reason, char *why, size_t whylen, int tries)
+{
+	char what[256], to[160];
+	int rc;
+
+	snprintf(what, sizeof(what), "%s", why);
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+	rc = tries > 0 ? seg_move_aside(path, reason, to, sizeof(to)) : -EAGAIN;
+	if (rc < 0) {
+		snprintf(why, whylen, "/dev/shm%s: %s; it cannot be moved "
+			 "aside (%s): refusing to use it, remove it", path,
+			 what, strerror(-rc));
+		return rc;
+	}
+	rc = seg_open(s, name, g, mode, created, why, whylen, tries - 1);
+	if (rc == 0) {
+		*created = 2;
+		snprintf(why, whylen, "/dev/shm%s: %s; moved aside to %s, "
+			 "a new one made", path, what, to);
+	}
+	return rc;
+}
+
 int seg_open_broker(struct seg *s, const char *name, const struct seg_geom *g,
 		    mode_t mode, int *created, char *why, size_t whylen)
+{
+	return seg_open(s, name, g, mode, created, why, whylen, 2);
+}
+
+/* tries: how many more times an unusable object may be moved aside (one
+ * that reappears at once under the same name is refused). */
+static int seg_open(struct seg *s, const char *name,
+		    const struct seg_geom *g, mode_t mode, int *created,
+		    char *why, size_t whylen, int tries)
 {
 	char path[80];
 	int rc;
 
 	memset(s, 0, sizeof(*s));
 	*created = 0;
+	if (why && whylen)
+		why[0] = 0;
 	if (seg_path(name, path, sizeof(path)) < 0) {
 		snprintf(why, whylen, "bad shm name '%s'", name ? name : "");
 		return -EINVAL;
 	}
 	snprintf(s->name, sizeof(s->name), "%s", path + 1);
+	/* glibc's shm_open adds O_NOFOLLOW: a symlink is never followed */
 	s->fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	if (s->fd >= 0) {
 		/* shm_open applies the umask: set the mode we were asked for. */
@@ -328,6 +420,10 @@ int seg_open_broker(struct seg *s, const char *name, const struct seg_geom *g,
 			 strerror(-rc));
 		return rc;
 	}
+	/* never adopt what someone else made, or could read or write */
+	if (!*created && seg_owned(s->fd, mode, why, whylen) < 0)
+		return seg_replace(s, name, path, g, mode, created, "foreign",
+				   why, whylen, tries);
 	if (flock(s->fd, LOCK_EX | LOCK_NB) < 0) {
 		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
 		snprintf(why, whylen, "another broker is running on /dev/shm%s "
@@ -360,13 +456,17 @@ int seg_open_broker(struct seg *s, const char *name, const struct seg_geom *g,
 		return rc;
 	}
 	rc = seg_attach_fd(s, 1, why, whylen);
-	if (rc == -EAGAIN) {
+	if (rc == -EAGAIN && tries > 0) {
 		/* A broker died while creating it: nobody can have written
 		 * records into an object without a magic. Start over. */
 		close(s->fd);
 		shm_unlink(path);
-		return seg_open_broker(s, name, g, mode, created, why, whylen);
+		return seg_open(s, name, g, mode, created, why, whylen,
+				tries - 1);
 	}
+	if (rc == -EPROTO)   /* damaged: keep it for a post-mortem */
+		return seg_replace(s, name, path, g, mode, created, "damaged",
+				   why, whylen, tries);
 	if (rc == 0 && (s->g.ring_size != g->ring_size ||
 			s->g.max_record != g->max_record ||
 			s->g.nslots != g->nslots)) {
@@ -388,8 +488,96 @@ int seg_open_broker(struct seg *s, const char *name, const struct seg_geom *g,
 	return rc;
 }
 
+/* ---- surviving a truncated object ------------------------------------------ */
+
+static struct seg *_Atomic g_guarded;
+static struct sigaction g_old_bus;
+
+/* SIGBUS on the guarded mapping: the object was truncated under us. A
+ * private zero page in place of the missing one lets the access finish
+ * (mmap(2) is a plain syscall here, safe in a handler); seg_check()
+ * restores the real mapping. Any other SIGBUS goes to whoever handled it
+ * before (by default: the process dies, as it would have). */
+static void seg_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	struct seg *s = atomic_load(&g_guarded);
+	uint8_t *a = si->si_addr;
+
+	(void)sig;
+	(void)uc;
+	if (s && s->base && a >= s->base && a < s->base + s->map_len &&
+	    mmap((void *)((uintptr_t)a & ~(uintptr_t)(OBX_PAGE - 1)),
+		 OBX_PAGE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+		atomic_store(&s->faulted, 1);
+		return;
+	}
+	sigaction(SIGBUS, &g_old_bus, NULL);   /* the fault comes again */
+}
+
+int seg_guard(struct seg *s)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = seg_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	if (atomic_exchange(&g_guarded, s) == NULL &&
+	    sigaction(SIGBUS, &sa, &g_old_bus) < 0)
+		return -errno;
+	return 0;
+}
+
+int seg_check(struct seg *s, char *why, size_t whylen)
+{
+	const size_t geom = offsetof(struct obx_shm_hdr, tail);
+	char tmp[8];
+	struct stat st;
+	int rc = 0;
+
+	if (!why || !whylen) {
+		why = tmp;
+		whylen = sizeof(tmp);
+	}
+	why[0] = 0;
+	if (fstat(s->fd, &st) < 0)
+		return -errno;
+	if ((uint64_t)st.st_size != s->total) {
+		snprintf(why, whylen, "object was %lld bytes, not %llu: "
+			 "resized back (what was cut is lost)",
+			 (long long)st.st_size, (unsigned long long)s->total);
+		if (ftruncate(s->fd, (off_t)s->total) < 0)
+			return -errno;
+		rc |= 1;
+	}
+	if (rc || atomic_load(&s->faulted)) {
+		/* the zero pages a SIGBUS put in are private: map the
+		 * object's pages back in their place */
+		atomic_store(&s->faulted, 0);
+		if (seg_map_at(s, s->base, s->ring_off, s->total) < 0)
+			return -errno;
+		rc |= 4;
+	}
+	if (memcmp(s->hdr, &s->trusted, geom) != 0) {
+		size_t n = strlen(why);
+
+		snprintf(why + n, whylen - n, "%sheader rewritten", n ? "; " :
+			 "");
+		memcpy((uint8_t *)s->hdr + 8, (uint8_t *)&s->trusted + 8,
+		       geom - 8);
+		atomic_store_explicit((_Atomic uint64_t *)&s->hdr->magic,
+				      OBX_MAGIC, memory_order_release);
+		rc |= 2;
+	}
+	return rc;
+}
+
 void seg_detach(struct seg *s)
 {
+	struct seg *me = s;
+
+	atomic_compare_exchange_strong(&g_guarded, &me, NULL);
 	if (s->base)
 		munmap(s->base, s->map_len);
 	if (s->fd >= 0)

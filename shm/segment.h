@@ -23,6 +23,7 @@ struct seg_geom {
 struct seg {
 	int fd;
 	int broker;                     /* mapped with broker rights */
+	_Atomic int faulted;            /* SIGBUS taken on the mapping */
 	uint8_t *base;                  /* page 0 */
 	size_t map_len;                 /* reserved address space */
 	struct obx_shm_hdr *hdr;
@@ -33,6 +34,9 @@ struct seg {
 	uint8_t *ring;                  /* ring_size bytes, twice */
 	struct seg_geom g;
 	uint64_t segment_id;
+	uint64_t ring_off, total;       /* validated layout */
+	struct obx_shm_hdr trusted;     /* the header as the broker made or
+	                                 * validated it: never re-read */
 	char name[80];
 };
 
@@ -45,7 +49,12 @@ int seg_layout(const struct seg_geom *g, uint64_t *slots_off,
 
 /* Broker: create the object with O_EXCL and the given mode, or re-attach
  * to an existing one whose geometry matches. Takes an exclusive flock on
- * the object, so a second broker gets -EBUSY. *created tells which.
+ * the object, so a second broker gets -EBUSY. Never adopts what it
+ * should not: an object owned by another uid or with a mode wider than
+ * `mode`, or with a damaged header (bad magic, ABI version, offsets,
+ * size), is moved aside (renamed NAME.foreign-* / NAME.damaged-*) and a
+ * fresh one made; a symlink is never followed. *created: 0 re-attached,
+ * 1 created, 2 created after moving one aside (why says which and where).
  * Returns 0 or -errno with a message in why. */
 int seg_open_broker(struct seg *s, const char *name, const struct seg_geom *g,
 		    mode_t mode, int *created, char *why, size_t whylen);
@@ -56,6 +65,17 @@ int seg_open_broker(struct seg *s, const char *name, const struct seg_geom *g,
 int seg_attach(struct seg *s, const char *name, char *why, size_t whylen);
 
 void seg_detach(struct seg *s);
+
+/* Broker: survive SIGBUS on this segment's mapping (the object truncated
+ * under it): the faulting page is replaced by a private zero page and
+ * s->faulted set; seg_check() then repairs. One segment per process. */
+int seg_guard(struct seg *s);
+
+/* Broker housekeeping: the object's size and header against what the
+ * broker made. A truncated object is resized back and remapped, a
+ * damaged header rewritten from the private copy. 0 nothing to do, > 0
+ * repaired (why says what), -errno. */
+int seg_check(struct seg *s, char *why, size_t whylen);
 
 /* Unlinks /dev/shm/<name>; 0 or -errno. */
 int seg_unlink(const char *name);

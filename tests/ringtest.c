@@ -1,8 +1,11 @@
 /* ringtest.c - helpers shared by the ring tests (see ringtest.h). */
 #define _GNU_SOURCE
 #include "ringtest.h"
+#include "outbox.h"
 
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -57,6 +60,14 @@ void rt_seen_init(struct rt_seen *s)
 	}
 }
 
+int rt_body_ok(const uint8_t *body, size_t len, struct rt_body *out)
+{
+	if (len < sizeof(*out))
+		return 0;
+	memcpy(out, body, sizeof(*out));
+	return out->len == len && out->csum == rt_sum(body, len);
+}
+
 int rt_check_record(struct env_reader *er, const struct ring_rec *r,
 		    struct rt_seen *seen)
 {
@@ -72,14 +83,27 @@ int rt_check_record(struct env_reader *er, const struct ring_rec *r,
 		seen->invalid++;
 		return -1;
 	}
-	memcpy(&b, v.body, sizeof(b));
-	if (b.len != v.body_len || b.producer >= RT_MAX_PRODUCERS ||
-	    b.csum != rt_sum((const uint8_t *)v.body, v.body_len)) {
+	if (!rt_body_ok((const uint8_t *)v.body, v.body_len, &b) ||
+	    b.producer >= RT_MAX_PRODUCERS) {
 		seen->torn++;
 		return -1;
 	}
 	if ((int64_t)b.seq != seen->next_seq[b.producer])
 		seen->out_of_order++;
+	if (b.seq < seen->bits_n[b.producer]) {
+		uint8_t *bit = &seen->bits[b.producer][b.seq / 8];
+
+		if (*bit & (1u << (b.seq % 8))) {
+			if (getenv("RT_DEBUG_DUPS") && seen->dups < 10)
+				printf("\n    twice: producer %u seq %llu at %llu"
+				       " (late %d, slot %u)\n", b.producer,
+				       (unsigned long long)b.seq,
+				       (unsigned long long)r->pos, r->late,
+				       r->slot);
+			seen->dups++;
+		}
+		*bit |= (uint8_t)(1u << (b.seq % 8));
+	}
 	seen->next_seq[b.producer] = (int64_t)b.seq + 1;
 	seen->count[b.producer]++;
 	seen->slot_of[b.producer] = (int16_t)r->slot;
@@ -147,4 +171,52 @@ uint64_t rt_drain(struct ring_cons *c, struct env_reader *er,
 		usleep(200);
 	}
 	return n;
+}
+
+int rt_setup(struct rt_ctx *x, const char *tag, uint64_t ring_size,
+	     uint32_t max_record, uint32_t nslots)
+{
+	if (rt_segment(&x->seg, tag, ring_size, max_record, nslots) < 0)
+		return -1;
+	if (ring_cons_init(&x->c, &x->seg) < 0) {
+		rt_segment_destroy(&x->seg);
+		return -1;
+	}
+	env_reader_init(&x->er);
+	rt_seen_init(&x->seen);
+	return 0;
+}
+
+void rt_teardown(struct rt_ctx *x)
+{
+	env_reader_fini(&x->er);
+	ring_cons_fini(&x->c);
+	if (x->hseg.base) {
+		close(x->hseg.fd);
+		memset(&x->hseg, 0, sizeof(x->hseg));
+	}
+	rt_segment_destroy(&x->seg);
+}
+
+struct seg *obx_fi_seg(struct obx *h);
+
+int rt_cons_on(struct rt_ctx *x, struct obx *h)
+{
+	char path[64];
+
+	x->hseg = *obx_fi_seg(h);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", x->hseg.fd);
+	x->hseg.fd = open(path, O_RDWR | O_CLOEXEC);
+	if (x->hseg.fd < 0)
+		return -1;
+	ring_cons_fini(&x->c);
+	return ring_cons_init(&x->c, &x->hseg);
+}
+
+int rt_emit(struct obx *h, uint32_t producer, uint64_t seq, size_t len)
+{
+	uint8_t buf[1 << 16];
+
+	rt_make_body(buf, len, producer, seq);
+	return obx_emit(h, 0, "t", buf, len, OBX_BODY_BYTES);
 }

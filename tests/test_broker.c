@@ -737,7 +737,7 @@ static int raw_record(struct seg *s, struct obx_slot *slot, uint16_t sidx,
 	} else {
 		env_buf_write(&b, bytes, n);
 	}
-	return ring_commit(s, slot, &c, (uint32_t)b.len, 0);
+	return ring_commit(s, slot, &c, (uint32_t)b.len);
 }
 
 static void test_routing_and_formats(void)
@@ -756,7 +756,7 @@ static void test_routing_and_formats(void)
 	CU_ASSERT_FATAL(bt_init(&t, "route", NULL, NULL) == 0);
 	CU_ASSERT_FATAL(bt_start(&t) == 0);
 	CU_ASSERT_FATAL(seg_attach(&s, t.shm, why, sizeof(why)) == 0);
-	idx = slot_claim(s.slots, s.g.nslots, getpid(), 0);
+	idx = slot_claim(&s, s.fd, getpid(), 0);
 	CU_ASSERT_FATAL(idx >= 0);
 	/* a msgpack map body for a sink nobody configured */
 	msgpack_sbuffer_init(&sb);

@@ -21,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -203,6 +204,35 @@ static int fill_disk(const char *path)
 	return 0;
 }
 
+/* The disk stays full while the test says so: another process takes
+ * every block the broker frees (its deleted segments), as a log that
+ * fills a shared disk does. Without it the broker's deletions give it
+ * room again and whether it ever has to refuse depends on timing. */
+struct hog {
+	char path[400];
+	atomic_int stop;
+	pthread_t th;
+};
+
+static void *hog_run(void *arg)
+{
+	static char chunk[4096];
+	struct hog *h = arg;
+	int fd = open(h->path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+
+	if (fd < 0)
+		return NULL;
+	while (!atomic_load(&h->stop)) {
+		while (write(fd, chunk, sizeof(chunk)) > 0)
+			;
+		while (write(fd, chunk, 512) > 0)
+			;
+		usleep(1000);
+	}
+	close(fd);
+	return NULL;
+}
+
 static int count_log(const struct bt *t, const char *what)
 {
 	size_t len;
@@ -288,6 +318,7 @@ static void full_phase(struct bt *t, const char *mnt, struct out_reader *o,
 {
 	struct obx_sink_page *sp = malloc(sizeof(*sp));
 	struct obx_stats g0, g1, g;
+	struct hog hog;
 	uint64_t t0, done_free[NPROD];
 	char filler[400];
 	unsigned p;
@@ -298,6 +329,9 @@ static void full_phase(struct bt *t, const char *mnt, struct out_reader *o,
 	r->full_log_lines = (uint64_t)count_log(t, "disk full");
 	t0 = tu_now_ns();
 	CU_ASSERT_EQUAL_FATAL(fill_disk(filler), 0);
+	snprintf(hog.path, sizeof(hog.path), "%s/hog", mnt);
+	atomic_store(&hog.stop, 0);
+	CU_ASSERT_FATAL(pthread_create(&hog.th, NULL, hog_run, &hog) == 0);
 	/* the first drop for the full disk */
 	for (i = 0; i < 500; i++) {
 		stats_now(t, &g, sp);
@@ -320,6 +354,9 @@ static void full_phase(struct bt *t, const char *mnt, struct out_reader *o,
 	for (p = 0; p < NPROD; p++)
 		done_free[p] = sh->done[p];
 	r->t_freed = ms_since(t0);
+	atomic_store(&hog.stop, 1);
+	pthread_join(hog.th, NULL);
+	CU_ASSERT_EQUAL(unlink(hog.path), 0);
 	CU_ASSERT_EQUAL(unlink(filler), 0);
 	for (i = 0; i < 20000; i++) {
 		out_read(o);

@@ -659,7 +659,7 @@ static void fill_stats(uint64_t emitted)
 	g->spool_corrupt = 1;
 	g->dropped_late = 1;
 	g->dropped_spool_error = 1;
-	g->ring_timeouts = 5;           /* not in the identity */
+	g->ring_stalls = 5;             /* not in the identity */
 	g->ring_damaged = 9;            /* not in the identity */
 	g->unknown_sink = 6;            /* routed, not dropped */
 	stats_unlock(&g_seg.stats->seq);
@@ -694,7 +694,7 @@ static void fill_stats(uint64_t emitted)
 
 	/* one live producer: 7 through a lane + 2 ring-full drops */
 	memset(&g_seg.slots[3], 0, sizeof(g_seg.slots[3]));
-	atomic_store(&g_seg.slots[3].lane[0].reserved, 7);
+	atomic_store(&g_seg.slots[3].lane[0].claim, 7 << 1);
 	atomic_store(&g_seg.slots[3].drop_full, 2);
 	atomic_store(&g_seg.slots[3].pid, 12345);
 	atomic_store(&g_seg.slots[3].state, OBX_SLOT_LIVE);
@@ -742,7 +742,7 @@ static void test_cli_stat_json(void)
 	CU_ASSERT_EQUAL(jget(j, "spool_segments"), 2);
 	CU_ASSERT_EQUAL(jget(j, "dropped_spool_full"), 4);
 	CU_ASSERT_EQUAL(jget(j, "spool_corrupt"), 1);
-	CU_ASSERT_EQUAL(jget(j, "ring_timeouts"), 5);
+	CU_ASSERT_EQUAL(jget(j, "ring_stalls"), 5);
 	CU_ASSERT_EQUAL(jget(j, "ring_damaged"), 9);
 	CU_ASSERT_EQUAL(jget(j, "unknown_sink"), 6);
 	CU_ASSERT_EQUAL(jget(j, "delivered"), 70);
@@ -910,8 +910,14 @@ static void test_cli_stat_seqlock_consistent(void)
 			CU_ASSERT(v0 > 0);
 			for (i = 1; i < (int)(sizeof(keys) / sizeof(keys[0]));
 			     i++)
-				if (jget(j, keys[i]) != v0)
+				if (jget(j, keys[i]) != v0) {
 					torn++;
+					fprintf(stderr, "torn: %s = %lld, %s = "
+						"%lld; stderr: %s\n", keys[0],
+						(long long)v0, keys[i],
+						(long long)jget(j, keys[i]),
+						r.err);
+				}
 			if (prev >= 0 && v0 != prev)
 				changed++;
 			prev = (int)v0;

@@ -216,6 +216,8 @@ static void assert_cfg_eq(const struct cfg *a, const struct cfg *b)
 	CU_ASSERT_EQUAL(a->shutdown_timeout_ms, b->shutdown_timeout_ms);
 	CU_ASSERT_EQUAL(a->log_level, b->log_level);
 	CU_ASSERT_EQUAL(a->segment_size, b->segment_size);
+	CU_ASSERT_EQUAL(a->stall_timeout_ms, b->stall_timeout_ms);
+	CU_ASSERT_EQUAL(a->stall_action, b->stall_action);
 	CU_ASSERT_EQUAL_FATAL(a->nsinks, b->nsinks);
 	for (i = 0; i < a->nsinks; i++)
 		assert_sink_eq(&a->sinks[i], &b->sinks[i]);
@@ -1158,6 +1160,8 @@ static const char rich_config[] =
 	"shutdown_timeout = 2m\n"
 	"log_level = debug\n"
 	"segment_size = 8M\n"
+	"stall_timeout = 1500ms\n"
+	"stall_action = kill\n"
 	"\n"
 	"[sink api]\n"
 	"type = segment\n"
@@ -1243,6 +1247,8 @@ static void test_round_trip_rich(void)
 			       "/tmp/spool dir # not a comment ; really");
 	CU_ASSERT_EQUAL(t.c.sync_interval_ms, 1500);
 	CU_ASSERT_EQUAL(t.c.shutdown_timeout_ms, 120000);
+	CU_ASSERT_EQUAL(t.c.stall_timeout_ms, 1500);
+	CU_ASSERT_EQUAL(t.c.stall_action, STALL_KILL);
 	CU_ASSERT_EQUAL_FATAL(t.c.nsinks, 4);
 	s = &t.c.sinks[0];
 	ASSERT_STR(s->url,
