@@ -42,8 +42,13 @@ int buf_reserve(struct buf *b, size_t extra)
 
 int buf_add(struct buf *b, const void *p, size_t n)
 {
-	int rc = buf_reserve(b, n);
+	int rc;
 
+	/* nothing to add: p may be the NULL of an empty buffer, which
+	 * memcpy must not see even for 0 bytes */
+	if (n == 0)
+		return 0;
+	rc = buf_reserve(b, n);
 	if (rc < 0)
 		return rc;
 	memcpy(b->p + b->len, p, n);

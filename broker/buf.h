@@ -16,6 +16,7 @@ void buf_free(struct buf *b);
 static inline void buf_reset(struct buf *b) { b->len = 0; }
 /* 0 or -ENOMEM / -E2BIG (over max) */
 int buf_reserve(struct buf *b, size_t extra);
+/* n = 0 adds nothing (p may then be NULL, e.g. an empty buffer's p) */
 int buf_add(struct buf *b, const void *p, size_t n);
 int buf_addc(struct buf *b, char c);
 int buf_adds(struct buf *b, const char *s);

@@ -64,6 +64,7 @@ struct http_req {
 	http_done_fn done;
 	void *arg;
 	struct buf *resp;		/* the caller's, or NULL: discarded */
+	int resp_cut;			/* past resp's cap: left out */
 	uint64_t start_ns;
 	struct http_resp got;		/* what the current response said */
 	char err[CURL_ERROR_SIZE];
@@ -314,11 +315,21 @@ static size_t http_body_cb(char *buf, size_t size, size_t nmemb,
 {
 	struct http_req *r = userdata;
 
-	http_resp_body(&r->got, buf, size * nmemb);
+	size_t n = size * nmemb;
+
+	http_resp_body(&r->got, buf, n);
+	if (r->resp && r->resp_cut) {
+		/* what fits; the rest is left out, the transfer goes on */
+		size_t room = r->resp->max - r->resp->len;
+
+		if (buf_add(r->resp, buf, n < room ? n : room) < 0)
+			return 0;
+		return n;
+	}
 	/* a short count fails the transfer: a body over the cap */
-	if (r->resp && buf_add(r->resp, buf, size * nmemb) < 0)
+	if (r->resp && buf_add(r->resp, buf, n) < 0)
 		return 0;
-	return size * nmemb;
+	return n;
 }
 
 /* ---- the pool ------------------------------------------------------------ */
@@ -756,6 +767,7 @@ int http_post(struct http *h, const struct http_post *p, http_done_fn done,
 	r->done = done;
 	r->arg = arg;
 	r->resp = p->resp;
+	r->resp_cut = p->resp_cut;
 	r->start_ns = http_now_ns();
 	/* sets curl's timer to 0: the loop's next http_tick() starts it */
 	mc = curl_multi_add_handle(h->multi, r->easy);

@@ -127,6 +127,8 @@ struct http_post {
 	struct buf *resp;               /* not NULL: the response body is
 					 * appended here, up to its cap (the
 					 * transfer fails past it) */
+	int resp_cut;                   /* with resp: what passes its cap is
+					 * left out, the transfer goes on */
 };
 
 /* NULL + errno. */

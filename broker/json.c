@@ -196,6 +196,7 @@ void json_w_init(struct json_w *w)
 {
 	w->s = NULL;            /* made on first use */
 	buf_init(&w->tmp, 0);
+	w->keys = 0;
 }
 
 void json_w_fini(struct json_w *w)
@@ -328,8 +329,15 @@ static int json_w_key(struct json_w *w, const msgpack_object *k,
 		return json_w_str(w, k->via.str.ptr, k->via.str.size, out);
 	if (k->type == MSGPACK_OBJECT_BIN)
 		return json_w_b64(w, k->via.bin.ptr, k->via.bin.size, out);
+	/* a container key's text is escaped once more by each key around
+	 * it: bounded, or a few bytes would make gigabytes */
+	if ((k->type == MSGPACK_OBJECT_MAP || k->type == MSGPACK_OBJECT_ARRAY) &&
+	    w->keys >= JSON_W_MAX_KEY_NEST)
+		return -EINVAL;
 	buf_init(&text, 0);
+	w->keys++;
 	rc = json_w_any(w, k, &text, depth + 1);
+	w->keys--;
 	if (rc == 0)
 		rc = json_w_str(w, (const char *)text.p, text.len, out);
 	buf_free(&text);
@@ -414,20 +422,25 @@ int json_w_mp(struct json_w *w, const msgpack_object *o, struct buf *out)
 
 /* ---- msgpack -> JSON --------------------------------------------------- */
 
-static json_t *json_from_mp(const msgpack_object *o, int depth);
+static json_t *json_from_mp(const msgpack_object *o, int depth, int keys);
 
 /* A key that is not a string becomes its JSON text (1, true, null,
  * [1,2]); one that converts to a JSON string (a bin: its base64, a str
  * that is not UTF-8: its repaired text) becomes that string without
  * quotes. Duplicate keys: the last one wins. */
-static int json_map_put(json_t *obj, const msgpack_object_kv *kv, int depth)
+static int json_map_put(json_t *obj, const msgpack_object_kv *kv, int depth,
+			int keys)
 {
 	const msgpack_object *k = &kv->key;
 	json_t *val, *kj;
 	char *text;
 	int rc;
 
-	val = json_from_mp(&kv->val, depth + 1);
+	/* container keys nest as deep as json_w_mp() lets them */
+	if ((k->type == MSGPACK_OBJECT_MAP || k->type == MSGPACK_OBJECT_ARRAY) &&
+	    keys >= JSON_W_MAX_KEY_NEST)
+		return -1;
+	val = json_from_mp(&kv->val, depth + 1, keys);
 	if (!val)
 		return -1;
 	/* the usual case: a valid UTF-8 string key, used as it is */
@@ -435,7 +448,7 @@ static int json_map_put(json_t *obj, const msgpack_object_kv *kv, int depth)
 	    json_utf8_valid((const uint8_t *)k->via.str.ptr, k->via.str.size))
 		return json_object_setn_new_nocheck(obj, k->via.str.ptr,
 						    k->via.str.size, val);
-	kj = json_from_mp(k, depth + 1);
+	kj = json_from_mp(k, depth + 1, keys + 1);
 	if (!kj) {
 		json_decref(val);
 		return -1;
@@ -458,7 +471,8 @@ static int json_map_put(json_t *obj, const msgpack_object_kv *kv, int depth)
 	return rc;
 }
 
-static json_t *json_from_map(const msgpack_object_map *m, int depth)
+static json_t *json_from_map(const msgpack_object_map *m, int depth,
+				int keys)
 {
 	json_t *obj = json_object();
 	uint32_t i;
@@ -466,14 +480,15 @@ static json_t *json_from_map(const msgpack_object_map *m, int depth)
 	if (!obj)
 		return NULL;
 	for (i = 0; i < m->size; i++)
-		if (json_map_put(obj, &m->ptr[i], depth) < 0) {
+		if (json_map_put(obj, &m->ptr[i], depth, keys) < 0) {
 			json_decref(obj);
 			return NULL;
 		}
 	return obj;
 }
 
-static json_t *json_from_array(const msgpack_object_array *a, int depth)
+static json_t *json_from_array(const msgpack_object_array *a, int depth,
+				  int keys)
 {
 	json_t *arr = json_array();
 	uint32_t i;
@@ -481,7 +496,7 @@ static json_t *json_from_array(const msgpack_object_array *a, int depth)
 	if (!arr)
 		return NULL;
 	for (i = 0; i < a->size; i++) {
-		json_t *v = json_from_mp(&a->ptr[i], depth + 1);
+		json_t *v = json_from_mp(&a->ptr[i], depth + 1, keys);
 
 		/* json_array_append_new() steals v, also on failure */
 		if (!v || json_array_append_new(arr, v) < 0) {
@@ -508,7 +523,7 @@ static json_t *json_from_ext(const msgpack_object_ext *e)
 	return obj;
 }
 
-static json_t *json_from_mp(const msgpack_object *o, int depth)
+static json_t *json_from_mp(const msgpack_object *o, int depth, int keys)
 {
 	if (depth > JSON_MAX_DEPTH)
 		return NULL;
@@ -538,16 +553,16 @@ static json_t *json_from_mp(const msgpack_object *o, int depth)
 	case MSGPACK_OBJECT_EXT:
 		return json_from_ext(&o->via.ext);
 	case MSGPACK_OBJECT_ARRAY:
-		return json_from_array(&o->via.array, depth);
+		return json_from_array(&o->via.array, depth, keys);
 	case MSGPACK_OBJECT_MAP:
-		return json_from_map(&o->via.map, depth);
+		return json_from_map(&o->via.map, depth, keys);
 	}
 	return NULL;
 }
 
 json_t *json_from_msgpack(const msgpack_object *o)
 {
-	return o ? json_from_mp(o, 0) : NULL;
+	return o ? json_from_mp(o, 0, 0) : NULL;
 }
 
 /* ---- envelopes --------------------------------------------------------- */

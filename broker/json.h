@@ -30,18 +30,25 @@
  *     {"ext":type,"data":base64};
  *   - nil null, bool true/false; map keys that are not strings become
  *     their JSON text as a string ("7", "true", "[1,\"k\"]"), a bin key
- *     its base64; map entries are written in order, duplicates kept.
+ *     its base64 (a container key within a container key at most
+ *     JSON_W_MAX_KEY_NEST deep); map entries are written in order,
+ *     duplicates kept.
  */
 struct json_w {
 	json_t *s;              /* reused jansson string: the escaper */
 	struct buf tmp;         /* UTF-8 repair and base64 scratch */
+	int keys;               /* container keys being written around */
 };
 
 void json_w_init(struct json_w *w);
 void json_w_fini(struct json_w *w);
 /* Appends the JSON text of o to out. 0, -EINVAL (nested deeper than
- * JSON_W_MAX_DEPTH), -E2BIG / -ENOMEM. On error out is left as it was. */
+ * JSON_W_MAX_DEPTH, or a map or array key inside a map or array key more
+ * than JSON_W_MAX_KEY_NEST deep: each such key is the JSON text of the
+ * one inside it, escaped again, so the text would double with every
+ * level), -E2BIG / -ENOMEM. On error out is left as it was. */
 #define JSON_W_MAX_DEPTH 64
+#define JSON_W_MAX_KEY_NEST 2
 int json_w_mp(struct json_w *w, const msgpack_object *o, struct buf *out);
 /* A JSON string of n bytes (lossy UTF-8 as above). */
 int json_w_str(struct json_w *w, const char *s, size_t n, struct buf *out);

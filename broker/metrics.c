@@ -151,6 +151,9 @@ const struct mx_ctr mx_sink[] = {
 	  NULL, NULL, "Events for unknown sinks routed to this sink."),
 	K(redelivered, 0, MX_INFO, "sink_events_redelivered_total", NULL,
 	  NULL, "Events of the sink sent again after a broker restart."),
+	K(held_events, 1, MX_INFO, "sink_events_held", NULL, NULL,
+	  "Events of a rate-limited category held for later (on_rate_limit "
+	  "= hold), part of the queued events."),
 };
 const size_t mx_nsink = NELEM(mx_sink);
 
@@ -175,6 +178,46 @@ const char *mx_state_name(uint32_t st)
 		return "rate_limited";
 	}
 	return "unknown";
+}
+
+const char *mx_drop_reason_name(uint32_t r)
+{
+	switch (r) {
+	case OBX_DROP_REJECTED:
+		return "rejected";
+	case OBX_DROP_RETRIES_EXHAUSTED:
+		return "retries_exhausted";
+	case OBX_DROP_EXPIRED:
+		return "expired";
+	case OBX_DROP_RATE_LIMITED:
+		return "rate_limited";
+	case OBX_DROP_TOO_LARGE:
+		return "too_large";
+	case OBX_DROP_INVALID:
+		return "invalid";
+	}
+	return "unknown";
+}
+
+uint32_t mx_ncat_drops(const struct mx_snap *sn)
+{
+	return sn->kp->ncat_drops < OBX_MAX_CAT_DROPS ?
+	       sn->kp->ncat_drops : OBX_MAX_CAT_DROPS;
+}
+
+int mx_cat_drop(const struct mx_snap *sn, uint32_t j, uint32_t *sink,
+		char *cat, size_t catlen, const char **reason, uint64_t *n)
+{
+	const struct obx_cat_drop *d = &sn->kp->cat_drops[j];
+
+	if (j >= mx_ncat_drops(sn) || d->sink >= sn->nsinks ||
+	    !sn->kp->sink[d->sink].in_use)
+		return -1;
+	*sink = d->sink;
+	mx_shm_str(cat, catlen, d->cat, OBX_CAT_MAX);
+	*reason = mx_drop_reason_name(d->reason);
+	*n = d->n;
+	return 0;
 }
 
 void mx_shm_str(char *out, size_t outlen, const char *in, size_t inlen)
@@ -558,6 +601,32 @@ static void prom_sink_states(FILE *f, const struct mx_snap *sn)
 	}
 }
 
+/* outbox_sink_category_events_dropped_total{sink,category,reason} */
+static void prom_cat_drops(FILE *f, const struct mx_snap *sn)
+{
+	static const char fam[] = "sink_category_events_dropped_total";
+	char name[OBX_NAME_MAX + 8], cat[OBX_CAT_MAX + 1];
+	const char *reason;
+	uint32_t j, k;
+	uint64_t n;
+
+	prom_head(f, fam, 0, "Events of the sink dropped, by data category "
+		  "(sentry) and reason: a breakdown of "
+		  "outbox_sink_events_dropped_total.");
+	for (j = 0; j < mx_ncat_drops(sn); j++) {
+		if (mx_cat_drop(sn, j, &k, cat, sizeof(cat), &reason, &n))
+			continue;
+		mx_sink_name(sn, k, name, sizeof(name));
+		fprintf(f, "outbox_%s{", fam);
+		prom_label(f, "sink", name);
+		fputc(',', f);
+		prom_label(f, "category", cat);
+		fputc(',', f);
+		prom_label(f, "reason", reason);
+		fprintf(f, "} %" PRIu64 "\n", n);
+	}
+}
+
 static void prom_producers(FILE *f, const struct mx_snap *sn)
 {
 	static const struct {
@@ -614,5 +683,6 @@ void mx_prom(FILE *f, const struct mx_snap *sn)
 	prom_seconds(f, sn->boot_ns);
 	prom_sinks(f, sn);
 	prom_sink_states(f, sn);
+	prom_cat_drops(f, sn);
 	prom_producers(f, sn);
 }

@@ -102,6 +102,16 @@ void mx_sink_name(const struct mx_snap *sn, uint32_t i, char *out,
 /* "ok", "backoff", "rate_limited" or "unknown". */
 const char *mx_state_name(uint32_t st);
 
+/* An OBX_DROP_* reason's name ("rate_limited", ...; "unknown"). */
+const char *mx_drop_reason_name(uint32_t r);
+
+/* Entry j of the sink page's drops by category (j < mx_ncat_drops()):
+ * its sink's index, the category (printable copy), reason and count;
+ * 0, or -1 when it names no sink in use (the page is untrusted). */
+uint32_t mx_ncat_drops(const struct mx_snap *sn);
+int mx_cat_drop(const struct mx_snap *sn, uint32_t j, uint32_t *sink,
+		char *cat, size_t catlen, const char **reason, uint64_t *n);
+
 /* A NUL-terminated copy of a fixed-size name field from shm. */
 void mx_shm_str(char *out, size_t outlen, const char *in, size_t inlen);
 

@@ -895,6 +895,21 @@ static void ramp(struct pol_sink *s, const struct cfg_sink *c)
 		s->limit = 0;	/* ramp done */
 }
 
+/* Does every category the refused request carried have a limit now? No
+ * when they are not known. */
+static bool req_cats_limited(const struct pol_sink *s,
+			     const struct pol_outcome *o, int64_t now)
+{
+	int i;
+
+	if (!o->req_cats || o->n_req_cats <= 0)
+		return false;
+	for (i = 0; i < o->n_req_cats; i++)
+		if (!o->req_cats[i] || !pol_cat_limited(s, o->req_cats[i], now))
+			return false;
+	return true;
+}
+
 /* The rate-limit signal of an outcome. *sink_wait: how long the whole
  * sink must wait (-1: not at all); returns whether the batch itself was
  * refused for a rate limit. */
@@ -924,10 +939,16 @@ static bool rate_signal(struct pol_sink *s, const struct cfg_sink *c,
 		}
 		over = store_cats(s, lim, n, now);
 		global = max64(global, over);
-		/* hold cannot hold back one category of a batch: a refused
-		 * batch with category limits holds the whole sink */
-		if (cls == POL_C_RETRY && c->on_rate_limit == RL_HOLD)
-			global = max64(global, cat);
+		/* hold: a refused request is sent again. When the category
+		 * limits explain the refusal (every category it carried is
+		 * limited now) its records wait per category (the protocol
+		 * holds them) and the sink carries on; otherwise resending
+		 * it at once would be ignoring the answer, so the whole sink
+		 * waits. drop-category drops the refused request either
+		 * way. */
+		if (cls == POL_C_RETRY && c->on_rate_limit == RL_HOLD &&
+		    global < 0 && !req_cats_limited(s, o, now))
+			global = cat;
 		*sink_wait = global;
 		*wait = max64(global, cat);
 		return cls == POL_C_RETRY;

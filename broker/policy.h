@@ -97,10 +97,16 @@
  *   each with its own until, never shortened; a category that finds the
  *   table full of live entries limits the whole sink instead, since
  *   ignoring a limit is not safe); an entry with no category limits the
- *   whole sink (rate_limited). On a retryable status the batch counts as
- *   rate limited; with on_rate_limit = hold a category-only answer also
- *   holds the whole sink (until the longest category), because a held
- *   batch cannot be held per category.
+ *   whole sink (rate_limited). The scope and what follows it are ignored
+ *   (Sentry: "can be ignored by SDKs"): `60:error:organization` limits
+ *   the error category, nothing else. On a retryable status the batch
+ *   counts as rate limited. With on_rate_limit = hold a category-only
+ *   answer holds only those categories (the caller holds their records,
+ *   the sink stays ok and the others flow) when it explains the refusal
+ *   - every category of the refused request (pol_outcome.req_cats) is
+ *   limited; when it does not, or the request's categories are not known
+ *   (the generic http sink), the whole sink waits for the longest
+ *   category, since resending at once would ignore the answer.
  * - Otherwise a valid Retry-After on a status classified retry (not only
  *   429/503, as Segment PR #520) limits the whole sink. Ignored on any
  *   other class. A 429 without one is an ordinary counted failure.
@@ -283,6 +289,10 @@ struct pol_outcome {
 	 * enum pol_class + 1; 0 = none. A status.NNN override of the sink
 	 * and a credential refresh come first; the built-in table after. */
 	int proto_cls;
+	/* the data categories of what the refused request carried (a
+	 * protocol that knows them: sentry); 0 = not known */
+	const char *const *req_cats;
+	int n_req_cats;
 };
 
 struct pol_result {

@@ -2,6 +2,7 @@
  * RFC 3339 times, object bodies with members added, Sentry DSNs. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -201,6 +202,7 @@ int proto_encode_array(struct proto *p, const struct spool_rec *r,
 
 	q->taken = q->sent = 0;
 	q->held_until_ms = 0;
+	q->ncats = 0;
 	for (i = lo; i < hi && rc == 0; i++) {
 		struct env_view v;
 		enum proto_drop why;
@@ -227,6 +229,22 @@ int proto_encode_array(struct proto *p, const struct spool_rec *r,
 		return rc;
 	q->taken = i - lo;
 	return 0;
+}
+
+void proto_req_cat(struct proto_req *q, const char *cat)
+{
+	int i;
+
+	if (q->ncats < 0)
+		return;
+	for (i = 0; i < q->ncats; i++)
+		if (!strncmp(q->cats[i], cat, PROTO_CAT_MAX - 1))
+			return;
+	if (q->ncats == PROTO_REQ_CATS) {
+		q->ncats = -1;          /* too many to say: not known */
+		return;
+	}
+	snprintf(q->cats[q->ncats++], PROTO_CAT_MAX, "%s", cat);
 }
 
 /* ---- Sentry DSN ---------------------------------------------------------- */

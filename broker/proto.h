@@ -23,6 +23,11 @@
  *                               response (rejected, expired...): Sentry
  *                               counts them for its client reports
  *   tick(now)                   periodic work (Segment's CDN settings)
+ *   accepted(body)              records a 2xx answer still rejected
+ *                               (OTLP partial success): dropped
+ *                               `rejected` by the engine
+ *   category(rec)               a record's data category (sentry), for
+ *                               the drops by category
  *
  * Records are msgpack envelopes (shm/envelope.h) as spooled.
  */
@@ -53,12 +58,22 @@ enum proto_drop {
 	PROTO_DROP_SENT,          /* not a drop: in a delivered request */
 };
 
+#define PROTO_REQ_CATS     4
+
 /* one request's encoding */
 struct proto_req {
 	uint32_t taken;           /* records [lo, lo + taken) it covers */
 	uint32_t sent;            /* of those, in the body */
 	int64_t held_until_ms;    /* -EAGAIN: when a held record may go */
+	/* the data categories the body carries (sentry), so the policy can
+	 * tell a refusal the category limits explain (pol_outcome.req_cats);
+	 * ncats <= 0: not known (more than PROTO_REQ_CATS: -1) */
+	int ncats;
+	char cats[PROTO_REQ_CATS][PROTO_CAT_MAX];
 };
+
+/* Notes category cat in q (once); too many: q's categories not known. */
+void proto_req_cat(struct proto_req *q, const char *cat);
 
 struct proto;
 
@@ -85,7 +100,20 @@ struct proto_ops {
 		     const uint8_t *gone, uint32_t lo, uint32_t n, int reason);
 	/* Optional. Periodic work; the next mono ns it wants. */
 	uint64_t (*tick)(struct proto *p, uint64_t now);
+	/* Optional. The body of a 2xx answer to a request that carried
+	 * `sent` records (at most PROTO_ANSWER_MAX bytes kept; cut past
+	 * that): how many of them the upstream says it rejected all the
+	 * same (OTLP partial success), 0 when none. why: its message, made
+	 * log-safe ("" when none). */
+	uint32_t (*accepted)(struct proto *p, const char *body, size_t len,
+			     uint32_t sent, char *why, size_t whylen);
+	/* Optional. The data category of a record (sentry: its item's; a
+	 * forwarded envelope's first item's), for the drops by category on
+	 * the sink page; NULL when it has none. Valid until the next call. */
+	const char *(*category)(struct proto *p, const struct spool_rec *r);
 };
+
+#define PROTO_ANSWER_MAX   65536
 
 struct proto {
 	const struct proto_ops *ops;

@@ -19,7 +19,11 @@
  *
  * Response rules (OTLP/HTTP spec): 429, 502, 503, 504 are retried
  * (Retry-After honoured by the policy), 413 split, every other non-2xx
- * dropped. Protobuf encoding is not built (see DESIGN.md).
+ * dropped. A 200 may still reject some records (partial success:
+ * {"partialSuccess":{"rejectedLogRecords":"N","errorMessage":"..."}}):
+ * those N are dropped `rejected` (the spec forbids retrying them), a
+ * message with N = 0 is a warning, logged. Protobuf encoding is not
+ * built (see DESIGN.md).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,6 +34,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "policy.h"
 #include "proto.h"
 
@@ -533,6 +538,51 @@ static int otlp_encode(struct proto *p, struct spool_rec *r, uint8_t *gone,
 	return rc ? rc : buf_adds(out, tail);
 }
 
+/* The member of o named k, or by its proto field name (proto3 JSON
+ * parsers accept both). */
+static json_t *otlp_member(const json_t *o, const char *k, const char *pk)
+{
+	json_t *v = json_object_get(o, k);
+
+	return v ? v : json_object_get(o, pk);
+}
+
+/* Partial success (OTLP/HTTP: a 200 whose ExportLogsServiceResponse
+ * says rejectedLogRecords): the count (an int64, a string in proto3
+ * JSON; a number accepted), at most `sent`. */
+static uint32_t otlp_accepted(struct proto *p, const char *body, size_t len,
+			      uint32_t sent, char *why, size_t whylen)
+{
+	json_t *j, *ps, *n, *m;
+	json_int_t k = 0;
+
+	why[0] = 0;
+	if (!len)
+		return 0;
+	j = json_loadb(body, len, 0, NULL);
+	ps = otlp_member(j, "partialSuccess", "partial_success");
+	n = otlp_member(ps, "rejectedLogRecords", "rejected_log_records");
+	m = otlp_member(ps, "errorMessage", "error_message");
+	if (json_is_integer(n)) {
+		k = json_integer_value(n);
+	} else if (json_is_string(n)) {
+		const char *t = json_string_value(n);
+		char *end;
+
+		errno = 0;
+		k = strtoll(t, &end, 10);
+		if (end == t || *end || errno)
+			k = 0;
+	}
+	if (json_is_string(m) && json_string_length(m))
+		http_excerpt(json_string_value(m), json_string_length(m), why,
+			     whylen);
+	json_decref(j);
+	if (k < 0)
+		k = 0;
+	return k > (json_int_t)sent ? sent : (uint32_t)k;
+}
+
 /* OTLP/HTTP: only 429, 502, 503 and 504 are retryable */
 static int otlp_classify(const struct proto *p, int status)
 {
@@ -551,4 +601,5 @@ const struct proto_ops proto_otlp_ops = {
 	.close = otlp_close,
 	.encode = otlp_encode,
 	.classify = otlp_classify,
+	.accepted = otlp_accepted,
 };

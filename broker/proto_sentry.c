@@ -53,6 +53,8 @@ struct sentry {
 	int nloss;
 	int64_t last_report_ms;
 	struct buf env;              /* a forwarded envelope, filtered */
+	char cat[PROTO_CAT_MAX];     /* sentry_category()'s answer, the
+	                              * first item stripped from an envelope */
 };
 
 static int sentry_open(struct proto *p)
@@ -236,7 +238,8 @@ static int sentry_next_item(const char *s, size_t n, struct sentry_item *it)
  * end of a limit that holds it (hold mode), else 0. Returns items kept
  * (-EINVAL when it cannot be parsed: then it is forwarded untouched). */
 static int sentry_filter_env(struct proto *p, const char *s, size_t n,
-			     int64_t *held_until, int *stripped)
+			     int64_t *held_until, int *stripped,
+			     struct proto_req *q)
 {
 	struct sentry *y = p->priv;
 	struct sentry_item it;
@@ -262,8 +265,10 @@ static int sentry_filter_env(struct proto *p, const char *s, size_t n,
 				*held_until = until;
 		} else if (until) {
 			sentry_count(p, "ratelimit_backoff", cat, 1);
-			(*stripped)++;
+			if (!(*stripped)++)
+				snprintf(y->cat, sizeof(y->cat), "%s", cat);
 		} else {
+			proto_req_cat(q, cat);
 			if (buf_add(&y->env, s + off, it.total) < 0)
 				return -ENOMEM;
 			if (it.total == 0 || s[off + it.total - 1] != '\n')
@@ -393,7 +398,8 @@ static void sentry_gone(struct proto *p, uint8_t *gone, uint32_t i,
 /* Tries record i: 1 = its envelope is in out, 0 = dropped (gone), or
  * held (*held_until set). */
 static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
-		      uint32_t i, struct buf *out, int64_t *held_until)
+		      uint32_t i, struct buf *out, int64_t *held_until,
+		      struct proto_req *q)
 {
 	struct sentry *y = p->priv;
 	struct env_view v;
@@ -409,16 +415,20 @@ static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
 	}
 	if (v.type_len == 8 && !memcmp(v.type, "envelope", 8) &&
 	    v.body_kind != ENV_BODY_MSGPACK) {
-		int stripped, kept = sentry_filter_env(p, v.body, v.body_len,
-						       held_until, &stripped);
+		int stripped, kept;
+
+		q->ncats = 0;
+		kept = sentry_filter_env(p, v.body, v.body_len, held_until,
+					 &stripped, q);
 
 		if (*held_until)
 			return 0;
 		if (kept == 0 && stripped) {
-			/* every item limited: the record is gone; its items
-			 * were counted for the client report */
+			/* every item limited: the record is gone (as its
+			 * first item's category); its items were counted for
+			 * the client report */
 			gone[i] = PROTO_DROP_RATE_LIMITED;
-			p->drop(p->arg, PROTO_DROP_RATE_LIMITED, NULL, 1);
+			p->drop(p->arg, PROTO_DROP_RATE_LIMITED, y->cat, 1);
 			return 0;
 		}
 		if (kept == 0) {
@@ -430,6 +440,8 @@ static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
 				    "default");
 			return 0;
 		}
+		if (kept < 0)
+			q->ncats = 0;   /* unparsed: what it carries is not known */
 		rc = kept > 0 ? buf_add(out, y->env.p, y->env.len) :
 		     buf_add(out, v.body, v.body_len);   /* unparsed: as is */
 		if (rc == 0 && out->len && out->p[out->len - 1] != '\n')
@@ -453,6 +465,8 @@ static int sentry_try(struct proto *p, struct spool_rec *r, uint8_t *gone,
 		return 0;
 	}
 	rc = sentry_wrap(p, &v, inj, out);
+	q->ncats = 0;
+	proto_req_cat(q, cat);
 	return rc < 0 ? rc : 1;
 }
 
@@ -467,10 +481,11 @@ static int sentry_encode(struct proto *p, struct spool_rec *r, uint8_t *gone,
 	buf_reset(out);
 	q->taken = q->sent = 0;
 	q->held_until_ms = 0;
+	q->ncats = 0;
 	for (i = lo; i < hi; i++) {
 		if (gone[i])
 			continue;
-		rc = sentry_try(p, r, gone, i, out, &held);
+		rc = sentry_try(p, r, gone, i, out, &held, q);
 		if (rc < 0)
 			return rc;
 		if (held) {
@@ -511,6 +526,32 @@ static int sentry_encode(struct proto *p, struct spool_rec *r, uint8_t *gone,
 	return 0;
 }
 
+/* The category of a record: its item's; a forwarded envelope's first
+ * item's ("default" when it has none it can tell). */
+static const char *sentry_category(struct proto *p, const struct spool_rec *r)
+{
+	struct sentry *y = p->priv;
+	struct sentry_item it;
+	struct env_view v;
+	const char *it_type, *nl;
+
+	if (env_parse(&p->er, r->data, r->len, &v) < 0)
+		return "default";
+	if (v.type_len == 8 && !memcmp(v.type, "envelope", 8) &&
+	    v.body_kind != ENV_BODY_MSGPACK) {
+		nl = memchr(v.body, '\n', v.body_len);
+		if (!nl || sentry_next_item(nl + 1, v.body_len -
+					    (size_t)(nl + 1 - v.body),
+					    &it) != 0)
+			return "default";
+		snprintf(y->cat, sizeof(y->cat), "%s",
+			 proto_sentry_category(it.type, strlen(it.type)));
+		return y->cat;
+	}
+	it_type = sentry_item_type(&v);
+	return proto_sentry_category(it_type, strlen(it_type));
+}
+
 /* Records the engine dropped after a response: counted for the client
  * report by the category of their item. */
 static void sentry_lost(struct proto *p, const struct spool_rec *r,
@@ -523,15 +564,9 @@ static void sentry_lost(struct proto *p, const struct spool_rec *r,
 			  "send_error";
 	uint32_t i;
 
-	for (i = lo; i < lo + n; i++) {
-		struct env_view v;
-		const char *it;
-
-		if (gone[i] || env_parse(&p->er, r[i].data, r[i].len, &v) < 0)
-			continue;
-		it = sentry_item_type(&v);
-		sentry_count(p, why, proto_sentry_category(it, strlen(it)), 1);
-	}
+	for (i = lo; i < lo + n; i++)
+		if (!gone[i])
+			sentry_count(p, why, sentry_category(p, &r[i]), 1);
 }
 
 const struct proto_ops proto_sentry_ops = {
@@ -540,4 +575,5 @@ const struct proto_ops proto_sentry_ops = {
 	.close = sentry_close,
 	.encode = sentry_encode,
 	.lost = sentry_lost,
+	.category = sentry_category,
 };

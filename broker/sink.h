@@ -67,6 +67,38 @@ struct sink_ops {
 
 #define SINK_MAX_INFLIGHT 64
 
+/* Records a type set aside (sink_batch_aside): neither done nor in
+ * memory - they wait in the spool, and a batch of them is read again
+ * when `due`. The records of [first, end) not set aside are done. */
+struct sink_aside {
+	uint64_t id;                /* for the batch reading it (from 1) */
+	uint64_t first, end;        /* the seq span of the batch */
+	uint64_t from;              /* nothing pending before it */
+	uint64_t due;               /* mono ns: read them again then */
+	uint64_t since;             /* mono ns: set aside first (kept
+	                             * across re-reads) */
+	uint32_t n;                 /* records pending in [from, end) */
+	uint8_t *bits;              /* bit i: seq first + i is pending */
+};
+
+/* Drops by data category and reason (the sink page's cat_drops): the
+ * first SINK_CAT_NAMED pairs by name, later ones under "other" per
+ * reason, so a count is never lost. */
+#define SINK_CAT_NAMED 18
+#define SINK_CAT_DROPS (SINK_CAT_NAMED + 6)
+
+struct sink_cat_drop {
+	char cat[OBX_CAT_MAX];
+	uint8_t reason;             /* OBX_DROP_* */
+	uint64_t n;
+};
+
+/* bounds of what the asides may cost (bitmaps), per sink: past them a
+ * type keeps its held batch in memory */
+#define SINK_ASIDE_SPAN_MAX (1u << 20)   /* seqs of one batch's span */
+#define SINK_ASIDE_MEM_MAX  (4u << 20)   /* bytes of all bitmaps */
+#define SINK_ASIDE_MAX      65536u       /* asides */
+
 struct sink_batch {
 	struct rx_op op;            /* for the type's own I/O */
 	struct sink *s;
@@ -83,6 +115,10 @@ struct sink_batch {
 	uint32_t dropped;           /* dropped with a reason the type
 	                             * counted itself (http: policy) */
 	void *priv;                 /* type state for this send */
+	/* a batch read again from an aside: only its pending records,
+	 * [first_seq, end_seq) is the part of the span it covers */
+	uint64_t held_since;        /* mono ns: the aside's since, or 0 */
+	uint64_t aside_id;          /* the aside it reads, 0 = none */
 };
 
 struct sink {
@@ -109,6 +145,16 @@ struct sink {
 	uint32_t ncats;
 	char cats[OBX_MAX_CATS][OBX_CAT_MAX];
 	uint64_t cat_until_ns[OBX_MAX_CATS];
+	uint32_t event_max;         /* published: producers drop a body over
+	                             * it (too_large); 0 = no limit enforced */
+	/* records set aside, by first (disjoint spans) */
+	struct sink_aside *aside;
+	uint32_t naside, aside_cap;
+	uint64_t aside_mem;         /* bytes of their bitmaps */
+	uint64_t aside_events;      /* records pending in them */
+	uint64_t aside_ids;         /* the last id given */
+	struct sink_cat_drop cat_drops[SINK_CAT_DROPS];
+	uint32_t ncat_drops;
 };
 
 extern const struct sink_ops sink_file_ops;
@@ -132,14 +178,35 @@ uint64_t sink_tick(struct sink *s, uint64_t now);
 /* Called by the type when a send ended. */
 void sink_batch_done(struct sink_batch *b, enum sink_result r);
 
-/* 1 when nothing is in flight and nothing is waiting in the spool. */
+/* Called by the type instead of sink_batch_done() when some records of b
+ * must wait (a rate-limited category, on_rate_limit = hold) and the rest
+ * is resolved: held[i] != 0 for b->sb.recs[i] (in the batch's current
+ * order). Everything else of the batch is acknowledged now (delivered
+ * but for what b->dropped / dropped_invalid counted); the held records
+ * stay in the spool - not in memory - and come back in a batch of their
+ * own, read again at `due` (mono ns), whose held_since is `since`. 0, or
+ * -ENOSPC / -ENOMEM past the aside bounds (then nothing changed: the type
+ * keeps the batch). */
+int sink_batch_aside(struct sink_batch *b, const uint8_t *held,
+		     uint64_t due, uint64_t since);
+
+/* Counts n events of category cat (NULL or "": not counted) dropped
+ * for reason (OBX_DROP_*), for the sink page's cat_drops. */
+void sink_count_cat(struct sink *s, const char *cat, uint8_t reason,
+		    uint64_t n);
+
+/* The earliest due time of the sink's asides (UINT64_MAX: none). */
+uint64_t sink_aside_due(const struct sink *s);
+
+/* 1 when nothing is in flight and nothing is waiting in the spool (set
+ * aside records included). */
 int sink_idle(const struct sink *s);
 
 /* The broker stops (after its last delivery attempt): see ops->stop. */
 void sink_stop(struct sink *s);
 
 /* 1 when a new batch is being read or could be started now (a slot free,
- * records readable), flush_interval aside. */
+ * records readable or an aside due), flush_interval aside. */
 int sink_more(const struct sink *s);
 
 #endif

@@ -70,6 +70,12 @@ struct http_batch {
 	uint32_t req_taken;          /* records the request in flight covers */
 	int64_t held_until;          /* policy (monotonic) ms: held by a
 	                              * category limit */
+	struct proto_req enc;        /* the request in flight: its
+	                              * categories, for the policy */
+	int64_t held_since;          /* policy ms: its records were first
+	                              * held (max_rate_limit_duration), 0 */
+	struct buf answer;           /* the response body, for a protocol
+	                              * that reads 2xx answers */
 };
 
 struct http_sink {
@@ -88,10 +94,13 @@ struct http_sink {
 	int64_t pub_cat_until[OBX_MAX_CATS];
 	struct comp *comp;           /* NULL: compression = none */
 	struct log_rl rl;            /* token_file trouble */
+	struct log_rl rl_warn;       /* warnings in accepted answers */
 	/* drop lines, one limiter per reason (and one for invalid) */
 	struct log_rl rl_drop[HSINK_DROP_REASONS];
 	struct proto *proto;         /* segment, sentry, otlp; NULL: http */
 	struct sink_batch *enc_batch;/* the batch being encoded */
+	uint8_t *held;               /* sink_batch_aside()'s flags */
+	uint32_t held_cap;
 };
 
 /* the policy's clock: windows and budgets are durations, CLOCK_MONOTONIC */
@@ -243,6 +252,7 @@ static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
 		hb->held_until = q.held_until_ms - log_wall_offset_ms();
 	if (rc < 0)
 		return rc;
+	hb->enc = q;
 	hb->req_taken = q.taken;
 	if (!q.sent) {
 		p->lo += q.taken;
@@ -300,6 +310,13 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		.connect_timeout_ms = s->cfg.connect_timeout_ms,
 		.timeout_ms = s->cfg.timeout_ms,
 	};
+	if (hs->proto && hs->proto->ops->accepted) {
+		/* the answer is read (partial success): kept up to its
+		 * cap, never a failure for its size */
+		buf_reset(&hb->answer);
+		post.resp = &hb->answer;
+		post.resp_cut = 1;
+	}
 	rc = http_post(s->b->http, &post, hsink_done, hb, &hb->req);
 	if (rc < 0)
 		return rc;
@@ -402,6 +419,40 @@ static void hsink_pop(struct sink *s, struct http_batch *hb)
 	hsink_try(s, hb, hsink_now_ms());
 }
 
+/* The sink page's reason of a policy drop reason. */
+static uint8_t hsink_obx_reason(enum pol_reason r)
+{
+	switch (r) {
+	case POL_R_RETRIES_EXHAUSTED:
+		return OBX_DROP_RETRIES_EXHAUSTED;
+	case POL_R_EXPIRED:
+		return OBX_DROP_EXPIRED;
+	case POL_R_RATE_LIMITED:
+		return OBX_DROP_RATE_LIMITED;
+	case POL_R_TOO_LARGE:
+		return OBX_DROP_TOO_LARGE;
+	default:
+		return OBX_DROP_REJECTED;
+	}
+}
+
+/* Records [lo, end) of the batch not gone were dropped for r: by their
+ * category, when the protocol has categories (sentry). */
+static void hsink_count_cats(struct sink *s, struct http_batch *hb,
+			     uint32_t lo, uint32_t end, enum pol_reason r)
+{
+	struct http_sink *hs = s->impl;
+	uint32_t i;
+
+	if (!hs->proto || !hs->proto->ops->category)
+		return;
+	for (i = lo; i < end; i++)
+		if (!hb->gone[i])
+			sink_count_cat(s, hs->proto->ops->category(hs->proto,
+					&hb->b->sb.recs[i]),
+				       hsink_obx_reason(r), 1);
+}
+
 /* Drops the part at the top: its reason counter, the batch's drop count
  * (so the engine does not count these delivered), a rate-limited line. */
 static void hsink_drop_top(struct sink *s, struct http_batch *hb,
@@ -411,15 +462,16 @@ static void hsink_drop_top(struct sink *s, struct http_batch *hb,
 	struct http_part *p = &hb->part[hb->nparts - 1];
 	uint32_t n = p->hi - p->lo, i;
 
-	if (hs->proto && hb->req_taken) {
-		/* the request's records not dropped by the protocol */
-		uint32_t end = p->lo + hb->req_taken;
+	if (hs->proto) {
+		/* the request's records (the part's when none is out), but
+		 * those the protocol dropped already */
+		uint32_t cnt = hb->req_taken ? hb->req_taken : p->hi - p->lo;
 
 		if (hs->proto->ops->lost)
 			hs->proto->ops->lost(hs->proto, hb->b->sb.recs,
-					     hb->gone, p->lo, hb->req_taken,
-					     why);
-		for (n = 0, i = p->lo; i < end; i++)
+					     hb->gone, p->lo, cnt, why);
+		hsink_count_cats(s, hb, p->lo, p->lo + cnt, why);
+		for (n = 0, i = p->lo; i < p->lo + cnt; i++)
 			n += !hb->gone[i];
 	}
 	hsink_count_drop(s, why, n);
@@ -587,6 +639,36 @@ static void hsink_retry_top(struct sink *s, struct http_batch *hb)
 	s->b->persist.batches_dirty = 1;
 }
 
+/* An accepted request whose answer rejects some of its records all the
+ * same (OTLP partial success): those are dropped `rejected`, counted and
+ * logged (rate limited); the batch does not count them delivered. */
+static void hsink_rejected(struct sink *s, struct http_batch *hb,
+			   int status)
+{
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	char why[HSINK_CAUSE_MAX];
+	uint32_t n;
+
+	if (!hs->proto || !hs->proto->ops->accepted || status < 200 ||
+	    status > 299)
+		return;
+	n = hs->proto->ops->accepted(hs->proto, (const char *)hb->answer.p,
+				     hb->answer.len, p->pb.nevents, why,
+				     sizeof(why));
+	if (n) {
+		hsink_count_drop(s, POL_R_REJECTED, n);
+		hb->b->dropped += n;
+		log_rl_n(&hs->rl_drop[POL_R_REJECTED], n, LOG_WARN,
+			 "sink %s: dropped %u events (rejected, partial "
+			 "success: %s)", s->cfg.name, n,
+			 why[0] ? why : "no message");
+	} else if (why[0]) {
+		log_rl(&hs->rl_warn, LOG_WARN, "sink %s: accepted with a "
+		       "warning: %s", s->cfg.name, why);
+	}
+}
+
 static void hsink_done(void *arg, const struct http_result *r)
 {
 	struct http_batch *hb = arg;
@@ -608,9 +690,17 @@ static void hsink_done(void *arg, const struct http_result *r)
 			     hs->proto->ops->classify(hs->proto, r->status) + 1 :
 			     0,
 	};
+	const char *cats[PROTO_REQ_CATS];
 	struct pol_result res;
 	char cause[HSINK_CAUSE_MAX];
+	int i;
 
+	/* what the request carried: a category limit that covers all of
+	 * it explains a refusal (policy.h) */
+	for (i = 0; hs->proto && i < hb->enc.ncats; i++)
+		cats[i] = hb->enc.cats[i];
+	o.req_cats = cats;
+	o.n_req_cats = hs->proto && hb->enc.ncats > 0 ? hb->enc.ncats : 0;
 	hb->req = NULL;
 	hs->requests_out--;
 	hsink_count_status(s, r);
@@ -630,6 +720,7 @@ static void hsink_done(void *arg, const struct http_result *r)
 	hsink_log(s, &res, cause);
 	switch (res.verdict) {
 	case POL_V_DELIVERED:
+		hsink_rejected(s, hb, r->status);
 		hsink_pop(s, hb);
 		break;
 	case POL_V_DROP:
@@ -698,6 +789,76 @@ static int64_t hsink_ready_at(const struct http_batch *hb)
 	return t;
 }
 
+enum { HSINK_HELD_KEPT = 1, HSINK_HELD_DROPPED, HSINK_HELD_ASIDE };
+
+/* Every record left in the part at the top is held by a category limit
+ * (until hb->held_until; sentry, on_rate_limit = hold). Held longer than
+ * max_rate_limit_duration since they were first held: dropped
+ * (rate_limited, per category in the client report), DROPPED. Otherwise,
+ * when nothing else of the batch is left, they are set aside
+ * (sink_batch_aside): they wait in the spool, not in memory, and the
+ * batch's slot goes to the categories that flow - so a limited category
+ * under load never stops the others, whatever max_inflight: ASIDE.
+ * Else (other parts left, or past the bounds of the asides) the batch
+ * keeps them in memory, waiting: KEPT (it does not stop new batches). */
+/* Were the part's records held longer than max_rate_limit_duration (0:
+ * not at all)? Then they are dropped (rate_limited) rather than sent or
+ * held again, as a held batch is (pol_batch_check). */
+static bool hsink_held_expired(struct sink *s, struct http_batch *hb,
+			       int64_t now)
+{
+	struct http_part *p = &hb->part[hb->nparts - 1];
+
+	if (!hb->held_since ||
+	    (s->cfg.max_rate_limit_duration_ms &&
+	     now - hb->held_since <=
+	     (int64_t)s->cfg.max_rate_limit_duration_ms))
+		return false;
+	hb->req_taken = p->hi - p->lo;
+	hsink_drop_top(s, hb, POL_R_RATE_LIMITED,
+		       "held past max_rate_limit_duration");
+	return true;
+}
+
+static int hsink_held(struct sink *s, struct http_batch *hb, int64_t now)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	uint64_t due;
+	uint32_t i;
+
+	if (!hb->held_since)
+		hb->held_since = now;
+	if (hsink_held_expired(s, hb, now))
+		return HSINK_HELD_DROPPED;
+	if (hb->nparts != 1 || p->hi != b->n)
+		return HSINK_HELD_KEPT;
+	if (hs->held_cap < b->n) {
+		uint8_t *h = realloc(hs->held, b->n);
+
+		if (!h)
+			return HSINK_HELD_KEPT;
+		hs->held = h;
+		hs->held_cap = b->n;
+	}
+	for (i = 0; i < b->n; i++)
+		hs->held[i] = i >= p->lo && !hb->gone[i];
+	due = hb->held_until > now ? (uint64_t)hb->held_until * 1000000ull :
+	      log_mono_ns() + 1000000ull;
+	if (sink_batch_aside(b, hs->held, due,
+			     (uint64_t)hb->held_since * 1000000ull) < 0)
+		return HSINK_HELD_KEPT;
+	/* the batch is gone from memory; its slot is free */
+	hb->b = NULL;
+	hb->nparts = 0;
+	hb->waiting = 0;
+	hb->held_until = 0;
+	hb->held_since = 0;
+	hb->req_taken = 0;
+	return HSINK_HELD_ASIDE;
+}
+
 static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 {
 	struct http_sink *hs = s->impl;
@@ -719,6 +880,9 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 		if (hs->proto) {
 			int rc;
 
+			/* records that were held: not past their time */
+			if (hsink_held_expired(s, hb, now))
+				continue;
 			/* every attempt is encoded again: categories limited
 			 * meanwhile are filtered, "gone" records stay gone */
 			hb->req_taken = 0;
@@ -729,9 +893,16 @@ static int hsink_try(struct sink *s, struct http_batch *hb, int64_t now)
 					hb->nparts--;
 				continue;
 			}
-			if (rc < 0) {
-				if (rc != -EAGAIN)
-					hb->held_until = now + 1000;
+			if (rc == -EAGAIN) {
+				rc = hsink_held(s, hb, now);
+				if (rc == HSINK_HELD_DROPPED)
+					continue;
+				if (rc == HSINK_HELD_ASIDE)
+					return 1;
+			} else if (rc < 0) {
+				hb->held_until = now + 1000;
+			}
+			if (rc < 0 || rc == HSINK_HELD_KEPT) {
 				hb->waiting = 1;
 				return 0;
 			}
@@ -797,14 +968,17 @@ static void hsink_proto_drop(void *arg, enum proto_drop why, const char *cat,
 	switch (why) {
 	case PROTO_DROP_INVALID:
 		b->dropped_invalid += n;        /* counted by the engine */
+		sink_count_cat(s, cat, OBX_DROP_INVALID, n);
 		break;
 	case PROTO_DROP_TOO_LARGE:
 		s->c.dropped_too_large += n;
 		b->dropped += n;
+		sink_count_cat(s, cat, OBX_DROP_TOO_LARGE, n);
 		break;
 	case PROTO_DROP_RATE_LIMITED:
 		s->c.dropped_rate_limited += n;
 		b->dropped += n;
+		sink_count_cat(s, cat, OBX_DROP_RATE_LIMITED, n);
 		break;
 	default:
 		return;
@@ -835,6 +1009,10 @@ static int hsink_proto_open(struct sink *s)
 	hs->proto->cat_until = hsink_cat_until;
 	hs->proto->drop = hsink_proto_drop;
 	hs->proto->arg = s;
+	/* the protocols enforce event_max_bytes: producers that know the
+	 * sink drop a body that cannot fit before it takes ring space */
+	s->event_max = s->cfg.event_max_bytes > UINT32_MAX ? UINT32_MAX :
+		       (uint32_t)s->cfg.event_max_bytes;
 	return 0;
 }
 
@@ -873,10 +1051,13 @@ static int hsink_open(struct sink *s)
 	env_reader_init(&hs->er);
 	json_line_cache_init(&hs->jc);
 	hs->rl = (struct log_rl)LOG_RL_INIT(60);
+	hs->rl_warn = (struct log_rl)LOG_RL_INIT(60);
 	for (i = 0; i < HSINK_DROP_REASONS; i++)
 		hs->rl_drop[i] = (struct log_rl)LOG_RL_INIT(60);
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
 		buf_init(&hs->hb[i].body, 0);
+		buf_init(&hs->hb[i].answer, PROTO_ANSWER_MAX);
+	}
 	hsink_load_token(s);
 	rc = hsink_proto_open(s);
 	if (rc < 0) {
@@ -910,6 +1091,7 @@ static void hsink_close(struct sink *s)
 	struct http_sink *hs = s->impl;
 	int i;
 
+	s->event_max = 0;
 	if (!hs)
 		return;
 	hsink_flush_drops(s, log_mono_ns(), 1);
@@ -918,9 +1100,11 @@ static void hsink_close(struct sink *s)
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
 		buf_free(&hs->hb[i].body);
+		buf_free(&hs->hb[i].answer);
 		free(hs->hb[i].gone);
 	}
 	proto_free(hs->proto);
+	free(hs->held);
 	comp_free(hs->comp);
 	env_reader_fini(&hs->er);
 	json_line_cache_free(&hs->jc);
@@ -968,6 +1152,9 @@ static int hsink_send(struct sink *s, struct sink_batch *b)
 			memset(hb->gone, 0, b->n);
 			hb->req_taken = 0;
 			hb->held_until = 0;
+			/* records set aside before: since when */
+			hb->held_since = b->held_since ?
+				(int64_t)(b->held_since / 1000000ull) : 0;
 		}
 		pol_batch_init(&hb->part[0].pb, b->first_seq, b->n);
 		persist_restore_batch(&s->b->persist, s->cfg.name,
@@ -1138,6 +1325,19 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 		waiting = 1;
 		if (hsink_ready_at(hb) > wall && hsink_ready_at(hb) < own)
 			own = hsink_ready_at(hb);
+	}
+	/* held for a category: set aside in the spool, or in memory */
+	s->c.held_events = s->aside_events;
+	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+		const struct http_batch *hb = &hs->hb[i];
+		const struct http_part *p;
+		uint32_t k;
+
+		if (!hb->b || !hb->waiting || !hb->held_until || !hb->nparts)
+			continue;
+		p = &hb->part[hb->nparts - 1];
+		for (k = p->lo; k < p->hi; k++)
+			s->c.held_events += !hb->gone[k];
 	}
 	/* categories: republished when one expires */
 	for (i = 0; i < hs->pol.ncats && i < POL_MAX_CATS; i++)

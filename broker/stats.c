@@ -98,6 +98,28 @@ void stats_restore(struct broker *b)
 	b->dropped_spool_error = g->dropped_spool_error;
 }
 
+/* The drops by category the page holds for its sink i (a page written
+ * by an older broker holds none: zeros). */
+static void stats_restore_cat_drops(const struct obx_sink_page *kp,
+				    uint32_t i, struct sink *s)
+{
+	uint32_t j, n = kp->ncat_drops < OBX_MAX_CAT_DROPS ?
+			kp->ncat_drops : OBX_MAX_CAT_DROPS;
+	char cat[OBX_CAT_MAX];
+
+	s->ncat_drops = 0;
+	for (j = 0; j < n; j++) {
+		const struct obx_cat_drop *d = &kp->cat_drops[j];
+
+		if (d->sink != i || d->reason < OBX_DROP_REJECTED ||
+		    d->reason > OBX_DROP_INVALID)
+			continue;
+		memcpy(cat, d->cat, sizeof(cat));
+		cat[sizeof(cat) - 1] = 0;
+		sink_count_cat(s, cat, d->reason, d->n);
+	}
+}
+
 /* Per-sink counters carried over a restart, matched by name: the page's,
  * then the seq-tied ones from the spool's checkpoint. The spool keeps
  * its own totals (dropped_full, corrupt, redelivered); the refusals are
@@ -116,6 +138,7 @@ void stats_restore_sink(struct broker *b, struct sink *s)
 			continue;
 		s->c = o->c;
 		s->c.inflight = 0;
+		stats_restore_cat_drops(kp, i, s);
 		break;
 	}
 	s->c.dropped_spool_full = 0;
@@ -313,6 +336,7 @@ static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)
 	o->state = s->state;
 	o->until_ns = s->until_ns;
 	o->ncats = s->ncats;
+	o->event_max = s->event_max;
 	memcpy(o->cats, s->cats, sizeof(o->cats));
 	memcpy(o->cat_until_ns, s->cat_until_ns, sizeof(o->cat_until_ns));
 	o->c = s->c;
@@ -320,6 +344,35 @@ static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)
 	o->c.dropped_spool_full = s->c.dropped_spool_full + ss.refused_full +
 				  ss.dropped_full;
 	o->c.redelivered = ss.redelivered;
+}
+
+/* Every sink's drops by category into the page's one table, in sink
+ * order; what does not fit is left out and said (cat_drops_more). */
+static void stats_fill_cat_drops(struct broker *b, struct obx_sink_page *kp)
+{
+	uint32_t n = 0, more = 0, j;
+	int i;
+
+	for (i = 0; i < b->nsinks && i < (int)OBX_MAX_SINKS; i++) {
+		const struct sink *s = b->sinks[i];
+
+		for (j = 0; j < s->ncat_drops; j++) {
+			struct obx_cat_drop *d = &kp->cat_drops[n];
+
+			if (n == OBX_MAX_CAT_DROPS) {
+				more = 1;
+				break;
+			}
+			memset(d, 0, sizeof(*d));
+			d->sink = (uint8_t)i;
+			d->reason = s->cat_drops[j].reason;
+			memcpy(d->cat, s->cat_drops[j].cat, sizeof(d->cat));
+			d->n = s->cat_drops[j].n;
+			n++;
+		}
+	}
+	kp->ncat_drops = n;
+	kp->cat_drops_more = more;
 }
 
 void stats_publish(struct broker *b)
@@ -342,5 +395,6 @@ void stats_publish(struct broker *b)
 		kp->sink[i].in_use = 0;
 	kp->nsinks = (uint32_t)b->nsinks;
 	kp->default_sink = (uint32_t)b->default_sink;
+	stats_fill_cat_drops(b, kp);
 	stats_end(&kp->seq);
 }

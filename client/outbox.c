@@ -34,6 +34,9 @@ struct obx_name {
 	uint32_t len;
 	uint32_t pre_len;              /* env_prefix_template() bytes */
 	uint8_t pre[ENV_NAME_MAX + 16];
+	/* the sink's event_max (sink page) when resolved, UINT32_MAX =
+	 * none: a JSON or bytes body longer than it cannot be sent */
+	_Atomic uint32_t max_body;
 };
 
 struct obx {
@@ -315,6 +318,7 @@ obx_t *obx_open(const char *shm_name)
 		seg_detach(&h->seg);
 		goto err;
 	}
+	obx_sink(h, "");        /* the default sink's limit, if known */
 	h->id = atomic_fetch_add(&g_next_hid, 1);
 	pthread_mutex_lock(&g_open_lock);
 	h->next = g_open;
@@ -357,45 +361,66 @@ void obx_close(obx_t *h)
 	free(h);
 }
 
-/* Is `name` one of the broker's sinks? 1 yes, 0 no, -1 no list yet. */
-static int obx_broker_has_sink(obx_t *h, const char *name, size_t len)
+/* Is `name` one of the broker's sinks? 1 yes (*event_max: its limit,
+ * UINT32_MAX for none), 0 no, -1 no list yet. name NULL: the default
+ * sink. */
+static int obx_broker_has_sink(obx_t *h, const char *name, size_t len,
+			       uint32_t *event_max)
 {
 	const struct obx_sink_page *sp = h->seg.sinks;
 	uint32_t i, n = sp->nsinks;
 
+	*event_max = UINT32_MAX;
 	if (n == 0 || n > OBX_MAX_SINKS)
 		return -1;
 	for (i = 0; i < n; i++)
 		if (sp->sink[i].in_use &&
-		    strnlen(sp->sink[i].name, OBX_NAME_MAX) == len &&
-		    memcmp(sp->sink[i].name, name, len) == 0)
+		    (name ? strnlen(sp->sink[i].name, OBX_NAME_MAX) == len &&
+		     memcmp(sp->sink[i].name, name, len) == 0 :
+		     i == sp->default_sink)) {
+			/* one aligned word, broker-written: no lock needed for
+			 * a hint the broker checks again */
+			uint32_t m = __atomic_load_n(&sp->sink[i].event_max,
+						     __ATOMIC_RELAXED);
+
+			*event_max = m ? m : UINT32_MAX;
 			return 1;
+		}
 	return 0;
 }
 
 int obx_sink(obx_t *h, const char *name)
 {
+	uint32_t max;
 	size_t len;
-	int i, n, rc;
+	int i, n, rc, found;
 
 	if (!h)
 		return -EINVAL;
 	if (!name)
 		name = getenv("OUTBOX_SINK");
-	if (!name || !*name || strcmp(name, "default") == 0)
+	if (!name || !*name || strcmp(name, "default") == 0) {
+		obx_broker_has_sink(h, NULL, 0, &max);
+		atomic_store_explicit(&h->names[0].max_body, max,
+				      memory_order_relaxed);
 		return 0;
+	}
 	len = strlen(name);
 	if (len > ENV_NAME_MAX)
 		return -EINVAL;
 	pthread_mutex_lock(&h->lock);
 	n = atomic_load(&h->nnames);
+	found = obx_broker_has_sink(h, name, len, &max);
 	for (i = 1; i < n; i++)
 		if (h->names[i].len == len &&
 		    memcmp(h->names[i].s, name, len) == 0) {
+			/* resolving again refreshes its limit (a reload) */
+			atomic_store_explicit(&h->names[i].max_body, max,
+					      memory_order_relaxed);
 			rc = i;
 			goto out;
 		}
-	if (obx_broker_has_sink(h, name, len) == 0) {
+	if (found == 0) {
 		rc = -ENOENT;
 		goto out;
 	}
@@ -407,6 +432,8 @@ int obx_sink(obx_t *h, const char *name)
 	h->names[n].len = (uint32_t)len;
 	h->names[n].pre_len = (uint32_t)env_prefix_template(h->names[n].pre,
 					sizeof(h->names[n].pre), name, len);
+	atomic_store_explicit(&h->names[n].max_body, max,
+			      memory_order_relaxed);
 	/* release: the entry is complete before emitters may use id n */
 	atomic_store_explicit(&h->nnames, n + 1, memory_order_release);
 	rc = n;
@@ -433,11 +460,25 @@ static inline size_t obx_bin_hdr_len(size_t n)
 	return n < 256 ? 2 : n < 65536 ? 3 : 5;
 }
 
+/* A body of `len` bytes is longer than the sink's event_max: counted as
+ * an emit attempt and its drop (identity in obx_abi.h), -EMSGSIZE. */
+static int obx_drop_too_large(struct obx_slot *slot)
+{
+	atomic_fetch_add_explicit(&slot->drop_too_large, 1,
+				  memory_order_relaxed);
+	return -EMSGSIZE;
+}
+
 /* Common start of emit and reserve: slot, sink, claim, then the envelope
  * head copied from its templates with ts and id patched in. Leaves
- * p->b positioned at the body. */
+ * p->b positioned at the body. body_len: a JSON-text or bytes body's
+ * length, which reaches the upstream at least as long (the protocols copy
+ * it or add to it), so one over the sink's event_max is dropped before it
+ * takes ring space; 0 for a msgpack body, whose JSON may be shorter (the
+ * broker decides). */
 static inline int obx_begin(obx_t *h, int sink, const char *type,
-			    size_t body_room, struct obx_rsv_priv *p)
+			    size_t body_room, size_t body_len,
+			    struct obx_rsv_priv *p)
 {
 	const struct obx_name *nm;
 	size_t tlen, need, head;
@@ -451,6 +492,9 @@ static inline int obx_begin(obx_t *h, int sink, const char *type,
 			&h->nnames, memory_order_acquire), 0))
 		return -EINVAL;
 	nm = &h->names[sink];
+	if (__builtin_expect(body_len > atomic_load_explicit(&nm->max_body,
+			memory_order_relaxed), 0))
+		return obx_drop_too_large(p->slot);
 	if (!type)
 		type = "";
 	tlen = strlen(type);
@@ -510,7 +554,8 @@ int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	 * passes (size_t)-1. Too large for any record: counted a drop. */
 	if (__builtin_expect(len > h->seg.g.max_record, 0))
 		room = SIZE_MAX;
-	rc = obx_begin(h, sink, type, room, &p);
+	rc = obx_begin(h, sink, type, room, kind == OBX_BODY_MSGPACK ? 0 : len,
+		       &p);
 	if (rc < 0)
 		return rc;
 	d = p.b.p + p.b.len;
@@ -536,7 +581,7 @@ int obx_reserve(obx_t *h, int sink, const char *type, size_t max_body,
 	struct obx_rsv_priv *p = (struct obx_rsv_priv *)r->priv;
 	int rc;
 
-	rc = obx_begin(h, sink, type, max_body, p);
+	rc = obx_begin(h, sink, type, max_body, 0, p);
 	if (rc < 0)
 		return rc;
 	msgpack_packer_init(&r->pk, &p->b, env_buf_write);

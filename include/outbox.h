@@ -64,15 +64,20 @@ void obx_close(obx_t *h);
 
 /* Resolves a sink name to an id, once. NULL: $OUTBOX_SINK, else the
  * default sink (""). -ENOENT when the broker publishes its sinks and this
- * name is not one of them; -ENOSPC after 64 names. */
+ * name is not one of them; -ENOSPC after 64 names. It also takes the
+ * sink's event_max_bytes when the broker publishes one (the protocol
+ * sinks: segment, sentry, otlp); resolving the name again refreshes it
+ * (after a reload). */
 int obx_sink(obx_t *h, const char *name);
 
 /* Emits one event (copied). type may be NULL. 0, -EAGAIN (ring full,
- * dropped), -EMSGSIZE (too large, dropped; any len, (size_t)-1 included,
- * is checked before use), -EINVAL (bad sink id or kind, NULL body with a
- * length, an empty OBX_BODY_MSGPACK body), -ETIMEDOUT (the record's
- * header was overwritten meanwhile - the broker judged this process dead
- * or something damaged the ring - dropped, counted). */
+ * dropped), -EMSGSIZE (too large, dropped: over max_record, or a JSON or
+ * bytes body longer than the sink's event_max_bytes taken by obx_sink(),
+ * a msgpack body being checked by the broker; any len, (size_t)-1
+ * included, is checked before use), -EINVAL (bad sink id or kind, NULL
+ * body with a length, an empty OBX_BODY_MSGPACK body), -ETIMEDOUT (the
+ * record's header was overwritten meanwhile - the broker judged this
+ * process dead or something damaged the ring - dropped, counted). */
 int obx_emit(obx_t *h, int sink, const char *type, const void *body,
 	     size_t len, int kind);
 

@@ -251,7 +251,10 @@ struct obx_sink_counters {
 	 * cancelled + those in flight */
 	uint64_t responses_3xx, responses_other, requests_cancelled;
 	uint64_t redelivered;        /* appended (issue 13) */
-	uint64_t reserved[7];
+	/* appended (issue 15): events of a rate-limited category held
+	 * (on_rate_limit = hold), a part of queued_events (a gauge) */
+	uint64_t held_events;
+	uint64_t reserved[6];
 };
 
 struct obx_sink_shm {
@@ -260,10 +263,32 @@ struct obx_sink_shm {
 	uint32_t state;               /* OBX_SINK_* */
 	uint64_t until_ns;            /* CLOCK_REALTIME ns, 0 when ok */
 	uint32_t ncats;
-	uint32_t pad;
+	uint32_t event_max;           /* was pad (issue 15): the largest body
+	                               * the sink takes (event_max_bytes, where
+	                               * its protocol enforces it), 0 = none */
 	char     cats[OBX_MAX_CATS][OBX_CAT_MAX];
 	uint64_t cat_until_ns[OBX_MAX_CATS];
 	struct obx_sink_counters c;
+};
+
+/* why a drop by category happened (struct obx_cat_drop.reason) */
+#define OBX_DROP_REJECTED          1u
+#define OBX_DROP_RETRIES_EXHAUSTED 2u
+#define OBX_DROP_EXPIRED           3u
+#define OBX_DROP_RATE_LIMITED      4u
+#define OBX_DROP_TOO_LARGE         5u
+#define OBX_DROP_INVALID           6u
+
+#define OBX_MAX_CAT_DROPS 80u
+
+/* events of one sink dropped for one reason, of one data category */
+struct obx_cat_drop {
+	uint8_t  sink;               /* index in sink[] */
+	uint8_t  reason;             /* OBX_DROP_* */
+	uint16_t pad;
+	char     cat[OBX_CAT_MAX];   /* "error", "transaction", ... */
+	uint32_t pad2;
+	uint64_t n;
 };
 
 struct obx_sink_page {
@@ -272,6 +297,18 @@ struct obx_sink_page {
 	uint32_t default_sink;
 	uint64_t pad[6];
 	struct obx_sink_shm sink[OBX_MAX_SINKS];
+	/* appended (issue 15), in the slack of the page's last 4 KiB: the
+	 * layout (ring_off) stays the same, an older broker leaves it zero.
+	 * Drops of the sinks whose protocol knows data categories (sentry),
+	 * by category and reason; a breakdown of the sinks' drop counters,
+	 * not a part of the identity. */
+	uint32_t ncat_drops;         /* entries in use */
+	uint32_t cat_drops_more;     /* 1: some did not fit (left out) */
+	struct obx_cat_drop cat_drops[OBX_MAX_CAT_DROPS];
 };
+
+/* appended fields live in the slack: the page keeps its 10 pages */
+_Static_assert(sizeof(struct obx_sink_page) <= 10 * OBX_PAGE,
+	       "the sink page outgrew its pages: that changes ring_off");
 
 #endif /* OBX_ABI_H */

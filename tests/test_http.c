@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "testutil.h"
+#include "buf.h"
 #include "http.h"
 #include "reactor.h"
 #include "upstream.h"
@@ -579,6 +580,40 @@ static void t_conn_reset(void)
 	teardown();
 }
 
+/* A response body kept in the caller's buffer: past its cap the
+ * transfer fails, unless resp_cut says to keep what fits and go on (the
+ * otlp sink reads 2xx answers: a long one must not fail a delivered
+ * request). */
+static void t_resp_cut(void)
+{
+	struct rec a = { 0 }, b = { 0 };
+	struct buf kept;
+	char url[256], script[6200];
+	struct http_post p = { .url = url, .body = "x", .len = 1,
+			       .resp = &kept };
+
+	setup();
+	snprintf(url, sizeof(url), "%s/cut", up_base());
+	snprintf(script, sizeof(script), "{\"steps\": [{\"status\": 200, "
+		 "\"body\": \"%0*d\", \"count\": 2}]}", 6000, 7);
+	CU_ASSERT_EQUAL_FATAL(up_script(script), 0);
+	buf_init(&kept, 100);
+	CU_ASSERT_EQUAL_FATAL(http_post(g_h, &p, rec_done, &a, NULL), 0);
+	CU_ASSERT_EQUAL(loop_until(&a.calls, 1, 5 * SEC), 0);
+	/* over the cap: the transfer failed */
+	CU_ASSERT_EQUAL(a.curl_code, CURLE_WRITE_ERROR);
+	buf_reset(&kept);
+	p.resp_cut = 1;
+	CU_ASSERT_EQUAL_FATAL(http_post(g_h, &p, rec_done, &b, NULL), 0);
+	CU_ASSERT_EQUAL(loop_until(&b.calls, 1, 5 * SEC), 0);
+	CU_ASSERT_EQUAL(b.status, 200);
+	CU_ASSERT_EQUAL(b.curl_code, 0);
+	CU_ASSERT_EQUAL(kept.len, 100);
+	CU_ASSERT(kept.p && !memcmp(kept.p, "0000", 4));
+	buf_free(&kept);
+	teardown();
+}
+
 /* the hung request times out on time; another one is served meanwhile
  * and the loop sleeps instead of spinning */
 static void t_hang_timeout(void)
@@ -895,6 +930,7 @@ static int add_http(void)
 			 t_interim_response_resets) ||
 	    !CU_add_test(s, "conn_reset", t_conn_reset) ||
 	    !CU_add_test(s, "response_body", t_response_body) ||
+	    !CU_add_test(s, "resp_cut", t_resp_cut) ||
 	    !CU_add_test(s, "excerpt", t_excerpt) ||
 	    !CU_add_test(s, "upstream_selftest", t_upstream_selftest) ||
 	    !CU_add_test(s, "hang_timeout", t_hang_timeout) ||

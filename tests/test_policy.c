@@ -830,8 +830,10 @@ static void test_sentry_responses(void)
 	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 60000);
 
-	/* hold: a refused batch with only category limits holds the sink
-	 * (until the longest), uncounted */
+	/* hold: a refused batch whose categories are not known (the
+	 * generic http sink) with only category limits holds the sink
+	 * (until the longest), uncounted; test_sentry_category_only has
+	 * the requests that say what they carried */
 	c.on_rate_limit = RL_HOLD;
 	pol_sink_init(&s, "sentry");
 	pol_batch_init(&b, 1, 5);
@@ -851,6 +853,122 @@ static void test_sentry_responses(void)
 	CU_ASSERT_EQUAL(r.reason, POL_R_REJECTED);
 	CU_ASSERT_EQUAL(s.state, POL_RATE_LIMITED);
 	CU_ASSERT_EQUAL(s.until_ms, T0 + 10000);
+}
+
+/* A refused request whose categories the answer's category limits cover
+ * (PRODUCT.md section 7, issue 15): only those categories wait, the sink
+ * stays ok so the others keep flowing - in hold mode too. Sentry's rules
+ * (develop.sentry.dev/sdk/rate-limiting): an entry with no categories
+ * limits everything; the scope (organization, project, key) and what
+ * follows it "can be ignored by SDKs" - it never widens a limit. */
+static void test_sentry_category_only(void)
+{
+	static const char *const err[] = { "error" };
+	static const char *const tx[] = { "transaction" };
+	static const char *const both[] = { "error", "transaction" };
+	static const struct {
+		const char *limits;
+		const char *const *cats;
+		int ncats;
+		enum pol_state state;     /* the sink after the answer */
+		int64_t until;            /* its window, when limited */
+	} rows[] = {
+		/* explained by the categories: the sink stays ok */
+		{ "60:error", err, 1, POL_OK, 0 },
+		{ "60:error:organization", err, 1, POL_OK, 0 },
+		{ "60:error:project:quota", err, 1, POL_OK, 0 },
+		{ "60:error;transaction:key", both, 2, POL_OK, 0 },
+		{ "60:error, 30:transaction", both, 2, POL_OK, 0 },
+		/* no categories: everything, whatever the scope */
+		{ "60::organization", err, 1, POL_RATE_LIMITED, 60000 },
+		{ "60::project", tx, 1, POL_RATE_LIMITED, 60000 },
+		/* not explained (a category of the request is not limited,
+		 * or the request's categories are unknown): ignoring the
+		 * refusal would resend at once, so the sink waits */
+		{ "60:error", tx, 1, POL_RATE_LIMITED, 60000 },
+		{ "60:error", both, 2, POL_RATE_LIMITED, 60000 },
+		{ "60:error", NULL, 0, POL_RATE_LIMITED, 60000 },
+	};
+	struct cfg_sink c;
+	struct pol_sink s;
+	struct pol_batch b;
+	struct pol_result r;
+	size_t i;
+
+	t_cfg(&c);
+	c.type = SINK_SENTRY;
+	c.on_rate_limit = RL_HOLD;
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct t_out t;
+
+		pol_sink_init(&s, "sentry");
+		pol_batch_init(&b, 1, 1);
+		CU_ASSERT_EQUAL_FATAL(pol_begin(&s, &c, &b, 0, T0), 0);
+		t_oc(&t, 429, NULL, rows[i].limits);
+		t.o.req_cats = rows[i].cats;
+		t.o.n_req_cats = rows[i].ncats;
+		pol_on_response(&s, &c, &b, &t.o, T0, 0, &r);
+		if (s.state != rows[i].state)
+			fprintf(stderr, "row %zu '%s': state %s\n", i,
+				rows[i].limits, pol_state_name(s.state));
+		CU_ASSERT_EQUAL(s.state, rows[i].state);
+		/* held, not charged, not dropped */
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+		CU_ASSERT_TRUE(r.rate_limited);
+		CU_ASSERT_FALSE(r.counted);
+		CU_ASSERT_EQUAL(b.failures, 0);
+		CU_ASSERT_TRUE(pol_cat_limited(&s, "error", T0 + 59999));
+		CU_ASSERT_FALSE(pol_cat_limited(&s, "error", T0 + 60000));
+		if (rows[i].state == POL_OK) {
+			/* the others flow: the gate is open, the sink
+			 * shows ok */
+			CU_ASSERT_FALSE(pol_cat_limited(&s, "session", T0));
+			CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 1),
+					POL_GATE_SEND);
+			CU_ASSERT_EQUAL(pol_visible_state(&s, T0 + 1, true),
+					POL_OK);
+		} else {
+			CU_ASSERT_EQUAL(s.until_ms, T0 + rows[i].until);
+			CU_ASSERT_EQUAL(pol_gate(&s, &c, 0, T0 + 1),
+					POL_GATE_WAIT);
+		}
+	}
+	/* a probe answered so is an answer: the outage it probed is over */
+	pol_sink_init(&s, "sentry");
+	pol_batch_init(&b, 1, 1);
+	t_send(&s, &c, &b, T0, 503, NULL, NULL, &r);
+	CU_ASSERT_EQUAL(s.state, POL_BACKOFF);
+	{
+		struct t_out t;
+		int64_t at = s.until_ms;
+
+		CU_ASSERT_EQUAL_FATAL(pol_begin(&s, &c, &b, 0, at), 0);
+		CU_ASSERT_TRUE(b.probe);
+		t_oc(&t, 429, NULL, "60:error");
+		t.o.req_cats = err;
+		t.o.n_req_cats = 1;
+		pol_on_response(&s, &c, &b, &t.o, at, 0, &r);
+		CU_ASSERT_EQUAL(s.state, POL_OK);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_RETRY);
+		CU_ASSERT_TRUE(pol_cat_limited(&s, "error", at + 1));
+	}
+	/* drop-category (Sentry's default): the refused request is gone,
+	 * the sink stays ok, explained or not */
+	c.on_rate_limit = RL_DROP_CATEGORY;
+	for (i = 0; i < 2; i++) {
+		struct t_out t;
+
+		pol_sink_init(&s, "sentry");
+		pol_batch_init(&b, 1, 1);
+		CU_ASSERT_EQUAL_FATAL(pol_begin(&s, &c, &b, 0, T0), 0);
+		t_oc(&t, 429, NULL, "60:error:organization");
+		t.o.req_cats = i ? tx : err;
+		t.o.n_req_cats = 1;
+		pol_on_response(&s, &c, &b, &t.o, T0, 0, &r);
+		CU_ASSERT_EQUAL(r.verdict, POL_V_DROP);
+		CU_ASSERT_EQUAL(r.reason, POL_R_RATE_LIMITED);
+		CU_ASSERT_EQUAL(s.state, POL_OK);
+	}
 }
 
 static void test_sentry_categories_table(void)
@@ -2626,6 +2744,8 @@ static int add_policy_suite(void)
 	    !CU_add_test(s, "Sentry limits parse", test_sentry_parse) ||
 	    !CU_add_test(s, "Sentry limits responses",
 			 test_sentry_responses) ||
+	    !CU_add_test(s, "Sentry category-only limits",
+			 test_sentry_category_only) ||
 	    !CU_add_test(s, "Sentry categories table",
 			 test_sentry_categories_table) ||
 	    !CU_add_test(s, "parser fuzz", test_parser_fuzz) ||

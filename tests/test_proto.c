@@ -201,6 +201,54 @@ static void test_json_depth(void)
 	msgpack_sbuffer_destroy(&sb);
 }
 
+/* A map key that is a map whose key is a map...: each level's key is
+ * the JSON text of the one inside, escaped again, so the text doubled
+ * with every level (found by fuzz_proto: a 64-level body made gigabytes
+ * from a few hundred bytes). Container keys nest JSON_W_MAX_KEY_NEST
+ * deep at most; deeper is invalid, at once. */
+static void test_json_key_nest(void)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_unpacked up;
+	struct json_w w;
+	struct buf out;
+	json_t *j;
+	int i, levels;
+
+	for (levels = 1; levels <= 20; levels += 19) {
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		/* {{{..."k\"": 1} : 1} : 1} */
+		for (i = 0; i < levels; i++)
+			msgpack_pack_map(&pk, 1);
+		pk_s(&pk, "k\"\\");
+		for (i = 0; i < levels; i++)
+			msgpack_pack_int(&pk, 1);
+		msgpack_unpacked_init(&up);
+		CU_ASSERT_FATAL(msgpack_unpack_next(&up, sb.data, sb.size,
+						    NULL) ==
+				MSGPACK_UNPACK_SUCCESS);
+		/* one level down: an ordinary map key holding a map */
+		json_w_init(&w);
+		buf_init(&out, 1 << 20);
+		if (levels == 1) {
+			CU_ASSERT_EQUAL(json_w_mp(&w, &up.data, &out), 0);
+		} else {
+			CU_ASSERT_EQUAL(json_w_mp(&w, &up.data, &out),
+					-EINVAL);
+			CU_ASSERT_EQUAL(out.len, 0);
+		}
+		j = json_from_msgpack(&up.data);
+		CU_ASSERT(levels == 1 ? j != NULL : j == NULL);
+		json_decref(j);
+		buf_free(&out);
+		json_w_fini(&w);
+		msgpack_unpacked_destroy(&up);
+		msgpack_sbuffer_destroy(&sb);
+	}
+}
+
 /* ---- envelopes and a protocol instance -------------------------------- */
 
 #define TS_NS 1793534400123000000ull      /* 2026-11-01T12:00:00.123Z */
@@ -558,6 +606,8 @@ static void test_sentry_golden(void)
 	/* one envelope per request */
 	body = enc(p, &R, 0, &q, &rc);
 	CU_ASSERT(rc == 0 && q.taken == 1 && q.sent == 1);
+	/* what it carries, for the policy: an error */
+	CU_ASSERT(q.ncats == 1 && !strcmp(q.cats[0], "error"));
 	EXPECT_STR(body, "{\"event_id\":\"11111111111111110000000000000100\","
 		   "\"sent_at\":\"2026-11-01T12:00:01.000Z\"}\n"
 		   "{\"type\":\"event\",\"length\":119}\n"
@@ -570,16 +620,34 @@ static void test_sentry_golden(void)
 		   "{\"type\":\"transaction\",\"length\":76}\n"
 		   "{\"timestamp\":\"2026-11-01T12:00:00.123Z\","
 		   "\"event_id\":\"own\",\"transaction\":\"/x\"}\n");
-	/* an `envelope` record: forwarded as is */
+	CU_ASSERT(q.ncats == 1 && !strcmp(q.cats[0], "transaction"));
+	/* an `envelope` record: forwarded as is; it carries its items'
+	 * categories */
 	body = enc(p, &R, 2, &q, &rc);
 	EXPECT_STR(body, fwd);
+	CU_ASSERT(q.ncats == 2 && !strcmp(q.cats[0], "error") &&
+		  !strcmp(q.cats[1], "session"));
 	body = enc(p, &R, 3, &q, &rc);
+	CU_ASSERT(q.ncats == 1 && !strcmp(q.cats[0], "log_item"));
 	EXPECT_STR(body, "{\"sent_at\":\"2026-11-01T12:00:01.000Z\"}\n"
 		   "{\"type\":\"log\",\"length\":25,\"item_count\":1,"
 		   "\"content_type\":\"application/vnd.sentry.items.log+json\"}"
 		   "\n{\"items\":[{\"body\":\"hi\"}]}\n");
 	proto_free(p);
 	recs_free(&R);
+	/* categories noted once each; more than PROTO_REQ_CATS: not known */
+	memset(&q, 0, sizeof(q));
+	proto_req_cat(&q, "error");
+	proto_req_cat(&q, "error");
+	CU_ASSERT_EQUAL(q.ncats, 1);
+	proto_req_cat(&q, "session");
+	proto_req_cat(&q, "attachment");
+	proto_req_cat(&q, "span");
+	CU_ASSERT_EQUAL(q.ncats, 4);
+	proto_req_cat(&q, "profile");
+	CU_ASSERT_EQUAL(q.ncats, -1);
+	proto_req_cat(&q, "error");
+	CU_ASSERT_EQUAL(q.ncats, -1);
 }
 
 static void test_sentry_limits(void)
@@ -743,6 +811,58 @@ static void test_otlp_golden(void)
 	recs_free(&R);
 }
 
+/* OTLP partial success: how many of the records a 200 still rejected */
+static void test_otlp_partial(void)
+{
+	static const struct {
+		const char *body;
+		uint32_t sent, rejected;
+		const char *why;
+	} rows[] = {
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"3\","
+		  "\"errorMessage\":\"bad attr\\nvalue\"}}", 10, 3,
+		  "bad attr value" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":4}}", 10, 4,
+		  "" },
+		{ "{\"partial_success\":{\"rejected_log_records\":\"2\"}}",
+		  10, 2, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"99\"}}", 5,
+		  5, "" },                          /* never more than sent */
+		{ "{\"partialSuccess\":{\"errorMessage\":\"slow down\"}}",
+		  5, 0, "slow down" },              /* a warning */
+		{ "{\"partialSuccess\":{}}", 5, 0, "" },
+		{ "{}", 5, 0, "" },
+		{ "", 5, 0, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"-2\"}}", 5,
+		  0, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"7x\"}}", 9,
+		  0, "" },
+		{ "{\"partialSuccess\":{\"rejectedLogRecords\":\"3\"", 9, 0,
+		  "" },                             /* cut: not read */
+		{ "\x0a\x02\x08\x03", 9, 0, "" },     /* protobuf: not read */
+	};
+	struct cfg_sink c;
+	struct eng e;
+	struct proto *p;
+	char why[256];
+	size_t i;
+
+	sink_cfg(&c, SINK_OTLP);
+	c.url = "http://127.0.0.1:4318";
+	p = mk_proto(&proto_otlp_ops, &c, &e);
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		uint32_t n = p->ops->accepted(p, rows[i].body,
+					      strlen(rows[i].body),
+					      rows[i].sent, why, sizeof(why));
+
+		if (n != rows[i].rejected || strcmp(why, rows[i].why))
+			fprintf(stderr, "row %zu: %u '%s'\n", i, n, why);
+		CU_ASSERT_EQUAL(n, rows[i].rejected);
+		CU_ASSERT_STRING_EQUAL(why, rows[i].why);
+	}
+	proto_free(p);
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static int add_json(void)
@@ -754,7 +874,8 @@ static int add_json(void)
 	    !CU_add_test(s, "json_floats", test_json_floats) ||
 	    !CU_add_test(s, "json_strings", test_json_strings) ||
 	    !CU_add_test(s, "json_bin_keys", test_json_bin_keys) ||
-	    !CU_add_test(s, "json_depth", test_json_depth))
+	    !CU_add_test(s, "json_depth", test_json_depth) ||
+	    !CU_add_test(s, "json_key_nest", test_json_key_nest))
 		return -1;
 	return 0;
 }
@@ -770,7 +891,8 @@ static int add_proto(void)
 	    !CU_add_test(s, "sentry_dsn", test_sentry_dsn) ||
 	    !CU_add_test(s, "sentry_golden", test_sentry_golden) ||
 	    !CU_add_test(s, "sentry_limits", test_sentry_limits) ||
-	    !CU_add_test(s, "otlp_golden", test_otlp_golden))
+	    !CU_add_test(s, "otlp_golden", test_otlp_golden) ||
+	    !CU_add_test(s, "otlp_partial", test_otlp_partial))
 		return -1;
 	return 0;
 }

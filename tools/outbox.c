@@ -215,6 +215,24 @@ static void text_row(const char *name, uint64_t v)
 	printf("  %-*s %20" PRIu64 "\n", COL, name, v);
 }
 
+/* The sink's drops by data category (sentry): one row each. */
+static void text_cat_drops(const struct mx_snap *sn, uint32_t i)
+{
+	char cat[OBX_CAT_MAX + 1];
+	const char *reason;
+	uint32_t j, k;
+	uint64_t n;
+
+	for (j = 0; j < mx_ncat_drops(sn); j++)
+		if (!mx_cat_drop(sn, j, &k, cat, sizeof(cat), &reason, &n) &&
+		    k == i)
+			printf("  %-*s %20" PRIu64 "  category %s, %s\n", COL,
+			       "dropped_by_category", n, cat, reason);
+	if (sn->kp->cat_drops_more)
+		printf("  %-*s %20s  (more categories than the page holds)\n",
+		       COL, "dropped_by_category", "...");
+}
+
 static void stat_text(const struct mx_snap *sn)
 {
 	char name[OBX_NAME_MAX + 8], t[64];
@@ -259,6 +277,7 @@ static void stat_text(const struct mx_snap *sn)
 		for (j = 0; j < mx_nsink; j++)
 			text_row(mx_sink[j].key, mx_get(&k->c, &mx_sink[j]));
 		text_row("dropped", mx_sink_dropped(k));
+		text_cat_drops(sn, i);
 	}
 	printf("\nproducers (%u live)\n", sn->nprods);
 	if (sn->nprods)
@@ -336,6 +355,42 @@ static json_t *stat_json_sink(const struct obx_sink_shm *k, int *err)
 	return o;
 }
 
+/* {"error": {"rate_limited": 41}, ...}: the sink's drops by category */
+static json_t *stat_json_cat_drops(const struct mx_snap *sn, uint32_t i,
+				   int *err)
+{
+	json_t *o = json_object();
+	char cat[OBX_CAT_MAX + 1];
+	const char *reason;
+	uint32_t j, k;
+	uint64_t n;
+
+	for (j = 0; o && j < mx_ncat_drops(sn); j++) {
+		json_t *c, *key;
+
+		if (mx_cat_drop(sn, j, &k, cat, sizeof(cat), &reason, &n) ||
+		    k != i)
+			continue;
+		/* a name from shm may not be UTF-8: the repaired one */
+		key = json_string_lossy(cat, strlen(cat));
+		if (!key) {
+			*err = 1;
+			break;
+		}
+		c = json_object_get(o, json_string_value(key));
+		if (!c) {
+			c = json_object();
+			jset(o, json_string_value(key), c, err);
+		}
+		if (c)
+			jset(c, reason, ju64(n), err);
+		json_decref(key);
+	}
+	if (!o)
+		*err = 1;
+	return o;
+}
+
 static json_t *stat_json(const struct mx_snap *sn)
 {
 	json_t *o = json_object(), *sinks = json_object(),
@@ -369,6 +424,9 @@ static json_t *stat_json(const struct mx_snap *sn)
 		so = stat_json_sink(k, &err);
 		if (so && i == sn->kp->default_sink)
 			jset(so, "default", json_true(), &err);
+		if (so)
+			jset(so, "dropped_by_category",
+			     stat_json_cat_drops(sn, i, &err), &err);
 		jset_lossy(sinks, name, so, &err);
 	}
 	jset(o, "sinks", sinks, &err);

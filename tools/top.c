@@ -233,6 +233,25 @@ static void sink_state(const struct obx_sink_shm *k, uint64_t now, char *out,
 	snprintf(out, len, "%s %s left", mx_state_name(k->state), d);
 }
 
+/* Sink i's drops by data category (sentry), totals. */
+static void draw_cat_drops(struct top *t, uint32_t i)
+{
+	char cat[OBX_CAT_MAX + 1], tot[16];
+	const char *reason;
+	uint32_t j, k;
+	uint64_t n;
+
+	for (j = 0; j < mx_ncat_drops(&t->cur); j++) {
+		if (mx_cat_drop(&t->cur, j, &k, cat, sizeof(cat), &reason,
+				&n) || k != i)
+			continue;
+		printable(cat);
+		fmt_num(tot, sizeof(tot), (double)n, 0);
+		line(t, 0, "%-*s   category %s: %s dropped (%s)", NAME_W, "",
+		     cat, tot, reason);
+	}
+}
+
 static void draw_sinks(struct top *t)
 {
 	const struct mx_snap *s = &t->cur;
@@ -284,6 +303,7 @@ static void draw_sinks(struct top *t)
 			line(t, 0, "%-*s   category %s limited, %s left",
 			     NAME_W, "", cat, d);
 		}
+		draw_cat_drops(t, i);
 	}
 }
 
