@@ -42,6 +42,11 @@ struct broker {
 	int spool_stalled;           /* a flush failed: retry at stall_retry */
 	uint64_t stall_retry;
 	uint64_t last_record_ns;     /* mono: last record drained */
+	uint64_t wake_mark;          /* after drain_run(): a producer wakes
+	                              * us past cursor + this many bytes,
+	                              * DRAIN_NO_WAKE: do not sleep on it */
+	uint64_t wakeups;            /* woken by a producer (futex) */
+	uint64_t drain_looks;        /* drain_run() calls */
 	uint64_t drain_again;        /* mono: next drain attempt when waiting */
 
 	/* ring wake-up through the reactor */
@@ -77,6 +82,7 @@ struct broker {
 uint64_t drain_run(struct broker *b, uint64_t now);
 /* 1 when the ring is empty and nothing waits to be made durable. */
 int drain_idle(struct broker *b);
+#define DRAIN_NO_WAKE UINT64_MAX
 /* Index of the sink for an envelope's sink name (default if unknown). */
 int drain_route(struct broker *b, const char *name, uint32_t len,
 		int *unknown);

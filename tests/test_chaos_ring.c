@@ -172,7 +172,7 @@ static void *chaos_consumer(void *arg)
 			last_reap = now;
 		}
 		if (rc == RING_EMPTY && !c->npins)
-			ring_cons_wait(c, 2000000);
+			ring_cons_wait(c, 2000000, 0);
 		else
 			usleep(200);
 	}

@@ -239,7 +239,7 @@ static void run_producers(int np, uint64_t n, uint64_t ring)
 				pids[i] = 0;
 				done++;
 			}
-		ring_cons_wait(&g_c, 1000000);
+		ring_cons_wait(&g_c, 1000000, 0);
 	}
 	rt_drain(&g_c, &g_er, &g_seen, 2000);
 	for (i = 0; i < np; i++) {
