@@ -1,7 +1,9 @@
 /* bench_emit.c - `outbox-bench emit`: the cost of one emit.
  *
  * A private segment, a private consumer (a thread of the bench process
- * that drains and cleans like the broker does, without a spool), and N
+ * that drains, cleans and sleeps like the broker does, without a spool:
+ * drain_latency 20 ms or the fill mark; OBX_NAP=us instead naps that
+ * long whenever the ring is empty, the consumer before issue 17), and N
  * producer processes, each pinned to CPU i % ncpu, emitting M events of
  * B body bytes through the public API (obx_emit, OBX_BODY_BYTES).
  *
@@ -138,8 +140,13 @@ static void *drain_main(void *p)
 			continue;
 		}
 		ring_release(&c, c.cursor);
-		if (rc == RING_EMPTY)
-			usleep(getenv("OBX_NAP") ? atoi(getenv("OBX_NAP")) : 1000);
+		if (rc == RING_EMPTY && getenv("OBX_NAP"))
+			usleep((useconds_t)atoi(getenv("OBX_NAP")));
+		else if (rc == RING_EMPTY)
+			/* as the broker sleeps (issue 17): until its next look,
+			 * drain_latency (20 ms) on, or until a producer's claim
+			 * passes the fill mark (an eighth of the ring) */
+			ring_cons_wait(&c, 20000000ull, c.s->g.ring_size >> 3);
 		else
 			sched_yield();
 	}
