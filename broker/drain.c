@@ -201,6 +201,25 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 	return now + b->cfg.drain_latency_ms * 1000000ull;
 }
 
+/* The loop's entry, every iteration. A look at the ring only when one is
+ * due: its timer (drain_latency after the last look began), a producer's
+ * wake-up, or a stop. Other iterations (a flush or HTTP completion, the
+ * housekeeping tick) only flush what the last look took while the flush
+ * before it was in flight: at a trickle, looking at every completion
+ * found one or two new records each time and chained ~10 flushes per
+ * drain_latency instead of one. Returns the next look's deadline. */
+uint64_t drain_tick(struct broker *b, uint64_t now)
+{
+	if (b->look_now || b->stopping || now >= b->next_look) {
+		b->look_now = 0;
+		b->next_look = drain_run(b, now);
+		return b->next_look;
+	}
+	if (!b->spool_stalled)
+		drain_flush(b);
+	return b->next_look;
+}
+
 void drain_catch_up(struct broker *b, uint64_t pos)
 {
 	struct ring_cons *c = &b->rc;

@@ -101,9 +101,13 @@ static void futex_done(struct rx_op *op, int res, uint32_t flags)
 					     offsetof(struct broker, futex_op));
 
 	(void)flags;
-	if (res >= 0)
-		b->wakeups++;           /* a producer's FUTEX_WAKE */
 	b->futex_armed = 0;
+	if (res == -ECANCELED)
+		return;
+	/* a producer's FUTEX_WAKE, or (-EAGAIN) its exchange landed
+	 * between our arming and the wait being queued */
+	b->wakeups++;
+	b->look_now = 1;
 }
 
 /* Before a sleep: arm the wake word for a claim past cursor + mark (C5);
@@ -482,7 +486,7 @@ static int broker_loop(struct broker *b)
 		broker_settle_sinks(b);
 		next = UINT64_MAX;
 		if (!b->stopping || !drained_at_stop) {
-			next = drain_run(b, now);
+			next = drain_tick(b, now);
 			mark = b->wake_mark;
 			if (b->stopping && drain_idle(b))
 				drained_at_stop = 1;
@@ -506,12 +510,14 @@ static int broker_loop(struct broker *b)
 		 * us earlier only past the mark it asked for */
 		if (mark != DRAIN_NO_WAKE) {
 			rc = futex_sleep_arm(b, mark);
-			if (rc == 0)
+			if (rc == 0) {
+				b->look_now = 1;
 				next = now;
-			else if (rc < 0)
-				next = min64(next, now +
-					     b->cfg.drain_latency_ms *
-					     1000000ull);
+			} else if (rc < 0) {
+				b->next_look = min64(b->next_look, now +
+					b->cfg.drain_latency_ms * 1000000ull);
+				next = min64(next, b->next_look);
+			}
 		}
 		t = next > now ? next - now : 0;
 		rc = rx_run(&b->rx, t);
