@@ -47,6 +47,7 @@ struct broker {
 	                              * DRAIN_NO_WAKE: do not sleep on it */
 	uint64_t next_look;          /* mono: when drain_tick() looks next */
 	int look_now;                /* a producer woke us: look at once */
+	int drain_busy;              /* the last look took DRAIN_BUSY+ */
 	uint64_t wakeups;            /* woken by a producer (futex) */
 	uint64_t drain_looks;        /* drain_run() calls */
 	uint64_t drain_again;        /* mono: next drain attempt when waiting */

@@ -26,6 +26,11 @@
  * record. 20 ms of arrivals at the rate the broker can sustain (~1 M
  * ev/s) is ~5 MB, under the mark of a 64 MiB ring. */
 #define DRAIN_IDLE_NS      1000000000ull
+/* A look that took this many records (50 k ev/s at 20 ms) means heavy
+ * traffic: then every loop iteration looks, as before issue 17. The
+ * per-look cost (a flush, its completions) is shared by that many
+ * records anyway, and the drain keeps pace with the spool and sinks. */
+#define DRAIN_BUSY         1024
 #define STALL_RETRY_NS     1000000000ull
 
 int drain_route(struct broker *b, const char *name, uint32_t len,
@@ -184,6 +189,7 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 	}
 	if (n)
 		b->last_record_ns = now;
+	b->drain_busy = n >= DRAIN_BUSY;
 	b->drain_looks++;
 	drain_flush(b);
 	if (n == DRAIN_BATCH)
@@ -203,14 +209,16 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 
 /* The loop's entry, every iteration. A look at the ring only when one is
  * due: its timer (drain_latency after the last look began), a producer's
- * wake-up, or a stop. Other iterations (a flush or HTTP completion, the
+ * wake-up, a stop, or heavy traffic (the last look took DRAIN_BUSY
+ * records or more). Other iterations (a flush or HTTP completion, the
  * housekeeping tick) only flush what the last look took while the flush
  * before it was in flight: at a trickle, looking at every completion
  * found one or two new records each time and chained ~10 flushes per
  * drain_latency instead of one. Returns the next look's deadline. */
 uint64_t drain_tick(struct broker *b, uint64_t now)
 {
-	if (b->look_now || b->stopping || now >= b->next_look) {
+	if (b->look_now || b->stopping || b->drain_busy ||
+	    now >= b->next_look) {
 		b->look_now = 0;
 		b->next_look = drain_run(b, now);
 		return b->next_look;
