@@ -26,6 +26,9 @@
  * record. 20 ms of arrivals at the rate the broker can sustain (~1 M
  * ev/s) is ~5 MB, under the mark of a 64 MiB ring. */
 #define DRAIN_IDLE_NS      1000000000ull
+/* Idle, it still looks with the housekeeping tick: a wake-up lost to a
+ * producer killed between its exchange and its FUTEX_WAKE costs this. */
+#define DRAIN_IDLE_LOOK_NS 100000000ull
 /* A look that took this many records (50 k ev/s at 20 ms) means heavy
  * traffic: then every loop iteration looks, as before issue 17. The
  * per-look cost (a flush, its completions) is shared by that many
@@ -202,7 +205,7 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 	if (!ring_cons_pinned(&b->rc) && !b->flush_inflight &&
 	    now - b->last_record_ns >= DRAIN_IDLE_NS) {
 		b->wake_mark = 0;                 /* idle: the first record */
-		return UINT64_MAX;
+		return now + DRAIN_IDLE_LOOK_NS;
 	}
 	return now + b->cfg.drain_latency_ms * 1000000ull;
 }
