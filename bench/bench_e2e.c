@@ -514,7 +514,8 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       "\"lost\":%llu,\"duplicates\":%llu,\"rate\":%.0f,"
 		       "\"producers_cpu_s\":%.2f,\"cpu_us_per_event\":%.3f,"
 		       "\"pace_cpu_us_per_event\":%.3f,"
-		       "\"cpu_us_per_event_net\":%.3f,\"complete\":%s",
+		       "\"cpu_us_per_event_net\":%.3f,\"complete\":%s,"
+		       "\"broker_wakeups\":%llu,\"broker_looks\":%llu",
 		       o->sink, o->durability, o->np, o->size,
 		       (double)(x->t_emit_end - x->t0) / 1e9,
 		       (unsigned long long)x->total,
@@ -530,7 +531,9 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       (unsigned long long)x->lost,
 		       (unsigned long long)x->dups, o->rate, x->prod_cpu,
 		       cpu_ev, x->pace_us, cpu_ev - x->pace_us,
-		       x->complete ? "true" : "false");
+		       x->complete ? "true" : "false",
+		       (unsigned long long)x->g.wakeups,
+		       (unsigned long long)x->g.drain_looks);
 		if (k)
 			fprintf(f, ",\"compression\":\"%s\",\"encoding\":\"%s\","
 			       "\"requests\":%llu,\"requests_ok\":%llu,"
@@ -576,6 +579,9 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       "them %.3f us)\n", x->pace_us, cpu_ev - x->pace_us);
 	else
 		printf(" (flat out)\n");
+	printf("broker: %llu looks at the ring, woken by producers %llu "
+	       "times\n", (unsigned long long)x->g.drain_looks,
+	       (unsigned long long)x->g.wakeups);
 	if (k) {
 		printf("http (%s, %s): %llu requests (%llu ok), %.1f events "
 		       "per request, broker retries %llu, 5xx %llu; sink CPU "

@@ -42,6 +42,14 @@ struct broker {
 	int spool_stalled;           /* a flush failed: retry at stall_retry */
 	uint64_t stall_retry;
 	uint64_t last_record_ns;     /* mono: last record drained */
+	uint64_t wake_mark;          /* after drain_run(): a producer wakes
+	                              * us past cursor + this many bytes,
+	                              * DRAIN_NO_WAKE: do not sleep on it */
+	uint64_t next_look;          /* mono: when drain_tick() looks next */
+	int look_now;                /* a producer woke us: look at once */
+	int drain_busy;              /* the last look took DRAIN_BUSY+ */
+	uint64_t wakeups;            /* woken by a producer (futex) */
+	uint64_t drain_looks;        /* drain_run() calls */
 	uint64_t drain_again;        /* mono: next drain attempt when waiting */
 
 	/* ring wake-up through the reactor */
@@ -75,8 +83,10 @@ struct broker {
 /* Moves records from the ring into the spool; flushes; returns the next
  * mono ns it wants to run again (UINT64_MAX: only when woken). */
 uint64_t drain_run(struct broker *b, uint64_t now);
+uint64_t drain_tick(struct broker *b, uint64_t now);
 /* 1 when the ring is empty and nothing waits to be made durable. */
 int drain_idle(struct broker *b);
+#define DRAIN_NO_WAKE UINT64_MAX
 /* Index of the sink for an envelope's sink name (default if unknown). */
 int drain_route(struct broker *b, const char *name, uint32_t len,
 		int *unknown);

@@ -91,6 +91,8 @@ struct cfg {
 	                                  * is counted and logged */
 	enum cfg_stall_action stall_action; /* wait (or kill) */
 	char *metrics_listen;            /* ADDR:PORT of /metrics, NULL: off */
+	uint64_t drain_latency_ms;       /* 20: longest wait of a committed
+	                                  * event before the broker looks */
 	struct cfg_sink sinks[CFG_MAX_SINKS];
 	int nsinks;                      /* "default" always exists */
 };

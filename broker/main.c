@@ -17,7 +17,6 @@
 
 #define HOUSEKEEPING_NS   100000000ull   /* reap, stats: every 100 ms */
 #define BEAT_NS           1000000000ull
-#define IDLE_POLL_NS      10000000ull     /* without io_uring futex */
 
 static void usage(FILE *f)
 {
@@ -101,25 +100,33 @@ static void futex_done(struct rx_op *op, int res, uint32_t flags)
 	struct broker *b = (struct broker *)((char *)op -
 					     offsetof(struct broker, futex_op));
 
-	(void)res;
 	(void)flags;
 	b->futex_armed = 0;
+	if (res == -ECANCELED)
+		return;
+	/* a producer's FUTEX_WAKE, or (-EAGAIN) its exchange landed
+	 * between our arming and the wait being queued */
+	b->wakeups++;
+	b->look_now = 1;
 }
 
-/* Idle: arm the wake word; one futex wait stays queued in the kernel
- * until a producer wakes it, however often we arm and disarm. Returns 1
- * when we may sleep without a deadline for the ring. */
-static int futex_sleep_ok(struct broker *b)
+/* Before a sleep: arm the wake word for a claim past cursor + mark (C5);
+ * one futex wait stays queued in the kernel until a producer wakes it,
+ * however often we arm and disarm. 1: armed, 0: the ring already holds
+ * that much (look now), -1: no io_uring futex (look on a timer only). */
+static int futex_sleep_arm(struct broker *b, uint64_t mark)
 {
 	if (!b->rx.has_futex)
-		return 0;
-	if (!ring_cons_arm(&b->rc))
+		return -1;
+	if (!ring_cons_arm(&b->rc, mark))
 		return 0;               /* data arrived meanwhile */
 	if (!b->futex_armed) {
 		b->futex_op.fn = futex_done;
 		if (rx_futex_wait(&b->rx, &b->futex_op,
-				  (uint32_t *)&b->seg.hdr->wake, 1) < 0)
-			return 0;
+				  (uint32_t *)&b->seg.hdr->wake, 1) < 0) {
+			ring_cons_disarm(&b->rc);
+			return -1;
+		}
 		b->futex_armed = 1;
 	}
 	return 1;
@@ -316,7 +323,8 @@ static int broker_start(struct broker *b)
 		 b->cfg.durability == DUR_NONE ? "none" :
 		 b->cfg.durability == DUR_WRITE ? "write" : "fdatasync",
 		 b->nsinks, b->rx.has_futex ? "" :
-		 " (no io_uring futex: idle polling every 10 ms)");
+		 " (no io_uring futex: the ring is looked at every "
+		 "drain_latency, idle or not)");
 	return 0;
 }
 
@@ -347,6 +355,8 @@ static void broker_reload(struct broker *b)
 		cfg_free(&n);
 		return;
 	}
+	/* read at every look: takes effect at once */
+	b->cfg.drain_latency_ms = n.drain_latency_ms;
 	/* known sinks take their new settings once idle; new ones open */
 	for (i = 0; i < b->nsinks; i++) {
 		int k = cfg_sink_find(&n, b->sinks[i]->cfg.name);
@@ -494,7 +504,8 @@ static int broker_loop(struct broker *b)
 
 	for (;;) {
 		uint64_t now = log_mono_ns(), next, t;
-		int i, rc, ring_idle = 0;
+		uint64_t mark = DRAIN_NO_WAKE;
+		int i, rc;
 
 		if (b->reload) {
 			ops_reloading(b);
@@ -504,8 +515,8 @@ static int broker_loop(struct broker *b)
 		broker_settle_sinks(b);
 		next = UINT64_MAX;
 		if (!b->stopping || !drained_at_stop) {
-			next = drain_run(b, now);
-			ring_idle = next == UINT64_MAX;
+			next = drain_tick(b, now);
+			mark = b->wake_mark;
 			if (b->stopping && drain_idle(b))
 				drained_at_stop = 1;
 		}
@@ -524,11 +535,19 @@ static int broker_loop(struct broker *b)
 		/* read right before sleeping: a send above moved it to now */
 		if (b->http)
 			next = min64(next, http_next_deadline(b->http));
-		/* the drain says the ring is idle (not merely polled while
-		 * traffic flows): sleep on its futex, a producer's first
-		 * commit wakes us */
-		if (ring_idle && !futex_sleep_ok(b))
-			next = min64(next, now + IDLE_POLL_NS);
+		/* the drain's next look is on its own timer; producers wake
+		 * us earlier only past the mark it asked for */
+		if (mark != DRAIN_NO_WAKE) {
+			rc = futex_sleep_arm(b, mark);
+			if (rc == 0) {
+				b->look_now = 1;
+				next = now;
+			} else if (rc < 0) {
+				b->next_look = min64(b->next_look, now +
+					b->cfg.drain_latency_ms * 1000000ull);
+				next = min64(next, b->next_look);
+			}
+		}
 		t = next > now ? next - now : 0;
 		rc = rx_run(&b->rx, t);
 		ring_cons_disarm(&b->rc);

@@ -92,6 +92,12 @@ const struct mx_ctr mx_global[] = {
 	  "Bytes free on the spool's file system (last look)."),
 	G(spool_write_errors, 0, MX_INFO, "spool_write_errors_total", NULL,
 	  NULL, "Failed spool writes since the broker started."),
+	G(wakeups, 0, MX_INFO, "ring_wakeups_total", NULL, NULL,
+	  "Times a producer woke the broker (ring past the fill mark, or "
+	  "the first event after an idle second)."),
+	G(drain_looks, 0, MX_INFO, "ring_looks_total", NULL, NULL,
+	  "Times the broker looked at the ring on its own schedule "
+	  "(every drain_latency while events flow)."),
 };
 const size_t mx_nglobal = NELEM(mx_global);
 

@@ -321,6 +321,8 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->redelivered = ss.redelivered;
 	g->spool_disk_free = ss.disk_free;
 	g->spool_write_errors = ss.write_errors;
+	g->wakeups = b->wakeups;
+	g->drain_looks = b->drain_looks;
 }
 
 static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)

@@ -23,8 +23,14 @@
  *
  * Who writes which word:
  *   tail            producers, by atomic fetch_add only
- *   wake            the broker sets it to 1 before sleeping; a producer that
- *                   sees 1 exchanges it to 0 and issues FUTEX_WAKE
+ *   wake            the broker sets it to 1 before a sleep it wants to be
+ *                   woken from, 0 when awake; a producer whose claim ends
+ *                   past wake_pos while it reads 1 exchanges it to 0 and
+ *                   issues FUTEX_WAKE
+ *   wake_pos        the broker only, before it sets wake = 1: the ring
+ *                   position past which a claim wakes it (its cursor plus
+ *                   the fill mark; the cursor itself when it asks for the
+ *                   first record)
  *   head            the broker only (store-release)
  *   record headers  producers (0 -> BUSY, BUSY -> COMMIT|DISCARD by CAS); the
  *                   broker (BUSY -> PAD by CAS for dead owners, zero gap
@@ -40,7 +46,7 @@
 #include <stdatomic.h>
 
 #define OBX_MAGIC        0x3130584f4254554fULL /* "OUTBOX01" */
-#define OBX_ABI_VERSION  2u
+#define OBX_ABI_VERSION  3u
 #define OBX_CACHELINE    64u
 #define OBX_PAGE         4096u
 
@@ -114,10 +120,13 @@ struct obx_shm_hdr {
 	/* producer line: written by every producer (fetch_add) */
 	_Alignas(OBX_CACHELINE) _Atomic uint64_t tail;
 
-	/* wake line: futex word. Broker stores 1 before it sleeps; producers
-	 * exchange it to 0 and FUTEX_WAKE. Pairs with ring_wake_armed() in
-	 * ring.c and ring_producer_kick(). */
+	/* wake line, broker-written only when it goes to sleep or wakes:
+	 * wake is the futex word (1 = asleep and willing to be woken),
+	 * wake_pos the position a claim must end past to wake it (ABI 3).
+	 * Pairs ring_cons_arm() (C5) with ring_producer_kick() (P8). */
 	_Alignas(OBX_CACHELINE) _Atomic uint32_t wake;
+	uint32_t wake_pad;
+	_Atomic uint64_t wake_pos;
 	_Alignas(OBX_CACHELINE) uint8_t end[1];
 };
 
@@ -225,7 +234,11 @@ struct obx_stats {
 	uint64_t redelivered;        /* sent again after a broker restart */
 	uint64_t spool_disk_free;    /* gauge: bytes free for the spool */
 	uint64_t spool_write_errors; /* failed spool writes (this broker) */
-	uint64_t reserved[9];
+	/* appended (issue 17): how the broker came to look at the ring
+	 * (this broker) */
+	uint64_t wakeups;            /* woken by a producer (futex) */
+	uint64_t drain_looks;        /* ring looks on its own schedule */
+	uint64_t reserved[7];
 };
 
 struct obx_stats_page {

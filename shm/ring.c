@@ -812,13 +812,20 @@ void ring_release(struct ring_cons *c, uint64_t upto)
 	ring_release_mark(c, m);
 }
 
-int ring_cons_arm(struct ring_cons *c)
+int ring_cons_arm(struct ring_cons *c, uint64_t mark)
 {
-	/* C5: Dekker with P7/P8: either we see the new tail, or the
-	 * producer sees wake == 1. */
+	uint64_t at = c->cursor + mark;
+
+	/* C5: wake_pos first, then wake = 1 (seq_cst, a release for
+	 * wake_pos: a producer that reads this 1 reads this wake_pos or a
+	 * later one), then the tail re-read (seq_cst). Dekker with P2/P8:
+	 * a claim the re-read misses comes after it in the total order,
+	 * so its producer's P8 load sees wake == 1 and, ending past `at`,
+	 * wakes us. */
+	atomic_store_explicit(&c->s->hdr->wake_pos, at, memory_order_relaxed);
 	atomic_store_explicit(&c->s->hdr->wake, 1, memory_order_seq_cst);
 	c->tail = ring_tail_acquire(c, 1);
-	if (c->tail != c->cursor) {
+	if ((int64_t)(c->tail - at) > 0) {
 		atomic_store_explicit(&c->s->hdr->wake, 0,
 				      memory_order_relaxed);
 		return 0;
@@ -828,21 +835,27 @@ int ring_cons_arm(struct ring_cons *c)
 
 void ring_cons_disarm(struct ring_cons *c)
 {
-	/* producers make no syscall while we are awake */
+	/* awake: producers skip P8 after one load */
 	atomic_store_explicit(&c->s->hdr->wake, 0, memory_order_relaxed);
 }
 
-void ring_cons_wait(struct ring_cons *c, uint64_t timeout_ns)
+int ring_cons_wait(struct ring_cons *c, uint64_t timeout_ns, uint64_t mark)
 {
 	struct timespec ts = {
 		.tv_sec = (time_t)(timeout_ns / 1000000000ull),
 		.tv_nsec = (long)(timeout_ns % 1000000000ull),
 	};
+	int woken = 0;
 
-	if (ring_cons_arm(c))
+	if (ring_cons_arm(c, mark)) {
 		syscall(SYS_futex, (uint32_t *)&c->s->hdr->wake, FUTEX_WAIT,
 			1, &ts, NULL, 0);
+		/* a producer's exchange leaves 0; a timeout leaves our 1 */
+		woken = atomic_load_explicit(&c->s->hdr->wake,
+					     memory_order_relaxed) == 0;
+	}
 	ring_cons_disarm(c);
+	return woken;
 }
 
 static void ring_fold_slot(struct ring_cons *c, struct obx_slot *sl)

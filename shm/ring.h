@@ -8,7 +8,7 @@
  *   P1  lane.claim += 3 (claims+1, busy; one instruction) if the lane is
  *       not already busy (a signal handler inside P1..P5), else
  *       slot.reserved += 1 (fetch_add)
- *   P2  pos = tail.fetch_add(size)    (release)     the claim; publishes
+ *   P2  pos = tail.fetch_add(size)    (seq_cst)     the claim; publishes
  *       P1 to whoever reads this tail (C2); lane.pos = pos, lane.pos_n =
  *       the claim's number (release): where a stalled claim is
  *   P3  h = head (acquire); pos-h > ring_size-size or pos misaligned
@@ -17,8 +17,9 @@
  *   P5  lane.claim -= 1 (release)  or  slot.settled += 1 (release);
  *       then a release fence: P5 is visible before any payload byte
  *   P6  payload written in place
- *   P7  hdr.len = len; CAS BUSY->COMMIT (seq_cst)   pairs with C1
- *   P8  wake (seq_cst load) == 1 -> xchg 0 -> FUTEX_WAKE   pairs with C5
+ *   P7  hdr.len = len; CAS BUSY->COMMIT (release)   pairs with C1
+ *   P8  wake (seq_cst load) == 1 and pos + size past wake_pos -> xchg 0
+ *       -> FUTEX_WAKE   pairs with C5 (through P2)
  *
  * Consumer (the broker, one thread):
  *   C1  w = hdr.word (acquire) at cursor; never reads at or beyond
@@ -34,7 +35,9 @@
  *   C4  after the spool has the records: zero [head, upto) then
  *       head = upto (release), upto never past a pinned claim; pairs
  *       with P0/P3
- *   C5  before sleeping: wake = 1 (seq_cst), re-read tail; pairs with P8
+ *   C5  before sleeping: wake_pos = cursor + mark, wake = 1 (seq_cst),
+ *       re-read tail (seq_cst); past wake_pos -> do not sleep. Pairs with
+ *       P2/P8. Otherwise the broker looks every drain_latency.
  */
 #ifndef OBX_RING_H
 #define OBX_RING_H
@@ -147,14 +150,15 @@ static inline int ring_reserve(const struct seg *s, struct obx_slot *slot,
 		atomic_fetch_add_explicit(&slot->reserved, 1,
 					  memory_order_relaxed);
 	OBX_FAULT(OBX_FP_CLAIM_MID);
-	/* P2: release is all the claim needs. It publishes P1 to a
-	 * consumer that reads this tail (C2, acquire). Nothing here must
-	 * see another thread's writes through it: P3 reads head with its
-	 * own acquire, and a head read early is only older, i.e. more
-	 * likely to abandon. On x86 every locked RMW is a full barrier
-	 * anyway. */
+	/* P2: seq_cst. It publishes P1 to a consumer that reads this tail
+	 * (C2, acquire), and it is this producer's half of the wake-up
+	 * Dekker pair (P8 with C5): the claim and the broker's wake = 1
+	 * are ordered in one total order with both re-reads. On x86 every
+	 * locked RMW is a full barrier anyway: the same instruction as a
+	 * release. A head read early by P3 is only older, i.e. more likely
+	 * to abandon. */
 	pos = atomic_fetch_add_explicit(&hdr->tail, size,
-					memory_order_release);
+					memory_order_seq_cst);
 	/* where the claim with claim word n is, for the consumer (C2/C3):
 	 * pos before pos_n */
 	if (lane) {
@@ -207,16 +211,32 @@ full:
 	return -EAGAIN;
 }
 
-/* P8: wake a sleeping consumer; no syscall while it is awake. */
-static inline void ring_producer_kick(const struct seg *s)
+/* P8: wake the consumer only when it sleeps (wake == 1) and this claim
+ * ends past the position it asked to be woken at (wake_pos: its cursor
+ * plus the fill mark, or its cursor when it asked for the first record).
+ * Otherwise it looks on its own schedule, within drain_latency. While
+ * wake reads 0 or the claim is below the mark: two loads of a line the
+ * broker writes only when it falls asleep or wakes, no store, no
+ * syscall. end = the claim's pos + size. */
+static inline void ring_producer_kick(const struct seg *s, uint64_t end)
 {
-	_Atomic uint32_t *w = &s->hdr->wake;
+	struct obx_shm_hdr *h = s->hdr;
 
-	if (__builtin_expect(atomic_load_explicit(w, memory_order_seq_cst) !=
-			     0, 0) &&
-	    atomic_exchange_explicit(w, 0, memory_order_seq_cst) != 0)
-		syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, 1, NULL, NULL,
-			0);
+	/* seq_cst: the Dekker pair with C5. Our claim (P2, seq_cst RMW on
+	 * tail) precedes this load in the single total order; the broker's
+	 * wake = 1 store precedes its tail re-read. So either it saw our
+	 * tail or we see its 1. Also acquire: wake_pos below is the one
+	 * stored before that 1. */
+	if (__builtin_expect(atomic_load_explicit(&h->wake,
+			memory_order_seq_cst) == 0, 1))
+		return;
+	if ((int64_t)(end - atomic_load_explicit(&h->wake_pos,
+			memory_order_relaxed)) <= 0)
+		return;
+	/* one producer wins the 1 and makes the one syscall */
+	if (atomic_exchange_explicit(&h->wake, 0, memory_order_seq_cst) != 0)
+		syscall(SYS_futex, (uint32_t *)&h->wake, FUTEX_WAKE, 1, NULL,
+			NULL, 0);
 }
 
 /* Publishes the record. 0, or -ETIMEDOUT when the header is no longer
@@ -230,17 +250,19 @@ static inline int ring_commit(const struct seg *s, struct obx_slot *slot,
 
 	OBX_FAULT(OBX_FP_BEFORE_COMMIT);
 	rec->len = len;
-	/* P7: release of len/payload; seq_cst so that the wake load in
-	 * ring_producer_kick() cannot pass it (pairs with C5). */
+	/* P7: release of len/payload, pairs with C1. The wake-up needs
+	 * no order from it (the Dekker pair is P2/C5): a broker woken
+	 * before the commit is visible finds BUSY and looks again 1 ms
+	 * later. */
 	if (__builtin_expect(!atomic_compare_exchange_strong_explicit(
 			&rec->word, &busy,
 			OBX_REC_WORD(c->size, c->slot, OBX_REC_COMMIT),
-			memory_order_seq_cst, memory_order_relaxed), 0)) {
+			memory_order_release, memory_order_relaxed), 0)) {
 		atomic_fetch_add_explicit(&slot->drop_late, 1,
 					  memory_order_relaxed);
 		return -ETIMEDOUT;
 	}
-	ring_producer_kick(s);
+	ring_producer_kick(s, c->pos + c->size);
 	return 0;
 }
 
@@ -254,7 +276,7 @@ static inline void ring_abort(const struct seg *s, struct obx_slot *slot,
 	if (atomic_compare_exchange_strong_explicit(&rec->word, &busy,
 			OBX_REC_WORD(c->size, c->slot, OBX_REC_DISCARD),
 			memory_order_release, memory_order_relaxed))
-		ring_producer_kick(s);
+		ring_producer_kick(s, c->pos + c->size);
 	atomic_fetch_add_explicit(&slot->aborted, 1, memory_order_relaxed);
 }
 
@@ -409,13 +431,17 @@ static inline int ring_cons_pinned(const struct ring_cons *c)
 	return c->npins != 0;
 }
 
-/* C5: arm the wake word; returns 1 when the ring is still empty and the
- * caller may sleep on &hdr->wake == 1, 0 when it must consume instead. */
-int ring_cons_arm(struct ring_cons *c);
+/* C5: arm the wake word for a sleep that producers end only with a
+ * claim past cursor + mark (mark 0: the first record). Returns 1 when
+ * the caller may sleep on &hdr->wake == 1, 0 when the ring already
+ * holds that much and it must consume instead (disarmed then). */
+int ring_cons_arm(struct ring_cons *c, uint64_t mark);
 void ring_cons_disarm(struct ring_cons *c);
 
-/* Plain futex sleep for consumers without a reactor (tests, bench). */
-void ring_cons_wait(struct ring_cons *c, uint64_t timeout_ns);
+/* Plain futex sleep for consumers without a reactor (tests, bench):
+ * until timeout_ns, or until a producer's claim passes cursor + mark.
+ * 1 when a producer's wake ended it. */
+int ring_cons_wait(struct ring_cons *c, uint64_t timeout_ns, uint64_t mark);
 
 /* Liveness sweep: marks dead owners, frees slots whose records are all
  * behind head, folds their counters. Call about once per 100 ms. */

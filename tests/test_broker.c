@@ -812,6 +812,148 @@ static void test_routing_and_formats(void)
 	bt_cleanup(&t);
 }
 
+/* ---- waking the broker (issue 17) --------------------------------------- */
+
+/* The broker's wake-up counters, once stats are published again. */
+static void wake_counts(struct bt *t, struct obx_sink_page *sp,
+			uint64_t *wakeups, uint64_t *looks)
+{
+	struct obx_stats g;
+
+	usleep(250000);          /* stats are published every 100 ms */
+	CU_ASSERT_EQUAL_FATAL(bt_stats(t, &g, sp), 0);
+	*wakeups = g.wakeups;
+	*looks = g.drain_looks;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Waits until head passes pos (the record is spooled and released):
+ * the time it took, or UINT64_MAX after 5 s. */
+static uint64_t wait_released(const struct seg *s, uint64_t pos,
+			      uint64_t since)
+{
+	while ((int64_t)(atomic_load(&s->cons->head) - pos) < 0) {
+		if (tu_now_ns() - since > 5000000000ull)
+			return UINT64_MAX;
+		usleep(200);
+	}
+	return tu_now_ns() - since;
+}
+
+/* A trickle (one event every 5 ms) is picked up by the broker on its own
+ * schedule, each event within drain_latency (+ the spool write and a
+ * margin for a shared machine) of its commit, with no futex wake-up
+ * after the first event of the run (the ring had been idle for a
+ * second: that one may wake it). */
+static void test_wake_trickle(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t w0, l0, w1, l1, lat[100], worst = 0, t0;
+	char why[256], body[64];
+	struct seg s;
+	struct bt t;
+	obx_t *h;
+	int i, len;
+
+	CU_ASSERT_FATAL(bt_init(&t, "trickle", "drain_latency = 20ms\n",
+				NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	CU_ASSERT_FATAL(seg_attach(&s, t.shm, why, sizeof(why)) == 0);
+	/* the first event into an idle ring: the broker asked for it */
+	CU_ASSERT_EQUAL(obx_emit(h, 0, "t", "{\"a\":0}", 7, OBX_BODY_JSON),
+			0);
+	CU_ASSERT(wait_released(&s, atomic_load(&s.hdr->tail), tu_now_ns())
+		  != UINT64_MAX);
+	wake_counts(&t, sp, &w0, &l0);
+	CU_ASSERT(w0 >= 1);
+	for (i = 0; i < 100; i++) {
+		len = snprintf(body, sizeof(body), "{\"p\":0,\"s\":%d}", i);
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+					 OBX_BODY_JSON), 0);
+		t0 = tu_now_ns();
+		lat[i] = wait_released(&s, atomic_load(&s.hdr->tail), t0);
+		if (lat[i] > worst)
+			worst = lat[i];
+		if (lat[i] < 5000000ull)
+			usleep((useconds_t)((5000000ull - lat[i]) / 1000));
+	}
+	wake_counts(&t, sp, &w1, &l1);
+	qsort(lat, 100, sizeof(lat[0]), cmp_u64);
+	printf("\n    trickle: 100 events, release latency median %.1f ms, "
+	       "worst %.1f ms; broker woken %llu times, looked %llu times\n",
+	       lat[50] / 1e6, worst / 1e6, (unsigned long long)(w1 - w0),
+	       (unsigned long long)(l1 - l0));
+	CU_ASSERT_EQUAL(w1, w0);
+	CU_ASSERT(l1 - l0 >= 10);
+	/* drain_latency + the spool write + scheduling on a shared box */
+	CU_ASSERT(worst <= 20000000ull + 250000000ull);
+	seg_detach(&s);
+	obx_close(h);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
+/* Bursts below the fill mark (an eighth of the 16 MiB ring) never wake
+ * the broker; one that passes it does, at once, whatever drain_latency
+ * says. The old rule (poll while traffic flows, never armed then) let a
+ * burst wait for the next poll. */
+static void test_wake_fill_mark(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t w0, l0, w1, l1, w2, l2, start;
+	struct obx_stats g;
+	char body[300];
+	struct bt t;
+	obx_t *h;
+	int i, k, len;
+
+	CU_ASSERT_FATAL(bt_init(&t, "fillmark", "drain_latency = 1s\n",
+				NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	len = make_body(body, sizeof(body), 0, 0, 256);
+	/* small bursts, 64 KiB each, keep the ring busy (not idle) */
+	CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+				 OBX_BODY_JSON), 0);
+	usleep(300000);
+	wake_counts(&t, sp, &w0, &l0);
+	for (k = 0; k < 5; k++) {
+		for (i = 0; i < 200; i++)
+			CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+						 OBX_BODY_JSON), 0);
+		usleep(50000);
+	}
+	wake_counts(&t, sp, &w1, &l1);
+	CU_ASSERT_EQUAL(w1, w0);
+	/* 3 MiB at once: past the 2 MiB mark wherever the cursor was */
+	start = tu_now_ns();
+	for (i = 0; i < 10000; i++)
+		CU_ASSERT_EQUAL_FATAL(obx_emit(h, 0, "t", body, (size_t)len,
+					       OBX_BODY_JSON), 0);
+	printf("\n    burst of 10000 x %d B in %.1f ms\n", len,
+	       (tu_now_ns() - start) / 1e6);
+	wake_counts(&t, sp, &w2, &l2);
+	printf("    wake-ups: %llu during small bursts, %llu for the big "
+	       "one\n", (unsigned long long)(w1 - w0),
+	       (unsigned long long)(w2 - w1));
+	CU_ASSERT(w2 > w1);
+	obx_close(h);
+	CU_ASSERT(wait_delivered(&t, 1 + 1000 + 10000, 10000, &g, sp) == 0);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 /* Lines the broker's own rate limiters held back are told, with their
  * count, at the latest when it stops (they were lost before). */
 static void test_held_back_logs_told_at_stop(void)
@@ -873,6 +1015,10 @@ static int add_suites(void)
 		    test_held_back_logs_told_at_stop);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",
 		    test_reload);
+	CU_add_test(s, "a trickle is drained on the timer, no wake-up",
+		    test_wake_trickle);
+	CU_add_test(s, "the fill mark wakes the broker at once",
+		    test_wake_fill_mark);
 	CU_add_test(s, "4 producers x 1M events -> file, exactly once",
 		    test_end_to_end);
 	CU_add_test(s, "kill -9 the broker 20 times under load",

@@ -47,6 +47,7 @@ struct inc {
 
 struct chaos_shm {
 	_Atomic int stop;
+	_Atomic uint64_t kills;       /* SIGKILLs sent so far */
 	struct inc inc[MAX_INC];
 };
 
@@ -55,6 +56,14 @@ static struct rt_ctx g_rt;
 static _Atomic int g_consumer_run;
 static _Atomic uint64_t g_delivered, g_corrupt, g_disorder, g_stall_reports;
 static _Atomic uint64_t g_cursor;           /* the consumer's, published */
+/* the fill-mark run: the consumer sleeps as the broker does, until a
+ * claim passes cursor + mark or a timeout */
+static uint64_t g_mark;
+static _Atomic uint64_t g_woken, g_timeouts, g_lost_wakes;
+
+/* The largest claim a child makes (envelope head + MAX_BODY + the
+ * zero-copy slack, with the record header), rounded up generously. */
+#define MAX_CLAIM 2048u
 
 /* ---- producers ---------------------------------------------------------- */
 
@@ -148,6 +157,42 @@ static void on_stall(void *arg, const struct ring_stall_info *si)
 	atomic_fetch_add(&g_stall_reports, 1);
 }
 
+/* One sleep with the fill mark (C5), 100 ms at most (the broker's
+ * drain_latency). A sleep that ran out although the ring holds complete
+ * claims past the mark is a lost wake-up: when it ends by timeout, the
+ * claims past `at` can only be ones still between P2 and P8 (at most one
+ * per live child), or made by children killed meanwhile (each at most
+ * one), since a claim that completed P8 past `at` read wake == 1 and
+ * took it. Tail is read before the word: a claim below that tail whose
+ * owner moved on made its P8 before. */
+static void chaos_sleep(struct ring_cons *c)
+{
+	struct timespec ts = { 0, 100000000L };
+	uint64_t at = c->cursor + g_mark, kills0, t, bound;
+	uint32_t w;
+
+	kills0 = atomic_load(&g_sh->kills);
+	if (!ring_cons_arm(c, g_mark))
+		return;
+	syscall(SYS_futex, (uint32_t *)&c->s->hdr->wake, FUTEX_WAIT, 1, &ts,
+		NULL, 0);
+	t = atomic_load(&c->s->hdr->tail);
+	w = atomic_load(&c->s->hdr->wake);
+	ring_cons_disarm(c);
+	if (w == 0) {
+		atomic_fetch_add(&g_woken, 1);
+		return;
+	}
+	atomic_fetch_add(&g_timeouts, 1);
+	bound = (NPROD + atomic_load(&g_sh->kills) - kills0) * MAX_CLAIM;
+	if ((int64_t)(t - at) > (int64_t)bound) {
+		atomic_fetch_add(&g_lost_wakes, 1);
+		if (getenv("CHAOS_DEBUG"))
+			printf("\n    timed out with %lld bytes past the mark\n",
+			       (long long)(t - at));
+	}
+}
+
 static void *chaos_consumer(void *arg)
 {
 	struct ring_cons *c = &g_rt.c;
@@ -171,8 +216,10 @@ static void *chaos_consumer(void *arg)
 			ring_reap(c);
 			last_reap = now;
 		}
-		if (rc == RING_EMPTY && !c->npins)
-			ring_cons_wait(c, 2000000);
+		if (rc == RING_EMPTY && !c->npins && g_mark)
+			chaos_sleep(c);
+		else if (rc == RING_EMPTY && !c->npins)
+			ring_cons_wait(c, 2000000, 0);
 		else
 			usleep(200);
 	}
@@ -228,11 +275,11 @@ static void spawn(struct kid *k, obx_t *h, uint32_t inc, uint64_t seed)
 		chaos_child(h, inc, seed);
 }
 
-static void test_chaos(void)
+static void chaos_run(uint64_t mark, uint64_t secs, uint64_t long_secs)
 {
 	int longrun = getenv("OUTBOX_CHAOS") &&
 		      !strcmp(getenv("OUTBOX_CHAOS"), "long");
-	uint64_t dur = (longrun ? 600ull : 40ull) * 1000000000ull;
+	uint64_t dur = (longrun ? long_secs : secs) * 1000000000ull;
 	uint64_t t0, now, seed = 0x2545f4914f6cdd1dull, next_kill, next_stop;
 	uint64_t kills = 0, stops = 0, self_stops = 0, held = 0, passed = 0;
 	uint64_t acked = 0, lost = 0, e, f, t, l, aborted;
@@ -246,6 +293,13 @@ static void test_chaos(void)
 		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	CU_ASSERT_FATAL(g_sh != MAP_FAILED);
 	CU_ASSERT_FATAL(rt_setup(&g_rt, "chaos", 1 << 20, 4096, 1024) == 0);
+	g_mark = mark;
+	atomic_store(&g_woken, 0);
+	atomic_store(&g_timeouts, 0);
+	atomic_store(&g_lost_wakes, 0);
+	atomic_store(&g_delivered, 0);
+	atomic_store(&g_corrupt, 0);
+	atomic_store(&g_disorder, 0);
 	g_rt.c.stall_timeout = 200000000ull;
 	g_rt.c.on_stall = on_stall;
 	/* the pre-fork parent's handle, inherited by every child */
@@ -306,6 +360,7 @@ static void test_chaos(void)
 		}
 		if (now >= next_kill) {
 			/* any child, stopped ones included */
+			atomic_fetch_add(&g_sh->kills, 1);
 			kill(kids[xs(&seed) % NPROD].pid, SIGKILL);
 			kills++;
 			next_kill = now + 1000000ull + xs(&seed) % 30000000ull;
@@ -387,7 +442,17 @@ static void test_chaos(void)
 	       "==" : "!=",
 	       (unsigned long long)(g_rt.c.st.consumed + g_rt.c.st.unblocked +
 				    f + t + l));
-	CU_ASSERT(kills >= (longrun ? 10000u : 1000u));
+	if (mark) {
+		printf("    fill mark %llu: the consumer was woken %llu times, "
+		       "timed out %llu times, lost wake-ups %llu\n",
+		       (unsigned long long)mark,
+		       (unsigned long long)atomic_load(&g_woken),
+		       (unsigned long long)atomic_load(&g_timeouts),
+		       (unsigned long long)atomic_load(&g_lost_wakes));
+		CU_ASSERT(atomic_load(&g_woken) >= 10);
+		CU_ASSERT_EQUAL(atomic_load(&g_lost_wakes), 0);
+	}
+	CU_ASSERT(kills >= (longrun ? 10000u : 1000u) * secs / 40);
 	CU_ASSERT(stops >= (longrun ? 100u : 10u));
 	CU_ASSERT(held >= 1);
 	CU_ASSERT_EQUAL(passed, held);
@@ -403,6 +468,19 @@ static void test_chaos(void)
 	munmap(g_sh, sizeof(*g_sh));
 }
 
+static void test_chaos(void)
+{
+	chaos_run(0, 40, 600);
+}
+
+/* The same with the consumer asleep until the fill mark (an eighth of
+ * the ring, as the broker arms it) or 100 ms: no wake-up is lost while
+ * children are killed and stopped around it. */
+static void test_chaos_mark(void)
+{
+	chaos_run(128u << 10, 20, 300);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("chaos_ring", NULL, NULL);
@@ -411,6 +489,8 @@ static int add_suites(void)
 		return -1;
 	CU_add_test(s, "producers killed and stopped at random",
 		    test_chaos);
+	CU_add_test(s, "the same, consumer asleep until the fill mark",
+		    test_chaos_mark);
 	return 0;
 }
 

@@ -218,6 +218,7 @@ static void assert_cfg_eq(const struct cfg *a, const struct cfg *b)
 	CU_ASSERT_EQUAL(a->segment_size, b->segment_size);
 	CU_ASSERT_EQUAL(a->stall_timeout_ms, b->stall_timeout_ms);
 	CU_ASSERT_EQUAL(a->stall_action, b->stall_action);
+	CU_ASSERT_EQUAL(a->drain_latency_ms, b->drain_latency_ms);
 	CU_ASSERT_EQUAL_FATAL(a->nsinks, b->nsinks);
 	for (i = 0; i < a->nsinks; i++)
 		assert_sink_eq(&a->sinks[i], &b->sinks[i]);
@@ -840,6 +841,11 @@ static const struct {
 	  "max_record 1M is more than ring_size/8 (128K)" },
 	{ "[broker]\nmax_record = 12M\n", 2, "ring_size/8 (8M)" },
 	{ "[broker]\nmax_record = 32\n", 2, "max_record: 32 is out of range" },
+	{ "[broker]\ndrain_latency = 0ms\n", 2,
+	  "drain_latency: 0ms is out of range (1ms to 1s)" },
+	{ "[broker]\ndrain_latency = 2s\n", 2,
+	  "drain_latency: 2s is out of range (1ms to 1s)" },
+	{ "[broker]\ndrain_latency = 20\n", 2, "drain_latency: unit missing" },
 	{ "[broker]\nshm_mode = 0868\n", 2, "shm_mode: bad mode '0868'" },
 	{ "[broker]\nshm_mode = 01660\n", 2, "shm_mode: bad mode" },
 	{ "[broker]\nshm_mode = 0460\n", 2, "owner read and write" },
@@ -1162,6 +1168,7 @@ static const char rich_config[] =
 	"segment_size = 8M\n"
 	"stall_timeout = 1500ms\n"
 	"stall_action = kill\n"
+	"drain_latency = 35ms\n"
 	"\n"
 	"[sink api]\n"
 	"type = segment\n"
@@ -1249,6 +1256,7 @@ static void test_round_trip_rich(void)
 	CU_ASSERT_EQUAL(t.c.shutdown_timeout_ms, 120000);
 	CU_ASSERT_EQUAL(t.c.stall_timeout_ms, 1500);
 	CU_ASSERT_EQUAL(t.c.stall_action, STALL_KILL);
+	CU_ASSERT_EQUAL(t.c.drain_latency_ms, 35);
 	CU_ASSERT_EQUAL_FATAL(t.c.nsinks, 4);
 	s = &t.c.sinks[0];
 	ASSERT_STR(s->url,

@@ -76,6 +76,57 @@ static void test_single_order(void)
 	teardown_ring();
 }
 
+/* Issue 17: a commit wakes a sleeping consumer only when its claim ends
+ * past the position the consumer armed (cursor + mark); below it, the
+ * wake word stays armed (no exchange, no FUTEX_WAKE) and the consumer
+ * finds the records on its own schedule. On the old protocol every
+ * commit into an armed ring exchanged the word and woke it. */
+static void test_wake_mark(void)
+{
+	const uint64_t mark = 4096;
+	uint64_t armed_at;
+	_Atomic uint32_t *wake;
+	int n = 0;
+	obx_t *h;
+
+	CU_ASSERT_FATAL(setup_ring("wake", 64 << 10, 4096) == 0);
+	wake = &g_seg.hdr->wake;
+	h = obx_open(g_seg.name);
+	CU_ASSERT_FATAL(h != NULL);
+	CU_ASSERT_EQUAL(ring_cons_arm(&g_c, mark), 1);
+	armed_at = g_c.cursor;
+	CU_ASSERT_EQUAL(atomic_load(&g_seg.hdr->wake_pos), armed_at + mark);
+	/* below the mark: armed all along */
+	while (atomic_load(&g_seg.hdr->tail) + 400 < armed_at + mark) {
+		CU_ASSERT_EQUAL_FATAL(emit_one(h, 4, (uint64_t)n, 200), 0);
+		n++;
+		CU_ASSERT_EQUAL_FATAL(atomic_load(wake), 1);
+	}
+	CU_ASSERT(n >= 8);
+	/* the ring holds less than the mark: the consumer may sleep */
+	CU_ASSERT_EQUAL(ring_cons_arm(&g_c, mark), 1);
+	/* the claim that passes the mark takes the word (and wakes) */
+	while ((int64_t)(atomic_load(&g_seg.hdr->tail) -
+			 (armed_at + mark)) <= 0) {
+		CU_ASSERT_EQUAL_FATAL(emit_one(h, 4, (uint64_t)n, 200), 0);
+		n++;
+	}
+	CU_ASSERT_EQUAL(atomic_load(wake), 0);
+	/* C5: arming with the ring already past the mark refuses to sleep
+	 * and leaves the word disarmed; mark 0 asks for any record */
+	CU_ASSERT_EQUAL(ring_cons_arm(&g_c, mark), 0);
+	CU_ASSERT_EQUAL(atomic_load(wake), 0);
+	CU_ASSERT_EQUAL(ring_cons_arm(&g_c, 0), 0);
+	rt_drain(&g_c, &g_er, &g_seen, 1000);
+	CU_ASSERT_EQUAL(g_seen.count[4], (uint64_t)n);
+	CU_ASSERT_EQUAL(ring_cons_arm(&g_c, 0), 1);
+	CU_ASSERT_EQUAL_FATAL(emit_one(h, 4, (uint64_t)n, 200), 0);
+	CU_ASSERT_EQUAL(atomic_load(wake), 0);
+	ring_cons_disarm(&g_c);
+	obx_close(h);
+	teardown_ring();
+}
+
 static void test_wrap_every_size(void)
 {
 	obx_t *h;
@@ -239,7 +290,7 @@ static void run_producers(int np, uint64_t n, uint64_t ring)
 				pids[i] = 0;
 				done++;
 			}
-		ring_cons_wait(&g_c, 1000000);
+		ring_cons_wait(&g_c, 1000000, 0);
 	}
 	rt_drain(&g_c, &g_er, &g_seen, 2000);
 	for (i = 0; i < np; i++) {
@@ -1197,6 +1248,7 @@ static int add_suites(void)
 		return -1;
 	CU_add_test(s, "single process order and content", test_single_order);
 	CU_add_test(s, "wrap-around at every record size", test_wrap_every_size);
+	CU_add_test(s, "commits wake only past the fill mark", test_wake_mark);
 	CU_add_test(s, "ring-full drops counted exactly", test_full_drops_exact);
 	CU_add_test(s, "zero-copy reserve/commit/abort", test_zero_copy);
 	CU_add_test(s, "4 processes x 1M records", test_multi_process_4);
