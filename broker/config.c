@@ -122,6 +122,7 @@ enum {
 	BK_SPOOL_DIR, BK_SPOOL_MAX, BK_SPOOL_FULL, BK_DURABILITY,
 	BK_SYNC_INTERVAL, BK_SHUTDOWN_TIMEOUT, BK_LOG_LEVEL, BK_SEGMENT_SIZE,
 	BK_STALL_TIMEOUT, BK_STALL_ACTION, BK_METRICS_LISTEN,
+	BK_SINK_THREADS,
 	BK_N
 };
 
@@ -159,6 +160,8 @@ static const struct cfg_key cfg_bkeys[BK_N] = {
 		BF(stall_action), .names = cfg_stall_names },
 	[BK_METRICS_LISTEN] = { .name = "metrics_listen", .kind = K_LISTEN,
 		BF(metrics_listen) },
+	[BK_SINK_THREADS] = { .name = "sink_threads", .kind = K_COUNT,
+		BF(sink_threads), .min = 0, .max = 64 },
 };
 
 enum {
@@ -592,6 +595,7 @@ void cfg_default(struct cfg *c)
 	c->segment_size = 16 * MIB;
 	c->stall_timeout_ms = 10 * SEC_MS;
 	c->stall_action = STALL_WAIT;
+	c->sink_threads = 1;
 	cfg_default_sink(&c->sinks[0]);
 	c->nsinks = 1;
 }
@@ -1950,7 +1954,7 @@ int cfg_needs_restart(const struct cfg *old, const struct cfg *neu,
 
 		if (k != BK_SHM_MODE && k != BK_RING_SIZE &&
 		    k != BK_MAX_RECORD && k != BK_PRODUCER_SLOTS &&
-		    k != BK_SEGMENT_SIZE)
+		    k != BK_SEGMENT_SIZE && k != BK_SINK_THREADS)
 			continue;
 		u = cfg_get_num(old, key);
 		v = cfg_get_num(neu, key);

@@ -91,6 +91,9 @@ struct cfg {
 	                                  * is counted and logged */
 	enum cfg_stall_action stall_action; /* wait (or kill) */
 	char *metrics_listen;            /* ADDR:PORT of /metrics, NULL: off */
+	uint32_t sink_threads;           /* 1: threads that encode and
+	                                  * compress request bodies; 0: the
+	                                  * broker thread does (restart) */
 	struct cfg_sink sinks[CFG_MAX_SINKS];
 	int nsinks;                      /* "default" always exists */
 };

@@ -36,6 +36,7 @@
 
 #include "broker.h"
 #include "compress.h"
+#include "pool.h"
 #include "http.h"
 #include "json.h"
 #include "policy.h"
@@ -76,6 +77,18 @@ struct http_batch {
 	                              * held (max_rate_limit_duration), 0 */
 	struct buf answer;           /* the response body, for a protocol
 	                              * that reads 2xx answers */
+	/* sink_threads: the body made on a pool thread (pool.h). While
+	 * job_out, the job owns b->out, body and the per-batch coders
+	 * below; the broker thread leaves them and the batch alone. */
+	struct pool_job job;
+	int job_out;                 /* submitted, done() not yet run */
+	int job_rc;                  /* what the job's encode/compress said */
+	uint32_t job_lo, job_hi;     /* the records it encodes */
+	struct sink *job_sink;
+	struct comp *comp;           /* this batch's own compressor */
+	struct env_reader er;        /* and envelope reader, line cache */
+	struct json_line_cache jc;
+	int coders;                  /* er and jc are initialised */
 };
 
 struct http_sink {
@@ -167,9 +180,10 @@ static void hsink_load_token(struct sink *s)
 /* ---- encoding ------------------------------------------------------------ */
 
 static int hsink_encode_records(struct sink *s, struct sink_batch *b,
-			       uint32_t lo, uint32_t hi, struct buf *out)
+			       uint32_t lo, uint32_t hi, struct buf *out,
+			       struct env_reader *er,
+			       struct json_line_cache *jc)
 {
-	struct http_sink *hs = s->impl;
 	uint32_t i;
 	int rc = 0;
 
@@ -195,13 +209,13 @@ static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 	for (i = lo; i < hi && rc == 0; i++) {
 		struct env_view v;
 
-		if (env_parse(&hs->er, b->sb.recs[i].data, b->sb.recs[i].len,
+		if (env_parse(er, b->sb.recs[i].data, b->sb.recs[i].len,
 			      &v) < 0)
 			continue;    /* validated at drain; cannot happen */
 		if (s->cfg.encoding == ENC_JSON_ARRAY && i > lo)
 			rc = buf_addc(out, ',');
 		if (rc == 0)
-			rc = json_line_fast(&hs->jc, &v, out,
+			rc = json_line_fast(jc, &v, out,
 					    s->cfg.encoding == ENC_NDJSON);
 	}
 	if (rc == 0 && s->cfg.encoding == ENC_JSON_ARRAY)
@@ -263,7 +277,27 @@ static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
 	return 0;
 }
 
-static int hsink_send_part(struct sink *s, struct http_batch *hb)
+/* The request body of the part at the top: records [lo, hi) encoded
+ * (a protocol's body is encoded by hsink_try() already) and compressed
+ * into hb->body when the sink compresses. Runs on the broker thread, or
+ * on a pool thread with the batch's own coders (sink_threads). */
+static int hsink_make_body(struct sink *s, struct http_batch *hb,
+			   uint32_t lo, uint32_t hi, struct comp *comp,
+			   struct env_reader *er, struct json_line_cache *jc)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	int rc;
+
+	rc = hs->proto ? 0 :
+	     hsink_encode_records(s, b, lo, hi, &b->out, er, jc);
+	if (rc == 0 && comp)
+		rc = comp_body(comp, b->out.p, b->out.len, &hb->body);
+	return rc;
+}
+
+/* Posts the body hsink_make_body() made. */
+static int hsink_post(struct sink *s, struct http_batch *hb)
 {
 	struct http_sink *hs = s->impl;
 	struct sink_batch *b = hb->b;
@@ -273,17 +307,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	uint32_t rc_hdr;
 	int n = 0, i, rc;
 
-	/* a protocol's body was encoded by hsink_try() */
-	rc = hs->proto ? 0 : hsink_encode_records(s, b, p->lo, p->hi, &b->out);
-	if (rc < 0)
-		return rc;
-	payload = &b->out;
-	if (hs->comp) {
-		rc = comp_body(hs->comp, b->out.p, b->out.len, &hb->body);
-		if (rc < 0)
-			return rc;
-		payload = &hb->body;
-	}
+	payload = hs->comp ? &hb->body : &b->out;
 	if (hs->proto)
 		for (i = 0; hs->proto->hdrs[i]; i++)
 			hb->hdrs[n++] = hs->proto->hdrs[i];
@@ -327,6 +351,95 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		s->c.retries++;
 	p->resend = false;
 	return 0;
+}
+
+/* ---- sink_threads: the body on a pool thread ------------------------------ */
+
+static void hsink_job_work(struct pool_job *j)
+{
+	struct http_batch *hb = (struct http_batch *)((char *)j -
+		offsetof(struct http_batch, job));
+
+	hb->job_rc = hsink_make_body(hb->job_sink, hb, hb->job_lo,
+				     hb->job_hi, hb->comp, &hb->er, &hb->jc);
+}
+
+/* a part whose send failed before a request went out: it waits for the
+ * next tick, the policy's begin undone */
+static void hsink_send_failed(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+
+	pol_abort(&hs->pol, &hb->part[hb->nparts - 1].pb);
+	hb->waiting = 1;
+}
+
+static void hsink_job_done(struct pool_job *j)
+{
+	struct http_batch *hb = (struct http_batch *)((char *)j -
+		offsetof(struct http_batch, job));
+	struct sink *s = hb->job_sink;
+	struct http_sink *hs = s->impl;
+
+	hb->job_out = 0;
+	hs->requests_out--;         /* counted from the submit, for the gate */
+	if (hb->job_rc < 0 || hsink_post(s, hb) < 0)
+		hsink_send_failed(s, hb);
+}
+
+/* The batch's own compressor, reader and line cache for a pool thread:
+ * made at its first use, kept until the sink closes. */
+static int hsink_coders(struct sink *s, struct http_batch *hb)
+{
+	if (s->cfg.compression != COMP_NONE && !hb->comp &&
+	    !(hb->comp = comp_new(s->cfg.compression, 0)))
+		return -errno;
+	if (!hb->coders) {
+		env_reader_init(&hb->er);
+		json_line_cache_init(&hb->jc);
+		hb->coders = 1;
+	}
+	return 0;
+}
+
+/* A job still out when the sink stops or closes is taken back: its part
+ * waits as a cancelled request does. */
+static void hsink_job_reclaim(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+
+	if (!hb->job_out)
+		return;
+	pool_reclaim(s->b->pool, &hb->job);
+	hb->job_out = 0;
+	hs->requests_out--;
+	hsink_send_failed(s, hb);
+}
+
+/* Sends the part at the top: 0 when its request is out (or its body is
+ * being made on a pool thread, which posts it), -errno. */
+static int hsink_send_part(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	int rc;
+
+	if (s->b->pool && hsink_coders(s, hb) == 0) {
+		hb->job.work = hsink_job_work;
+		hb->job.done = hsink_job_done;
+		hb->job_sink = s;
+		hb->job_lo = p->lo;
+		hb->job_hi = p->hi;
+		if (pool_submit(s->b->pool, &hb->job) == 0) {
+			hb->job_out = 1;
+			hs->requests_out++;
+			return 0;
+		}
+	}
+	rc = hsink_make_body(s, hb, p->lo, p->hi, hs->comp, &hs->er, &hs->jc);
+	if (rc < 0)
+		return rc;
+	return hsink_post(s, hb);
 }
 
 /* Drops parts whose budget ran out while they waited; sends the next
@@ -1032,6 +1145,14 @@ static int hsink_open(struct sink *s)
 			return -errno;
 		}
 	}
+	if (!s->b->pool && s->b->cfg.sink_threads > 0) {
+		/* made once: sink_threads changes need a restart */
+		s->b->pool = pool_new(&s->b->rx, (int)s->b->cfg.sink_threads);
+		if (!s->b->pool)
+			log_error("sink_threads = %u: %s; bodies are made on "
+				  "the broker thread", s->b->cfg.sink_threads,
+				  strerror(errno));
+	}
 	if (s->cfg.compression != COMP_NONE &&
 	    !(comp = comp_new(s->cfg.compression, 0))) {
 		int err = errno;
@@ -1077,9 +1198,11 @@ static void hsink_stop(struct sink *s)
 	struct http_sink *hs = s->impl;
 	int i;
 
-	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++)
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++) {
+		hsink_job_reclaim(s, &hs->hb[i]);
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
+	}
 	if (!hs)
 		return;
 	hsink_flush_drops(s, log_mono_ns(), 1);
@@ -1097,8 +1220,16 @@ static void hsink_close(struct sink *s)
 	hsink_flush_drops(s, log_mono_ns(), 1);
 	persist_remember(&s->b->persist, &hs->pol);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
-		if (hs->hb[i].req)
-			http_cancel(s->b->http, hs->hb[i].req);
+		struct http_batch *hb = &hs->hb[i];
+
+		hsink_job_reclaim(s, hb);
+		if (hb->req)
+			http_cancel(s->b->http, hb->req);
+		comp_free(hb->comp);
+		if (hb->coders) {
+			env_reader_fini(&hb->er);
+			json_line_cache_free(&hb->jc);
+		}
 		buf_free(&hs->hb[i].body);
 		buf_free(&hs->hb[i].answer);
 		free(hs->hb[i].gone);
