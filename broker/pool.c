@@ -39,6 +39,7 @@ struct pool {
 	pthread_cond_t fin_cv;      /* a job finished (pool_reclaim) */
 	struct pool_job *queue, **queue_tail;
 	struct pool_job *fin, **fin_tail;
+	void (*ctx_free)(void *ctx);
 	int n;
 	pthread_t th[POOL_MAX];
 };
@@ -94,6 +95,7 @@ static void *pool_thread(void *arg)
 {
 	struct pool *p = arg;
 	static const uint64_t one = 1;
+	void *ctx = NULL;           /* this thread's, for work() */
 
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
@@ -111,7 +113,7 @@ static void *pool_thread(void *arg)
 		j->next = NULL;
 		j->state = POOL_J_RUNNING;
 		pthread_mutex_unlock(&p->mu);
-		j->work(j);
+		j->work(j, &ctx);
 		pthread_mutex_lock(&p->mu);
 		j->state = POOL_J_DONE;
 		was_empty = !p->fin;
@@ -123,10 +125,12 @@ static void *pool_thread(void *arg)
 			log_error("sink_threads: eventfd: %s", strerror(errno));
 	}
 	pthread_mutex_unlock(&p->mu);
+	if (ctx && p->ctx_free)
+		p->ctx_free(ctx);
 	return NULL;
 }
 
-struct pool *pool_new(struct rx *rx, int n)
+struct pool *pool_new(struct rx *rx, int n, void (*ctx_free)(void *ctx))
 {
 	struct pool *p;
 	sigset_t all, old;
@@ -140,6 +144,7 @@ struct pool *pool_new(struct rx *rx, int n)
 	if (!p)
 		return NULL;
 	p->rx = rx;
+	p->ctx_free = ctx_free;
 	p->op.fn = pool_on_event;
 	p->queue_tail = &p->queue;
 	p->fin_tail = &p->fin;

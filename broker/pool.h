@@ -22,7 +22,10 @@
 struct pool;
 
 struct pool_job {
-	void (*work)(struct pool_job *j);   /* on a pool thread */
+	/* on a pool thread; *tctx is that thread's own context (NULL at
+	 * first: work() makes it, pool_new's ctx_free frees it when the
+	 * thread ends), for state worth keeping warm per thread */
+	void (*work)(struct pool_job *j, void **tctx);
 	void (*done)(struct pool_job *j);   /* on the broker thread */
 	struct pool_job *next;              /* pool's lists, under its lock */
 	int state;                          /* POOL_J_*, under the lock */
@@ -30,9 +33,10 @@ struct pool_job {
 
 enum { POOL_J_IDLE, POOL_J_QUEUED, POOL_J_RUNNING, POOL_J_DONE };
 
-/* n threads (1..POOL_MAX) completing through rx. NULL + errno. */
+/* n threads (1..POOL_MAX) completing through rx; ctx_free (may be NULL)
+ * frees a thread's context when it ends. NULL + errno. */
 #define POOL_MAX 64
-struct pool *pool_new(struct rx *rx, int n);
+struct pool *pool_new(struct rx *rx, int n, void (*ctx_free)(void *ctx));
 /* Joins the threads. Jobs still queued are not run, done() is not called
  * for anything: reclaim them first. */
 void pool_free(struct pool *p);

@@ -85,10 +85,6 @@ struct http_batch {
 	int job_rc;                  /* what the job's encode/compress said */
 	uint32_t job_lo, job_hi;     /* the records it encodes */
 	struct sink *job_sink;
-	struct comp *comp;           /* this batch's own compressor */
-	struct env_reader er;        /* and envelope reader, line cache */
-	struct json_line_cache jc;
-	int coders;                  /* er and jc are initialised */
 };
 
 struct http_sink {
@@ -355,13 +351,53 @@ static int hsink_post(struct sink *s, struct http_batch *hb)
 
 /* ---- sink_threads: the body on a pool thread ------------------------------ */
 
-static void hsink_job_work(struct pool_job *j)
+/* A pool thread's own coders (its pool context), kept warm across jobs
+ * and sinks: one compressor per kind, made at first use. The line cache
+ * is keyed by each record's (sink, type), so it serves every sink. */
+struct hsink_tctx {
+	struct comp *comp[3];        /* by enum cfg_compression */
+	struct env_reader er;
+	struct json_line_cache jc;
+};
+
+static void hsink_tctx_free(void *arg)
+{
+	struct hsink_tctx *t = arg;
+	int i;
+
+	for (i = 0; i < 3; i++)
+		comp_free(t->comp[i]);
+	env_reader_fini(&t->er);
+	json_line_cache_free(&t->jc);
+	free(t);
+}
+
+static void hsink_job_work(struct pool_job *j, void **tctx)
 {
 	struct http_batch *hb = (struct http_batch *)((char *)j -
 		offsetof(struct http_batch, job));
+	struct sink *s = hb->job_sink;
+	struct hsink_tctx *t = *tctx;
+	enum cfg_compression k = s->cfg.compression;
 
-	hb->job_rc = hsink_make_body(hb->job_sink, hb, hb->job_lo,
-				     hb->job_hi, hb->comp, &hb->er, &hb->jc);
+	if (!t) {
+		t = calloc(1, sizeof(*t));
+		if (!t) {
+			hb->job_rc = -ENOMEM;
+			return;
+		}
+		env_reader_init(&t->er);
+		json_line_cache_init(&t->jc);
+		*tctx = t;
+	}
+	if (k != COMP_NONE && (unsigned)k < 3 && !t->comp[k] &&
+	    !(t->comp[k] = comp_new(k, 0))) {
+		hb->job_rc = -errno;
+		return;
+	}
+	hb->job_rc = hsink_make_body(s, hb, hb->job_lo, hb->job_hi,
+				     k == COMP_NONE ? NULL : t->comp[k],
+				     &t->er, &t->jc);
 }
 
 /* a part whose send failed before a request went out: it waits for the
@@ -387,21 +423,6 @@ static void hsink_job_done(struct pool_job *j)
 		hsink_send_failed(s, hb);
 }
 
-/* The batch's own compressor, reader and line cache for a pool thread:
- * made at its first use, kept until the sink closes. */
-static int hsink_coders(struct sink *s, struct http_batch *hb)
-{
-	if (s->cfg.compression != COMP_NONE && !hb->comp &&
-	    !(hb->comp = comp_new(s->cfg.compression, 0)))
-		return -errno;
-	if (!hb->coders) {
-		env_reader_init(&hb->er);
-		json_line_cache_init(&hb->jc);
-		hb->coders = 1;
-	}
-	return 0;
-}
-
 /* A job still out when the sink stops or closes is taken back: its part
  * waits as a cancelled request does. */
 static void hsink_job_reclaim(struct sink *s, struct http_batch *hb)
@@ -424,7 +445,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	struct http_part *p = &hb->part[hb->nparts - 1];
 	int rc;
 
-	if (s->b->pool && hsink_coders(s, hb) == 0) {
+	if (s->b->pool) {
 		hb->job.work = hsink_job_work;
 		hb->job.done = hsink_job_done;
 		hb->job_sink = s;
@@ -1147,7 +1168,8 @@ static int hsink_open(struct sink *s)
 	}
 	if (!s->b->pool && s->b->cfg.sink_threads > 0) {
 		/* made once: sink_threads changes need a restart */
-		s->b->pool = pool_new(&s->b->rx, (int)s->b->cfg.sink_threads);
+		s->b->pool = pool_new(&s->b->rx, (int)s->b->cfg.sink_threads,
+				      hsink_tctx_free);
 		if (!s->b->pool)
 			log_error("sink_threads = %u: %s; bodies are made on "
 				  "the broker thread", s->b->cfg.sink_threads,
@@ -1225,11 +1247,6 @@ static void hsink_close(struct sink *s)
 		hsink_job_reclaim(s, hb);
 		if (hb->req)
 			http_cancel(s->b->http, hb->req);
-		comp_free(hb->comp);
-		if (hb->coders) {
-			env_reader_fini(&hb->er);
-			json_line_cache_free(&hb->jc);
-		}
 		buf_free(&hs->hb[i].body);
 		buf_free(&hs->hb[i].answer);
 		free(hs->hb[i].gone);
