@@ -442,8 +442,37 @@ static uint64_t min64(uint64_t a, uint64_t c)
 	return a < c ? a : c;
 }
 
+/* The broker's own limiters (not the sinks', which flush theirs): what
+ * one held back is told in a line once its period is over, and at stop
+ * (force), so a suppressed line is never lost with its count. */
+static void broker_flush_logs(struct broker *b, uint64_t now, int force)
+{
+	struct { struct log_rl *rl; const char *what; } l[] = {
+		{ &b->rl_invalid, "invalid ring records dropped" },
+		{ &b->rl_unknown, "events for unknown sinks routed to the "
+				  "default sink" },
+		{ &b->rl_spool, "spool errors" },
+		{ &b->rl_ring, "ring warnings" },
+		{ &b->rl_stall, "stalled producer claims" },
+		{ &b->rl_seg, "segment checks" },
+	};
+	uint64_t lines, n, due;
+	size_t i;
+
+	for (i = 0; i < sizeof(l) / sizeof(l[0]); i++) {
+		due = log_rl_due(l[i].rl);
+		if (!due || (!force && now < due))
+			continue;
+		if (log_rl_take(l[i].rl, &lines, &n))
+			log_warn("%llu more log lines about %s were held "
+				 "back by the rate limit",
+				 (unsigned long long)lines, l[i].what);
+	}
+}
+
 static void broker_housekeeping(struct broker *b, uint64_t now)
 {
+	broker_flush_logs(b, now, 0);
 	if (now >= b->next_reap) {
 		broker_check_segment(b);
 		ring_reap(&b->rc);
@@ -526,6 +555,7 @@ static void broker_stop(struct broker *b)
 	/* requests still out are cancelled (counted), logs settled */
 	for (i = 0; i < b->nsinks; i++)
 		sink_stop(b->sinks[i]);
+	broker_flush_logs(b, log_mono_ns(), 1);
 	stats_publish(b);
 	/* before the sinks go: their batches' retry metadata is saved */
 	persist_save(b, log_mono_ns(), 1);

@@ -812,6 +812,39 @@ static void test_routing_and_formats(void)
 	bt_cleanup(&t);
 }
 
+/* Lines the broker's own rate limiters held back are told, with their
+ * count, at the latest when it stops (they were lost before). */
+static void test_held_back_logs_told_at_stop(void)
+{
+	struct obx_stats g;
+	struct seg s;
+	struct bt t;
+	char why[256];
+	int idx, i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "heldlog", NULL, NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_FATAL(seg_attach(&s, t.shm, why, sizeof(why)) == 0);
+	idx = slot_claim(&s, s.fd, getpid(), 0);
+	CU_ASSERT_FATAL(idx >= 0);
+	for (i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL(raw_record(&s, &s.slots[idx], (uint16_t)idx,
+					   "", "\xc1\xc1garbage", 9, 0), 0);
+	for (i = 0; i < 150; i++) {
+		if (bt_stats(&t, &g, NULL) == 0 && g.dropped_invalid == 4)
+			break;
+		usleep(20000);
+	}
+	CU_ASSERT_EQUAL(g.dropped_invalid, 4);
+	CU_ASSERT(log_has(&t, "dropped a ring record"));
+	CU_ASSERT(!log_has(&t, "more log lines about invalid"));
+	slot_release(&s.slots[idx]);
+	seg_detach(&s);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	CU_ASSERT(log_has(&t, "3 more log lines about invalid ring records"));
+	bt_cleanup(&t);
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("broker", NULL, NULL);
@@ -836,6 +869,8 @@ static int add_suites(void)
 		    test_catch_up_half_released);
 	CU_add_test(s, "routing, msgpack bodies, invalid records",
 		    test_routing_and_formats);
+	CU_add_test(s, "held-back log lines told at stop",
+		    test_held_back_logs_told_at_stop);
 	CU_add_test(s, "SIGHUP reload: refused, restart-only, applied",
 		    test_reload);
 	CU_add_test(s, "4 producers x 1M events -> file, exactly once",
