@@ -78,8 +78,8 @@ struct http_batch {
 	struct buf answer;           /* the response body, for a protocol
 	                              * that reads 2xx answers */
 	/* sink_threads: the body made on a pool thread (pool.h). While
-	 * job_out, the job owns b->out, body and the per-batch coders
-	 * below; the broker thread leaves them and the batch alone. */
+	 * job_out, the job owns the batch's out and body; the broker
+	 * thread leaves them and the batch alone. */
 	struct pool_job job;
 	int job_out;                 /* submitted, done() not yet run */
 	int job_rc;                  /* what the job's encode/compress said */
@@ -275,8 +275,9 @@ static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
 
 /* The request body of the part at the top: records [lo, hi) encoded
  * (a protocol's body is encoded by hsink_try() already) and compressed
- * into hb->body when the sink compresses. Runs on the broker thread, or
- * on a pool thread with the batch's own coders (sink_threads). */
+ * into hb->body when the sink compresses. Runs on the broker thread with
+ * the sink's coders, or on a pool thread with that thread's own
+ * (sink_threads). */
 static int hsink_make_body(struct sink *s, struct http_batch *hb,
 			   uint32_t lo, uint32_t hi, struct comp *comp,
 			   struct env_reader *er, struct json_line_cache *jc)
