@@ -1664,6 +1664,47 @@ static void test_encodings_threads(void)
 	g_sink_threads = 1;
 }
 
+/* SIGTERM while request bodies are being made on pool threads
+ * (sink_threads = 4, gzip, small batches, producers flat out): the jobs
+ * out are taken back, the broker exits 0, and after a restart every event
+ * arrives. The pool threads once took signals: a SIGTERM delivered to one
+ * killed the broker with the default action (exit 143, nothing
+ * persisted) - this failed then. */
+static void test_threads_stop(void)
+{
+	const uint64_t n = 200000;
+	char conf[1024];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	json_int_t at_stop;
+	int i;
+
+	g_broker_extra = "durability = write\nsink_threads = 4";
+	snprintf(conf, sizeof(conf), "[sink api]\ntype = http\nurl = %s/ingest\n"
+		 "compression = gzip\nbatch_max_events = 100\n"
+		 "flush_interval = 20ms\nmax_inflight = 8\n", up_base());
+	start_broker(&t, "threads-stop", conf);
+	prods_start(&P, &t, 4, n / 4, 0);
+	/* stopped while it sends: after its first requests */
+	for (i = 0; i < 200 && up_stat("requests") < 5; i++)
+		usleep(10000);
+	at_stop = up_stat("requests");
+	CU_ASSERT(at_stop >= 5);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), n);
+	CU_ASSERT_EQUAL(wait_quiet(&t, n, 30000, &g, g_sp), 0);
+	check_identity("threads-stop", &g, g_sp);
+	CU_ASSERT_EQUAL(up_stat("unique"), (json_int_t)n);
+	CU_ASSERT_EQUAL(up_stat("decode_errors"), 0);
+	printf("\n    SIGTERM after %lld requests, restarted: %llu events, "
+	       "%lld unique at the upstream", (long long)at_stop,
+	       (unsigned long long)n, (long long)up_stat("unique"));
+	g_broker_extra = "durability = write";
+	stop_broker(&t);
+}
+
 /* ---- f. restarts inside a Retry-After window ----------------------------- */
 
 static void test_restart_in_window(void)
@@ -1839,6 +1880,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||
 	    !CU_add_test(s, "encodings_zstd", test_encodings_zstd) ||
 	    !CU_add_test(s, "encodings_threads", test_encodings_threads) ||
+	    !CU_add_test(s, "threads_stop", test_threads_stop) ||
 	    !CU_add_test(s, "restart_in_window", test_restart_in_window) ||
 	    !CU_add_test(s, "wall_step", test_wall_step) ||
 	    !CU_add_test(s, "outage_503", test_outage))
