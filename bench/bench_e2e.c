@@ -48,6 +48,8 @@ struct e2e_opts {
 	const char *durability;
 	double outage, outage_at;
 	int outage_code, retry_after, sink_threads, duration_set;
+	int broker_threads;          /* outboxd's sink_threads, -1: default */
+	int no_sng;                  /* --compare without syslog-ng */
 	double rate;             /* events/s per producer, 0 = flat out */
 	const char *compression; /* http: gzip | zstd | none */
 	enum cfg_compression comp;
@@ -102,8 +104,11 @@ static int e2e_config(struct e2e_run *r, const struct e2e_opts *o)
 		return -1;
 	fprintf(f, "[broker]\nshm = %s\nshm_mode = 0600\nring_size = 64M\n"
 		"max_record = 64K\nspool_dir = %s/spool\ndurability = %s\n"
-		"segment_size = 64M\nspool_max = 8G\nshutdown_timeout = 10s\n\n"
-		"[sink default]\ntype = %s\n", r->shm, r->dir, o->durability,
+		"segment_size = 64M\nspool_max = 8G\nshutdown_timeout = 10s\n",
+		r->shm, r->dir, o->durability);
+	if (o->broker_threads >= 0)
+		fprintf(f, "sink_threads = %d\n", o->broker_threads);
+	fprintf(f, "\n[sink default]\ntype = %s\n",
 		strcmp(o->sink, "file") ? "discard" : "file");
 	if (!strcmp(o->sink, "file"))
 		fprintf(f, "path = %s\n", r->out);
@@ -443,6 +448,10 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 			o->encoding = v;
 		else if (!strcmp(a, "--sink-threads"))
 			o->sink_threads = atoi(v);
+		else if (!strcmp(a, "--broker-threads"))
+			o->broker_threads = atoi(v);
+		else if (!strcmp(a, "--no-syslog-ng"))
+			o->no_sng = 1, i--;
 		else if (!strcmp(a, "--verify"))
 			o->verify = 1, i--;
 		else if (!strcmp(a, "--json"))
@@ -465,6 +474,7 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 	if (o->np < 1 || o->np > 64 || o->size < 64 || o->size > 60000 ||
 	    o->duration <= 0 || o->rate < 0 || o->outage < 0 ||
 	    o->outage_at < 0 || o->sink_threads < 1 || o->sink_threads > 16 ||
+	    o->broker_threads < -1 || o->broker_threads > 64 ||
 	    (strcmp(o->sink, "file") && strcmp(o->sink, "discard") &&
 	     !o->http) ||
 	    (o->outage > 0 && !o->http) ||
@@ -483,6 +493,7 @@ usage:
 		"       http only: [--compression gzip|zstd|none] [--encoding ndjson|json]\n"
 		"         [--outage S] [--outage-at T] [--outage-code C]\n"
 		"         [--retry-after N] [--sink-threads N]\n"
+		"         [--broker-threads N] (outboxd's sink_threads)\n"
 		"         [--compare [--sng-reopen S]]  (the per-worker SDK and\n"
 		"         syslog-ng on the same workload; implies --sink http\n"
 		"         --verify)\n");
@@ -821,7 +832,13 @@ static int e2e_compare(struct e2e_opts *o, struct e2e_res *x,
 	e2e_as_peer(o, x, hs, &ob);
 	hs_stop(hs);
 	bench_peer_sdk(&w, &sdk);
-	bench_peer_syslogng(&w, &sng);
+	if (o->no_sng) {
+		memset(&sng, 0, sizeof(sng));
+		sng.name = "syslog_ng";
+		snprintf(sng.note, sizeof(sng.note), "not run (--no-syslog-ng)");
+	} else {
+		bench_peer_syslogng(&w, &sng);
+	}
 	bench_compare_print(&w, &ob, &sdk, &sng, o->json, js);
 	free(js);
 	return ob.lost || !x->complete || sdk.lost ? 1 : 0;
@@ -833,7 +850,7 @@ int bench_e2e(int argc, char **argv)
 		.sink = "file", .durability = "write", .outage_at = 2.0,
 		.outage_code = 503, .retry_after = -1, .sink_threads = 1,
 		.compression = "gzip", .encoding = "ndjson",
-		.sng_reopen = 60 };
+		.sng_reopen = 60, .broker_threads = -1 };
 	struct hs_sink hs = { 0 };
 	struct e2e_res x;
 

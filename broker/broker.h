@@ -15,6 +15,7 @@
 #include "log.h"
 #include "ops.h"
 #include "persist.h"
+#include "pool.h"
 #include "reactor.h"
 #include "ring.h"
 #include "segment.h"
@@ -30,6 +31,8 @@ struct broker {
 	struct env_reader er;
 	struct sink *sinks[CFG_MAX_SINKS];
 	struct http *http;           /* libcurl multi, made by the first
+	                              * HTTP sink that opens */
+	struct pool *pool;           /* sink_threads, made by the first
 	                              * HTTP sink that opens */
 	struct persist persist;      /* delivery state across restarts */
 	struct ops ops;              /* systemd notify, watchdog, /metrics */

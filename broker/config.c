@@ -123,6 +123,7 @@ enum {
 	BK_SYNC_INTERVAL, BK_SHUTDOWN_TIMEOUT, BK_LOG_LEVEL, BK_SEGMENT_SIZE,
 	BK_STALL_TIMEOUT, BK_STALL_ACTION, BK_METRICS_LISTEN,
 	BK_DRAIN_LATENCY,
+	BK_SINK_THREADS,
 	BK_N
 };
 
@@ -165,6 +166,8 @@ static const struct cfg_key cfg_bkeys[BK_N] = {
 	 * housekeeping tick looks every 100 ms anyway) */
 	[BK_DRAIN_LATENCY] = { .name = "drain_latency", .kind = K_DUR,
 		BF(drain_latency_ms), .min = 1, .max = SEC_MS },
+	[BK_SINK_THREADS] = { .name = "sink_threads", .kind = K_COUNT,
+		BF(sink_threads), .min = 0, .max = 64 },
 };
 
 enum {
@@ -599,6 +602,7 @@ void cfg_default(struct cfg *c)
 	c->stall_timeout_ms = 10 * SEC_MS;
 	c->stall_action = STALL_WAIT;
 	c->drain_latency_ms = 20;
+	c->sink_threads = 1;
 	cfg_default_sink(&c->sinks[0]);
 	c->nsinks = 1;
 }
@@ -1957,7 +1961,7 @@ int cfg_needs_restart(const struct cfg *old, const struct cfg *neu,
 
 		if (k != BK_SHM_MODE && k != BK_RING_SIZE &&
 		    k != BK_MAX_RECORD && k != BK_PRODUCER_SLOTS &&
-		    k != BK_SEGMENT_SIZE)
+		    k != BK_SEGMENT_SIZE && k != BK_SINK_THREADS)
 			continue;
 		u = cfg_get_num(old, key);
 		v = cfg_get_num(neu, key);

@@ -93,6 +93,9 @@ struct cfg {
 	char *metrics_listen;            /* ADDR:PORT of /metrics, NULL: off */
 	uint64_t drain_latency_ms;       /* 20: longest wait of a committed
 	                                  * event before the broker looks */
+	uint32_t sink_threads;           /* 1: threads that encode and
+	                                  * compress request bodies; 0: the
+	                                  * broker thread does (restart) */
 	struct cfg_sink sinks[CFG_MAX_SINKS];
 	int nsinks;                      /* "default" always exists */
 };

@@ -586,6 +586,8 @@ static void broker_stop(struct broker *b)
 	if (b->http)
 		http_free(b->http);
 	b->http = NULL;
+	pool_free(b->pool);         /* every sink reclaimed its jobs */
+	b->pool = NULL;
 	persist_close(&b->persist);
 	spool_set_free(b->spool);
 	atomic_store(&b->seg.cons->broker_pid, 0);

@@ -36,6 +36,7 @@
 
 #include "broker.h"
 #include "compress.h"
+#include "pool.h"
 #include "http.h"
 #include "json.h"
 #include "policy.h"
@@ -76,6 +77,14 @@ struct http_batch {
 	                              * held (max_rate_limit_duration), 0 */
 	struct buf answer;           /* the response body, for a protocol
 	                              * that reads 2xx answers */
+	/* sink_threads: the body made on a pool thread (pool.h). While
+	 * job_out, the job owns the batch's out and body; the broker
+	 * thread leaves them and the batch alone. */
+	struct pool_job job;
+	int job_out;                 /* submitted, done() not yet run */
+	int job_rc;                  /* what the job's encode/compress said */
+	uint32_t job_lo, job_hi;     /* the records it encodes */
+	struct sink *job_sink;
 };
 
 struct http_sink {
@@ -167,9 +176,10 @@ static void hsink_load_token(struct sink *s)
 /* ---- encoding ------------------------------------------------------------ */
 
 static int hsink_encode_records(struct sink *s, struct sink_batch *b,
-			       uint32_t lo, uint32_t hi, struct buf *out)
+			       uint32_t lo, uint32_t hi, struct buf *out,
+			       struct env_reader *er,
+			       struct json_line_cache *jc)
 {
-	struct http_sink *hs = s->impl;
 	uint32_t i;
 	int rc = 0;
 
@@ -195,13 +205,13 @@ static int hsink_encode_records(struct sink *s, struct sink_batch *b,
 	for (i = lo; i < hi && rc == 0; i++) {
 		struct env_view v;
 
-		if (env_parse(&hs->er, b->sb.recs[i].data, b->sb.recs[i].len,
+		if (env_parse(er, b->sb.recs[i].data, b->sb.recs[i].len,
 			      &v) < 0)
 			continue;    /* validated at drain; cannot happen */
 		if (s->cfg.encoding == ENC_JSON_ARRAY && i > lo)
 			rc = buf_addc(out, ',');
 		if (rc == 0)
-			rc = json_line_fast(&hs->jc, &v, out,
+			rc = json_line_fast(jc, &v, out,
 					    s->cfg.encoding == ENC_NDJSON);
 	}
 	if (rc == 0 && s->cfg.encoding == ENC_JSON_ARRAY)
@@ -263,7 +273,28 @@ static int hsink_proto_encode(struct sink *s, struct http_batch *hb)
 	return 0;
 }
 
-static int hsink_send_part(struct sink *s, struct http_batch *hb)
+/* The request body of the part at the top: records [lo, hi) encoded
+ * (a protocol's body is encoded by hsink_try() already) and compressed
+ * into hb->body when the sink compresses. Runs on the broker thread with
+ * the sink's coders, or on a pool thread with that thread's own
+ * (sink_threads). */
+static int hsink_make_body(struct sink *s, struct http_batch *hb,
+			   uint32_t lo, uint32_t hi, struct comp *comp,
+			   struct env_reader *er, struct json_line_cache *jc)
+{
+	struct http_sink *hs = s->impl;
+	struct sink_batch *b = hb->b;
+	int rc;
+
+	rc = hs->proto ? 0 :
+	     hsink_encode_records(s, b, lo, hi, &b->out, er, jc);
+	if (rc == 0 && comp)
+		rc = comp_body(comp, b->out.p, b->out.len, &hb->body);
+	return rc;
+}
+
+/* Posts the body hsink_make_body() made. */
+static int hsink_post(struct sink *s, struct http_batch *hb)
 {
 	struct http_sink *hs = s->impl;
 	struct sink_batch *b = hb->b;
@@ -273,17 +304,7 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 	uint32_t rc_hdr;
 	int n = 0, i, rc;
 
-	/* a protocol's body was encoded by hsink_try() */
-	rc = hs->proto ? 0 : hsink_encode_records(s, b, p->lo, p->hi, &b->out);
-	if (rc < 0)
-		return rc;
-	payload = &b->out;
-	if (hs->comp) {
-		rc = comp_body(hs->comp, b->out.p, b->out.len, &hb->body);
-		if (rc < 0)
-			return rc;
-		payload = &hb->body;
-	}
+	payload = hs->comp ? &hb->body : &b->out;
 	if (hs->proto)
 		for (i = 0; hs->proto->hdrs[i]; i++)
 			hb->hdrs[n++] = hs->proto->hdrs[i];
@@ -327,6 +348,120 @@ static int hsink_send_part(struct sink *s, struct http_batch *hb)
 		s->c.retries++;
 	p->resend = false;
 	return 0;
+}
+
+/* ---- sink_threads: the body on a pool thread ------------------------------ */
+
+/* A pool thread's own coders (its pool context), kept warm across jobs
+ * and sinks: one compressor per kind, made at first use. The line cache
+ * is keyed by each record's (sink, type), so it serves every sink. */
+struct hsink_tctx {
+	struct comp *comp[3];        /* by enum cfg_compression */
+	struct env_reader er;
+	struct json_line_cache jc;
+};
+
+static void hsink_tctx_free(void *arg)
+{
+	struct hsink_tctx *t = arg;
+	int i;
+
+	for (i = 0; i < 3; i++)
+		comp_free(t->comp[i]);
+	env_reader_fini(&t->er);
+	json_line_cache_free(&t->jc);
+	free(t);
+}
+
+static void hsink_job_work(struct pool_job *j, void **tctx)
+{
+	struct http_batch *hb = (struct http_batch *)((char *)j -
+		offsetof(struct http_batch, job));
+	struct sink *s = hb->job_sink;
+	struct hsink_tctx *t = *tctx;
+	enum cfg_compression k = s->cfg.compression;
+
+	if (!t) {
+		t = calloc(1, sizeof(*t));
+		if (!t) {
+			hb->job_rc = -ENOMEM;
+			return;
+		}
+		env_reader_init(&t->er);
+		json_line_cache_init(&t->jc);
+		*tctx = t;
+	}
+	if (k != COMP_NONE && (unsigned)k < 3 && !t->comp[k] &&
+	    !(t->comp[k] = comp_new(k, 0))) {
+		hb->job_rc = -errno;
+		return;
+	}
+	hb->job_rc = hsink_make_body(s, hb, hb->job_lo, hb->job_hi,
+				     k == COMP_NONE ? NULL : t->comp[k],
+				     &t->er, &t->jc);
+}
+
+/* a part whose send failed before a request went out: it waits for the
+ * next tick, the policy's begin undone */
+static void hsink_send_failed(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+
+	pol_abort(&hs->pol, &hb->part[hb->nparts - 1].pb);
+	hb->waiting = 1;
+}
+
+static void hsink_job_done(struct pool_job *j)
+{
+	struct http_batch *hb = (struct http_batch *)((char *)j -
+		offsetof(struct http_batch, job));
+	struct sink *s = hb->job_sink;
+	struct http_sink *hs = s->impl;
+
+	hb->job_out = 0;
+	hs->requests_out--;         /* counted from the submit, for the gate */
+	if (hb->job_rc < 0 || hsink_post(s, hb) < 0)
+		hsink_send_failed(s, hb);
+}
+
+/* A job still out when the sink stops or closes is taken back: its part
+ * waits as a cancelled request does. */
+static void hsink_job_reclaim(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+
+	if (!hb->job_out)
+		return;
+	pool_reclaim(s->b->pool, &hb->job);
+	hb->job_out = 0;
+	hs->requests_out--;
+	hsink_send_failed(s, hb);
+}
+
+/* Sends the part at the top: 0 when its request is out (or its body is
+ * being made on a pool thread, which posts it), -errno. */
+static int hsink_send_part(struct sink *s, struct http_batch *hb)
+{
+	struct http_sink *hs = s->impl;
+	struct http_part *p = &hb->part[hb->nparts - 1];
+	int rc;
+
+	if (s->b->pool) {
+		hb->job.work = hsink_job_work;
+		hb->job.done = hsink_job_done;
+		hb->job_sink = s;
+		hb->job_lo = p->lo;
+		hb->job_hi = p->hi;
+		if (pool_submit(s->b->pool, &hb->job) == 0) {
+			hb->job_out = 1;
+			hs->requests_out++;
+			return 0;
+		}
+	}
+	rc = hsink_make_body(s, hb, p->lo, p->hi, hs->comp, &hs->er, &hs->jc);
+	if (rc < 0)
+		return rc;
+	return hsink_post(s, hb);
 }
 
 /* Drops parts whose budget ran out while they waited; sends the next
@@ -1032,6 +1167,15 @@ static int hsink_open(struct sink *s)
 			return -errno;
 		}
 	}
+	if (!s->b->pool && s->b->cfg.sink_threads > 0) {
+		/* made once: sink_threads changes need a restart */
+		s->b->pool = pool_new(&s->b->rx, (int)s->b->cfg.sink_threads,
+				      hsink_tctx_free);
+		if (!s->b->pool)
+			log_error("sink_threads = %u: %s; bodies are made on "
+				  "the broker thread", s->b->cfg.sink_threads,
+				  strerror(errno));
+	}
 	if (s->cfg.compression != COMP_NONE &&
 	    !(comp = comp_new(s->cfg.compression, 0))) {
 		int err = errno;
@@ -1077,9 +1221,11 @@ static void hsink_stop(struct sink *s)
 	struct http_sink *hs = s->impl;
 	int i;
 
-	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++)
+	for (i = 0; hs && i < SINK_MAX_INFLIGHT; i++) {
+		hsink_job_reclaim(s, &hs->hb[i]);
 		if (hs->hb[i].req)
 			http_cancel(s->b->http, hs->hb[i].req);
+	}
 	if (!hs)
 		return;
 	hsink_flush_drops(s, log_mono_ns(), 1);
@@ -1097,8 +1243,11 @@ static void hsink_close(struct sink *s)
 	hsink_flush_drops(s, log_mono_ns(), 1);
 	persist_remember(&s->b->persist, &hs->pol);
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
-		if (hs->hb[i].req)
-			http_cancel(s->b->http, hs->hb[i].req);
+		struct http_batch *hb = &hs->hb[i];
+
+		hsink_job_reclaim(s, hb);
+		if (hb->req)
+			http_cancel(s->b->http, hb->req);
 		buf_free(&hs->hb[i].body);
 		buf_free(&hs->hb[i].answer);
 		free(hs->hb[i].gone);

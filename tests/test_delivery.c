@@ -10,6 +10,7 @@
  * PRODUCT.md section 6 at a quiet moment.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -396,10 +397,45 @@ static int suite_clean(void)
 	return 0;
 }
 
+/* [broker] lines of the next start_broker() (sink_threads variants) */
+static const char *g_broker_extra = "durability = write";
+static int g_sink_threads = 1;   /* the pool threads it should have */
+
+/* threads of pid named like the pool's (pool.c) */
+static int pool_threads_of(pid_t pid)
+{
+	char path[320], comm[32];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while ((e = readdir(d))) {
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/comm",
+			 (int)pid, e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) &&
+		    !strncmp(comm, "outboxd-sink", 12))
+			n++;
+		fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
 static void start_broker(struct bt *t, const char *tag, const char *conf)
 {
 	CU_ASSERT_EQUAL_FATAL(up_reset(), 0);
-	CU_ASSERT_FATAL(bt_init(t, tag, "durability = write", conf) == 0);
+	CU_ASSERT_FATAL(bt_init(t, tag, g_broker_extra, conf) == 0);
 	CU_ASSERT_FATAL(bt_start(t) == 0);
 }
 
@@ -1562,6 +1598,8 @@ static void check_encodings(const char *comp)
 		check_identity(tag, &g, g_sp);
 		CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, n);
 		CU_ASSERT_EQUAL(up_stat("events"), (json_int_t)n);
+		/* the bodies were made where sink_threads says */
+		CU_ASSERT_EQUAL(pool_threads_of(t.pid), g_sink_threads);
 		CU_ASSERT_EQUAL(up_stat("decode_errors"), 0);
 		/* NDJSON and JSON lines carry "id"; msgpack envelopes carry
 		 * it as bin, which the upstream does not read as an id */
@@ -1610,6 +1648,61 @@ static void test_encodings_gzip(void)
 static void test_encodings_zstd(void)
 {
 	check_encodings("zstd");
+}
+
+/* the same through the broker thread alone (sink_threads = 0) and
+ * through four pool threads: the bodies are the same */
+static void test_encodings_threads(void)
+{
+	g_broker_extra = "durability = write\nsink_threads = 0";
+	g_sink_threads = 0;
+	check_encodings("gzip");
+	g_broker_extra = "durability = write\nsink_threads = 4";
+	g_sink_threads = 4;
+	check_encodings("zstd");
+	g_broker_extra = "durability = write";
+	g_sink_threads = 1;
+}
+
+/* SIGTERM while request bodies are being made on pool threads
+ * (sink_threads = 4, gzip, small batches, producers flat out): the jobs
+ * out are taken back, the broker exits 0, and after a restart every event
+ * arrives. The pool threads once took signals: a SIGTERM delivered to one
+ * killed the broker with the default action (exit 143, nothing
+ * persisted) - this failed then. */
+static void test_threads_stop(void)
+{
+	const uint64_t n = 200000;
+	char conf[1024];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	json_int_t at_stop;
+	int i;
+
+	g_broker_extra = "durability = write\nsink_threads = 4";
+	snprintf(conf, sizeof(conf), "[sink api]\ntype = http\nurl = %s/ingest\n"
+		 "compression = gzip\nbatch_max_events = 100\n"
+		 "flush_interval = 20ms\nmax_inflight = 8\n", up_base());
+	start_broker(&t, "threads-stop", conf);
+	prods_start(&P, &t, 4, n / 4, 0);
+	/* stopped while it sends: after its first requests */
+	for (i = 0; i < 200 && up_stat("requests") < 5; i++)
+		usleep(10000);
+	at_stop = up_stat("requests");
+	CU_ASSERT(at_stop >= 5);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(prods_wait(&P), n);
+	CU_ASSERT_EQUAL(wait_quiet(&t, n, 30000, &g, g_sp), 0);
+	check_identity("threads-stop", &g, g_sp);
+	CU_ASSERT_EQUAL(up_stat("unique"), (json_int_t)n);
+	CU_ASSERT_EQUAL(up_stat("decode_errors"), 0);
+	printf("\n    SIGTERM after %lld requests, restarted: %llu events, "
+	       "%lld unique at the upstream", (long long)at_stop,
+	       (unsigned long long)n, (long long)up_stat("unique"));
+	g_broker_extra = "durability = write";
+	stop_broker(&t);
 }
 
 /* ---- f. restarts inside a Retry-After window ----------------------------- */
@@ -1786,6 +1879,8 @@ static int add_suites(void)
 	    !CU_add_test(s, "reauth_401", test_reauth_401) ||
 	    !CU_add_test(s, "encodings_gzip", test_encodings_gzip) ||
 	    !CU_add_test(s, "encodings_zstd", test_encodings_zstd) ||
+	    !CU_add_test(s, "encodings_threads", test_encodings_threads) ||
+	    !CU_add_test(s, "threads_stop", test_threads_stop) ||
 	    !CU_add_test(s, "restart_in_window", test_restart_in_window) ||
 	    !CU_add_test(s, "wall_step", test_wall_step) ||
 	    !CU_add_test(s, "outage_503", test_outage))
