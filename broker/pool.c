@@ -148,7 +148,12 @@ struct pool *pool_new(struct rx *rx, int n, void (*ctx_free)(void *ctx))
 	p->op.fn = pool_on_event;
 	p->queue_tail = &p->queue;
 	p->fin_tail = &p->fin;
-	p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	/* blocking: read through io_uring only, which waits by polling it.
+	 * With O_NONBLOCK a kernel may complete the read at once with
+	 * -EAGAIN (io_uring honours the flag on some versions), and the
+	 * re-arm in pool_on_event() would spin. Pool threads only add 1:
+	 * their write() never blocks (the counter cannot near 2^64 - 1). */
+	p->efd = eventfd(0, EFD_CLOEXEC);
 	if (p->efd < 0) {
 		err = errno;
 		free(p);
