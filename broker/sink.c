@@ -287,13 +287,36 @@ static void sink_read_done(void *arg, int err)
 	sink_send(b);
 }
 
+/* Reads records from `from` into b (the sink's one spool read): 1 when
+ * the read is out or done, 0 when it failed (b released, logged, and
+ * *retry_at set to when to try again). */
+static int sink_read_batch(struct sink *s, struct sink_batch *b,
+			   uint64_t from, uint64_t *retry_at, uint64_t now)
+{
+	int rc;
+
+	s->reading = 1;
+	rc = spool_read(s->spool, from, s->cfg.batch_max_events,
+			s->cfg.batch_max_bytes, &b->sb, sink_read_done, b);
+	if (rc < 0) {
+		s->reading = 0;
+		sink_batch_release(b);
+		*retry_at = now + SINK_RETRY_NS;
+		log_rl(&s->b->rl_spool, LOG_ERROR, "sink %s: spool read: %s",
+		       s->cfg.name, strerror(-rc));
+		return 0;
+	}
+	if (rc == 1)
+		sink_read_done(b, 0);
+	return 1;
+}
+
 /* Starts one batch at read_seq; 1 started, 0 not now. One spool read at
  * a time: the next batch starts where this one's records end. */
 static int sink_start(struct sink *s, uint64_t now)
 {
 	uint64_t next = spool_visible(s->spool);
 	struct sink_batch *b;
-	int rc;
 
 	if (s->reading || s->read_seq >= next || now < s->retry_at)
 		return 0;
@@ -305,21 +328,8 @@ static int sink_start(struct sink *s, uint64_t now)
 	    !s->b->stopping)
 		return 0;
 	b = sink_batch_take(s, s->read_seq);
-	if (!b)
+	if (!b || !sink_read_batch(s, b, s->read_seq, &s->retry_at, now))
 		return 0;
-	s->reading = 1;
-	rc = spool_read(s->spool, s->read_seq, s->cfg.batch_max_events,
-			s->cfg.batch_max_bytes, &b->sb, sink_read_done, b);
-	if (rc < 0) {
-		s->reading = 0;
-		sink_batch_release(b);
-		s->retry_at = now + SINK_RETRY_NS;
-		log_rl(&s->b->rl_spool, LOG_ERROR, "sink %s: spool read: %s",
-		       s->cfg.name, strerror(-rc));
-		return 0;
-	}
-	if (rc == 1)
-		sink_read_done(b, 0);
 	s->pending_since = 0;
 	return 1;
 }
@@ -479,7 +489,6 @@ static int sink_start_aside(struct sink *s, uint64_t now)
 	struct sink_aside *a = NULL;
 	struct sink_batch *b;
 	uint32_t k;
-	int rc;
 
 	if (s->reading || now < s->retry_at)
 		return 0;
@@ -491,20 +500,7 @@ static int sink_start_aside(struct sink *s, uint64_t now)
 	b->aside_id = a->id;
 	b->held_since = a->since;
 	a->due = UINT64_MAX;            /* being read */
-	s->reading = 1;
-	rc = spool_read(s->spool, a->from, s->cfg.batch_max_events,
-			s->cfg.batch_max_bytes, &b->sb, sink_read_done, b);
-	if (rc < 0) {
-		s->reading = 0;
-		sink_batch_release(b);
-		a->due = now + SINK_RETRY_NS;
-		log_rl(&s->b->rl_spool, LOG_ERROR, "sink %s: spool read: %s",
-		       s->cfg.name, strerror(-rc));
-		return 0;
-	}
-	if (rc == 1)
-		sink_read_done(b, 0);
-	return 1;
+	return sink_read_batch(s, b, a->from, &a->due, now);
 }
 
 /* The read of an aside came back: its pending records stay in b (spool
