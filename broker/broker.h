@@ -51,6 +51,7 @@ struct broker {
 	uint64_t next_look;          /* mono: when drain_tick() looks next */
 	int look_now;                /* a producer woke us: look at once */
 	int drain_busy;              /* the last look took DRAIN_BUSY+ */
+	int drain_held;              /* no look until the flush completes */
 	uint64_t wakeups;            /* woken by a producer (futex) */
 	uint64_t drain_looks;        /* drain_run() calls */
 	uint64_t drain_again;        /* mono: next drain attempt when waiting */

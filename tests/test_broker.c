@@ -954,6 +954,83 @@ static void test_wake_fill_mark(void)
 	bt_cleanup(&t);
 }
 
+/* Replaces the first `from` in the config file by `to`. */
+static int conf_replace(const char *path, const char *from, const char *to)
+{
+	char buf[8192], *at;
+	size_t n;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	at = strstr(buf, from);
+	if (!at)
+		return -1;
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	fwrite(buf, 1, (size_t)(at - buf), f);
+	fputs(to, f);
+	fputs(at + strlen(from), f);
+	return fclose(f);
+}
+
+/* Flat out, the drain outruns the spool's flush: the spool takes no more
+ * until the flush in flight completes, while the ring stays far past the
+ * fill mark. The drain then waits for that completion. It used to ask
+ * the producers for a wake-up at the mark - passed already - so every
+ * loop iteration looked and took nothing: ~1 M empty looks a second
+ * (bench/README "Flat out with the spool on"). A look takes up to 2 048
+ * records; allow 64 records a look on average. */
+static void test_flat_out_no_empty_looks(void)
+{
+	const unsigned np = 4;
+	const uint64_t n = 400000 / SCALE;
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t *done = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+			      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	uint64_t w0, l0, w1, l1, t0;
+	struct obx_stats g;
+	pid_t pids[4];
+	struct bt t;
+	unsigned p;
+	int st;
+
+	CU_ASSERT_FATAL(bt_init(&t, "flatout", "durability = write\n"
+				"spool_max = 4G", NULL) == 0);
+	/* the bench's ring and segments: a tail buffer that fills behind
+	 * a flush while the ring is far past the mark */
+	CU_ASSERT_FATAL(conf_replace(t.conf, "ring_size = 16M",
+				     "ring_size = 64M") == 0);
+	CU_ASSERT_FATAL(conf_replace(t.conf, "segment_size = 4M",
+				     "segment_size = 64M") == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	wake_counts(&t, sp, &w0, &l0);
+	t0 = tu_now_ns();
+	for (p = 0; p < np; p++) {
+		pids[p] = fork();
+		if (pids[p] == 0)
+			producer(t.shm, p, n, &done[p], 0);
+	}
+	for (p = 0; p < np; p++) {
+		waitpid(pids[p], &st, 0);
+		CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	CU_ASSERT_EQUAL(wait_delivered(&t, np * n, 120000, &g, sp), 0);
+	wake_counts(&t, sp, &w1, &l1);
+	printf("\n    %u x %llu events in %.1f s: %llu looks, %llu wake-ups\n",
+	       np, (unsigned long long)n, (tu_now_ns() - t0) / 1e9,
+	       (unsigned long long)(l1 - l0), (unsigned long long)(w1 - w0));
+	CU_ASSERT(l1 - l0 <= np * n / 64);
+	CU_ASSERT_EQUAL(bt_stop(&t, 20000), 0);
+	free(sp);
+	munmap(done, 4096);
+	bt_cleanup(&t);
+}
+
 /* Lines the broker's own rate limiters held back are told, with their
  * count, at the latest when it stops (they were lost before). */
 static void test_held_back_logs_told_at_stop(void)
@@ -1019,6 +1096,8 @@ static int add_suites(void)
 		    test_wake_trickle);
 	CU_add_test(s, "the fill mark wakes the broker at once",
 		    test_wake_fill_mark);
+	CU_add_test(s, "flat out: no empty looks while the spool flushes",
+		    test_flat_out_no_empty_looks);
 	CU_add_test(s, "4 producers x 1M events -> file, exactly once",
 		    test_end_to_end);
 	CU_add_test(s, "kill -9 the broker 20 times under load",
