@@ -924,8 +924,7 @@ static void ck_start(struct spool *sp)
 		return;
 	}
 	/* the chain must not be split by a submit inside rx_sqe() */
-	if (io_uring_sq_space_left(&rx->ring) < 2)
-		rx_submit(rx);
+	rx_reserve(rx, 2);
 	for (i = 0; i < 2; i++) {
 		sp->ck_ops[i].op.fn = ck_op_fn;
 		sp->ck_ops[i].sp = sp;
@@ -1021,7 +1020,8 @@ static void sp_gc(struct spool *sp)
  *
  * Two limits, one policy: spool_max (bytes of all sinks' segments and
  * tail buffers) and the file system's free space minus a reserve
- * (measured with fstatvfs at every flush and, while short, at most every
+ * (measured with fstatvfs at a flush when the last measure is 100 ms old
+ * or the estimate is near the limit, and while short at most every
  * 100 ms; appends in between are subtracted). Whichever is hit, spool_full
  * applies: drop-newest refuses the append (refused_full), drop-oldest
  * deletes the oldest idle segment of any sink (its undelivered records
@@ -1050,6 +1050,19 @@ static void disk_measure(struct spool_set *set)
 		unwritten += sp->unwritten;
 	freeb = (uint64_t)vs.f_bavail * vs.f_frsize;
 	set->disk_free = freeb > unwritten ? freeb - unwritten : 0;
+}
+
+/* At a flush: measured again only when the last measure is STATVFS_NS
+ * old or the estimate is within twice the reserve of the limit. Appends
+ * since the last measure are subtracted already, so only someone else's
+ * writes make it stale, and a write that still finds the disk full is
+ * handled (sp_rewind). At a trickle (50 flushes a second) that is 10
+ * fstatvfs a second instead of 50. */
+static void disk_refresh(struct spool_set *set)
+{
+	if (set->disk_free < 2 * set->reserve ||
+	    now_ns(CLOCK_MONOTONIC) - set->statvfs_ns >= STATVFS_NS)
+		disk_measure(set);
 }
 
 /* Would `need` more bytes eat into the reserve? */
@@ -1874,7 +1887,7 @@ int spool_set_flush_mark(struct spool_set *set,
 	 * spools opened later (a reload) are not cut by it */
 	set->jr_cut_ok = false;
 	set->fl_in_call = true;
-	disk_measure(set);
+	disk_refresh(set);
 	set->fl_phase = FL_WRITE;
 	set->fl_new = NULL;
 	set->fl_new_tail = &set->fl_new;
