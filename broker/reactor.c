@@ -64,6 +64,7 @@ int rx_init(struct rx *rx, unsigned entries)
 	if (ret < 0)
 		return ret;
 	rx->has_futex = rx_probe_futex(rx);
+	rx->can_skip_cqe = !!(rx->ring.features & IORING_FEAT_CQE_SKIP);
 	return 0;
 }
 
@@ -136,6 +137,15 @@ struct io_uring_sqe *rx_sqe(struct rx *rx, struct rx_op *op)
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op);
 	rx->queued++;
 	return sqe;
+}
+
+int rx_reserve(struct rx *rx, unsigned n)
+{
+	if (io_uring_sq_space_left(&rx->ring) >= n)
+		return 0;
+	io_uring_submit(&rx->ring);
+	rx->queued = 0;
+	return io_uring_sq_space_left(&rx->ring) >= n ? 0 : -EBUSY;
 }
 
 int rx_run(struct rx *rx, uint64_t timeout_ns)

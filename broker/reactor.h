@@ -26,6 +26,7 @@ struct rx {
 	struct io_uring ring;
 	unsigned queued;        /* SQEs prepared since the last submit */
 	int has_futex;          /* kernel supports IORING_OP_FUTEX_WAIT */
+	int can_skip_cqe;       /* IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
 	uint64_t completions;   /* total dispatched, for stats/tests */
 };
 
@@ -37,6 +38,11 @@ void rx_fini(struct rx *rx);
  * the SQ is full it submits first; never returns NULL. op may be NULL for
  * fire-and-forget ops (completion ignored). */
 struct io_uring_sqe *rx_sqe(struct rx *rx, struct rx_op *op);
+
+/* Makes room for n SQEs that must go to the kernel in one submission
+ * (a linked chain): submits what is queued when the SQ lacks room.
+ * 0, or -EBUSY when the SQ still lacks it. */
+int rx_reserve(struct rx *rx, unsigned n);
 
 /* Submits what is queued, waits for at least one completion or until
  * timeout_ns passes (0 = poll, do not wait), dispatches every available

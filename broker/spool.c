@@ -29,7 +29,8 @@
  * turns every maximal run of pending blocks of one segment into ONE
  * IORING_OP_WRITEV at its explicit file offset (normally one write per
  * sink per flush, two when the flush crosses a rollover; a new segment's
- * header rides in the same writev). Short writes are resubmitted for the
+ * header rides in the same writev; a lone write has the drain journal's
+ * write linked behind it). Short writes are resubmitted for the
  * rest; an error puts the blocks back to pending (the data stays in
  * memory), counts write_errors and stalls appends (-EAGAIN) until a
  * later flush succeeds. With durability=fdatasync, written blocks wait
@@ -131,7 +132,7 @@ struct wop {
 	struct seg *seg;
 	struct blk *first;
 	uint32_t nblk;
-	bool attached;			/* part of the set's flush */
+	struct wop *next_new;		/* this flush's writes, unsubmitted */
 	uint64_t off, total, done;
 	int niov;
 	struct iovec *cur;		/* what is left to write */
@@ -255,10 +256,14 @@ struct spool_set {
 	uint8_t *jr_slot;
 	uint32_t jr_len;
 	struct rx_op jr_op;
+	struct rx_op jr_link_op;	/* the journal linked behind ... */
+	struct wop *fl_linked;		/* ... this write (fl_link_journal) */
 
 	enum fl_phase fl_phase;
 	int fl_inflight, fl_err;
 	bool fl_nospace;
+	bool fl_in_call;		/* inside spool_set_flush_mark() */
+	struct wop *fl_new, **fl_new_tail;	/* writes built, not queued */
 	void (*fl_done)(void *arg, int err);
 	void *fl_arg;
 	struct rx_op fl_nop, fl_timer;
@@ -919,8 +924,7 @@ static void ck_start(struct spool *sp)
 		return;
 	}
 	/* the chain must not be split by a submit inside rx_sqe() */
-	if (io_uring_sq_space_left(&rx->ring) < 2)
-		rx_submit(rx);
+	rx_reserve(rx, 2);
 	for (i = 0; i < 2; i++) {
 		sp->ck_ops[i].op.fn = ck_op_fn;
 		sp->ck_ops[i].sp = sp;
@@ -1016,7 +1020,8 @@ static void sp_gc(struct spool *sp)
  *
  * Two limits, one policy: spool_max (bytes of all sinks' segments and
  * tail buffers) and the file system's free space minus a reserve
- * (measured with fstatvfs at every flush and, while short, at most every
+ * (measured with fstatvfs at a flush when the last measure is 100 ms old
+ * or the estimate is near the limit, and while short at most every
  * 100 ms; appends in between are subtracted). Whichever is hit, spool_full
  * applies: drop-newest refuses the append (refused_full), drop-oldest
  * deletes the oldest idle segment of any sink (its undelivered records
@@ -1045,6 +1050,19 @@ static void disk_measure(struct spool_set *set)
 		unwritten += sp->unwritten;
 	freeb = (uint64_t)vs.f_bavail * vs.f_frsize;
 	set->disk_free = freeb > unwritten ? freeb - unwritten : 0;
+}
+
+/* At a flush: measured again only when the last measure is STATVFS_NS
+ * old or the estimate is within twice the reserve of the limit. Appends
+ * since the last measure are subtracted already, so only someone else's
+ * writes make it stale, and a write that still finds the disk full is
+ * handled (sp_rewind). At a trickle (50 flushes a second) that is 10
+ * fstatvfs a second instead of 50. */
+static void disk_refresh(struct spool_set *set)
+{
+	if (set->disk_free < 2 * set->reserve ||
+	    now_ns(CLOCK_MONOTONIC) - set->statvfs_ns >= STATVFS_NS)
+		disk_measure(set);
 }
 
 /* Would `need` more bytes eat into the reserve? */
@@ -1214,7 +1232,10 @@ int spool_append(struct spool *sp, const void *rec, uint32_t len)
  * Phases: FL_WRITE (one writev per run of pending blocks) -> FL_JOURNAL
  * (with a mark: the drain journal's older slot, one pwrite) -> FL_WAIT /
  * FL_SYNC (fdatasync only: at most one per sync_interval) -> FL_FINISH
- * (the callback, from a NOP completion). A write that fails for lack of
+ * (the callback, from the completion that ends the flush, or a NOP when
+ * it ends inside spool_set_flush_mark()). One write and a journal go as
+ * a linked chain, one completion (fl_link_journal, DESIGN.md "Linked
+ * flush"). A write that fails for lack of
  * space does not fail the flush: sp_rewind() drops what could not be
  * written, so the ring moves on; any other error does (data kept,
  * appends stalled, retried by the next flush). */
@@ -1227,7 +1248,8 @@ static bool err_nospace(int err)
 	return err == -ENOSPC || err == -EDQUOT;
 }
 
-static void wop_submit(struct spool_set *set, struct wop *w)
+static struct io_uring_sqe *wop_submit(struct spool_set *set,
+				       struct wop *w)
 {
 	struct io_uring_sqe *sqe = rx_sqe(set->rx, &w->op);
 	uint64_t skip = w->done;
@@ -1246,23 +1268,31 @@ static void wop_submit(struct spool_set *set, struct wop *w)
 	}
 	io_uring_prep_writev(sqe, w->seg->fd, w->cur, (unsigned)n,
 			     w->off + w->done);
+	return sqe;
 }
 
-static void wop_fn(struct rx_op *op, int res, uint32_t flags)
+/* The journal linked behind w did not run: w's write failed or was
+ * short, which cancels the rest of the chain, and with
+ * IOSQE_CQE_SKIP_SUCCESS on w the kernel posts no CQE for it. The flush
+ * goes on as an unlinked one (FL_WRITE, then jr_submit() after w). */
+static void fl_unlink(struct spool_set *set)
 {
-	struct wop *w = container_of(op, struct wop, op);
+	set->fl_linked = NULL;
+	set->inflight--;
+	set->fl_phase = FL_WRITE;
+}
+
+/* Write w is over: res is its CQE's result, or for a linked write whose
+ * CQE was skipped, the bytes it had left. The flush goes on from here
+ * (its last statement: the flush's callback may run inside). */
+static void wop_done(struct wop *w, int res)
+{
 	struct spool *sp = w->sp;
 	struct spool_set *set = sp->set;
 	enum blk_state st;
 	struct blk *b;
 	uint32_t i;
 
-	if (res > 0 && w->done + (uint64_t)res < w->total) {
-		/* short write (typically just before ENOSPC): go on */
-		w->done += (uint64_t)res;
-		wop_submit(set, w);
-		return;
-	}
 	if (res == 0)
 		res = -EIO;
 	if (res < 0) {
@@ -1286,15 +1316,33 @@ static void wop_fn(struct rx_op *op, int res, uint32_t flags)
 		blk_set_state(sp, b, st);
 	w->seg->busy--;
 	sp->inflight--;
-	if (--set->fl_inflight == 0 && set->fl_phase == FL_WRITE)
-		fl_writes_done(set);
 	seg_maybe_close(sp, w->seg);
 	blk_trim(sp);
 	free(w);
+	if (--set->fl_inflight == 0 && set->fl_phase == FL_WRITE)
+		fl_writes_done(set);
 }
 
-/* One writev per run of pending blocks of one segment. */
-static int sp_submit_writes(struct spool *sp)
+static void wop_fn(struct rx_op *op, int res, uint32_t flags)
+{
+	struct wop *w = container_of(op, struct wop, op);
+	struct spool_set *set = w->sp->set;
+
+	/* a linked write's CQE only comes when it failed or was short */
+	if (set->fl_linked == w)
+		fl_unlink(set);
+	if (res > 0 && w->done + (uint64_t)res < w->total) {
+		/* short write (typically just before ENOSPC): go on */
+		w->done += (uint64_t)res;
+		wop_submit(set, w);
+		return;
+	}
+	wop_done(w, res);
+}
+
+/* One writev per run of pending blocks of one segment, built and
+ * appended to set->fl_new (queued by fl_queue_writes()). */
+static int sp_build_writes(struct spool *sp)
 {
 	struct spool_set *set = sp->set;
 	struct blk *b = sp->bhead;
@@ -1348,7 +1396,8 @@ static int sp_submit_writes(struct spool *sp)
 		w->seg->busy++;
 		sp->inflight++;
 		set->fl_inflight++;
-		wop_submit(set, w);
+		*set->fl_new_tail = w;
+		set->fl_new_tail = &w->next_new;
 		nops++;
 	}
 	return nops;
@@ -1475,15 +1524,47 @@ static void jr_fn(struct rx_op *op, int res, uint32_t flags)
 	fl_sync_phase(set);
 }
 
+/* The encoded entry into its slot of the journal file. */
+static void jr_queue(struct spool_set *set, struct rx_op *op)
+{
+	struct io_uring_sqe *sqe = rx_sqe(set->rx, op);
+
+	io_uring_prep_write(sqe, set->jr_fd, set->jr_slot, set->jr_len,
+			    (set->jr->gen & 1) * SPF_JR_SLOT);
+	set->inflight++;
+}
+
+/* The journal's next entry into jr_slot: its length, 0 = too big. */
+static uint32_t jr_encode(struct spool_set *set)
+{
+	set->jr->gen = set->jr_gen + 1;
+	set->jr_len = (uint32_t)spf_jr_encode(set->jr_slot, set->jr);
+	return set->jr_len;
+}
+
+/* The journal linked behind the flush's one write: its CQE also says
+ * that write completed in full (the link runs it only then). */
+static void jr_link_fn(struct rx_op *op, int res, uint32_t flags)
+{
+	struct spool_set *set = container_of(op, struct spool_set,
+					     jr_link_op);
+	struct wop *w = set->fl_linked;
+
+	/* cancelled: the write failed and its own CQE said so (a kernel
+	 * that posts the cancelled link's CQE too: nothing to do) */
+	if (res == -ECANCELED || !w)
+		return;
+	set->fl_linked = NULL;
+	wop_done(w, (int)(w->total - w->done));
+	jr_fn(&set->jr_op, res, flags);
+}
+
 /* The older slot of the journal: where the ring stands, now that every
  * write of this flush completed. */
 static void jr_submit(struct spool_set *set)
 {
-	struct io_uring_sqe *sqe;
-
 	set->fl_phase = FL_JOURNAL;
-	set->jr->gen = set->jr_gen + 1;
-	set->jr_len = (uint32_t)spf_jr_encode(set->jr_slot, set->jr);
+	jr_encode(set);
 	if (set->jr_fd < 0 && set->jr_len) {
 		/* none yet (the disk was full at open): made now */
 		int fd = spf_slot_file_create(set->dfd, SPF_JOURNAL_NAME,
@@ -1503,10 +1584,7 @@ static void jr_submit(struct spool_set *set)
 		return;
 	}
 	set->jr_op.fn = jr_fn;
-	sqe = rx_sqe(set->rx, &set->jr_op);
-	io_uring_prep_write(sqe, set->jr_fd, set->jr_slot, set->jr_len,
-			    (set->jr->gen & 1) * SPF_JR_SLOT);
-	set->inflight++;
+	jr_queue(set, &set->jr_op);
 }
 
 /* ---- flush: fdatasync and completion ------------------------------------ */
@@ -1684,15 +1762,15 @@ static void sp_update_visible(struct spool *sp)
 	sp->visible = max64(sp->visible, v);
 }
 
-static void fl_nop_fn(struct rx_op *op, int res, uint32_t flags)
+/* The flush is over: the callback, from a completion (never inside
+ * spool_set_flush_mark()); the last thing its caller does. */
+static void fl_complete(struct spool_set *set)
 {
-	struct spool_set *set = container_of(op, struct spool_set, fl_nop);
 	void (*done)(void *arg, int err) = set->fl_done;
 	void *arg = set->fl_arg;
 	int err = set->fl_err;
 	struct spool *sp;
 
-	set->inflight--;
 	for (sp = set->sinks; sp; sp = sp->next)
 		sp_update_visible(sp);
 	if (!err)
@@ -1703,18 +1781,69 @@ static void fl_nop_fn(struct rx_op *op, int res, uint32_t flags)
 		done(arg, err);
 }
 
+static void fl_nop_fn(struct rx_op *op, int res, uint32_t flags)
+{
+	struct spool_set *set = container_of(op, struct spool_set, fl_nop);
+
+	set->inflight--;
+	fl_complete(set);
+}
+
 /* The callback always runs from the reactor, never inside
- * spool_set_flush(): posted as a NOP completion. */
+ * spool_set_flush(): from a completion that ends the flush it runs at
+ * once (every caller of fl_finish() outside spool_set_flush_mark() is
+ * the tail of a completion callback); inside the call it is posted as a
+ * NOP completion. */
 static void fl_finish(struct spool_set *set, int err)
 {
 	struct io_uring_sqe *sqe;
 
 	set->fl_phase = FL_FINISH;
 	set->fl_err = err;
+	if (!set->fl_in_call) {
+		fl_complete(set);
+		return;
+	}
 	set->fl_nop.fn = fl_nop_fn;
 	sqe = rx_sqe(set->rx, &set->fl_nop);
 	io_uring_prep_nop(sqe);
 	set->inflight++;
+}
+
+/* The trickle case, one write and a journal: the journal is linked
+ * behind the write (IOSQE_IO_LINK: io-wq runs it in the same worker, and
+ * only if the write completed in full) and the write's own CQE is
+ * skipped on success (IOSQE_CQE_SKIP_SUCCESS): one CQE, one wake-up of
+ * this thread per flush. Several writes keep the two phases (DESIGN.md,
+ * "linked flush"). */
+static bool fl_link_journal(struct spool_set *set, struct wop *w)
+{
+	struct io_uring_sqe *sqe;
+
+	if (!set->rx->can_skip_cqe || !w || w->next_new || !set->jr_want ||
+	    set->jr_fd < 0 || !jr_encode(set) ||
+	    rx_reserve(set->rx, 2) < 0)
+		return false;
+	sqe = wop_submit(set, w);
+	sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+	set->jr_link_op.fn = jr_link_fn;
+	jr_queue(set, &set->jr_link_op);
+	set->fl_linked = w;
+	set->fl_phase = FL_JOURNAL;
+	return true;
+}
+
+/* Queues the writes sp_build_writes() made for this flush. */
+static void fl_queue_writes(struct spool_set *set)
+{
+	struct wop *w = set->fl_new;
+
+	set->fl_new = NULL;
+	set->fl_new_tail = &set->fl_new;
+	if (fl_link_journal(set, w))
+		return;
+	for (; w; w = w->next_new)
+		wop_submit(set, w);
 }
 
 /* The journal entry for this flush: the mark, and each sink's end. */
@@ -1757,15 +1886,20 @@ int spool_set_flush_mark(struct spool_set *set,
 	/* from now on the journal found at open describes history: the
 	 * spools opened later (a reload) are not cut by it */
 	set->jr_cut_ok = false;
-	disk_measure(set);
+	set->fl_in_call = true;
+	disk_refresh(set);
 	set->fl_phase = FL_WRITE;
+	set->fl_new = NULL;
+	set->fl_new_tail = &set->fl_new;
 	for (sp = set->sinks; sp; sp = sp->next) {
 		sp->wr_nospace = false;
 		sp->flush_end = sp->next_seq;
-		sp_submit_writes(sp);
+		sp_build_writes(sp);
 	}
+	fl_queue_writes(set);
 	if (!set->fl_inflight)
 		fl_writes_done(set);
+	set->fl_in_call = false;
 	return 0;
 }
 

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 #include "spool.h"
+#include "spool_format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -18,6 +19,7 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -122,18 +124,56 @@ static void wait_cb(void *arg, int err)
 	w->calls++;
 }
 
+/* Runs the reactor until the flush that started with w calls back. */
+static int flush_end(struct waitf *w)
+{
+	CU_ASSERT_EQUAL(w->done, 0);	/* never inside the call */
+	if (rx_run_until(&g_rx, &w->done, 10 * SEC))
+		return -ETIMEDOUT;
+	CU_ASSERT_EQUAL(w->calls, 1);
+	return w->err;
+}
+
 static int flush_wait(struct spool_set *set)
 {
 	struct waitf w = { 0 };
 	int ret = spool_set_flush(set, wait_cb, &w);
 
-	if (ret)
-		return ret;
-	CU_ASSERT_EQUAL(w.done, 0);	/* never inside the call */
-	if (rx_run_until(&g_rx, &w.done, 10 * SEC))
-		return -ETIMEDOUT;
-	CU_ASSERT_EQUAL(w.calls, 1);
-	return w.err;
+	return ret ? ret : flush_end(&w);
+}
+
+/* Starts a flush that writes ring_pos (ring 7) to the drain journal. */
+static int flush_mark_start(struct spool_set *set, uint64_t ring_pos,
+			    struct waitf *w)
+{
+	struct spool_mark m = { .ring_id = 7, .ring_pos = ring_pos };
+
+	memset(w, 0, sizeof(*w));
+	return spool_set_flush_mark(set, wait_cb, w, &m);
+}
+
+static int flush_mark_wait(struct spool_set *set, uint64_t ring_pos)
+{
+	struct waitf w;
+	int ret = flush_mark_start(set, ring_pos, &w);
+
+	return ret ? ret : flush_end(&w);
+}
+
+/* The ring position the drain journal in dir holds now (UINT64_MAX:
+ * none, or damaged). */
+static uint64_t jr_pos_on_disk(const char *dir)
+{
+	struct spf_journal *j = calloc(1, sizeof(*j));
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	uint64_t pos = UINT64_MAX;
+
+	if (j && dfd >= 0 && spf_jr_load(dfd, j) == 1)
+		pos = j->ring_pos;
+	if (dfd >= 0)
+		close(dfd);
+	free(j);
+	return pos;
 }
 
 /* One batch: 1 = from memory, 2 = from disk (io_uring), -errno. */
@@ -1420,11 +1460,13 @@ static void t_enospc_behind_flush(void)
 	/* a flush of 5 is on its way (it needs new pages) when someone
 	 * takes the space; 3 more come in behind it */
 	CU_ASSERT_EQUAL(append_n(sp, 5, 2000), 0);
-	CU_ASSERT_EQUAL(spool_set_flush(set, wait_cb, &w), 0);
+	CU_ASSERT_EQUAL(flush_mark_start(set, 15, &w), 0);
 	fill_fs(filler);
 	CU_ASSERT_EQUAL(append_n(sp, 3, 2000), 0);
 	CU_ASSERT_EQUAL(rx_run_until(&g_rx, &w.done, 10 * SEC), 0);
 	CU_ASSERT_EQUAL(w.err, 0);		/* not a stall */
+	/* the journal (linked or not) is written after the rewind */
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 15);
 	spool_get_stats(sp, &st);
 	CU_ASSERT_EQUAL(st.dropped_full, 5);
 	CU_ASSERT_EQUAL(st.refused_full, 3);
@@ -1450,6 +1492,187 @@ static void t_enospc_behind_flush(void)
 	spool_set_free(set);
 	CU_ASSERT_EQUAL(umount(mnt), 0);
 	g_mnt[0] = 0;
+}
+
+/* ---- the linked flush (issue 17: one wake-up per flush) ---------------- */
+
+/* A new set in a new directory, with 1 MiB segments (no rollover). */
+static struct spool_set *big_seg_set(char *dir, size_t len, const char *tag,
+				     struct spool_set_opts *o)
+{
+	struct spool_set *set;
+
+	new_dir(dir, len, tag);
+	*o = opts(dir);
+	o->segment_size = 1 << 20;
+	set = spool_set_new(&g_rx, o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	return set;
+}
+
+/* Reopens sink `name` of o's spool: n records, every one read back from
+ * disk and intact. */
+static void reread(const struct spool_set_opts *o, const char *name,
+		   uint64_t n)
+{
+	struct spool_set *set = spool_set_new(&g_rx, o);
+	struct readall ra = { 0 };
+	struct spool *sp;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	sp = spool_open(set, name);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(read_all(sp, 0, 64, &ra), 0);
+	CU_ASSERT_EQUAL(ra.n, n);
+	CU_ASSERT_EQUAL(ra.bad, 0);
+	CU_ASSERT(ra.disk > 0);
+	spool_close(sp);
+	spool_set_free(set);
+}
+
+/* A flush of one sink with a mark wakes the reactor once: the journal is
+ * linked behind the data write, whose own CQE is skipped on success, and
+ * the callback runs from the journal's completion (no NOP). The old
+ * two-phase flush took three completions (write, journal, NOP). A flush
+ * of two sinks (two writes: the unlinked path) still journals after both.
+ * Reopened, every record reads back from disk and the journal holds the
+ * last mark. */
+static void t_flush_one_wakeup(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp, *sp2;
+	struct spool_mark m;
+	uint64_t c0, pos = 0;
+	int i;
+
+	set = big_seg_set(dir, sizeof(dir), "onewake", &o);
+	sp = spool_open(set, "a");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	for (i = 0; i < 5; i++) {
+		CU_ASSERT_EQUAL(append_n(sp, 30, 0), 0);
+		pos += 30;
+		c0 = g_rx.completions;
+		CU_ASSERT_EQUAL(flush_mark_wait(set, pos), 0);
+		CU_ASSERT_EQUAL(g_rx.completions - c0, 1);
+		CU_ASSERT_EQUAL(jr_pos_on_disk(dir), pos);
+	}
+	/* nothing appended: the journal alone, one completion too */
+	c0 = g_rx.completions;
+	CU_ASSERT_EQUAL(flush_mark_wait(set, ++pos), 0);
+	CU_ASSERT_EQUAL(g_rx.completions - c0, 1);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), pos);
+	/* two sinks, two writes: the two-phase path */
+	sp2 = spool_open(set, "b");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp2);
+	CU_ASSERT_EQUAL(append_n(sp, 10, 0), 0);
+	CU_ASSERT_EQUAL(append_n(sp2, 10, 0), 0);
+	pos += 20;
+	CU_ASSERT_EQUAL(flush_mark_wait(set, pos), 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), pos);
+	spool_close(sp2);
+	spool_close(sp);
+	spool_set_free(set);
+
+	set = spool_set_new(&g_rx, &o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	CU_ASSERT_EQUAL(spool_set_loaded_mark(set, &m), 1);
+	CU_ASSERT_EQUAL(m.ring_pos, pos);
+	spool_set_free(set);
+	reread(&o, "a", 160);
+}
+
+/* A file size limit the test moves: the writes beyond it are short, or
+ * fail with EFBIG (SIGXFSZ ignored). io-wq workers are threads of this
+ * process and share its limits. */
+static struct rlimit g_fsize;
+
+static void fsize_limit(rlim_t cur)
+{
+	struct rlimit rl = g_fsize;
+
+	rl.rlim_cur = cur;
+	CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+static void fsize_restore(void)
+{
+	CU_ASSERT_EQUAL(setrlimit(RLIMIT_FSIZE, &g_fsize), 0);
+	signal(SIGXFSZ, SIG_DFL);
+}
+
+/* A short data write in a linked flush: the kernel cancels the linked
+ * journal (no CQE for it), the rest of the data is written again, and
+ * only then the journal: after the short write the journal on disk still
+ * holds the previous mark; at the end every record is on disk and the
+ * journal holds the new one. */
+static void t_flush_short_write(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp;
+	struct waitf w;
+
+	set = big_seg_set(dir, sizeof(dir), "short", &o);
+	sp = spool_open(set, "s");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(append_n(sp, 1, 2000), 0);
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 1), 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 1);
+	/* ~80 KB in one writev; the limit cuts it at 40000 (the journal,
+	 * 2 x 16 KiB, stays below it) */
+	CU_ASSERT_EQUAL(append_n(sp, 40, 2000), 0);
+	CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &g_fsize), 0);
+	signal(SIGXFSZ, SIG_IGN);
+	fsize_limit(40000);
+	CU_ASSERT_EQUAL(flush_mark_start(set, 41, &w), 0);
+	CU_ASSERT(rx_run(&g_rx, 10 * SEC) >= 1);	/* the short write */
+	CU_ASSERT_EQUAL(w.done, 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 1);	/* not claimed yet */
+	fsize_restore();
+	CU_ASSERT_EQUAL(rx_run_until(&g_rx, &w.done, 10 * SEC), 0);
+	CU_ASSERT_EQUAL(w.err, 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 41);
+	spool_close(sp);
+	spool_set_free(set);
+	reread(&o, "s", 41);
+}
+
+/* A data write that fails (EFBIG: not a full disk) fails the flush, and
+ * the journal never claims its records: it keeps the previous mark. The
+ * data stays in memory and the next flush writes it, then the journal. */
+static void t_flush_failed_write(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp;
+	struct spool_stats st;
+	uint64_t c0;
+
+	set = big_seg_set(dir, sizeof(dir), "efbig", &o);
+	sp = spool_open(set, "s");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(append_n(sp, 20, 2000), 0);	/* ~40 KB */
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 20), 0);
+	CU_ASSERT_EQUAL(append_n(sp, 5, 2000), 0);
+	CU_ASSERT_EQUAL_FATAL(getrlimit(RLIMIT_FSIZE, &g_fsize), 0);
+	signal(SIGXFSZ, SIG_IGN);
+	fsize_limit(36000);	/* below the segment's end, above the journal */
+	c0 = g_rx.completions;
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), -EFBIG);
+	CU_ASSERT_EQUAL(g_rx.completions - c0, 1);	/* the write's CQE */
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 20);
+	fsize_restore();
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.write_errors, 1);
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 25);
+	spool_close(sp);
+	spool_set_free(set);
+	reread(&o, "s", 25);
 }
 
 static int seg_filter(const struct dirent *de)
@@ -2432,6 +2655,9 @@ static int add_spool(void)
 	    !CU_add_test(s, "disk_reads", t_disk_reads) ||
 	    !CU_add_test(s, "enospc", t_enospc) ||
 	    !CU_add_test(s, "enospc_behind_flush", t_enospc_behind_flush) ||
+	    !CU_add_test(s, "flush_one_wakeup", t_flush_one_wakeup) ||
+	    !CU_add_test(s, "flush_short_write", t_flush_short_write) ||
+	    !CU_add_test(s, "flush_failed_write", t_flush_failed_write) ||
 	    !CU_add_test(s, "runtime_damage", t_runtime_damage) ||
 	    !CU_add_test(s, "random_damage", t_random_damage) ||
 	    !CU_add_test(s, "sigkill", t_sigkill) ||
