@@ -178,15 +178,23 @@ struct env_view {
 struct env_reader {
 	msgpack_zone zone;
 	msgpack_object body;
+	int zone_used;             /* the zone holds something: clear it */
 };
 
 void env_reader_init(struct env_reader *r);
 void env_reader_fini(struct env_reader *r);
 
 /* Parses one envelope; 0 or -EINVAL. The view points into the record
- * and into the reader's zone, valid until the next env_parse(). */
+ * and into the reader's zone, valid until the next env_parse(). A fast
+ * path takes the layout producers write (env_pack_head's); every other
+ * record goes to env_parse_general(), which accepts exactly the same
+ * records and fills the same view. */
 int env_parse(struct env_reader *r, const void *p, size_t len,
 	      struct env_view *v);
+/* The reference reader alone (any key order): for tests and fuzzers that
+ * hold env_parse() to it. */
+int env_parse_general(struct env_reader *r, const void *p, size_t len,
+		      struct env_view *v);
 
 /* 32 lowercase hex digits + NUL */
 void env_id_hex(const uint8_t id[ENV_ID_LEN], char out[33]);

@@ -280,6 +280,60 @@ static void gen_envelope(msgpack_sbuffer *sb)
 	}
 }
 
+/* The layout producers write (env_pack_head(), liboutbox's templates),
+ * which env_parse() reads on its fast path: sink, type, ts, id, body in
+ * that order, names of every length a name may have, ts in every width
+ * msgpack-c picks, every kind of body. */
+static void gen_canonical(msgpack_sbuffer *sb)
+{
+	static const uint32_t lens[] = { 0, 1, 31, 32, 200, 255 };
+	char sink[256], type[256];
+	uint32_t sl = lens[rn(6)], tl = lens[rn(6)], i;
+	uint8_t id[ENV_ID_LEN];
+	msgpack_packer pk;
+
+	for (i = 0; i < sl; i++)
+		sink[i] = (char)('a' + rn(26));
+	for (i = 0; i < tl; i++)
+		type[i] = (char)('a' + rn(26));
+	env_make_id(id, rnd(), rnd());
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	if (rn(2)) {
+		env_pack_head(&pk, sink, sl, type, tl, rnd() >> rn(64), id);
+	} else {
+		/* liboutbox's emit: the two templates, ts and id patched */
+		uint8_t pre[256 + 16], tail[ENV_TAIL_LEN], h[5];
+		size_t n = env_prefix_template(pre, sizeof(pre), sink, sl);
+
+		CU_ASSERT_FATAL(n > 0);
+		msgpack_sbuffer_write(sb, (const char *)pre, n);
+		n = env_str_header(h, tl);
+		msgpack_sbuffer_write(sb, (const char *)h, n);
+		msgpack_sbuffer_write(sb, type, tl);
+		env_tail_template(tail);
+		env_put_be64(tail + ENV_TAIL_TS, rnd());
+		memcpy(tail + ENV_TAIL_ID, id, ENV_ID_LEN);
+		msgpack_sbuffer_write(sb, (const char *)tail, ENV_TAIL_LEN);
+	}
+	switch (rn(5)) {
+	case 0:
+	case 1:
+		pack_rand_str(&pk, 300);
+		break;
+	case 2:
+		msgpack_pack_bin_with_body(&pk, "\xff\0", 2);
+		break;
+	case 3:
+		msgpack_pack_array(&pk, 2);
+		pack_rand_value(&pk, 1);
+		pack_rand_value(&pk, 1);
+		break;
+	default:
+		pack_rand_value(&pk, 1);        /* anything: a scalar is invalid */
+		break;
+	}
+}
+
 /* ---- comparison -------------------------------------------------------- */
 
 static int same_bytes(const char *a, uint32_t an, const char *b, uint32_t bn)
@@ -311,13 +365,21 @@ static int same_object(const msgpack_object *a, const msgpack_object *b)
 static int agree(struct env_reader *er, struct ref *rf, const uint8_t *p,
 		 size_t len, int *accepted)
 {
-	struct env_view v;
+	struct env_view v, g;
 	int a = env_parse(er, p, len, &v) == 0;
 	int b = ref_parse(rf, p, len) == 0;
+	int c;
 
 	*accepted = a;
 	if (a != b)
 		return -1;
+	/* the fast path and the general reader alone: the same answer (the
+	 * fields are compared with the reference below) */
+	c = env_parse_general(er, p, len, &g) == 0;
+	if (c != a)
+		return -5;
+	if (a)
+		env_parse(er, p, len, &v);  /* its zone again, for body_obj */
 	if (!a)
 		return 0;
 	if (!same_bytes(v.sink, v.sink_len, rf->v.sink, rf->v.sink_len) ||
@@ -495,6 +557,126 @@ static void test_hostile_counts(void)
 	CU_ASSERT_EQUAL(mp_object_len(rec + n, sizeof(rec) - n), 0);
 }
 
+/* The producers' layout, which env_parse() reads on its fast path: every
+ * record accepted, every field equal to the reference's (and to
+ * env_parse_general()'s). Then one to three mutations of each: accept or
+ * reject and every field still the reference's - a fast path that skipped
+ * a check (a key's bytes, a length, the end of the record) disagrees. */
+static void test_canonical_agree(void)
+{
+	const int n = 100000 / SCALE;
+	uint8_t buf[16384];
+	int i, bad = 0, bad_m = 0, accepted = 0, acc, valid = 0;
+
+	for (i = 0; i < n; i++) {
+		msgpack_sbuffer sb;
+		size_t len;
+		int k, nm = 1 + (int)rn(3), rc;
+
+		msgpack_sbuffer_init(&sb);
+		gen_canonical(&sb);
+		len = sb.size < sizeof(buf) ? sb.size : sizeof(buf);
+		memcpy(buf, sb.data, len);
+		msgpack_sbuffer_destroy(&sb);
+		rc = agree(&g_er, &g_ref, buf, len, &acc);
+		valid += acc;
+		if (rc != 0 && bad++ < 3)
+			printf("\n    canonical %d: reader and reference "
+			       "disagree (%d), len %zu", i, rc, len);
+		for (k = 0; k < nm; k++)
+			len = mutate(buf, len, sizeof(buf));
+		/* an exact-size heap copy: ASan (make check) sees a length
+		 * the fast path followed past the record */
+		{
+			uint8_t *p = malloc(len ? len : 1);
+
+			CU_ASSERT_FATAL(p != NULL);
+			memcpy(p, buf, len);
+			rc = agree(&g_er, &g_ref, p, len, &acc);
+			free(p);
+		}
+		accepted += acc;
+		if (rc != 0 && bad_m++ < 3)
+			printf("\n    canonical mutation %d: reader and "
+			       "reference disagree (%d), len %zu", i, rc, len);
+	}
+	printf("\n    %d producer-layout envelopes (%d valid), mutated: %d "
+	       "still valid, %d + %d disagreements\n", n, valid, accepted,
+	       bad, bad_m);
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_EQUAL(bad_m, 0);
+	/* most bodies are valid ones (a scalar body is not) */
+	CU_ASSERT(valid > n / 2);
+	CU_ASSERT(accepted > n / 20);
+	CU_ASSERT(accepted < n - n / 20);
+}
+
+/* A producer-layout record, field by field (a golden view), and each of
+ * its keys or markers changed by one byte: rejected, or read by the
+ * general reader the same way. */
+static void test_canonical_golden(void)
+{
+	static const uint8_t rec[] = {
+		0x85, 0xa4, 's', 'i', 'n', 'k', 0xa3, 'a', 'p', 'i',
+		0xa4, 't', 'y', 'p', 'e', 0xa5, 'b', 'e', 'n', 'c', 'h',
+		0xa2, 't', 's', 0xcf, 0x17, 0x97, 0x9c, 0xfe, 0x36, 0x2a,
+		0x00, 0x00,
+		0xa2, 'i', 'd', 0xc4, 0x10, 0, 0, 0, 0, 0, 0, 0x12, 0x34,
+		0, 0, 0, 0, 0, 0, 0x56, 0x78,
+		0xa4, 'b', 'o', 'd', 'y', 0xa7, '{', '"', 'a', '"', ':',
+		'1', '}' };
+	static const uint8_t id[ENV_ID_LEN] = { 0, 0, 0, 0, 0, 0, 0x12, 0x34,
+						0, 0, 0, 0, 0, 0, 0x56, 0x78 };
+	uint8_t m[sizeof(rec)];
+	struct env_view v;
+	size_t i;
+	int acc;
+
+	CU_ASSERT_EQUAL_FATAL(env_parse(&g_er, rec, sizeof(rec), &v), 0);
+	CU_ASSERT(same_bytes(v.sink, v.sink_len, "api", 3));
+	CU_ASSERT(same_bytes(v.type, v.type_len, "bench", 5));
+	CU_ASSERT_EQUAL(v.ts, 1700000000000000000ull);
+	CU_ASSERT_EQUAL(v.has_id, 1);
+	CU_ASSERT_EQUAL(memcmp(v.id, id, ENV_ID_LEN), 0);
+	CU_ASSERT_EQUAL(v.body_kind, ENV_BODY_JSON);
+	CU_ASSERT(same_bytes(v.body, v.body_len, "{\"a\":1}", 7));
+	CU_ASSERT_PTR_EQUAL(v.body, (const char *)rec + sizeof(rec) - 7);
+	/* "sinq", "typf", "tt", "ie", "bodz", a bin8 of 17, a str of 8 ...:
+	 * every one-byte change outside the values agrees with the
+	 * reference (most are rejected: a missing sink or body, a short id,
+	 * bytes left over or missing at the end) */
+	for (i = 0; i < sizeof(rec); i++) {
+		int b;
+
+		for (b = 0; b < 8; b++) {
+			memcpy(m, rec, sizeof(rec));
+			m[i] ^= (uint8_t)(1u << b);
+			CU_ASSERT_EQUAL(agree(&g_er, &g_ref, m, sizeof(m),
+					      &acc), 0);
+		}
+	}
+	/* ts in a signed width: read when positive, rejected when not */
+	memcpy(m, rec, sizeof(rec));
+	m[24] = 0xd3;
+	CU_ASSERT_EQUAL(env_parse(&g_er, m, sizeof(m), &v), 0);
+	CU_ASSERT_EQUAL(v.ts, 1700000000000000000ull);
+	m[25] = 0x97;
+	CU_ASSERT_EQUAL(env_parse(&g_er, m, sizeof(m), &v), -EINVAL);
+	m[24] = 0xcf;
+	CU_ASSERT_EQUAL(env_parse(&g_er, m, sizeof(m), &v), 0);
+	CU_ASSERT_EQUAL(v.ts, 0x97979cfe362a0000ull);
+	/* one byte short, one byte over: rejected */
+	CU_ASSERT_EQUAL(env_parse(&g_er, rec, sizeof(rec) - 1, &v), -EINVAL);
+	{
+		uint8_t over[sizeof(rec) + 1];
+
+		memcpy(over, rec, sizeof(rec));
+		over[sizeof(rec)] = 0xc0;
+		CU_ASSERT_EQUAL(env_parse(&g_er, over, sizeof(over), &v),
+				-EINVAL);
+	}
+}
+
 static int add_suites(void)
 {
 	CU_pSuite s = CU_add_suite("envelope", setup, teardown);
@@ -508,6 +690,10 @@ static int add_suites(void)
 	CU_add_test(s, "every truncation rejected", test_every_truncation);
 	CU_add_test(s, "hostile container counts refused",
 		    test_hostile_counts);
+	CU_add_test(s, "producer layout (fast path): reader == reference",
+		    test_canonical_agree);
+	CU_add_test(s, "producer layout: golden view, one-byte changes",
+		    test_canonical_golden);
 	return 0;
 }
 

@@ -863,6 +863,184 @@ static void test_otlp_partial(void)
 	proto_free(p);
 }
 
+/* ---- NDJSON lines (json_line_fast: the file sink, ndjson/json HTTP) --- */
+
+/* One line from a view built by hand; the text as a C string. */
+static char *line_of(struct json_line_cache *jc, const struct env_view *v,
+		     int nl, size_t max, int *rc)
+{
+	struct buf b;
+	char *s;
+
+	buf_init(&b, max);
+	*rc = json_line_fast(jc, v, &b, nl);
+	s = strndup(b.p ? (const char *)b.p : "", b.len);
+	buf_free(&b);
+	return s;
+}
+
+static void view_json(struct env_view *v, const char *sink, const char *type,
+		      uint64_t ts, const char *body)
+{
+	memset(v, 0, sizeof(*v));
+	v->sink = sink;
+	v->sink_len = (uint32_t)strlen(sink);
+	v->type = type;
+	v->type_len = (uint32_t)strlen(type);
+	v->ts = ts;
+	v->body_kind = ENV_BODY_JSON;
+	v->body = body;
+	v->body_len = (uint32_t)strlen(body);
+}
+
+/* Golden lines, written out in full: the id in hex or null, the sink and
+ * type as JSON strings (escaped), the ts in decimal, a JSON body passed
+ * through with raw CR/LF blanked, an empty one as null, bytes in base64,
+ * a msgpack map converted; with and without the newline. */
+static void test_json_line_golden(void)
+{
+	static const uint8_t id[ENV_ID_LEN] = { 0x00, 0x01, 0x7f, 0x80, 0x9a,
+		0xbc, 0xde, 0xff, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70,
+		0x0f };
+	struct json_line_cache jc;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_unpacked up;
+	struct env_view v;
+	char *s;
+	int rc;
+
+	json_line_cache_init(&jc);
+	view_json(&v, "api", "track", 1700000000123456789ull,
+		  "{\"a\":[1,\r\n2]}");
+	memcpy(v.id, id, ENV_ID_LEN);
+	v.has_id = 1;
+	s = line_of(&jc, &v, 1, 0, &rc);
+	CU_ASSERT_EQUAL(rc, 0);
+	EXPECT_STR(s, "{\"id\":\"00017f809abcdeff102030405060700f\","
+		   "\"sink\":\"api\",\"type\":\"track\","
+		   "\"ts\":1700000000123456789,\"body\":{\"a\":[1,  2]}}\n");
+	free(s);
+	s = line_of(&jc, &v, 0, 0, &rc);
+	CU_ASSERT_EQUAL(rc, 0);
+	EXPECT_STR(s, "{\"id\":\"00017f809abcdeff102030405060700f\","
+		   "\"sink\":\"api\",\"type\":\"track\","
+		   "\"ts\":1700000000123456789,\"body\":{\"a\":[1,  2]}}");
+	free(s);
+
+	view_json(&v, "we\"ird", "t\\y", 0, "");
+	s = line_of(&jc, &v, 1, 0, &rc);
+	CU_ASSERT_EQUAL(rc, 0);
+	EXPECT_STR(s, "{\"id\":null,\"sink\":\"we\\\"ird\","
+		   "\"type\":\"t\\\\y\",\"ts\":0,\"body\":null}\n");
+	free(s);
+
+	view_json(&v, "", "", 7, "");
+	v.body_kind = ENV_BODY_BYTES;
+	v.body = "\xff\x00\x01";
+	v.body_len = 3;
+	s = line_of(&jc, &v, 1, 0, &rc);
+	CU_ASSERT_EQUAL(rc, 0);
+	EXPECT_STR(s, "{\"id\":null,\"sink\":\"\",\"type\":\"\",\"ts\":7,"
+		   "\"body\":\"/wAB\"}\n");
+	free(s);
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 1);
+	pk_s(&pk, "n");
+	msgpack_pack_uint64(&pk, 42);
+	msgpack_unpacked_init(&up);
+	CU_ASSERT_FATAL(msgpack_unpack_next(&up, sb.data, sb.size, NULL) ==
+			MSGPACK_UNPACK_SUCCESS);
+	v.body_kind = ENV_BODY_MSGPACK;
+	v.body_obj = &up.data;
+	s = line_of(&jc, &v, 0, 0, &rc);
+	CU_ASSERT_EQUAL(rc, 0);
+	EXPECT_STR(s, "{\"id\":null,\"sink\":\"\",\"type\":\"\",\"ts\":7,"
+		   "\"body\":{\"n\":42}}");
+	free(s);
+	msgpack_unpacked_destroy(&up);
+	msgpack_sbuffer_destroy(&sb);
+	json_line_cache_free(&jc);
+}
+
+/* Every ts width and every id byte against printf; a line that does not
+ * fit the buffer's cap by one byte leaves the buffer as it was, one that
+ * fits exactly is written. */
+static void test_json_line_digits_cap(void)
+{
+	struct json_line_cache jc;
+	struct env_view v;
+	uint64_t p10 = 1, x = 0x9e3779b97f4a7c15ull;
+	char want[256], *s;
+	int i, k, rc;
+
+	json_line_cache_init(&jc);
+	view_json(&v, "s", "t", 0, "1");
+	v.has_id = 1;
+	for (i = 0; i <= 20; i++) {
+		uint64_t tss[4] = { p10 - 1, p10, p10 + 1, 0 };
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		tss[3] = i == 20 ? UINT64_MAX : x >> (64 - 3 * i - 3);
+		for (k = 0; k < 4; k++) {
+			int n = 0, b;
+
+			v.ts = tss[k];
+			for (b = 0; b < ENV_ID_LEN; b++)
+				v.id[b] = (uint8_t)(x >> (b * 4) ^ (unsigned)(i * 16 + b));
+			n += snprintf(want + n, sizeof(want) - (size_t)n,
+				      "{\"id\":\"");
+			for (b = 0; b < ENV_ID_LEN; b++)
+				n += snprintf(want + n, sizeof(want) - (size_t)n,
+					      "%02x", v.id[b]);
+			snprintf(want + n, sizeof(want) - (size_t)n,
+				 "\",\"sink\":\"s\",\"type\":\"t\",\"ts\":%llu,"
+				 "\"body\":1}\n", (unsigned long long)v.ts);
+			s = line_of(&jc, &v, 1, 0, &rc);
+			CU_ASSERT_EQUAL(rc, 0);
+			EXPECT_STR(s, want);
+			free(s);
+		}
+		if (i < 19)
+			p10 *= 10;
+	}
+	/* the cap: exactly the line fits; one byte less and nothing is
+	 * added (a JSON body, then a bytes body whose base64 does not fit) */
+	v.ts = 12345;
+	s = line_of(&jc, &v, 1, strlen(want), &rc);
+	CU_ASSERT_EQUAL(rc, 0);
+	free(s);
+	{
+		struct buf b;
+		int kind;
+
+		for (kind = 0; kind < 2; kind++) {
+			size_t full;
+
+			buf_init(&b, 0);
+			v.body_kind = kind ? ENV_BODY_BYTES : ENV_BODY_JSON;
+			CU_ASSERT_EQUAL(json_line_fast(&jc, &v, &b, 1), 0);
+			full = b.len;
+			buf_free(&b);
+			buf_init(&b, full + 3 - 1);
+			CU_ASSERT_EQUAL(buf_add(&b, "ab\n", 3), 0);
+			CU_ASSERT_EQUAL(json_line_fast(&jc, &v, &b, 1), -E2BIG);
+			CU_ASSERT_EQUAL(b.len, 3);
+			buf_free(&b);
+			buf_init(&b, full + 3);
+			CU_ASSERT_EQUAL(buf_add(&b, "ab\n", 3), 0);
+			CU_ASSERT_EQUAL(json_line_fast(&jc, &v, &b, 1), 0);
+			CU_ASSERT_EQUAL(b.len, full + 3);
+			buf_free(&b);
+		}
+	}
+	json_line_cache_free(&jc);
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static int add_json(void)
@@ -875,7 +1053,10 @@ static int add_json(void)
 	    !CU_add_test(s, "json_strings", test_json_strings) ||
 	    !CU_add_test(s, "json_bin_keys", test_json_bin_keys) ||
 	    !CU_add_test(s, "json_depth", test_json_depth) ||
-	    !CU_add_test(s, "json_key_nest", test_json_key_nest))
+	    !CU_add_test(s, "json_key_nest", test_json_key_nest) ||
+	    !CU_add_test(s, "json_line_golden", test_json_line_golden) ||
+	    !CU_add_test(s, "json_line_digits_cap",
+			 test_json_line_digits_cap))
 		return -1;
 	return 0;
 }
