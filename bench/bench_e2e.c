@@ -531,7 +531,8 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       "\"producers_cpu_s\":%.2f,\"cpu_us_per_event\":%.3f,"
 		       "\"pace_cpu_us_per_event\":%.3f,"
 		       "\"cpu_us_per_event_net\":%.3f,\"complete\":%s,"
-		       "\"broker_wakeups\":%llu,\"broker_looks\":%llu",
+		       "\"broker_wakeups\":%llu,\"broker_looks\":%llu,"
+		       "\"broker_flushes\":%llu",
 		       o->sink, o->durability, o->np, o->size,
 		       (double)(x->t_emit_end - x->t0) / 1e9,
 		       (unsigned long long)x->total,
@@ -549,7 +550,8 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       cpu_ev, x->pace_us, cpu_ev - x->pace_us,
 		       x->complete ? "true" : "false",
 		       (unsigned long long)x->g.wakeups,
-		       (unsigned long long)x->g.drain_looks);
+		       (unsigned long long)x->g.drain_looks,
+		       (unsigned long long)x->g.spool_flushes);
 		if (k)
 			fprintf(f, ",\"compression\":\"%s\",\"encoding\":\"%s\","
 			       "\"requests\":%llu,\"requests_ok\":%llu,"
@@ -595,8 +597,9 @@ static void e2e_report(const struct e2e_opts *o, const struct e2e_res *x,
 		       "them %.3f us)\n", x->pace_us, cpu_ev - x->pace_us);
 	else
 		printf(" (flat out)\n");
-	printf("broker: %llu looks at the ring, woken by producers %llu "
-	       "times\n", (unsigned long long)x->g.drain_looks,
+	printf("broker: %llu looks at the ring, %llu spool flushes, woken by "
+	       "producers %llu times\n", (unsigned long long)x->g.drain_looks,
+	       (unsigned long long)x->g.spool_flushes,
 	       (unsigned long long)x->g.wakeups);
 	if (k) {
 		printf("http (%s, %s): %llu requests (%llu ok), %.1f events "

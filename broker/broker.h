@@ -54,6 +54,10 @@ struct broker {
 	int drain_held;              /* no look until the flush completes */
 	uint64_t wakeups;            /* woken by a producer (futex) */
 	uint64_t drain_looks;        /* drain_run() calls */
+	uint64_t spool_flushes;      /* flushes started */
+	uint64_t flush_wait_since;   /* mono: the oldest record taken that
+	                              * no flush covers yet, 0: none */
+	uint64_t flush_defer_ns;     /* how long they may wait (drain.c) */
 	uint64_t drain_again;        /* mono: next drain attempt when waiting */
 
 	/* ring wake-up through the reactor */

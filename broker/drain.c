@@ -35,6 +35,17 @@
  * records anyway, and the drain keeps pace with the spool and sinks. */
 #define DRAIN_BUSY         1024
 #define STALL_RETRY_NS     1000000000ull
+/* At a trickle a look's records wait in the spool's buffers (the ring
+ * keeps them: it is released only by the flush that writes them) until
+ * the oldest of them was taken this long ago (or, if shorter, the
+ * flush_interval / DRAIN_DEFER_DIV of a sink they are for), or
+ * DRAIN_DEFER_BYTES wait:
+ * one spool flush (an io-wq hand-off and the journal, ~2 broker
+ * wake-ups) per ~5 looks instead of one per look (DESIGN "Deferred
+ * flush"). */
+#define DRAIN_DEFER_NS     100000000ull
+#define DRAIN_DEFER_DIV    4
+#define DRAIN_DEFER_BYTES  (256u << 10)
 
 int drain_route(struct broker *b, const char *name, uint32_t len,
 		int *unknown)
@@ -102,6 +113,9 @@ static void drain_flush(struct broker *b)
 		return;
 	b->flush_mark = rm;
 	b->flush_inflight = 1;
+	b->flush_wait_since = 0;
+	b->flush_defer_ns = DRAIN_DEFER_NS;
+	b->spool_flushes++;
 	/* the drain journal: how far the ring is in the spool, and the
 	 * ring-tied counters exact at that point. Never past a pinned
 	 * claim: a restarted broker passes over what lies before that
@@ -118,6 +132,30 @@ static void drain_flush(struct broker *b)
 			log_rl(&b->rl_spool, LOG_ERROR, "spool flush: %s",
 			       strerror(-rc));
 	}
+}
+
+/* A record for sink s waits for its flush at most this long: shorter
+ * than DRAIN_DEFER_NS when the sink sends sooner than DRAIN_DEFER_DIV
+ * times that (flush_interval = 0: never deferred). */
+static void drain_defer_for(struct broker *b, const struct sink *s)
+{
+	uint64_t d = s->cfg.flush_interval_ms * 1000000ull / DRAIN_DEFER_DIV;
+
+	if (d < b->flush_defer_ns)
+		b->flush_defer_ns = d;
+}
+
+/* The flush of what the looks took, when it is due: at once under heavy
+ * traffic or at a stop, else once the oldest record waiting was taken
+ * flush_defer_ns ago or DRAIN_DEFER_BYTES wait. Nothing new (a pinned
+ * claim's release): drain_flush() at once, it writes nothing. */
+static void drain_flush_due(struct broker *b, uint64_t now)
+{
+	if (b->flush_wait_since && !b->stopping && !b->drain_busy &&
+	    now - b->flush_wait_since < b->flush_defer_ns &&
+	    spool_set_pending(b->spool) < DRAIN_DEFER_BYTES)
+		return;
+	drain_flush(b);
 }
 
 /* One record: validate, route, append. 1 taken (or counted dropped),
@@ -145,8 +183,10 @@ static int drain_one(struct broker *b, const struct ring_rec *r)
 		       v.sink);
 	}
 	rc = spool_append(s->spool, r->payload, r->len);
-	if (rc == 0)
+	if (rc == 0) {
+		drain_defer_for(b, s);
 		return 1;
+	}
 	if (rc == -EAGAIN)
 		return 0;
 	if (rc == -ENOSPC) {
@@ -202,11 +242,14 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 		}
 		n++;
 	}
-	if (n)
+	if (n) {
 		b->last_record_ns = now;
+		if (!b->flush_wait_since)
+			b->flush_wait_since = now;
+	}
 	b->drain_busy = n >= DRAIN_BUSY;
 	b->drain_looks++;
-	drain_flush(b);
+	drain_flush_due(b, now);
 	if (n == DRAIN_BATCH)
 		return now;                       /* more right away */
 	if (b->spool_stalled)
@@ -230,7 +273,7 @@ uint64_t drain_run(struct broker *b, uint64_t now)
 	if (rc == RING_STALLED)
 		return now + DRAIN_NAP_NS;        /* a producer mid-emit */
 	if (!ring_cons_pinned(&b->rc) && !b->flush_inflight &&
-	    now - b->last_record_ns >= DRAIN_IDLE_NS) {
+	    !b->flush_wait_since && now - b->last_record_ns >= DRAIN_IDLE_NS) {
 		b->wake_mark = 0;                 /* idle: the first record */
 		return now + DRAIN_IDLE_LOOK_NS;
 	}
@@ -254,7 +297,7 @@ uint64_t drain_tick(struct broker *b, uint64_t now)
 		return b->next_look;
 	}
 	if (!b->spool_stalled)
-		drain_flush(b);
+		drain_flush_due(b, now);
 	return b->next_look;
 }
 

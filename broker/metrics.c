@@ -98,6 +98,9 @@ const struct mx_ctr mx_global[] = {
 	G(drain_looks, 0, MX_INFO, "ring_looks_total", NULL, NULL,
 	  "Times the broker looked at the ring on its own schedule "
 	  "(every drain_latency while events flow)."),
+	G(spool_flushes, 0, MX_INFO, "spool_flushes_total", NULL, NULL,
+	  "Spool flushes started (a write and the drain journal; at a "
+	  "trickle one per ~100 ms, not one per look)."),
 };
 const size_t mx_nglobal = NELEM(mx_global);
 

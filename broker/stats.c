@@ -323,6 +323,7 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->spool_write_errors = ss.write_errors;
 	g->wakeups = b->wakeups;
 	g->drain_looks = b->drain_looks;
+	g->spool_flushes = b->spool_flushes;
 }
 
 static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)

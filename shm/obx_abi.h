@@ -238,7 +238,8 @@ struct obx_stats {
 	 * (this broker) */
 	uint64_t wakeups;            /* woken by a producer (futex) */
 	uint64_t drain_looks;        /* ring looks on its own schedule */
-	uint64_t reserved[7];
+	uint64_t spool_flushes;      /* spool flushes started (this broker) */
+	uint64_t reserved[6];
 };
 
 struct obx_stats_page {

@@ -847,8 +847,9 @@ static uint64_t wait_released(const struct seg *s, uint64_t pos,
 }
 
 /* A trickle (one event every 5 ms) is picked up by the broker on its own
- * schedule, each event within drain_latency (+ the spool write and a
- * margin for a shared machine) of its commit, with no futex wake-up
+ * schedule, each event spooled and released within drain_latency + the
+ * deferred flush's 100 ms (+ the spool write and a margin for a shared
+ * machine) of its commit, with no futex wake-up
  * after the first event of the run (the ring had been idle for a
  * second: that one may wake it). */
 static void test_wake_trickle(void)
@@ -893,11 +894,127 @@ static void test_wake_trickle(void)
 	       (unsigned long long)(l1 - l0));
 	CU_ASSERT_EQUAL(w1, w0);
 	CU_ASSERT(l1 - l0 >= 10);
-	/* drain_latency + the spool write + scheduling on a shared box */
-	CU_ASSERT(worst <= 20000000ull + 250000000ull);
+	/* drain_latency + the deferred flush + the spool write +
+	 * scheduling on a shared box */
+	CU_ASSERT(worst <= 20000000ull + 100000000ull + 250000000ull);
 	seg_detach(&s);
 	obx_close(h);
 	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
+static int conf_replace(const char *path, const char *from, const char *to);
+
+/* The broker's flush and look counters, once stats are published. */
+static void flush_counts(struct bt *t, struct obx_sink_page *sp,
+			 uint64_t *flushes, uint64_t *looks)
+{
+	struct obx_stats g;
+
+	usleep(250000);          /* stats are published every 100 ms */
+	CU_ASSERT_EQUAL_FATAL(bt_stats(t, &g, sp), 0);
+	*flushes = g.spool_flushes;
+	*looks = g.drain_looks;
+}
+
+/* At a trickle the spool is flushed about every 100 ms, not at every
+ * look (every 20 ms): each flush is an io-wq hand-off and the journal.
+ * Before: one flush per look that took a record. */
+static void test_trickle_flush_deferred(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t f0, l0, f1, l1;
+	struct obx_stats g;
+	char body[300];
+	struct bt t;
+	obx_t *h;
+	int i, len;
+
+	CU_ASSERT_FATAL(bt_init(&t, "deferred", "drain_latency = 20ms\n",
+				NULL) == 0);
+	/* the default flush_interval (the tests' 20 ms allows a 5 ms
+	 * deferral only) */
+	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
+				     "flush_interval = 500ms") == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	flush_counts(&t, sp, &f0, &l0);
+	for (i = 0; i < 300; i++) {       /* 200 events a second, 1.5 s */
+		len = make_body(body, sizeof(body), 0, (uint64_t)i, 200);
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+					 OBX_BODY_JSON), 0);
+		usleep(5000);
+	}
+	CU_ASSERT(wait_delivered(&t, 300, 10000, &g, sp) == 0);
+	flush_counts(&t, sp, &f1, &l1);
+	printf("\n    trickle of 300 events: %llu looks, %llu spool "
+	       "flushes\n", (unsigned long long)(l1 - l0),
+	       (unsigned long long)(f1 - f0));
+	CU_ASSERT(f1 > f0);
+	CU_ASSERT(l1 - l0 >= 30);
+	CU_ASSERT((f1 - f0) * 3 <= l1 - l0);
+	obx_close(h);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
+/* Records waiting for a deferred flush are still the ring's: a broker
+ * killed then loses none and the next one delivers each exactly once. */
+static void test_deferred_flush_kill(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint32_t *counts[BT_MAXP] = { 0 };
+	uint64_t bad, tail, head;
+	struct obx_stats g;
+	char body[300], why[256];
+	struct seg s;
+	struct bt t;
+	obx_t *h;
+	int i, len;
+
+	CU_ASSERT_FATAL(bt_init(&t, "defkill", "drain_latency = 20ms\n",
+				NULL) == 0);
+	/* the default flush_interval (the tests' 20 ms allows a 5 ms
+	 * deferral only) */
+	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
+				     "flush_interval = 500ms") == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	CU_ASSERT_FATAL(seg_attach(&s, t.shm, why, sizeof(why)) == 0);
+	/* the first event wakes the idle broker; it is flushed at once
+	 * (nothing was waiting), then the ring is busy, not idle */
+	len = make_body(body, sizeof(body), 0, 0, 200);
+	CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+				 OBX_BODY_JSON), 0);
+	CU_ASSERT(wait_released(&s, atomic_load(&s.hdr->tail), tu_now_ns())
+		  != UINT64_MAX);
+	for (i = 1; i <= 20; i++) {
+		len = make_body(body, sizeof(body), 0, (uint64_t)i, 200);
+		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+					 OBX_BODY_JSON), 0);
+	}
+	usleep(40000);          /* looked at (20 ms), not yet flushed */
+	tail = atomic_load(&s.hdr->tail);
+	head = atomic_load(&s.cons->head);
+	printf("\n    40 ms after 20 events: %llu bytes still in the ring\n",
+	       (unsigned long long)(tail - head));
+	CU_ASSERT(head < tail);
+	bt_kill9(&t);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT(wait_delivered(&t, 21, 10000, &g, sp) == 0);
+	seg_detach(&s);
+	obx_close(h);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	counts[0] = calloc(32, sizeof(uint32_t));
+	bt_read_output(t.out, counts, 32, &bad);
+	CU_ASSERT_EQUAL(bad, 0);
+	for (i = 0; i <= 20; i++)
+		CU_ASSERT_EQUAL(counts[0][i], 1);
+	free(counts[0]);
 	free(sp);
 	bt_cleanup(&t);
 }
@@ -1094,6 +1211,10 @@ static int add_suites(void)
 		    test_reload);
 	CU_add_test(s, "a trickle is drained on the timer, no wake-up",
 		    test_wake_trickle);
+	CU_add_test(s, "a trickle: a spool flush per ~100 ms, not per look",
+		    test_trickle_flush_deferred);
+	CU_add_test(s, "kill -9 while a flush is deferred: nothing lost",
+		    test_deferred_flush_kill);
 	CU_add_test(s, "the fill mark wakes the broker at once",
 		    test_wake_fill_mark);
 	CU_add_test(s, "flat out: no empty looks while the spool flushes",
