@@ -52,6 +52,7 @@ struct chaos_cfg {
 	int kill_min_ms, kill_rand_ms;	/* between kills */
 	int full_ms;			/* how long the disk stays full */
 	uint64_t pace_ns;		/* per event, per producer */
+	int flush_interval_ms;		/* the sink's; 0: the tests' 20 ms */
 };
 
 /* ---- producers ----------------------------------------------------------- */
@@ -259,7 +260,8 @@ struct level_res {
 	uint64_t full_spool_drops, full_ring_drops, full_log_lines;
 };
 
-static struct level_res g_res[3];
+#define NLEVELS 4
+static struct level_res g_res[NLEVELS];
 static char g_mnt[300];		/* mounted, for the suite's cleanup */
 
 static void stats_now(struct bt *t, struct obx_stats *g,
@@ -453,6 +455,13 @@ static void run_level(int idx, const char *name, const char *dur,
 			 ".*/batch_max_events = %d/' -e 's/^segment_size = .*/"
 			 "segment_size = 1M/' '%s'", BATCH, t.conf);
 		CU_ASSERT_EQUAL(system(cmd), 0);
+		/* a trickle's flush waits up to a quarter of this (at most
+		 * 100 ms, DESIGN "Deferred flush"): kills land inside it */
+		snprintf(cmd, sizeof(cmd), "sed -i -e 's/^flush_interval = "
+			 ".*/flush_interval = %dms/' '%s'",
+			 c->flush_interval_ms ? c->flush_interval_ms : 20,
+			 t.conf);
+		CU_ASSERT_EQUAL(system(cmd), 0);
 	}
 	if (geteuid() == 0) {
 		char opt[64];
@@ -568,6 +577,18 @@ static void test_fdatasync(void)
 	run_level(2, "fdatasync", "fdatasync", &g_cfg);
 }
 
+/* A trickle (2 x ~1 000 ev/s) into a sink with the default 500 ms
+ * flush_interval: the spool flush is deferred ~100 ms behind each look,
+ * and the broker is killed inside that window most of the time. */
+static void test_deferred(void)
+{
+	struct chaos_cfg c = g_cfg;
+
+	c.pace_ns = 1000000;
+	c.flush_interval_ms = 500;
+	run_level(3, "deferred", "write", &c);
+}
+
 static void test_report(void)
 {
 	int i;
@@ -575,7 +596,7 @@ static void test_report(void)
 	printf("\n\n    durability  kills  emitted    delivered  lost  "
 	       "dropped(full)  dups/kill max  mean    redelivered  "
 	       "identity\n");
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < NLEVELS; i++) {
 		const struct level_res *r = &g_res[i];
 
 		if (!r->name)
@@ -594,7 +615,7 @@ static void test_report(void)
 	printf("    (duplicate bound per kill: %d = 2 x %d batches in flight "
 	       "x %d events)\n", DUP_BOUND, INFLIGHT, BATCH);
 	printf("\n    disk-full timeline (ms from filling the disk):\n");
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < NLEVELS; i++) {
 		const struct level_res *r = &g_res[i];
 
 		if (!r->name || !r->full_done)
@@ -641,6 +662,8 @@ static int add_chaos(void)
 			 test_write) ||
 	    !CU_add_test(s, "kill -9 x N, full disk: durability fdatasync",
 			 test_fdatasync) ||
+	    !CU_add_test(s, "kill -9 x N at a trickle, flush deferred",
+			 test_deferred) ||
 	    !CU_add_test(s, "report", test_report))
 		return -1;
 	return 0;
