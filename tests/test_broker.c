@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <fcntl.h>
@@ -1019,6 +1020,47 @@ static void test_deferred_flush_kill(void)
 	bt_cleanup(&t);
 }
 
+/* A spool flush that fails (here the drain journal's write into its odd
+ * slot, past a 16 KiB file size limit set on the running broker; data
+ * segments and the output file stay below it) stalls the drain, which
+ * says it retries every second. Once the limit is lifted the retry must
+ * really flush: the old retry saw "nothing handed out since the last
+ * flush" (flush_mark had moved to the failed flush's mark) and never
+ * flushed again, so the broker stayed stalled for good. */
+static void test_flush_error_retried(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	struct rlimit lim = { 16384, RLIM_INFINITY }, inf;
+	struct obx_stats g;
+	void (*old)(int) = signal(SIGXFSZ, SIG_IGN);	/* outboxd inherits */
+	uint64_t want = 5;
+	struct bt t;
+	int i;
+
+	CU_ASSERT_FATAL(bt_init(&t, "flusherr", "drain_latency = 20ms\n",
+				NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	signal(SIGXFSZ, old);
+	CU_ASSERT_EQUAL(emit_wait(&t, 5, want, 10000), want);
+	CU_ASSERT_EQUAL_FATAL(prlimit(t.pid, RLIMIT_FSIZE, NULL, &inf), 0);
+	CU_ASSERT_EQUAL_FATAL(prlimit(t.pid, RLIMIT_FSIZE, &lim, NULL), 0);
+	/* one event per flush until a journal write into slot 1 fails */
+	for (i = 0; i < 20 && !log_has(&t, "spool write failed"); i++) {
+		emit_wait(&t, 1, ++want, 2000);
+	}
+	CU_ASSERT_FATAL(log_has(&t, "spool write failed"));
+	CU_ASSERT_EQUAL_FATAL(prlimit(t.pid, RLIMIT_FSIZE, &inf, NULL), 0);
+	/* the retry (every second) flushes what the failed flush held */
+	CU_ASSERT(wait_delivered(&t, want, 10000, &g, sp) == 0);
+	CU_ASSERT(wait_log(&t, "spool writes work again", 2000));
+	/* and the broker takes new events again */
+	want += 3;
+	CU_ASSERT_EQUAL(emit_wait(&t, 3, want, 10000), want);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 /* Bursts below the fill mark (an eighth of the 16 MiB ring) never wake
  * the broker; one that passes it does, at once, whatever drain_latency
  * says. The old rule (poll while traffic flows, never armed then) let a
@@ -1215,6 +1257,8 @@ static int add_suites(void)
 		    test_trickle_flush_deferred);
 	CU_add_test(s, "kill -9 while a flush is deferred: nothing lost",
 		    test_deferred_flush_kill);
+	CU_add_test(s, "a failed spool flush is retried",
+		    test_flush_error_retried);
 	CU_add_test(s, "the fill mark wakes the broker at once",
 		    test_wake_fill_mark);
 	CU_add_test(s, "flat out: no empty looks while the spool flushes",
