@@ -72,6 +72,17 @@ int ring_cons_init(struct ring_cons *c, struct seg *s)
 		return -ENOMEM;
 	}
 	c->head = atomic_load_explicit(&s->cons->head, memory_order_acquire);
+	if (c->head & 7) {
+		/* no broker leaves it there (records are 8-aligned), but the
+		 * page is shared: a misaligned head would misalign every
+		 * record read and the release's 16-byte non-temporal stores
+		 * (ring_zero), which fault. Up to the next record boundary;
+		 * ring_tail_fix() then puts tail back in range. */
+		c->head = (c->head + 7) & ~(uint64_t)7;
+		atomic_store_explicit(&s->cons->head, c->head,
+				      memory_order_release);
+		c->st.tail_repairs++;
+	}
 	c->cursor = c->head;
 	c->tail = atomic_load_explicit(&s->hdr->tail, memory_order_acquire);
 	c->skip_ns = RING_SKIP_NS;
