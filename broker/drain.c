@@ -154,13 +154,20 @@ static void drain_defer_for(struct broker *b, const struct sink *s)
 
 /* The flush of what the looks took, when it is due: at once under heavy
  * traffic or at a stop, else once the oldest record waiting was taken
- * flush_defer_ns ago or DRAIN_DEFER_BYTES wait. Nothing new (a pinned
+ * flush_defer_ns ago, DRAIN_DEFER_BYTES wait, or the ring space they
+ * hold reaches the fill mark (an eighth of the ring). Nothing new (a pinned
  * claim's release): drain_flush() at once, it writes nothing. */
 static void drain_flush_due(struct broker *b, uint64_t now)
 {
+	/* ring space the waiting records hold (released by their flush
+	 * only): past the producers' fill mark a small ring would fill
+	 * while the flush waits, and producers drop */
+	uint64_t held = b->rc.cursor - b->rc.head;
+
 	if (b->flush_wait_since && !b->stopping && !b->drain_busy &&
 	    now - b->flush_wait_since < b->flush_defer_ns &&
-	    spool_set_pending(b->spool) < DRAIN_DEFER_BYTES)
+	    spool_set_pending(b->spool) < DRAIN_DEFER_BYTES &&
+	    held < (b->seg.g.ring_size >> 3))
 		return;
 	drain_flush(b);
 }

@@ -1061,6 +1061,61 @@ static void test_flush_error_retried(void)
 	bt_cleanup(&t);
 }
 
+/* A deferred flush holds the ring: what a look took is released only by
+ * the flush that writes it. With the smallest ring (64 KiB) a steady
+ * ~1 MB/s - a rate the broker drains without effort, flushing per look -
+ * fills the ring within one 100 ms deferral, and producers drop. The
+ * deferral must end once the records it holds take a fair part of the
+ * ring (the fill mark, an eighth of it), whatever the time. */
+static void test_deferred_flush_small_ring(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t sent = 0, full = 0, t0;
+	struct obx_stats g;
+	char body[300];
+	struct bt t;
+	obx_t *h;
+	int i, len, rc;
+
+	CU_ASSERT_FATAL(bt_init(&t, "defsmall", "drain_latency = 20ms\n",
+				NULL) == 0);
+	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
+				     "flush_interval = 500ms") == 0);
+	CU_ASSERT_FATAL(conf_replace(t.conf, "ring_size = 16M",
+				     "ring_size = 64K") == 0);
+	CU_ASSERT_FATAL(conf_replace(t.conf, "max_record = 64K",
+				     "max_record = 8K") == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	/* 3 events of ~280 bytes a millisecond, for a second */
+	t0 = tu_now_ns();
+	for (i = 0; i < 1000; i++) {
+		int k;
+
+		for (k = 0; k < 3; k++) {
+			len = make_body(body, sizeof(body), 0, sent, 240);
+			rc = obx_emit(h, 0, "t", body, (size_t)len,
+				      OBX_BODY_JSON);
+			if (rc == -EAGAIN)
+				full++;
+			else
+				CU_ASSERT_EQUAL(rc, 0);
+			sent++;
+		}
+		while (tu_now_ns() < t0 + (uint64_t)(i + 1) * 1000000ull)
+			usleep(200);
+	}
+	printf("\n    %llu of %llu events found the 64 KiB ring full\n",
+	       (unsigned long long)full, (unsigned long long)sent);
+	CU_ASSERT_EQUAL(full, 0);
+	CU_ASSERT(wait_delivered(&t, sent - full, 10000, &g, sp) == 0);
+	obx_close(h);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 /* Bursts below the fill mark (an eighth of the 16 MiB ring) never wake
  * the broker; one that passes it does, at once, whatever drain_latency
  * says. The old rule (poll while traffic flows, never armed then) let a
@@ -1259,6 +1314,8 @@ static int add_suites(void)
 		    test_deferred_flush_kill);
 	CU_add_test(s, "a failed spool flush is retried",
 		    test_flush_error_retried);
+	CU_add_test(s, "a deferred flush never fills a small ring",
+		    test_deferred_flush_small_ring);
 	CU_add_test(s, "the fill mark wakes the broker at once",
 		    test_wake_fill_mark);
 	CU_add_test(s, "flat out: no empty looks while the spool flushes",
