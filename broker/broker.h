@@ -42,6 +42,7 @@ struct broker {
 	/* drain -> spool -> head */
 	int flush_inflight;
 	struct ring_mark flush_mark; /* what the flush in flight covers */
+	struct ring_mark flush_durable; /* what the last good flush covered */
 	int spool_stalled;           /* a flush failed: retry at stall_retry */
 	uint64_t stall_retry;
 	uint64_t last_record_ns;     /* mono: last record drained */

@@ -77,6 +77,9 @@ static void drain_flush_done(void *arg, int err)
 		b->look_now = 1;
 	}
 	if (err < 0) {
+		/* nothing of it is durable: the retry must flush again,
+		 * even with nothing handed out since (drain_flush) */
+		b->flush_mark = b->flush_durable;
 		b->spool_stalled = 1;
 		b->stall_retry = log_mono_ns() + STALL_RETRY_NS;
 		log_rl(&b->rl_spool, LOG_ERROR, "spool write failed: %s; "
@@ -89,6 +92,7 @@ static void drain_flush_done(void *arg, int err)
 	b->spool_stalled = 0;
 	/* durable: the ring may forget every record handed out before the
 	 * flush began (records from pinned claims included) */
+	b->flush_durable = b->flush_mark;
 	ring_release_mark(&b->rc, b->flush_mark);
 }
 
@@ -127,6 +131,9 @@ static void drain_flush(struct broker *b)
 	m.blob_len = stats_mark(b, blob, sizeof(blob));
 	rc = spool_set_flush_mark(b->spool, drain_flush_done, b, &m);
 	if (rc < 0) {
+		/* not started: the next look or tick tries again */
+		b->flush_mark = b->flush_durable;
+		b->flush_wait_since = b->last_record_ns;
 		b->flush_inflight = 0;
 		if (rc != -EBUSY)
 			log_rl(&b->rl_spool, LOG_ERROR, "spool flush: %s",
@@ -147,13 +154,20 @@ static void drain_defer_for(struct broker *b, const struct sink *s)
 
 /* The flush of what the looks took, when it is due: at once under heavy
  * traffic or at a stop, else once the oldest record waiting was taken
- * flush_defer_ns ago or DRAIN_DEFER_BYTES wait. Nothing new (a pinned
+ * flush_defer_ns ago, DRAIN_DEFER_BYTES wait, or the ring space they
+ * hold reaches the fill mark (an eighth of the ring). Nothing new (a pinned
  * claim's release): drain_flush() at once, it writes nothing. */
 static void drain_flush_due(struct broker *b, uint64_t now)
 {
+	/* ring space the waiting records hold (released by their flush
+	 * only): past the producers' fill mark a small ring would fill
+	 * while the flush waits, and producers drop */
+	uint64_t held = b->rc.cursor - b->rc.head;
+
 	if (b->flush_wait_since && !b->stopping && !b->drain_busy &&
 	    now - b->flush_wait_since < b->flush_defer_ns &&
-	    spool_set_pending(b->spool) < DRAIN_DEFER_BYTES)
+	    spool_set_pending(b->spool) < DRAIN_DEFER_BYTES &&
+	    held < (b->seg.g.ring_size >> 3))
 		return;
 	drain_flush(b);
 }

@@ -406,6 +406,14 @@ static void broker_settle_sinks(struct broker *b)
 		if (s->removed) {
 			struct spool_stats ss;
 
+			if (spool_pending(s->spool)) {
+				/* records taken for it wait for their
+				 * (deferred) flush, in memory only: the
+				 * flush at once (drain_tick, just after),
+				 * the sink goes once it is on its way */
+				b->flush_defer_ns = 0;
+				continue;
+			}
 			spool_get_stats(s->spool, &ss);
 			log_warn("sink %s removed from the config; %llu "
 				 "undelivered events stay in its spool",

@@ -1932,6 +1932,11 @@ uint64_t spool_set_pending(const struct spool_set *set)
 	return n;
 }
 
+uint64_t spool_pending(const struct spool *sp)
+{
+	return sp->pending;
+}
+
 int spool_set_stalled(const struct spool_set *set)
 {
 	return set->stalled;

@@ -156,6 +156,9 @@ int spool_set_loaded_mark(const struct spool_set *set, struct spool_mark *m);
 
 /* Bytes buffered and not yet flushed, across sinks. */
 uint64_t spool_set_pending(const struct spool_set *set);
+/* Bytes of one sink buffered that no flush has started to write: what
+ * spool_close() would forget. */
+uint64_t spool_pending(const struct spool *sp);
 
 /* Records of one sink, for delivery. */
 struct spool_rec {

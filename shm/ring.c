@@ -37,13 +37,22 @@
 /* Zeroes consumed space with non-temporal stores where we can: the lines
  * go to memory instead of staying modified in the broker's cache, so a
  * producer on another core later claims them without a cross-core
- * transfer. Records are 8-byte aligned and n is a multiple of 8. */
+ * transfer. Records are 8-byte aligned and n is a multiple of 8 (a
+ * damaged position that is not gets plain stores). */
 static void ring_zero(uint8_t *p, uint64_t n)
 {
 #if defined(__x86_64__) && !defined(OBX_NO_ASM)
 	const __m128i z = _mm_setzero_si128();
 	uint8_t *end = p + n;
 
+	if (((uintptr_t)p | n) & 7) {
+		/* off the record grid: only a position a producer damaged
+		 * gets here (see ring_gap). Plain stores (MOVNTDQ faults
+		 * off a 16-byte boundary, and the tail below would write
+		 * past end); x86 orders them before head's store */
+		memset(p, 0, (size_t)n);
+		return;
+	}
 	/* 16 bytes a store (SSE2, every x86-64) once 16-aligned: half the
 	 * stores of 8-byte ones (~35 -> ~28 ns a 280-byte record alone) */
 	if (((uintptr_t)p & 8) && p < end) {
@@ -72,6 +81,17 @@ int ring_cons_init(struct ring_cons *c, struct seg *s)
 		return -ENOMEM;
 	}
 	c->head = atomic_load_explicit(&s->cons->head, memory_order_acquire);
+	if (c->head & 7) {
+		/* no broker leaves it there (records are 8-aligned), but the
+		 * page is shared: a misaligned head would misalign every
+		 * record read and the release's 16-byte non-temporal stores
+		 * (ring_zero), which fault. Up to the next record boundary;
+		 * ring_tail_fix() then puts tail back in range. */
+		c->head = (c->head + 7) & ~(uint64_t)7;
+		atomic_store_explicit(&s->cons->head, c->head,
+				      memory_order_release);
+		c->st.tail_repairs++;
+	}
 	c->cursor = c->head;
 	c->tail = atomic_load_explicit(&s->hdr->tail, memory_order_acquire);
 	c->skip_ns = RING_SKIP_NS;
@@ -606,7 +626,9 @@ static int ring_gap(struct ring_cons *c, uint64_t now, uint64_t room)
 		 * lies beyond it, skip straight to tail. */
 		d = ring_scan_len(c, cur, len, 1);
 		if (d == room && c->gap_tail - cur > room) {
-			c->cursor = c->gap_tail;
+			/* a tail someone stored off the grid: the next
+			 * record boundary (ring_tail_fix() repairs tail) */
+			c->cursor = RING_ALIGN(c->gap_tail);
 			c->st.tail_repairs++;
 			c->gap_on = 0;
 			return -1;

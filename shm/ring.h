@@ -50,7 +50,9 @@
 #include <unistd.h>
 #include "segment.h"
 
-#define RING_ALIGN(x)  (((x) + 7u) & ~7u)
+/* of the argument's own width: ~7u alone would clear the high half of
+ * a 64-bit position */
+#define RING_ALIGN(x)  (((x) + 7u) & ~(__typeof__((x) + 7u))7u)
 
 /* Fault-injection points for the kill tests; compiled in only with
  * -DOBX_FAULT_INJECT (build/liboutbox-fi.a), never in the shipped lib. */

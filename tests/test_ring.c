@@ -934,6 +934,77 @@ static void test_positions_wrap(void)
 	teardown_ring();
 }
 
+/* cons->head is in the shared segment, and a broker restarted on a
+ * segment someone scribbled on reads it back from there: a misaligned
+ * head (4 bytes past a 16-byte line) must not crash the release's
+ * non-temporal zeroing (MOVNTDQ faults on an address that is not
+ * 16-aligned) nor zero bytes past the range it releases. */
+static void test_misaligned_head(void)
+{
+	obx_t *h;
+	uint64_t i;
+	int rc;
+
+	CU_ASSERT_FATAL(setup_ring("mishead", 64 << 10, 4096) == 0);
+	atomic_store(&g_seg.cons->head, 4);
+	atomic_store(&g_seg.hdr->tail, 4);
+	ring_cons_fini(&g_c);
+	CU_ASSERT_FATAL(ring_cons_init(&g_c, &g_seg) == 0);
+	h = obx_open(g_seg.name);
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < 1000; i++) {
+		while ((rc = emit_one(h, 12, i, 100 + i % 300)) == -EAGAIN)
+			rt_drain(&g_c, &g_er, &g_seen, 1);
+		if (rc != 0)
+			break;
+	}
+	rt_drain(&g_c, &g_er, &g_seen, 1000);
+	/* the broker goes on: records after the repair are delivered */
+	CU_ASSERT(g_seen.count[12] > 0);
+	CU_ASSERT_EQUAL(g_c.head & 7, 0);
+	obx_close(h);
+	teardown_ring();
+}
+
+/* tail is in the shared segment too, and the gap walk reads it afresh:
+ * a producer that stores a misaligned tail far ahead, behind an empty
+ * ring, must not move the cursor, and so head, off the 8-byte grid (the
+ * release's 16-byte non-temporal stores fault there). */
+static void test_misaligned_tail_gap(void)
+{
+	uint64_t now = tu_now_ns(), rs = 64 << 10;
+	struct ring_rec r;
+	obx_t *h;
+	int i, rc;
+
+	CU_ASSERT_FATAL(setup_ring("mistail", rs, 4096) == 0);
+	atomic_store(&g_seg.hdr->tail, 64);      /* an abandoned claim */
+	ring_cons_fini(&g_c);
+	CU_ASSERT_FATAL(ring_cons_init(&g_c, &g_seg) == 0);
+	atomic_store(&g_seg.hdr->tail, rs + 12); /* then garbage */
+	for (i = 0; i < 20; i++) {
+		now += 1000000000ull;
+		rc = ring_next(&g_c, &r, now);
+		if (rc == RING_RECORD)
+			ring_release(&g_c, g_c.cursor);
+		if (rc == RING_EMPTY)
+			break;
+	}
+	ring_release(&g_c, g_c.cursor);
+	CU_ASSERT_EQUAL(g_c.cursor & 7, 0);
+	CU_ASSERT_EQUAL(g_c.head & 7, 0);
+	/* and the ring works afterwards */
+	h = obx_open(g_seg.name);
+	CU_ASSERT_FATAL(h != NULL);
+	for (i = 0; i < 500; i++)
+		while ((rc = emit_one(h, 13, (uint64_t)i, 200)) == -EAGAIN)
+			rt_drain(&g_c, &g_er, &g_seen, 1);
+	rt_drain(&g_c, &g_er, &g_seen, 1000);
+	CU_ASSERT_EQUAL(g_seen.count[13], 500);
+	obx_close(h);
+	teardown_ring();
+}
+
 /* A producer preempted between its two reads of the window check while
  * the consumer catches up: the ring is nearly empty, no drop. */
 static obx_t *g_h2;
@@ -1246,6 +1317,10 @@ static int add_suites(void)
 
 	if (!s)
 		return -1;
+	CU_add_test(s, "a misaligned tail read by the gap walk",
+		    test_misaligned_tail_gap);
+	CU_add_test(s, "a misaligned head from the segment",
+		    test_misaligned_head);
 	CU_add_test(s, "single process order and content", test_single_order);
 	CU_add_test(s, "wrap-around at every record size", test_wrap_every_size);
 	CU_add_test(s, "commits wake only past the fill mark", test_wake_mark);
