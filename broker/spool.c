@@ -1370,8 +1370,13 @@ static int sp_build_writes(struct spool *sp)
 		b = x;
 		hdr = first->file_off == SPF_SEG_HDR;
 		w = calloc(1, sizeof(*w) + 2 * (n + 1) * sizeof(struct iovec));
-		if (!w)
-			return nops;	/* stays pending; the next flush */
+		if (!w) {
+			/* stays pending for the next flush, and this one
+			 * fails: its journal must not claim these records */
+			if (!set->fl_err)
+				set->fl_err = -ENOMEM;
+			return nops;
+		}
 		w->op.fn = wop_fn;
 		w->sp = sp;
 		w->seg = first->seg;
@@ -1821,7 +1826,7 @@ static bool fl_link_journal(struct spool_set *set, struct wop *w)
 	struct io_uring_sqe *sqe;
 
 	if (!set->rx->can_skip_cqe || !w || w->next_new || !set->jr_want ||
-	    set->jr_fd < 0 || !jr_encode(set) ||
+	    set->fl_err || set->jr_fd < 0 || !jr_encode(set) ||
 	    rx_reserve(set->rx, 2) < 0)
 		return false;
 	sqe = wop_submit(set, w);

@@ -1675,6 +1675,51 @@ static void t_flush_failed_write(void)
 	reread(&o, "s", 25);
 }
 
+/* -Wl,--wrap=calloc (GNUmakefile): g_calloc_fail = 1 makes the next
+ * calloc of the spool (and of this file) fail once. */
+static int g_calloc_fail;
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	if (g_calloc_fail) {
+		g_calloc_fail = 0;
+		errno = ENOMEM;
+		return NULL;
+	}
+	return __real_calloc(n, size);
+}
+
+/* A flush that cannot allocate its write fails: the drain journal keeps
+ * the previous mark (the records are in memory only, the ring must keep
+ * them), and the next flush writes them and moves the mark. Before, the
+ * journal claimed them while they stayed pending: a crash then lost
+ * them. */
+static void t_flush_nomem(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp;
+
+	set = big_seg_set(dir, sizeof(dir), "nomem", &o);
+	sp = spool_open(set, "s");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(append_n(sp, 20, 2000), 0);
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 20), 0);
+	CU_ASSERT_EQUAL(append_n(sp, 5, 2000), 0);
+	g_calloc_fail = 1;
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), -ENOMEM);
+	CU_ASSERT_EQUAL(g_calloc_fail, 0);	/* the flush's calloc failed */
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 20);
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 25);
+	spool_close(sp);
+	spool_set_free(set);
+	reread(&o, "s", 25);
+}
+
 static int seg_filter(const struct dirent *de)
 {
 	return !strncmp(de->d_name, "seg-", 4) && strlen(de->d_name) == 24;
@@ -2658,6 +2703,7 @@ static int add_spool(void)
 	    !CU_add_test(s, "flush_one_wakeup", t_flush_one_wakeup) ||
 	    !CU_add_test(s, "flush_short_write", t_flush_short_write) ||
 	    !CU_add_test(s, "flush_failed_write", t_flush_failed_write) ||
+	    !CU_add_test(s, "flush_nomem", t_flush_nomem) ||
 	    !CU_add_test(s, "runtime_damage", t_runtime_damage) ||
 	    !CU_add_test(s, "random_damage", t_random_damage) ||
 	    !CU_add_test(s, "sigkill", t_sigkill) ||
