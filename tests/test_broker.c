@@ -815,14 +815,21 @@ static void test_routing_and_formats(void)
 
 /* ---- waking the broker (issue 17) --------------------------------------- */
 
+/* The broker's counters, once stats are published again. */
+static void published_stats(struct bt *t, struct obx_sink_page *sp,
+			    struct obx_stats *g)
+{
+	usleep(250000);          /* stats are published every 100 ms */
+	CU_ASSERT_EQUAL_FATAL(bt_stats(t, g, sp), 0);
+}
+
 /* The broker's wake-up counters, once stats are published again. */
 static void wake_counts(struct bt *t, struct obx_sink_page *sp,
 			uint64_t *wakeups, uint64_t *looks)
 {
 	struct obx_stats g;
 
-	usleep(250000);          /* stats are published every 100 ms */
-	CU_ASSERT_EQUAL_FATAL(bt_stats(t, &g, sp), 0);
+	published_stats(t, sp, &g);
 	*wakeups = g.wakeups;
 	*looks = g.drain_looks;
 }
@@ -907,16 +914,15 @@ static void test_wake_trickle(void)
 
 static int conf_replace(const char *path, const char *from, const char *to);
 
-/* The broker's flush and look counters, once stats are published. */
-static void flush_counts(struct bt *t, struct obx_sink_page *sp,
-			 uint64_t *flushes, uint64_t *looks)
+/* A broker whose file sink has the default flush_interval (the tests'
+ * 20 ms allows a 5 ms deferral only), so a trickle's flush is deferred
+ * ~100 ms (DESIGN "Deferred flush"). */
+static void deferred_init(struct bt *t, const char *tag)
 {
-	struct obx_stats g;
-
-	usleep(250000);          /* stats are published every 100 ms */
-	CU_ASSERT_EQUAL_FATAL(bt_stats(t, &g, sp), 0);
-	*flushes = g.spool_flushes;
-	*looks = g.drain_looks;
+	CU_ASSERT_FATAL(bt_init(t, tag, "drain_latency = 20ms\n", NULL) ==
+			0);
+	CU_ASSERT_FATAL(conf_replace(t->conf, "flush_interval = 20ms",
+				     "flush_interval = 500ms") == 0);
 }
 
 /* At a trickle the spool is flushed about every 100 ms, not at every
@@ -926,22 +932,17 @@ static void test_trickle_flush_deferred(void)
 {
 	struct obx_sink_page *sp = malloc(sizeof(*sp));
 	uint64_t f0, l0, f1, l1;
-	struct obx_stats g;
+	struct obx_stats g, g0, g1;
 	char body[300];
 	struct bt t;
 	obx_t *h;
 	int i, len;
 
-	CU_ASSERT_FATAL(bt_init(&t, "deferred", "drain_latency = 20ms\n",
-				NULL) == 0);
-	/* the default flush_interval (the tests' 20 ms allows a 5 ms
-	 * deferral only) */
-	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
-				     "flush_interval = 500ms") == 0);
+	deferred_init(&t, "deferred");
 	CU_ASSERT_FATAL(bt_start(&t) == 0);
 	h = bt_open(t.shm);
 	CU_ASSERT_FATAL(h != NULL);
-	flush_counts(&t, sp, &f0, &l0);
+	published_stats(&t, sp, &g0);
 	for (i = 0; i < 300; i++) {       /* 200 events a second, 1.5 s */
 		len = make_body(body, sizeof(body), 0, (uint64_t)i, 200);
 		CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
@@ -949,7 +950,11 @@ static void test_trickle_flush_deferred(void)
 		usleep(5000);
 	}
 	CU_ASSERT(wait_delivered(&t, 300, 10000, &g, sp) == 0);
-	flush_counts(&t, sp, &f1, &l1);
+	published_stats(&t, sp, &g1);
+	f0 = g0.spool_flushes;
+	l0 = g0.drain_looks;
+	f1 = g1.spool_flushes;
+	l1 = g1.drain_looks;
 	printf("\n    trickle of 300 events: %llu looks, %llu spool "
 	       "flushes\n", (unsigned long long)(l1 - l0),
 	       (unsigned long long)(f1 - f0));
@@ -976,12 +981,7 @@ static void test_deferred_flush_kill(void)
 	obx_t *h;
 	int i, len;
 
-	CU_ASSERT_FATAL(bt_init(&t, "defkill", "drain_latency = 20ms\n",
-				NULL) == 0);
-	/* the default flush_interval (the tests' 20 ms allows a 5 ms
-	 * deferral only) */
-	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
-				     "flush_interval = 500ms") == 0);
+	deferred_init(&t, "defkill");
 	CU_ASSERT_FATAL(bt_start(&t) == 0);
 	h = bt_open(t.shm);
 	CU_ASSERT_FATAL(h != NULL);
@@ -1077,10 +1077,7 @@ static void test_deferred_flush_small_ring(void)
 	obx_t *h;
 	int i, len, rc;
 
-	CU_ASSERT_FATAL(bt_init(&t, "defsmall", "drain_latency = 20ms\n",
-				NULL) == 0);
-	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
-				     "flush_interval = 500ms") == 0);
+	deferred_init(&t, "defsmall");
 	CU_ASSERT_FATAL(conf_replace(t.conf, "ring_size = 16M",
 				     "ring_size = 64K") == 0);
 	CU_ASSERT_FATAL(conf_replace(t.conf, "max_record = 64K",
@@ -1147,10 +1144,7 @@ static void test_reload_removes_sink_deferred(void)
 	FILE *f;
 	int i, x, len;
 
-	CU_ASSERT_FATAL(bt_init(&t, "rmsink", "drain_latency = 20ms\n",
-				NULL) == 0);
-	CU_ASSERT_FATAL(conf_replace(t.conf, "flush_interval = 20ms",
-				     "flush_interval = 500ms") == 0);
+	deferred_init(&t, "rmsink");
 	snprintf(xout, sizeof(xout), "%s/x.ndjson", t.dir);
 	snprintf(sect, sizeof(sect), "[sink x]\ntype = file\npath = %s\n"
 		 "flush_interval = 500ms\n", xout);

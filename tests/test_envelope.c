@@ -472,6 +472,21 @@ static size_t mutate(uint8_t *p, size_t len, size_t cap)
 	}
 }
 
+/* One generated envelope copied into buf (cut at cap): its length. */
+static size_t gen_into(uint8_t *buf, size_t cap,
+		       void (*gen)(msgpack_sbuffer *sb))
+{
+	msgpack_sbuffer sb;
+	size_t len;
+
+	msgpack_sbuffer_init(&sb);
+	gen(&sb);
+	len = sb.size < cap ? sb.size : cap;
+	memcpy(buf, sb.data, len);
+	msgpack_sbuffer_destroy(&sb);
+	return len;
+}
+
 static void test_mutations_agree(void)
 {
 	const int n = 300000 / SCALE;
@@ -479,15 +494,9 @@ static void test_mutations_agree(void)
 	int i, bad = 0, accepted = 0, acc;
 
 	for (i = 0; i < n; i++) {
-		msgpack_sbuffer sb;
-		size_t len;
+		size_t len = gen_into(buf, sizeof(buf), gen_envelope);
 		int k, nm = 1 + (int)rn(3), rc;
 
-		msgpack_sbuffer_init(&sb);
-		gen_envelope(&sb);
-		len = sb.size < sizeof(buf) ? sb.size : sizeof(buf);
-		memcpy(buf, sb.data, len);
-		msgpack_sbuffer_destroy(&sb);
 		for (k = 0; k < nm; k++)
 			len = mutate(buf, len, sizeof(buf));
 		rc = agree(&g_er, &g_ref, buf, len, &acc);
@@ -569,15 +578,9 @@ static void test_canonical_agree(void)
 	int i, bad = 0, bad_m = 0, accepted = 0, acc, valid = 0;
 
 	for (i = 0; i < n; i++) {
-		msgpack_sbuffer sb;
-		size_t len;
+		size_t len = gen_into(buf, sizeof(buf), gen_canonical);
 		int k, nm = 1 + (int)rn(3), rc;
 
-		msgpack_sbuffer_init(&sb);
-		gen_canonical(&sb);
-		len = sb.size < sizeof(buf) ? sb.size : sizeof(buf);
-		memcpy(buf, sb.data, len);
-		msgpack_sbuffer_destroy(&sb);
 		rc = agree(&g_er, &g_ref, buf, len, &acc);
 		valid += acc;
 		if (rc != 0 && bad++ < 3)

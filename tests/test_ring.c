@@ -40,6 +40,21 @@ static int setup_ring(const char *tag, uint64_t ring, uint32_t maxrec)
 	return rt_setup(&g_rt, tag, ring, maxrec, 1024);
 }
 
+/* A ring whose shared head and tail read `head` when the consumer
+ * attaches (a restarted broker on a segment as it finds it). */
+static int setup_ring_at(const char *tag, uint64_t ring, uint32_t maxrec,
+			 uint64_t head)
+{
+	int rc = setup_ring(tag, ring, maxrec);
+
+	if (rc)
+		return rc;
+	atomic_store(&g_seg.cons->head, head);
+	atomic_store(&g_seg.hdr->tail, head);
+	ring_cons_fini(&g_c);
+	return ring_cons_init(&g_c, &g_seg);
+}
+
 static void teardown_ring(void)
 {
 	rt_teardown(&g_rt);
@@ -909,11 +924,7 @@ static void test_positions_wrap(void)
 	obx_t *h;
 	int rc;
 
-	CU_ASSERT_FATAL(setup_ring("wrap64", 64 << 10, 4096) == 0);
-	atomic_store(&g_seg.cons->head, start);
-	atomic_store(&g_seg.hdr->tail, start);
-	ring_cons_fini(&g_c);
-	CU_ASSERT_FATAL(ring_cons_init(&g_c, &g_seg) == 0);
+	CU_ASSERT_FATAL(setup_ring_at("wrap64", 64 << 10, 4096, start) == 0);
 	h = obx_open(g_seg.name);
 	CU_ASSERT_FATAL(h != NULL);
 	for (i = 0; i < 3000; i++) {
@@ -945,11 +956,7 @@ static void test_misaligned_head(void)
 	uint64_t i;
 	int rc;
 
-	CU_ASSERT_FATAL(setup_ring("mishead", 64 << 10, 4096) == 0);
-	atomic_store(&g_seg.cons->head, 4);
-	atomic_store(&g_seg.hdr->tail, 4);
-	ring_cons_fini(&g_c);
-	CU_ASSERT_FATAL(ring_cons_init(&g_c, &g_seg) == 0);
+	CU_ASSERT_FATAL(setup_ring_at("mishead", 64 << 10, 4096, 4) == 0);
 	h = obx_open(g_seg.name);
 	CU_ASSERT_FATAL(h != NULL);
 	for (i = 0; i < 1000; i++) {
