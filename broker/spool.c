@@ -777,11 +777,10 @@ static int ck_write_now(struct spool *sp)
 		}
 	} else {
 		size_t n = spf_ck_encode(sp->ck_slot, sp->name, &sp->ck);
-
-		sp->st.ck_writes++;
 		ssize_t w = n ? pwrite(sp->ck_fd, sp->ck_slot, n, (off_t)
 				       ((sp->ck.gen & 1) * SPF_CK_SLOT)) : -1;
 
+		sp->st.ck_writes++;
 		if (!n)
 			ret = -EOVERFLOW;
 		else if (w != (ssize_t)n)
