@@ -72,6 +72,7 @@
 
 #define IDX_GRAN		(128u * 1024)
 #define CKPT_RETRY_NS		1000000000ull	/* after a failure */
+#define CKPT_BUSY_NS		1000000ull	/* no room in the SQ */
 #define RESERVE_MIN		(256ull << 10)
 #define RESERVE_MAX		(64ull << 20)
 #define STATVFS_NS		100000000ull	/* re-measure a full disk */
@@ -913,6 +914,15 @@ static void ck_start(struct spool *sp)
 			ck_arm(sp, CKPT_RETRY_NS);
 		return;
 	}
+	/* the chain must not be split by a submit inside rx_sqe(): with no
+	 * room for both (the kernel takes no SQE while completions back
+	 * up), the checkpoint waits a moment rather than let its sync run
+	 * apart from, or before, its write */
+	if (rx_reserve(rx, sync ? 2 : 1) < 0) {
+		sp->ck_dirty = true;
+		ck_arm(sp, CKPT_BUSY_NS);
+		return;
+	}
 	sp->ck_dirty = false;
 	ck_snapshot(sp, &sp->ck);
 	sp->ck.gen = sp->ck_gen + 1;
@@ -923,8 +933,6 @@ static void ck_start(struct spool *sp)
 		ck_arm(sp, CKPT_RETRY_NS);
 		return;
 	}
-	/* the chain must not be split by a submit inside rx_sqe() */
-	rx_reserve(rx, 2);
 	for (i = 0; i < 2; i++) {
 		sp->ck_ops[i].op.fn = ck_op_fn;
 		sp->ck_ops[i].sp = sp;

@@ -1720,6 +1720,71 @@ static void t_flush_nomem(void)
 	reread(&o, "s", 25);
 }
 
+/* -Wl,--wrap=rx_reserve (GNUmakefile): while g_reserve_fail is set the
+ * submission queue "has no room" for a chain. */
+static int g_reserve_fail;
+int __real_rx_reserve(struct rx *rx, unsigned n);
+int __wrap_rx_reserve(struct rx *rx, unsigned n);
+
+int __wrap_rx_reserve(struct rx *rx, unsigned n)
+{
+	return g_reserve_fail ? -EBUSY : __real_rx_reserve(rx, n);
+}
+
+/* The generation of the newest slot of a checkpoint file. */
+static uint64_t ck_gen_on_disk(const char *path)
+{
+	size_t len = 0;
+	uint8_t *img = slurp_u8(path, &len);
+	uint64_t g = 0;
+
+	if (img && len >= 2 * SPF_CK_SLOT)
+		memcpy(&g, img + ck_newest_slot(img) * SPF_CK_SLOT + 8, 8);
+	free(img);
+	return g;
+}
+
+/* With durability = fdatasync a checkpoint is a write and its linked
+ * fdatasync, submitted together. When the queue cannot take both, the
+ * checkpoint waits and is retried: before, the chain was split (the sync
+ * could run apart from, or before, its write), and the checkpoint went
+ * out at once. */
+static void t_checkpoint_no_room(void)
+{
+	char dir[256], ck[512];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool *sp;
+	uint64_t gen;
+	int done = 0;
+
+	new_dir(dir, sizeof(dir), "ckroom");
+	o = opts(dir);
+	o.durability = DUR_FDATASYNC;
+	sp = ck_open(&o, &set);
+	CU_ASSERT_EQUAL(append_n(sp, 30, 0), 0);
+	CU_ASSERT_EQUAL(flush_wait(set), 0);
+	spool_ack(sp, 1, 10);
+	CU_ASSERT_EQUAL(spool_sync_ack(sp), 0);
+	snprintf(ck, sizeof(ck), "%s/c/checkpoint", dir);
+	gen = ck_gen_on_disk(ck);
+	CU_ASSERT(gen > 0);
+
+	g_reserve_fail = 1;
+	spool_ack(sp, 11, 10);		/* schedules a checkpoint */
+	rx_run_until(&g_rx, &done, 50000000ull);
+	CU_ASSERT_EQUAL(ck_gen_on_disk(ck), gen);	/* not split: waits */
+	g_reserve_fail = 0;
+	rx_run_until(&g_rx, &done, 200000000ull);
+	CU_ASSERT_EQUAL(ck_gen_on_disk(ck), gen + 1);	/* retried */
+	spool_close(sp);
+	spool_set_free(set);
+	sp = ck_open(&o, &set);
+	CU_ASSERT_EQUAL(spool_acked(sp), 21);
+	spool_close(sp);
+	spool_set_free(set);
+}
+
 static int seg_filter(const struct dirent *de)
 {
 	return !strncmp(de->d_name, "seg-", 4) && strlen(de->d_name) == 24;
@@ -2704,6 +2769,7 @@ static int add_spool(void)
 	    !CU_add_test(s, "flush_short_write", t_flush_short_write) ||
 	    !CU_add_test(s, "flush_failed_write", t_flush_failed_write) ||
 	    !CU_add_test(s, "flush_nomem", t_flush_nomem) ||
+	    !CU_add_test(s, "checkpoint_no_room", t_checkpoint_no_room) ||
 	    !CU_add_test(s, "runtime_damage", t_runtime_damage) ||
 	    !CU_add_test(s, "random_damage", t_random_damage) ||
 	    !CU_add_test(s, "sigkill", t_sigkill) ||
