@@ -1321,24 +1321,25 @@ static int file_lines(const char *path)
 	return n;
 }
 
-/* A reload that removes a sink while records for it wait for their
- * deferred flush: "undelivered events stay in its spool". They were in
- * the spool's memory only, and the sink's spool was closed without
- * writing them, while the next flush's journal (and the ring release)
- * went past them: lost, counted nowhere. Put back, the sink must
- * deliver all of them. */
-static void test_reload_removes_sink_deferred(void)
+/* One try: 1 when the look took the records before the reload (else
+ * they were routed to the default sink, counted unknown_sink: the
+ * precondition was not met, a loaded machine delayed the look). */
+static int reload_removes_sink_once(int attempt, int *delivered)
 {
-	char xout[400], sect[600], why[256];
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	char xout[400], sect[600], why[256], name[32];
 	uint64_t tail, head;
+	struct obx_stats g;
 	struct seg sg;
 	struct bt t;
 	char body[300];
 	obx_t *h;
 	FILE *f;
-	int i, x, len;
+	int i, x, len, taken;
 
-	deferred_init(&t, "rmsink");
+	CU_ASSERT_FATAL(sp != NULL);
+	snprintf(name, sizeof(name), "rmsink%d", attempt);
+	deferred_init(&t, name);
 	snprintf(xout, sizeof(xout), "%s/x.ndjson", t.dir);
 	snprintf(sect, sizeof(sect), "[sink x]\ntype = file\npath = %s\n"
 		 "flush_interval = 500ms\n", xout);
@@ -1370,20 +1371,47 @@ static void test_reload_removes_sink_deferred(void)
 	kill(t.pid, SIGHUP);
 	CU_ASSERT(wait_log(&t, "sink x removed", 3000));
 	usleep(300000);
+	CU_ASSERT_EQUAL_FATAL(bt_stats(&t, &g, sp), 0);
+	taken = g.unknown_sink == 0;
 	f = fopen(t.conf, "a");
 	CU_ASSERT_FATAL(f != NULL);
 	fputs(sect, f);
 	fclose(f);
 	kill(t.pid, SIGHUP);
-	for (i = 0; i < 100 && file_lines(xout) < 10; i++)
+	for (i = 0; taken && i < 100 && file_lines(xout) < 10; i++)
 		usleep(50000);
-	printf("\n    %d of 10 events delivered to the sink put back\n",
-	       file_lines(xout));
-	CU_ASSERT_EQUAL(file_lines(xout), 10);
+	*delivered = file_lines(xout);
 	seg_detach(&sg);
 	obx_close(h);
 	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
 	bt_cleanup(&t);
+	free(sp);
+	return taken;
+}
+
+/* A reload that removes a sink while records for it wait for their
+ * deferred flush: "undelivered events stay in its spool". They were in
+ * the spool's memory only, and the sink's spool was closed without
+ * writing them, while the next flush's journal (and the ring release)
+ * went past them: lost, counted nowhere. Put back, the sink must
+ * deliver all of them. The scenario needs the broker's look to take the
+ * records within 40 ms; when a loaded machine delays it past the reload
+ * they go to the default sink instead (unknown_sink, as routed records
+ * should): that try proves nothing and is run again, up to 5 times. */
+static void test_reload_removes_sink_deferred(void)
+{
+	int attempt, delivered = 0, taken = 0;
+
+	for (attempt = 0; attempt < 5 && !taken; attempt++) {
+		taken = reload_removes_sink_once(attempt, &delivered);
+		if (!taken)
+			printf("\n    try %d: the look came after the reload "
+			       "(load); again", attempt + 1);
+	}
+	printf("\n    %d of 10 events delivered to the sink put back\n",
+	       delivered);
+	CU_ASSERT_FATAL(taken);
+	CU_ASSERT_EQUAL(delivered, 10);
 }
 
 /* Bursts below the fill mark (an eighth of the 16 MiB ring) never wake
