@@ -56,6 +56,7 @@ struct broker {
 	uint64_t wakeups;            /* woken by a producer (futex) */
 	uint64_t drain_looks;        /* drain_run() calls */
 	uint64_t spool_flushes;      /* flushes started */
+	uint64_t timer_wakeups;      /* rx_run() ended by its timeout */
 	uint64_t flush_wait_since;   /* mono: the oldest record taken that
 	                              * no flush covers yet, 0: none */
 	uint64_t flush_defer_ns;     /* how long they may wait (drain.c) */

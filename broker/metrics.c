@@ -101,6 +101,10 @@ const struct mx_ctr mx_global[] = {
 	G(spool_flushes, 0, MX_INFO, "spool_flushes_total", NULL, NULL,
 	  "Spool flushes started (a write and the drain journal; at a "
 	  "trickle one per ~100 ms, not one per look)."),
+	G(timer_wakeups, 0, MX_INFO, "timer_wakeups_total", NULL, NULL,
+	  "Times the broker's sleep ended on its own timer (a look, "
+	  "housekeeping, a sink's timer), not on a completion or a "
+	  "producer's wake-up."),
 };
 const size_t mx_nglobal = NELEM(mx_global);
 

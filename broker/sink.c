@@ -191,8 +191,11 @@ static struct sink_batch *sink_free_batch(struct sink *s)
 	int i;
 
 	for (i = 0; i < SINK_MAX_INFLIGHT; i++)
-		if (!s->batch[i].busy)
+		if (!s->batch[i].busy) {
+			if ((uint32_t)i >= s->nused)
+				s->nused = (uint32_t)i + 1;
 			return &s->batch[i];
+		}
 	return NULL;
 }
 
@@ -561,7 +564,7 @@ static uint64_t sink_resend_due(struct sink *s, uint64_t now)
 	uint64_t next = UINT64_MAX;
 	int i;
 
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+	for (i = 0; i < (int)s->nused; i++) {
 		struct sink_batch *b = &s->batch[i];
 
 		if (!b->busy || !b->resend_at)

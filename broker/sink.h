@@ -138,6 +138,11 @@ struct sink {
 	int removed;                /* reload: gone from the config */
 	struct cfg_sink next_cfg;   /* reload: the settings to take */
 	struct sink_batch batch[SINK_MAX_INFLIGHT];
+	uint32_t nused;             /* batch[] slots ever taken: every busy
+	                             * one is below (the lowest free slot is
+	                             * taken), so the per-tick scans stop
+	                             * there - 4 of 64 with the default
+	                             * max_inflight */
 	struct obx_sink_counters c; /* published on the sink page */
 	/* delivery state, published on the sink page (http types) */
 	uint32_t state;             /* OBX_SINK_* */

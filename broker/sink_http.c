@@ -1393,12 +1393,13 @@ static void hsink_summary(struct sink *s, int64_t wall)
 }
 
 /* The batches waiting for the gate, oldest first; how many. */
-static int hsink_waiting_order(struct http_sink *hs,
+static int hsink_waiting_order(const struct sink *s,
 			       struct http_batch **order)
 {
+	struct http_sink *hs = s->impl;
 	int i, j, n = 0;
 
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+	for (i = 0; i < (int)s->nused; i++) {
 		struct http_batch *hb = &hs->hb[i];
 
 		if (!hb->b || !hb->waiting || hb->req)
@@ -1421,7 +1422,7 @@ static void hsink_send_waiting(struct sink *s, int64_t now)
 {
 	struct http_sink *hs = s->impl;
 	struct http_batch *order[SINK_MAX_INFLIGHT];
-	int n = hsink_waiting_order(hs, order), i, pass;
+	int n = hsink_waiting_order(s, order), i, pass;
 
 	for (pass = 0; pass < 2; pass++) {
 		for (i = 0; i < n; i++) {
@@ -1460,7 +1461,7 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 	int i, waiting = 0;
 
 	hsink_send_waiting(s, wall);
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+	for (i = 0; i < (int)s->nused; i++) {
 		const struct http_batch *hb = &hs->hb[i];
 
 		if (!hb->b || !hb->waiting)
@@ -1477,7 +1478,7 @@ static uint64_t hsink_tick(struct sink *s, uint64_t now)
 	}
 	/* held for a category: set aside in the spool, or in memory */
 	s->c.held_events = s->aside_events;
-	for (i = 0; i < SINK_MAX_INFLIGHT; i++) {
+	for (i = 0; i < (int)s->nused; i++) {
 		const struct http_batch *hb = &hs->hb[i];
 		const struct http_part *p;
 		uint32_t k;

@@ -104,6 +104,9 @@ struct spool_stats {
 	uint64_t disk_free;             /* bytes free on its file system
 					 * (last statvfs, set-wide) */
 	uint64_t cut_records;           /* half-written flush cut at open */
+	uint64_t ck_writes;             /* checkpoint writes started (this
+					 * process): one per acknowledgement
+					 * at a trickle, none per read */
 };
 
 /* NULL + errno. Creates dir (0700) if needed; a dir that is not ours

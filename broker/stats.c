@@ -324,6 +324,7 @@ static void stats_fill_global(struct broker *b, struct obx_stats *g)
 	g->wakeups = b->wakeups;
 	g->drain_looks = b->drain_looks;
 	g->spool_flushes = b->spool_flushes;
+	g->timer_wakeups = b->timer_wakeups;
 }
 
 static void stats_fill_sink(struct sink *s, struct obx_sink_shm *o)

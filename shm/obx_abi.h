@@ -239,7 +239,9 @@ struct obx_stats {
 	uint64_t wakeups;            /* woken by a producer (futex) */
 	uint64_t drain_looks;        /* ring looks on its own schedule */
 	uint64_t spool_flushes;      /* spool flushes started (this broker) */
-	uint64_t reserved[6];
+	uint64_t timer_wakeups;      /* sleeps ended by the broker's own
+	                              * timer, no completion (this broker) */
+	uint64_t reserved[5];
 };
 
 struct obx_stats_page {

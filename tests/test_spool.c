@@ -941,6 +941,122 @@ static void t_checkpoint(void)
 	free(img);
 }
 
+/* Runs the reactor for ms milliseconds, whatever completes. */
+static void run_for_ms(struct rx *rx, uint64_t ms)
+{
+	uint64_t end = tu_now_ns() + ms * 1000000ull;
+	uint64_t now;
+
+	while ((now = tu_now_ns()) < end)
+		rx_run(rx, end - now);
+}
+
+static uint64_t ck_writes(const struct spool *sp)
+{
+	struct spool_stats st;
+
+	spool_get_stats(sp, &st);
+	return st.ck_writes;
+}
+
+/* The child of t_ck_one_per_request: two batches read (1..10, 11..20),
+ * the first acknowledged, the reactor left to write what it writes, then
+ * a crash. Exit codes say which check failed. */
+static int ck_request_child(const struct spool_set_opts *o)
+{
+	struct spool_batch a = { 0 }, b = { 0 };
+	struct spf_ckpt *ck = calloc(1, sizeof(*ck));
+	struct spool_set *cs;
+	struct spool *csp;
+	uint64_t w0;
+	int dfd;
+
+	/* a ring of its own (the parent's is shared memory): in g_rx,
+	 * which the helpers run */
+	if (!ck || rx_init(&g_rx, 64))
+		return 2;
+	cs = spool_set_new(&g_rx, o);
+	csp = cs ? spool_open(cs, "r") : NULL;
+	if (!csp || append_n(csp, 30, 0) || flush_wait(cs))
+		return 3;
+	run_for_ms(&g_rx, 20);
+	w0 = ck_writes(csp);
+	if (read_batch(csp, 1, 10, 1 << 20, &a) != 1 || a.n != 10 ||
+	    read_batch(csp, 11, 10, 1 << 20, &b) != 1 || b.n != 10)
+		return 4;
+	/* the requests are out: a read writes nothing */
+	run_for_ms(&g_rx, 30);
+	if (ck_writes(csp) != w0)
+		return 5;
+	/* the first answer: one checkpoint write, which records the read
+	 * position (batch 11..20 is still out) */
+	spool_ack(csp, 1, 10);
+	run_for_ms(&g_rx, 30);
+	if (ck_writes(csp) != w0 + 1)
+		return 6;
+	dfd = openat(AT_FDCWD, o->dir, O_RDONLY | O_DIRECTORY);
+	if (dfd < 0)
+		return 7;
+	{
+		int sfd = openat(dfd, "r", O_RDONLY | O_DIRECTORY);
+
+		if (sfd < 0 || spf_ck_load(sfd, "r", ck) != 1)
+			return 8;
+		if (ck->acked != 11 || ck->sent != 21)
+			return 9;
+	}
+	_exit(0);		/* a crash: nothing closed */
+}
+
+/* One checkpoint write per request (issue 17): a read used to schedule
+ * a checkpoint of its own (the read position, for the `redelivered`
+ * estimate) and the acknowledgement another, two io-wq writes and their
+ * wake-ups per HTTP request. Now the read only moves the position the
+ * acknowledgement's checkpoint records. After a crash, records re-sent
+ * below that position still count as redelivered: the batch read before
+ * the first acknowledgement (11..20) is counted, those read after the
+ * checkpoint (21..30) are not. */
+static void t_ck_one_per_request(void)
+{
+	char dir[256];
+	struct spool_set_opts o;
+	struct spool_set *set;
+	struct spool_stats st;
+	struct readall ra = { 0 };
+	struct spool *sp;
+	pid_t pid;
+	int wst;
+
+	new_dir(dir, sizeof(dir), "ckreq");
+	o = opts(dir);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0)
+		_exit(ck_request_child(&o));
+	CU_ASSERT_EQUAL(waitpid(pid, &wst, 0), pid);
+	CU_ASSERT(WIFEXITED(wst));
+	CU_ASSERT_EQUAL(WEXITSTATUS(wst), 0);
+	if (WEXITSTATUS(wst))
+		fprintf(stderr, "  child check %d failed\n",
+			WEXITSTATUS(wst));
+
+	set = spool_set_new(&g_rx, &o);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(set);
+	sp = spool_open(set, "r");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(sp);
+	CU_ASSERT_EQUAL(spool_acked(sp), 11);
+	CU_ASSERT_EQUAL(read_all(sp, 0, 64, &ra), 0);
+	CU_ASSERT_EQUAL(ra.first, 11);
+	CU_ASSERT_EQUAL(ra.n, 20);
+	CU_ASSERT_EQUAL(ra.bad, 0);
+	/* sent again and acknowledged: 11..20 were out before the crash */
+	spool_ack(sp, 11, 20);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.redelivered, 10);
+	spool_close(sp);
+	spool_set_free(set);
+}
+
 /* A crash between the checkpoint and the unlink leaves a fully
  * acknowledged segment: the next open deletes it. */
 static void t_leftover_acked_segment(void)
@@ -2753,6 +2869,7 @@ static int add_spool(void)
 	    !CU_add_test(s, "append_flush_read_ack", t_append_flush_read_ack) ||
 	    !CU_add_test(s, "restart_resumes_at_watermark",
 			 t_restart_resumes_at_watermark) ||
+	    !CU_add_test(s, "ck_one_per_request", t_ck_one_per_request) ||
 	    !CU_add_test(s, "torn_tail_every_offset", t_torn_tail_every_offset) ||
 	    !CU_add_test(s, "flipped_byte_middle", t_flipped_byte_middle) ||
 	    !CU_add_test(s, "foreign_files", t_foreign_files) ||
