@@ -117,6 +117,7 @@ uint32_t stats_mark(struct broker *b, uint8_t *buf, uint32_t cap);
 /* After an acknowledgement: the sink's seq-tied counters to its spool
  * (written with the checkpoint that records the ack). */
 void stats_sink_acked(struct sink *s);
+void stats_sink_read(struct sink *s);
 void stats_publish(struct broker *b);
 
 #endif

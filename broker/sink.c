@@ -287,6 +287,7 @@ static void sink_read_done(void *arg, int err)
 	b->first_seq = b->sb.recs[0].seq;
 	b->end_seq = b->sb.recs[b->n - 1].seq + 1;
 	s->read_seq = b->sb.next;
+	stats_sink_read(s);
 	sink_send(b);
 }
 

@@ -862,6 +862,12 @@ static void ck_schedule(struct spool *sp)
  * carries it; what is read after that checkpoint started and still out
  * when the broker dies is not counted (DESIGN.md, "Ring -> spool ->
  * head"). */
+void spool_note_sent(struct spool *sp, uint64_t pos)
+{
+	if (pos > sp->acked && pos > sp->resend_end)
+		sp->resend_end = pos;
+}
+
 static void sp_read_to(struct spool *sp, uint64_t end)
 {
 	if (end > sp->read_hwm)

@@ -202,6 +202,9 @@ int spool_read(struct spool *sp, uint64_t from, uint32_t max_events,
 	       void (*done)(void *arg, int err), void *arg);
 
 uint64_t spool_next_seq(const struct spool *sp);  /* one past the last */
+/* A previous broker read up to pos (one past): re-sends below it count
+ * `redelivered`, and the next checkpoint's `sent` keeps it. */
+void spool_note_sent(struct spool *sp, uint64_t pos);
 uint64_t spool_acked(const struct spool *sp);     /* watermark */
 
 /* Marks [first, first + n) done. Advances the watermark over the

@@ -71,6 +71,42 @@ void stats_sink_acked(struct sink *s)
 	spool_set_base(s->spool, v, (uint32_t)STATS_SEQ_TIED);
 }
 
+/* The sink read up to s->read_seq: its word on the sink page at once, not
+ * at the next publish (a kill -9 in between would lose the reads of the
+ * last 100 ms, the ones most likely out). One plain store per batch read;
+ * the publish copies the same value. */
+void stats_sink_read(struct sink *s)
+{
+	struct obx_sink_page *kp = s->b->seg.sinks;
+	struct obx_sink_shm *o;
+
+	if (s->read_seq <= s->c.read_pos)
+		return;
+	s->c.read_pos = s->read_seq;
+	if (!kp || s->idx < 0 || s->idx >= (int)OBX_MAX_SINKS)
+		return;
+	o = &kp->sink[s->idx];
+	/* the entry is this sink's unless a reload moved the sinks since
+	 * the last publish (which will then write it) */
+	if (o->in_use && !strncmp(o->name, s->cfg.name, sizeof(o->name)))
+		__atomic_store_n(&o->c.read_pos, s->read_seq,
+				 __ATOMIC_RELAXED);
+}
+
+/* What the broker before this one had read for delivery (its page word):
+ * the spool counts re-sends below it `redelivered`. A position past what
+ * can have been read - the spool's end plus every batch slot's worth of
+ * records read from memory before their flush - is not this spool's (a
+ * wiped spool, a producer's write): ignored. */
+static void stats_restore_read_pos(struct sink *s, uint64_t pos)
+{
+	uint64_t cap = spool_next_seq(s->spool) +
+		       (uint64_t)SINK_MAX_INFLIGHT * s->cfg.batch_max_events;
+
+	s->c.read_pos = pos <= cap ? pos : 0;
+	spool_note_sent(s->spool, s->c.read_pos);
+}
+
 /* A restarted broker continues the counters of the one before it: they
  * live in the segment, which outlived it. (The ring-tied ones are taken
  * from the drain journal afterwards, stats_restore_mark().) */
@@ -139,6 +175,7 @@ void stats_restore_sink(struct broker *b, struct sink *s)
 		s->c = o->c;
 		s->c.inflight = 0;
 		stats_restore_cat_drops(kp, i, s);
+		stats_restore_read_pos(s, o->c.read_pos);
 		break;
 	}
 	s->c.dropped_spool_full = 0;

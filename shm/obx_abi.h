@@ -270,7 +270,13 @@ struct obx_sink_counters {
 	/* appended (issue 15): events of a rate-limited category held
 	 * (on_rate_limit = hold), a part of queued_events (a gauge) */
 	uint64_t held_events;
-	uint64_t reserved[6];
+	/* appended (issue 17): one past the last spool seq the sink read for
+	 * delivery - a position, not a counter. Stored at every read, not
+	 * only at a publish, so that the next broker after a kill -9 knows
+	 * what was out: re-sends below it count `redelivered`. Any producer
+	 * can write it: the broker bounds it by its spool. */
+	uint64_t read_pos;
+	uint64_t reserved[5];
 };
 
 struct obx_sink_shm {

@@ -1743,6 +1743,70 @@ static void test_restart_in_window(void)
 	stop_broker(&t);
 }
 
+/* ---- f2. kill -9 with every request out: their re-sends are counted --- */
+
+/* Events in the requests the upstream has held (action "hang"). */
+static json_int_t hung_events(void)
+{
+	json_t *reqs = up_requests(0, 0), *r;
+	json_int_t n = 0;
+	size_t i;
+
+	json_array_foreach(reqs, i, r) {
+		const char *a = json_string_value(json_object_get(r, "action"));
+
+		if (a && !strcmp(a, "hang"))
+			n += json_integer_value(json_object_get(r, "events"));
+	}
+	json_decref(reqs);
+	return n;
+}
+
+/* The upstream holds every request; the broker is killed with all 200
+ * events out (read, sent, never acknowledged: no checkpoint since the
+ * start) and restarted against an upstream that answers. Each re-send
+ * is counted `redelivered`: the read position was in the shm segment.
+ * When it was kept only in the checkpoint after an acknowledgement, the
+ * restarted broker knew of no read and counted 0. */
+static void test_kill_all_out(void)
+{
+	char conf[1024];
+	struct obx_stats g;
+	struct prods P;
+	struct bt t;
+	json_int_t held = 0;
+	uint64_t total;
+	int i;
+
+	api_conf(conf, sizeof(conf), 100, "50ms", "60s", "200ms",
+		 "max_retries = 1000\n");
+	start_broker(&t, "killout", conf);
+	CU_ASSERT_EQUAL_FATAL(up_script(
+		"{\"steps\": [{\"action\": \"hang\", \"count\": 100}]}"), 0);
+	prods_start(&P, &t, 2, 100, 0);
+	total = prods_wait(&P);
+	for (i = 0; i < 200 && held < (json_int_t)total; i++) {
+		usleep(50000);
+		held = hung_events();
+	}
+	CU_ASSERT_EQUAL_FATAL(held, (json_int_t)total);
+	bt_kill9(&t);
+	CU_ASSERT_EQUAL_FATAL(up_script("{\"steps\": []}"), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(wait_quiet(&t, total, 20000, &g, g_sp), 0);
+	check_identity("killout", &g, g_sp);
+	printf("\n    %lld events held at the kill; after the restart "
+	       "delivered %llu, redelivered %llu",
+	       (long long)held,
+	       (unsigned long long)api_of(g_sp)->c.delivered_events,
+	       (unsigned long long)api_of(g_sp)->c.redelivered);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.delivered_events, total);
+	CU_ASSERT_EQUAL(api_of(g_sp)->c.redelivered, total);
+	CU_ASSERT_EQUAL(g.redelivered, total);
+	CU_ASSERT_EQUAL(up_stat("unique"), (json_int_t)total);
+	stop_broker(&t);
+}
+
 /* ---- i. a wall-clock step does not move a backoff window --------------- */
 
 /* The broker runs with tests/fakewall (LD_PRELOAD): its CLOCK_REALTIME is
@@ -1882,6 +1946,7 @@ static int add_suites(void)
 	    !CU_add_test(s, "encodings_threads", test_encodings_threads) ||
 	    !CU_add_test(s, "threads_stop", test_threads_stop) ||
 	    !CU_add_test(s, "restart_in_window", test_restart_in_window) ||
+	    !CU_add_test(s, "kill_all_out", test_kill_all_out) ||
 	    !CU_add_test(s, "wall_step", test_wall_step) ||
 	    !CU_add_test(s, "outage_503", test_outage))
 		return -1;

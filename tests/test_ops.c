@@ -254,8 +254,10 @@ static void test_ops_tables_cover_pages(void)
 		{ offsetof(struct obx_stats, redelivered),
 		  offsetof(struct obx_stats, reserved) },
 	};
+	/* the sink's counters but read_pos, a position kept for the next
+	 * broker (the redelivered estimate), not a figure to export */
 	const struct span k[] = {
-		{ 0, offsetof(struct obx_sink_counters, reserved) },
+		{ 0, offsetof(struct obx_sink_counters, read_pos) },
 	};
 
 	check_table(mx_global, mx_nglobal, g, 2);
