@@ -366,6 +366,9 @@ static void broker_reload(struct broker *b)
 			b->sinks[i]->reconfigure = 1;
 			continue;
 		}
+		/* named again: one an earlier reload removed, still busy
+		 * (it goes only once idle), stays */
+		b->sinks[i]->removed = 0;
 		b->sinks[i]->next_cfg = n.sinks[k];
 		b->sinks[i]->reconfigure = 1;
 	}
