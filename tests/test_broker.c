@@ -1421,6 +1421,39 @@ static void test_reload_removes_sink_deferred(void)
 	CU_ASSERT_EQUAL(delivered, 10);
 }
 
+/* The sink page's read position (read_pos) is of the spool the ring's
+ * broker had: after the spool_dir is wiped (or moved) the new spool's
+ * seqs start again below it, and it must not be taken - every new event
+ * acknowledged below it was counted `redelivered` although none had
+ * ever been sent (100 of 100 here: the bound let through any position
+ * up to 64 batches past the new spool's end). */
+static void test_wiped_spool_read_pos(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	struct obx_stats g;
+	char cmd[400];
+	struct bt t;
+
+	CU_ASSERT_FATAL(sp != NULL);
+	CU_ASSERT_FATAL(bt_init(&t, "wiped", NULL, NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 100, 100, 10000), 100);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t.spool);
+	CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 100, 200, 10000), 200);
+	usleep(300000);
+	CU_ASSERT_EQUAL_FATAL(bt_stats(&t, &g, sp), 0);
+	printf("\n    after the wipe: 100 new events delivered, %llu counted "
+	       "redelivered\n", (unsigned long long)g.redelivered);
+	CU_ASSERT_EQUAL(g.redelivered, 0);
+	CU_ASSERT_EQUAL(sp->sink[0].c.redelivered, 0);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+	free(sp);
+}
+
 /* How many lines of the broker's log hold `what`. */
 static int log_count(struct bt *t, const char *what)
 {
@@ -1792,6 +1825,8 @@ static int add_suites(void)
 		    test_deferred_flush_small_ring);
 	CU_add_test(s, "a reload removes a sink whose records wait",
 		    test_reload_removes_sink_deferred);
+	CU_add_test(s, "a wiped spool: the old read position is not its",
+		    test_wiped_spool_read_pos);
 	CU_add_test(s, "a reload puts back a sink being removed",
 		    test_reload_readds_busy_sink);
 	CU_add_test(s, "the fill mark wakes the broker at once",
