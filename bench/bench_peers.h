@@ -35,7 +35,6 @@ struct bench_work {
 	enum cfg_compression comp;
 	int batch;                 /* events per request (outbox's batch) */
 	int flush_ms;              /* a partial batch goes after this long */
-	double pace_us;            /* the pacing's own CPU per event */
 	int sng_reopen;            /* syslog-ng time-reopen(), seconds */
 	int progress;              /* a live line on stdout */
 };
@@ -51,6 +50,8 @@ struct bench_peer {
 	double secs;               /* first emit to last delivery */
 	double prod_cpu_s, daemon_cpu_s;
 	double drain_s;            /* after the outage; < 0: none or never */
+	double pace_us;            /* paced: the pacing alone, CPU us per
+	                            * wake-up, measured during this run */
 };
 
 double bench_peer_rate(const struct bench_peer *p);
