@@ -58,6 +58,8 @@ struct bench_pace {
 };
 void bench_pace_start(struct bench_pace *p, int np, double rate, double secs);
 double bench_pace_end(struct bench_pace *p);
+/* the same alone, before a run: start and end */
+double bench_pace_cost(int np, double rate, double secs);
 
 /* The producers' JSON body {"p":P,"s":S,"pad":"xx..."} of `size` bytes
  * (>= 64) into body (65536 bytes); its length. */

@@ -157,7 +157,7 @@ static int pr_run(struct pr_phase *ph, pr_producer_fn fn, void *arg)
 			_exit(0);
 		}
 	}
-	if (w->rate > 0)
+	if (w->rate > 0 && w->pace_alongside)
 		bench_pace_start(&pace, w->np, w->rate, w->duration);
 	end = ph->t0 + (uint64_t)(w->duration * 1e9);
 	while (bench_now() < end)
@@ -190,8 +190,8 @@ static int pr_run(struct pr_phase *ph, pr_producer_fn fn, void *arg)
 		}
 		pr_sleep_tick(ph, bench_now() + 10000000ull);
 	}
-	if (w->rate > 0)
-		ph->pace_us = bench_pace_end(&pace);
+	ph->pace_us = w->rate > 0 && w->pace_alongside ?
+		      bench_pace_end(&pace) : w->pace_us;
 	return rc;
 }
 

@@ -37,6 +37,12 @@ struct bench_work {
 	int flush_ms;              /* a partial batch goes after this long */
 	int sng_reopen;            /* syslog-ng time-reopen(), seconds */
 	int progress;              /* a live line on stdout */
+	/* paced: the pacing's CPU per wake-up, measured alone before the
+	 * runs (pace_us), or, with pace_alongside, by pacing processes next
+	 * to each contender's producers during its own run (they add load:
+	 * the emit latencies of such a run are not the row's figure) */
+	double pace_us;
+	int pace_alongside;
 };
 
 /* what one contender did */

@@ -114,6 +114,14 @@ void bench_pace_start(struct bench_pace *p, int np, double rate, double secs)
 	}
 }
 
+double bench_pace_cost(int np, double rate, double secs)
+{
+	struct bench_pace p;
+
+	bench_pace_start(&p, np, rate, secs);
+	return bench_pace_end(&p);
+}
+
 double bench_pace_end(struct bench_pace *p)
 {
 	double cpu = 0;
