@@ -1150,6 +1150,49 @@ static void test_trickle_housekeeping_rides(void)
 	CU_ASSERT(timers * 8 <= looks * 9);
 }
 
+/* A msgpack body JSON cannot hold (a map key three container keys deep,
+ * envelope.h) is refused at the drain and counted dropped_invalid; the
+ * file sink writes the event behind it. Before, the drain spooled it and
+ * the sink's encoding failed at every attempt: retried for ever (still
+ * queued here after 3 s), and the next batch went out before it. */
+static void test_body_json_cannot_hold(void)
+{
+	static const uint8_t deep3[] = { 0x81, 0x81, 0x81, 0x81, 0x01, 0x01,
+					 0x01, 0x01, 0x01 };
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t d, q, drops;
+	struct obx_stats g;
+	char body[300];
+	struct bt t;
+	obx_t *h;
+	int len;
+
+	CU_ASSERT_FATAL(sp != NULL);
+	CU_ASSERT_FATAL(bt_init(&t, "jsonhold", NULL, NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	h = bt_open(t.shm);
+	CU_ASSERT_FATAL(h != NULL);
+	CU_ASSERT_EQUAL(obx_emit(h, 0, "poison", deep3, sizeof(deep3),
+				 OBX_BODY_MSGPACK), 0);
+	len = make_body(body, sizeof(body), 0, 0, 100);
+	CU_ASSERT_EQUAL(obx_emit(h, 0, "t", body, (size_t)len,
+				 OBX_BODY_JSON), 0);
+	CU_ASSERT(wait_delivered(&t, 1, 3000, &g, sp) == 0);
+	drops = bt_sum_dropped(&g, sp, &d, &q);
+	printf("\n    delivered %llu, dropped_invalid %llu, queued %llu\n",
+	       (unsigned long long)d, (unsigned long long)g.dropped_invalid,
+	       (unsigned long long)q);
+	CU_ASSERT_EQUAL(d, 1);
+	CU_ASSERT_EQUAL(g.dropped_invalid, 1);
+	CU_ASSERT_EQUAL(q, 0);
+	CU_ASSERT_EQUAL(g.emitted, d + drops + q);
+	CU_ASSERT(wait_log(&t, "not a valid envelope", 1000));
+	obx_close(h);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	free(sp);
+	bt_cleanup(&t);
+}
+
 /* Records waiting for a deferred flush are still the ring's: a broker
  * killed then loses none and the next one delivers each exactly once. */
 static void test_deferred_flush_kill(void)
@@ -1611,6 +1654,8 @@ static int add_suites(void)
 		    test_deferred_flush_small_ring);
 	CU_add_test(s, "a reload removes a sink whose records wait",
 		    test_reload_removes_sink_deferred);
+	CU_add_test(s, "a body JSON cannot hold: dropped at the drain",
+		    test_body_json_cannot_hold);
 	CU_add_test(s, "the fill mark wakes the broker at once",
 		    test_wake_fill_mark);
 	CU_add_test(s, "flat out: no empty looks while the spool flushes",
