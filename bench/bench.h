@@ -46,8 +46,19 @@ void bench_proc(pid_t pid, double *cpu_s, uint64_t *hwm_kb);
 
 /* clock_nanosleep to an absolute CLOCK_MONOTONIC time, through EINTR */
 void bench_sleep_until(uint64_t t);
-/* CPU us per wake-up of np processes sleeping to absolute deadlines
- * `rate` times a second for `secs`: the pacing's own cost per event */
+/* The pacing alone: np processes sleeping to absolute deadlines `rate`
+ * times a second for `secs`, emitting nothing. Started next to a paced
+ * run, it measures what a wake-up costs under that run's load (alone, on
+ * an idle machine, a wake-up costs something else); _end waits for them
+ * and gives their CPU us per wake-up (= per event when paced). */
+struct bench_pace {
+	pid_t pid[64];
+	int np;
+	uint64_t n;                  /* wake-ups per process */
+};
+void bench_pace_start(struct bench_pace *p, int np, double rate, double secs);
+double bench_pace_end(struct bench_pace *p);
+/* the same alone, before a run: start and end */
 double bench_pace_cost(int np, double rate, double secs);
 
 /* The producers' JSON body {"p":P,"s":S,"pad":"xx..."} of `size` bytes

@@ -50,6 +50,7 @@ struct e2e_opts {
 	int outage_code, retry_after, sink_threads, duration_set;
 	int broker_threads;          /* outboxd's sink_threads, -1: default */
 	int no_sng;                  /* --compare without syslog-ng */
+	int pace_alongside;          /* the pacing measured during the run */
 	double rate;             /* events/s per producer, 0 = flat out */
 	const char *compression; /* http: gzip | zstd | none */
 	enum cfg_compression comp;
@@ -425,7 +426,9 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!v && strcmp(a, "--verify") && strcmp(a, "--json") &&
-		    strcmp(a, "--timeline") && strcmp(a, "--compare"))
+		    strcmp(a, "--timeline") && strcmp(a, "--compare") &&
+		    strcmp(a, "--no-syslog-ng") &&
+		    strcmp(a, "--pace-alongside"))
 			goto usage;
 		if (!strcmp(a, "--producers"))
 			o->np = atoi(v);
@@ -457,6 +460,8 @@ static int e2e_args(int argc, char **argv, struct e2e_opts *o)
 			o->broker_threads = atoi(v);
 		else if (!strcmp(a, "--no-syslog-ng"))
 			o->no_sng = 1, i--;
+		else if (!strcmp(a, "--pace-alongside"))
+			o->pace_alongside = 1, i--;
 		else if (!strcmp(a, "--verify"))
 			o->verify = 1, i--;
 		else if (!strcmp(a, "--json"))
@@ -501,7 +506,9 @@ usage:
 		"         [--broker-threads N] (outboxd's sink_threads)\n"
 		"         [--compare [--sng-reopen S]]  (the per-worker SDK and\n"
 		"         syslog-ng on the same workload; implies --sink http\n"
-		"         --verify)\n");
+		"         --verify)\n"
+		"       paced: [--pace-alongside] (the pacing's cost measured\n"
+		"         next to the producers, not alone before the run)\n");
 	return -1;
 }
 
@@ -657,6 +664,7 @@ static int e2e_outbox(struct e2e_opts *op, struct e2e_res *px,
 	struct e2e_shared *sh;
 	struct e2e_res x;
 	struct e2e_run r;
+	struct bench_pace pace = { .np = 0 };
 	pid_t pids[64];
 	uint64_t end, wake, now, emitted[64], wait_max;
 	double cpu0 = 0, cpu1 = 0, scpu0 = 0;
@@ -700,6 +708,8 @@ static int e2e_outbox(struct e2e_opts *op, struct e2e_res *px,
 			e2e_producer(sh, r.shm, i, &o);
 		}
 	}
+	if (o.rate > 0 && o.pace_alongside)
+		bench_pace_start(&pace, o.np, o.rate, o.duration);
 	end = x.t0 + (uint64_t)(o.duration * 1e9);
 	while ((now = bench_now()) < end) {
 		e2e_sample(&o, &r, &x, sh, &hs);
@@ -712,6 +722,8 @@ static int e2e_outbox(struct e2e_opts *op, struct e2e_res *px,
 	}
 	atomic_store(&sh->stop, 1);
 	e2e_collect(sh, &o, pids, &x);
+	if (o.rate > 0 && o.pace_alongside)
+		x.pace_us = bench_pace_end(&pace);
 	x.t_emit_end = bench_now();
 	/* wait for the broker to deliver everything */
 	wait_max = 120 + (o.outage > 0 ? (uint64_t)(o.outage + 60) : 0);
@@ -806,6 +818,7 @@ static void e2e_as_peer(const struct e2e_opts *o, const struct e2e_res *x,
 	p->secs = last > x->t0 ? (double)(last - x->t0) / 1e9 : 0;
 	p->prod_cpu_s = x->prod_cpu;
 	p->daemon_cpu_s = x->broker_cpu;
+	p->pace_us = x->pace_us;
 	p->drain_s = x->drain_s;
 	snprintf(p->note, sizeof(p->note), "outboxd, durability %s, %s, "
 		 "batch_max_events 500, max_inflight 4", o->durability,
@@ -823,6 +836,7 @@ static int e2e_compare(struct e2e_opts *o, struct e2e_res *x,
 		.outage_code = o->outage_code, .retry_after = o->retry_after,
 		.sink_threads = o->sink_threads, .comp = o->comp,
 		.batch = 500, .flush_ms = 500, .pace_us = x->pace_us,
+		.pace_alongside = o->pace_alongside,
 		.sng_reopen = o->sng_reopen, .progress = o->progress };
 	struct bench_peer ob, sdk, sng;
 	char *js = NULL;
@@ -866,7 +880,7 @@ int bench_e2e(int argc, char **argv)
 		return 2;
 	o.progress = isatty(1);
 	memset(&x, 0, sizeof(x));
-	if (o.rate > 0)
+	if (o.rate > 0 && !o.pace_alongside)
 		x.pace_us = bench_pace_cost(o.np, o.rate, 2.0);
 	if (e2e_outbox(&o, &x, &hs))
 		return 1;

@@ -61,6 +61,7 @@ struct pr_phase {
 	uint64_t t0, outage_until;
 	int outage_marked;
 	double prod_cpu;
+	double pace_us;              /* the pacing alone, during this run */
 };
 
 typedef void (*pr_producer_fn)(struct pr_phase *ph, int me, void *arg);
@@ -134,7 +135,8 @@ static int pr_run(struct pr_phase *ph, pr_producer_fn fn, void *arg)
 {
 	const struct bench_work *w = ph->w;
 	uint64_t end, give_up;
-	int i, left = w->np, rc = 0, st;
+	int i, left = w->np, rc = 0, st, done[PR_MAXP] = { 0 };
+	struct bench_pace pace = { .np = 0 };
 	struct rusage ru;
 
 	ph->t0 = bench_now();
@@ -155,6 +157,8 @@ static int pr_run(struct pr_phase *ph, pr_producer_fn fn, void *arg)
 			_exit(0);
 		}
 	}
+	if (w->rate > 0 && w->pace_alongside)
+		bench_pace_start(&pace, w->np, w->rate, w->duration);
 	end = ph->t0 + (uint64_t)(w->duration * 1e9);
 	while (bench_now() < end)
 		pr_sleep_tick(ph, end);
@@ -162,15 +166,22 @@ static int pr_run(struct pr_phase *ph, pr_producer_fn fn, void *arg)
 	/* an SDK producer may still retry its last batches: wait, bounded */
 	give_up = ph->sh->deadline_ns + 5000000000ull;
 	while (left > 0) {
-		pid_t p = wait4(-1, &st, WNOHANG, &ru);
+		int reaped = 0;
 
-		if (p > 0) {
+		/* its own children only: the pacing's are reaped apart */
+		for (i = 0; i < w->np; i++) {
+			if (done[i] || wait4(ph->pids[i], &st, WNOHANG, &ru) !=
+				       ph->pids[i])
+				continue;
+			done[i] = 1;
+			reaped = 1;
 			left--;
 			ph->prod_cpu += bench_ru_s(&ru);
 			if (!WIFEXITED(st) || WEXITSTATUS(st))
 				rc = -1;
-			continue;
 		}
+		if (reaped)
+			continue;
 		if (bench_now() > give_up) {
 			for (i = 0; i < w->np; i++)
 				kill(ph->pids[i], SIGKILL);
@@ -179,6 +190,8 @@ static int pr_run(struct pr_phase *ph, pr_producer_fn fn, void *arg)
 		}
 		pr_sleep_tick(ph, bench_now() + 10000000ull);
 	}
+	ph->pace_us = w->rate > 0 && w->pace_alongside ?
+		      bench_pace_end(&pace) : w->pace_us;
 	return rc;
 }
 
@@ -229,6 +242,7 @@ static void pr_finish(struct pr_phase *ph, struct bench_peer *p)
 	p->outage_requests = atomic_load(&k->requests_rejected);
 	p->secs = last > ph->t0 ? (double)(last - ph->t0) / 1e9 : 0;
 	p->prod_cpu_s = ph->prod_cpu;
+	p->pace_us = ph->pace_us;
 	p->drain_s = -1;
 	if (ph->outage_until && done)
 		p->drain_s = done > ph->outage_until ?
@@ -775,14 +789,15 @@ static void cmp_json_peer(const struct bench_work *w,
 	if (p->drain_s >= 0)
 		snprintf(drain, sizeof(drain), "%.2f", p->drain_s);
 	printf("{\"delivered_per_s\":%.0f,\"cpu_us_per_event\":%.3f,"
+	       "\"pace_cpu_us_per_event\":%.3f,"
 	       "\"cpu_us_per_event_net\":%.3f,\"lost\":%llu,"
 	       "\"duplicates\":%llu,\"emitted\":%llu,\"delivered\":%llu,"
 	       "\"seconds\":%.2f,\"requests\":%llu,\"outage_requests\":%llu,"
 	       "\"drain_after_outage_s\":%s,\"producers_cpu_s\":%.2f,"
 	       "\"daemon_cpu_s\":%.2f,\"emit_ns_p50\":%llu,"
 	       "\"emit_ns_p99\":%llu,\"how\":%s}",
-	       bench_peer_rate(p), bench_peer_cpu_us(p),
-	       bench_peer_cpu_us(p) - w->pace_us,
+	       bench_peer_rate(p), bench_peer_cpu_us(p), p->pace_us,
+	       bench_peer_cpu_us(p) - p->pace_us,
 	       (unsigned long long)p->lost, (unsigned long long)p->dups,
 	       (unsigned long long)p->emitted,
 	       (unsigned long long)p->delivered, p->secs,
@@ -835,7 +850,7 @@ static void cmp_row(const char *what, const struct bench_peer *const *all,
 		case 1:
 			if (w->rate > 0)
 				printf(" %.2f (%.2f) |", bench_peer_cpu_us(p),
-				       bench_peer_cpu_us(p) - w->pace_us);
+				       bench_peer_cpu_us(p) - p->pace_us);
 			else
 				printf(" %.3f |", bench_peer_cpu_us(p));
 			break;

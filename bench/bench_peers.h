@@ -35,9 +35,14 @@ struct bench_work {
 	enum cfg_compression comp;
 	int batch;                 /* events per request (outbox's batch) */
 	int flush_ms;              /* a partial batch goes after this long */
-	double pace_us;            /* the pacing's own CPU per event */
 	int sng_reopen;            /* syslog-ng time-reopen(), seconds */
 	int progress;              /* a live line on stdout */
+	/* paced: the pacing's CPU per wake-up, measured alone before the
+	 * runs (pace_us), or, with pace_alongside, by pacing processes next
+	 * to each contender's producers during its own run (they add load:
+	 * the emit latencies of such a run are not the row's figure) */
+	double pace_us;
+	int pace_alongside;
 };
 
 /* what one contender did */
@@ -51,6 +56,8 @@ struct bench_peer {
 	double secs;               /* first emit to last delivery */
 	double prod_cpu_s, daemon_cpu_s;
 	double drain_s;            /* after the outage; < 0: none or never */
+	double pace_us;            /* paced: the pacing alone, CPU us per
+	                            * wake-up, measured during this run */
 };
 
 double bench_peer_rate(const struct bench_peer *p);

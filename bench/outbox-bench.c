@@ -1,8 +1,10 @@
 /* outbox-bench - measure outbox (PRODUCT.md section 4, "outbox-bench"). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "bench.h"
@@ -86,29 +88,52 @@ void bench_sleep_until(uint64_t t)
 }
 
 /* What the pacing alone costs: the same processes sleeping to the same
- * deadlines for `secs`, emitting nothing; CPU us per wake-up (= per
- * event when paced). On this VM a timer wake-up is ~20 us, far more than
- * an emit: reported so that it can be told apart from outbox's cost. */
-double bench_pace_cost(int np, double rate, double secs)
+ * deadlines, emitting nothing, during the run (bench.h). On this VM a
+ * timer wake-up is ~20 us, far more than an emit: reported so that it
+ * can be told apart from outbox's cost. */
+void bench_pace_start(struct bench_pace *p, int np, double rate, double secs)
 {
-	uint64_t period = (uint64_t)(1e9 / rate);
-	uint64_t n = (uint64_t)(rate * secs), k;
-	double cpu = 0;
-	struct rusage ru;
+	uint64_t period = (uint64_t)(1e9 / rate), k;
 	int i;
 
-	for (i = 0; i < np; i++)
-		if (fork() == 0) {
+	p->np = 0;
+	p->n = (uint64_t)(rate * secs);
+	for (i = 0; i < np && i < 64; i++) {
+		pid_t pid = fork();
+
+		if (pid == 0) {
 			uint64_t next = bench_now();
 
-			for (k = 0; k < n; k++)
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			for (k = 0; k < p->n; k++)
 				bench_sleep_until(next += period);
 			_exit(0);
 		}
-	for (i = 0; i < np; i++)
-		if (wait4(-1, NULL, 0, &ru) > 0)
+		if (pid > 0)
+			p->pid[p->np++] = pid;
+	}
+}
+
+double bench_pace_cost(int np, double rate, double secs)
+{
+	struct bench_pace p;
+
+	bench_pace_start(&p, np, rate, secs);
+	return bench_pace_end(&p);
+}
+
+double bench_pace_end(struct bench_pace *p)
+{
+	double cpu = 0;
+	struct rusage ru;
+	int i, got = 0;
+
+	for (i = 0; i < p->np; i++)
+		if (wait4(p->pid[i], NULL, 0, &ru) == p->pid[i]) {
 			cpu += bench_ru_s(&ru);
-	return n ? cpu * 1e6 / (double)(n * (uint64_t)np) : 0;
+			got++;
+		}
+	return got && p->n ? cpu * 1e6 / (double)(p->n * (uint64_t)got) : 0;
 }
 
 int bench_body(char *body, int me, uint64_t s, int size)

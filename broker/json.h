@@ -47,8 +47,8 @@ void json_w_fini(struct json_w *w);
  * than JSON_W_MAX_KEY_NEST deep: each such key is the JSON text of the
  * one inside it, escaped again, so the text would double with every
  * level), -E2BIG / -ENOMEM. On error out is left as it was. */
-#define JSON_W_MAX_DEPTH 64
-#define JSON_W_MAX_KEY_NEST 2
+#define JSON_W_MAX_DEPTH ENV_MAX_DEPTH
+#define JSON_W_MAX_KEY_NEST ENV_MAX_KEY_NEST
 int json_w_mp(struct json_w *w, const msgpack_object *o, struct buf *out);
 /* A JSON string of n bytes (lossy UTF-8 as above). */
 int json_w_str(struct json_w *w, const char *s, size_t n, struct buf *out);

@@ -179,6 +179,38 @@ static int key_is(const char *k, uint32_t kn, const char *name, size_t n)
 	return kn == n && memcmp(k, name, n) == 0;
 }
 
+/* 0 when JSON can hold the body (envelope.h: ENV_MAX_DEPTH,
+ * ENV_MAX_KEY_NEST), counting depth and keys as broker/json.c's writer
+ * does: one level per array element, map value and map key; a container
+ * key one key nesting more. */
+static int env_json_ok(const msgpack_object *o, int depth, int keys)
+{
+	uint32_t i;
+
+	if (depth > ENV_MAX_DEPTH)
+		return -1;
+	if (o->type == MSGPACK_OBJECT_ARRAY) {
+		for (i = 0; i < o->via.array.size; i++)
+			if (env_json_ok(&o->via.array.ptr[i], depth + 1,
+					keys) < 0)
+				return -1;
+	} else if (o->type == MSGPACK_OBJECT_MAP) {
+		for (i = 0; i < o->via.map.size; i++) {
+			const msgpack_object *k = &o->via.map.ptr[i].key;
+
+			if ((k->type == MSGPACK_OBJECT_MAP ||
+			     k->type == MSGPACK_OBJECT_ARRAY) &&
+			    (keys >= ENV_MAX_KEY_NEST ||
+			     env_json_ok(k, depth + 1, keys + 1) < 0))
+				return -1;
+			if (env_json_ok(&o->via.map.ptr[i].val, depth + 1,
+					keys) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
 static int env_take_body(struct env_reader *r, struct env_cur *c,
 			 struct env_view *v)
 {
@@ -198,7 +230,7 @@ static int env_take_body(struct env_reader *r, struct env_cur *c,
 	if ((t & 0xe0) != 0x80 && t != 0xdc && t != 0xdd && t != 0xde &&
 	    t != 0xdf)
 		return -EINVAL;  /* fixmap, fixarray, array16/32, map16/32 */
-	if (cur_object(r, c, &r->body) < 0)
+	if (cur_object(r, c, &r->body) < 0 || env_json_ok(&r->body, 0, 0) < 0)
 		return -EINVAL;
 	v->body_kind = ENV_BODY_MSGPACK;
 	v->body_obj = &r->body;

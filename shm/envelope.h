@@ -184,6 +184,17 @@ struct env_reader {
 void env_reader_init(struct env_reader *r);
 void env_reader_fini(struct env_reader *r);
 
+/* A msgpack body must be one JSON can hold (every sink writes JSON but
+ * an http one with encoding = msgpack): nested at most ENV_MAX_DEPTH
+ * deep, and a map or array used as a map key holds map or array keys of
+ * its own at most ENV_MAX_KEY_NEST deep - each such key is the escaped
+ * JSON text of the one inside it, so the text would double with every
+ * level (broker/json.c writes it that way, with these limits). env_parse
+ * refuses other bodies: the drain counts them dropped_invalid, instead
+ * of a sink failing to encode the record at every attempt, for ever. */
+#define ENV_MAX_DEPTH     64
+#define ENV_MAX_KEY_NEST  2
+
 /* Parses one envelope; 0 or -EINVAL. The view points into the record
  * and into the reader's zone, valid until the next env_parse(). A fast
  * path takes the layout producers write (env_pack_head's); every other

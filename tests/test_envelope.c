@@ -13,6 +13,8 @@
 #include "testutil.h"
 #include "envelope.h"
 #include "mpcheck.h"
+#include "buf.h"
+#include "json.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SCALE 5
@@ -49,6 +51,37 @@ static int ref_str(const msgpack_object *o, const char **p, uint32_t *n)
 		return -1;
 	*p = o->via.str.ptr;
 	*n = o->via.str.size;
+	return 0;
+}
+
+/* JSON can hold it (envelope.h), written from the rule: depth at most
+ * ENV_MAX_DEPTH (each array element, map key and value one deeper), a
+ * map or array key inside at most ENV_MAX_KEY_NEST - 1 others. */
+static int ref_json_ok(const msgpack_object *o, int depth, int keys)
+{
+	const msgpack_object *k;
+	uint32_t i;
+
+	if (depth > ENV_MAX_DEPTH)
+		return -1;
+	if (o->type == MSGPACK_OBJECT_ARRAY)
+		for (i = 0; i < o->via.array.size; i++)
+			if (ref_json_ok(o->via.array.ptr + i, depth + 1,
+					keys))
+				return -1;
+	if (o->type != MSGPACK_OBJECT_MAP)
+		return 0;
+	for (i = 0; i < o->via.map.size; i++) {
+		k = &o->via.map.ptr[i].key;
+		if (k->type == MSGPACK_OBJECT_MAP ||
+		    k->type == MSGPACK_OBJECT_ARRAY) {
+			if (keys + 1 > ENV_MAX_KEY_NEST ||
+			    ref_json_ok(k, depth + 1, keys + 1))
+				return -1;
+		}
+		if (ref_json_ok(&o->via.map.ptr[i].val, depth + 1, keys))
+			return -1;
+	}
 	return 0;
 }
 
@@ -102,7 +135,7 @@ static int ref_field(const msgpack_object_kv *kv, struct env_view *v,
 		case MSGPACK_OBJECT_MAP:
 		case MSGPACK_OBJECT_ARRAY:
 			v->body_kind = ENV_BODY_MSGPACK;
-			return 0;
+			return ref_json_ok(o, 0, 0);
 		default:
 			return -1;
 		}
@@ -566,6 +599,57 @@ static void test_hostile_counts(void)
 	CU_ASSERT_EQUAL(mp_object_len(rec + n, sizeof(rec) - n), 0);
 }
 
+/* A msgpack body JSON cannot hold is refused (envelope.h): a map key that
+ * is a map whose key is a map whose key is a map - three container keys
+ * deep. Before, env_parse took it, the drain spooled it, and the file
+ * sink's encoding failed with -EINVAL at every attempt: the record was
+ * retried for ever and the records behind it went out before it. Two
+ * deep is still a body (JSON: the inner key's text escaped twice). */
+static void test_body_json_cannot_hold(void)
+{
+	/* {{{{1:1}:1}:1}:1} and {{{1:1}:1}:1} */
+	static const uint8_t deep3[] = { 0x81, 0x81, 0x81, 0x81, 0x01, 0x01,
+					 0x01, 0x01, 0x01 };
+	static const uint8_t deep2[] = { 0x81, 0x81, 0x81, 0x01, 0x01, 0x01,
+					 0x01 };
+	const struct { const uint8_t *b; size_t n; int rc; } c[] = {
+		{ deep3, sizeof(deep3), -EINVAL },
+		{ deep2, sizeof(deep2), 0 },
+	};
+	struct json_line_cache jc;
+	struct env_view v;
+	struct buf out;
+	size_t i, n;
+	uint8_t rec[128];
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	for (i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 2);
+		msgpack_pack_str_with_body(&pk, "sink", 4);
+		msgpack_pack_str_with_body(&pk, "", 0);
+		msgpack_pack_str_with_body(&pk, "body", 4);
+		n = sb.size;
+		memcpy(rec, sb.data, n);
+		msgpack_sbuffer_destroy(&sb);
+		memcpy(rec + n, c[i].b, c[i].n);
+		n += c[i].n;
+		CU_ASSERT_EQUAL(env_parse(&g_er, rec, n, &v), c[i].rc);
+		CU_ASSERT_EQUAL(env_parse_general(&g_er, rec, n, &v), c[i].rc);
+		if (c[i].rc)
+			continue;
+		/* what it takes, a JSON sink can write */
+		json_line_cache_init(&jc);
+		buf_init(&out, 0);
+		CU_ASSERT_EQUAL(json_line_fast(&jc, &v, &out, 1), 0);
+		CU_ASSERT(out.len > 0);
+		buf_free(&out);
+		json_line_cache_free(&jc);
+	}
+}
+
 /* The producers' layout, which env_parse() reads on its fast path: every
  * record accepted, every field equal to the reference's (and to
  * env_parse_general()'s). Then one to three mutations of each: accept or
@@ -693,6 +777,8 @@ static int add_suites(void)
 	CU_add_test(s, "every truncation rejected", test_every_truncation);
 	CU_add_test(s, "hostile container counts refused",
 		    test_hostile_counts);
+	CU_add_test(s, "a body JSON cannot hold is refused",
+		    test_body_json_cannot_hold);
 	CU_add_test(s, "producer layout (fast path): reader == reference",
 		    test_canonical_agree);
 	CU_add_test(s, "producer layout: golden view, one-byte changes",
