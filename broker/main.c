@@ -366,6 +366,9 @@ static void broker_reload(struct broker *b)
 			b->sinks[i]->reconfigure = 1;
 			continue;
 		}
+		/* named again: one an earlier reload removed, still busy
+		 * (it goes only once idle), stays */
+		b->sinks[i]->removed = 0;
 		b->sinks[i]->next_cfg = n.sinks[k];
 		b->sinks[i]->reconfigure = 1;
 	}
@@ -378,8 +381,12 @@ static void broker_reload(struct broker *b)
 		if (!found && b->nsinks < CFG_MAX_SINKS) {
 			struct sink *s = sink_new(b, &n.sinks[i], b->nsinks);
 
-			if (s)
-				b->sinks[b->nsinks++] = s;
+			if (!s)
+				continue;
+			b->sinks[b->nsinks++] = s;
+			/* one put back: its spool's checkpoint holds its
+			 * counters, as at start-up */
+			stats_restore_sink(b, s);
 		}
 	}
 	cfg_free(&b->cfg);

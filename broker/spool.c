@@ -221,6 +221,8 @@ struct spool {
 	uint64_t base[SPF_CK_BASE_MAX];	/* the owner's counters */
 	uint32_t nbase, nbase_loaded;
 	uint64_t base_loaded[SPF_CK_BASE_MAX];
+	bool ck_this_ring;		/* the checkpoint found at open was
+					 * written for this ring (ring_id) */
 	uint64_t epoch[3];		/* corrupt, dropped_full, redelivered
 					 * when the ring was new */
 
@@ -2509,6 +2511,11 @@ uint64_t spool_refused(const struct spool *sp)
 	return sp->st.refused_full;
 }
 
+int spool_of_ring(const struct spool *sp)
+{
+	return sp->ck_this_ring;
+}
+
 uint32_t spool_base(const struct spool *sp, uint64_t *v, uint32_t max)
 {
 	uint32_t n = (uint32_t)min64(sp->nbase_loaded, max);
@@ -3345,6 +3352,7 @@ static void rec_take_ckpt(struct spool *sp, const struct spf_ckpt *ck)
 	sp->st.dropped_full = ck->dropped_full;
 	sp->st.redelivered = ck->redelivered;
 	sp->resend_end = ck->sent > ck->acked ? ck->sent : 0;
+	sp->ck_this_ring = same;
 	if (same) {
 		memcpy(sp->epoch, ck->epoch, sizeof(sp->epoch));
 		sp->nbase_loaded = ck->nbase;

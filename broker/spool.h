@@ -239,6 +239,11 @@ const char *spool_name(const struct spool *sp);
  * (0 when it held none, or they were of another ring: opts.ring_id). */
 void spool_set_base(struct spool *sp, const uint64_t *v, uint32_t n);
 uint32_t spool_base(const struct spool *sp, uint64_t *v, uint32_t max);
+/* The checkpoint found at open was written for this ring (opts.ring_id):
+ * the spool is the one the ring's shm pages speak of. False for a new
+ * spool (none found: a wiped or moved spool_dir), a corrupt or version 1
+ * checkpoint, or another ring's. */
+int spool_of_ring(const struct spool *sp);
 /* Appends refused for lack of room by this spool (refused_full), cheap. */
 uint64_t spool_refused(const struct spool *sp);
 

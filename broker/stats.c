@@ -94,16 +94,19 @@ void stats_sink_read(struct sink *s)
 }
 
 /* What the broker before this one had read for delivery (its page word):
- * the spool counts re-sends below it `redelivered`. A position past what
- * can have been read - the spool's end plus every batch slot's worth of
- * records read from memory before their flush - is not this spool's (a
- * wiped spool, a producer's write): ignored. */
+ * the spool counts re-sends below it `redelivered`. The word is of the
+ * spool whose checkpoint names this ring: a new spool (a wiped or moved
+ * spool_dir: its seqs start again, below the old word) or another
+ * ring's is not the one it speaks of. A position past what can have been
+ * read - the spool's end plus every batch slot's worth of records read
+ * from memory before their flush - is not this spool's either (a
+ * producer's write): ignored. */
 static void stats_restore_read_pos(struct sink *s, uint64_t pos)
 {
 	uint64_t cap = spool_next_seq(s->spool) +
 		       (uint64_t)SINK_MAX_INFLIGHT * s->cfg.batch_max_events;
 
-	s->c.read_pos = pos <= cap ? pos : 0;
+	s->c.read_pos = pos <= cap && spool_of_ring(s->spool) ? pos : 0;
 	spool_note_sent(s->spool, s->c.read_pos);
 }
 

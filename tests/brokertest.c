@@ -256,3 +256,14 @@ int bt_read_output(const char *path, uint32_t *counts[BT_MAXP],
 	fclose(f);
 	return lines;
 }
+
+const struct obx_sink_shm *bt_sink(const struct obx_sink_page *sp,
+				   const char *name)
+{
+	uint32_t i;
+
+	for (i = 0; i < sp->nsinks && i < OBX_MAX_SINKS; i++)
+		if (sp->sink[i].in_use && !strcmp(sp->sink[i].name, name))
+			return &sp->sink[i];
+	return NULL;
+}

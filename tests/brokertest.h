@@ -43,6 +43,9 @@ int bt_ring_empty(const struct bt *t);
 
 /* Copy of the stats page (seqlock read); 0 or -1. */
 int bt_stats(struct bt *t, struct obx_stats *g, struct obx_sink_page *sp);
+/* The sink page's entry in use named `name`, or NULL. */
+const struct obx_sink_shm *bt_sink(const struct obx_sink_page *sp,
+				   const char *name);
 
 /* Every counted drop: the global reasons plus each sink's; the sinks'
  * delivered_events in *deliv and queued_events in *queued. At a quiet

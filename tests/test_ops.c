@@ -102,17 +102,6 @@ static int emit_n(const char *shm, const char *sink, int n)
 	return ok;
 }
 
-static const struct obx_sink_shm *find_sink(const struct obx_sink_page *sp,
-					    const char *name)
-{
-	uint32_t i;
-
-	for (i = 0; i < sp->nsinks && i < OBX_MAX_SINKS; i++)
-		if (sp->sink[i].in_use && !strcmp(sp->sink[i].name, name))
-			return &sp->sink[i];
-	return NULL;
-}
-
 /* Waits until the sink has delivered `deliv` and queued `queued` events;
  * 1 when it did within ms. */
 static int wait_sink(struct bt *t, const char *name, uint64_t deliv,
@@ -125,7 +114,7 @@ static int wait_sink(struct bt *t, const char *name, uint64_t deliv,
 	do {
 		const struct obx_sink_shm *k;
 
-		if (bt_stats(t, &g, &sp) == 0 && (k = find_sink(&sp, name)) &&
+		if (bt_stats(t, &g, &sp) == 0 && (k = bt_sink(&sp, name)) &&
 		    k->c.delivered_events == deliv &&
 		    k->c.queued_events == queued)
 			return 1;
@@ -144,7 +133,7 @@ static int wait_state(struct bt *t, const char *name, uint32_t st, int ms)
 	do {
 		const struct obx_sink_shm *k;
 
-		if (bt_stats(t, &g, &sp) == 0 && (k = find_sink(&sp, name)) &&
+		if (bt_stats(t, &g, &sp) == 0 && (k = bt_sink(&sp, name)) &&
 		    k->state == st)
 			return 1;
 		usleep(20000);
@@ -545,7 +534,7 @@ static void test_ops_health_stopping(void)
 	CU_ASSERT_STRING_EQUAL(body, "ok\n");
 	CU_ASSERT_EQUAL(emit_n(t.shm, "slow", 3), 3);
 	for (i = 0; i < 250; i++) {
-		if (bt_stats(&t, &g, &sp) == 0 && (k = find_sink(&sp, "slow")) &&
+		if (bt_stats(&t, &g, &sp) == 0 && (k = bt_sink(&sp, "slow")) &&
 		    k->c.inflight > 0)
 			break;
 		usleep(20000);
