@@ -107,6 +107,12 @@ static void stats_restore_read_pos(struct sink *s, uint64_t pos)
 		       (uint64_t)SINK_MAX_INFLIGHT * s->cfg.batch_max_events;
 
 	s->c.read_pos = pos <= cap && spool_of_ring(s->spool) ? pos : 0;
+	if (pos > cap && spool_of_ring(s->spool))
+		log_warn("sink %s: the shared page's read position %llu is "
+			 "past its spool (%llu): ignored, the redelivered "
+			 "estimate starts from the checkpoint's", s->cfg.name,
+			 (unsigned long long)pos,
+			 (unsigned long long)spool_next_seq(s->spool));
 	spool_note_sent(s->spool, s->c.read_pos);
 }
 

@@ -1496,6 +1496,49 @@ static int log_count(struct bt *t, const char *what)
 	return atoi(out);
 }
 
+/* Any producer can write the sink page: a read position far past the
+ * spool (here 2^40 while the spool holds 100) is not taken - with it,
+ * every new event would count redelivered - and the broker says so. */
+static void test_hostile_read_pos(void)
+{
+	struct obx_sink_page *sp = malloc(sizeof(*sp));
+	uint64_t pos = 1ull << 40;
+	char why[256], path[300];
+	struct obx_stats g;
+	struct seg sg;
+	struct bt t;
+	off_t off;
+	int fd;
+
+	CU_ASSERT_FATAL(sp != NULL);
+	CU_ASSERT_FATAL(bt_init(&t, "hostilepos", NULL, NULL) == 0);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 100, 100, 10000), 100);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	/* the page is mapped read-only for a reader: through the file */
+	CU_ASSERT_FATAL(seg_attach(&sg, t.shm, why, sizeof(why)) == 0);
+	off = (off_t)((uint8_t *)&sg.sinks->sink[0].c.read_pos - sg.base);
+	seg_detach(&sg);
+	snprintf(path, sizeof(path), "/dev/shm/%s", t.shm);
+	fd = open(path, O_WRONLY);
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT_EQUAL(pwrite(fd, &pos, sizeof(pos), off),
+			(ssize_t)sizeof(pos));
+	close(fd);
+	CU_ASSERT_FATAL(bt_start(&t) == 0);
+	CU_ASSERT_EQUAL(emit_wait(&t, 100, 200, 10000), 200);
+	usleep(300000);
+	CU_ASSERT_EQUAL_FATAL(bt_stats(&t, &g, sp), 0);
+	printf("\n    read position 2^40 written: %llu counted redelivered, "
+	       "%d warning(s)\n", (unsigned long long)g.redelivered,
+	       log_count(&t, "read position"));
+	CU_ASSERT_EQUAL(g.redelivered, 0);
+	CU_ASSERT_EQUAL(log_count(&t, "read position"), 1);
+	CU_ASSERT_EQUAL(bt_stop(&t, 10000), 0);
+	bt_cleanup(&t);
+	free(sp);
+}
+
 /* A listener on 127.0.0.1 (port picked by the kernel) that answers
  * nothing by itself: the test holds the request it accepts. */
 static int held_listener(int *port)
@@ -1925,6 +1968,8 @@ static int add_suites(void)
 		    test_deferred_flush_small_ring);
 	CU_add_test(s, "a reload removes a sink whose records wait",
 		    test_reload_removes_sink_deferred);
+	CU_add_test(s, "a hostile read position on the sink page is ignored",
+		    test_hostile_read_pos);
 	CU_add_test(s, "a wiped spool: the old read position is not its",
 		    test_wiped_spool_read_pos);
 	CU_add_test(s, "a sink put back by a reload keeps its counters",

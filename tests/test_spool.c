@@ -1756,6 +1756,18 @@ static void t_flush_short_write(void)
 	reread(&o, "s", 41);
 }
 
+/* After a failed flush (the journal still at 20): the next flush writes
+ * records 21..25 and moves the journal to 25; closed, all 25 reread. */
+static void flush_again_25(const char *dir, struct spool_set *set,
+			   struct spool *sp, const struct spool_set_opts *o)
+{
+	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), 0);
+	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 25);
+	spool_close(sp);
+	spool_set_free(set);
+	reread(o, "s", 25);
+}
+
 /* A data write that fails (EFBIG: not a full disk) fails the flush, and
  * the journal never claims its records: it keeps the previous mark. The
  * data stays in memory and the next flush writes it, then the journal. */
@@ -1784,11 +1796,7 @@ static void t_flush_failed_write(void)
 	fsize_restore();
 	spool_get_stats(sp, &st);
 	CU_ASSERT_EQUAL(st.write_errors, 1);
-	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), 0);
-	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 25);
-	spool_close(sp);
-	spool_set_free(set);
-	reread(&o, "s", 25);
+	flush_again_25(dir, set, sp, &o);
 }
 
 /* -Wl,--wrap=calloc (GNUmakefile): g_calloc_fail = 1 makes the next
@@ -1829,11 +1837,7 @@ static void t_flush_nomem(void)
 	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), -ENOMEM);
 	CU_ASSERT_EQUAL(g_calloc_fail, 0);	/* the flush's calloc failed */
 	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 20);
-	CU_ASSERT_EQUAL(flush_mark_wait(set, 25), 0);
-	CU_ASSERT_EQUAL(jr_pos_on_disk(dir), 25);
-	spool_close(sp);
-	spool_set_free(set);
-	reread(&o, "s", 25);
+	flush_again_25(dir, set, sp, &o);
 }
 
 /* -Wl,--wrap=rx_reserve (GNUmakefile): while g_reserve_fail is set the
